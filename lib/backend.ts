@@ -1,0 +1,238 @@
+// Loads the native addons and chooses the device. The CPU addon always loads
+// (prebuilt or built by npm install). The CUDA addon is used only after a probe
+// in a child process succeeds, so a missing or broken driver can never crash
+// this process; otherwise the CPU is used and one line on stderr says why.
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import { MemgptError } from './errors.js';
+
+export type Device = 'cpu' | 'cuda';
+export const devices: readonly Device[] = ['cpu', 'cuda'];
+
+/** An opaque storage handle made by a backend's alloc (an ArrayBuffer on the CPU). */
+export type StorageHandle = object;
+
+export interface NativeMemoryStats {
+  bytesInUse: number;
+  peakBytes: number;
+  bytesReserved: number;
+  liveBlocks: number;
+  systemAllocs: number;
+}
+
+/** The functions every native addon exports (native/binding). Offsets are in elements unless named byte offsets. */
+export interface NativeBackend {
+  alloc(bytes: number): StorageHandle;
+  free(handle: StorageHandle): void;
+  memory(): NativeMemoryStats;
+  resetPeak(): void;
+  emptyCache(): void;
+  copyFromHost(handle: StorageHandle, byteOffset: number, src: ArrayBufferView): void;
+  copyToHost(handle: StorageHandle, byteOffset: number, dst: ArrayBufferView): void;
+  copy(dst: StorageHandle, dstByteOffset: number, src: StorageHandle, srcByteOffset: number, bytes: number): void;
+  fill(dtype: number, n: number, value: number, out: StorageHandle, outOff: number): void;
+  cast(from: number, to: number, n: number, x: StorageHandle, xOff: number, y: StorageHandle, yOff: number): void;
+  affine(dtype: number, n: number, alpha: number, beta: number, x: StorageHandle, xOff: number, y: StorageHandle, yOff: number): void;
+  binary(
+    op: number, dtype: number, dims: number[], aStrides: number[], bStrides: number[],
+    a: StorageHandle, aOff: number, b: StorageHandle, bOff: number, out: StorageHandle, outOff: number,
+  ): void;
+  stridedCopy(dtype: number, dims: number[], xStrides: number[], x: StorageHandle, xOff: number, out: StorageHandle, outOff: number): void;
+  sumAxis(
+    dtype: number, outer: number, reduce: number, inner: number, accumulate: boolean,
+    x: StorageHandle, xOff: number, y: StorageHandle, yOff: number,
+  ): void;
+  softmaxForward(dtype: number, rows: number, cols: number, x: StorageHandle, xOff: number, y: StorageHandle, yOff: number): void;
+  softmaxBackward(
+    dtype: number, rows: number, cols: number,
+    y: StorageHandle, yOff: number, dy: StorageHandle, dyOff: number, dx: StorageHandle, dxOff: number,
+  ): void;
+  matmul(
+    abDtype: number, cDtype: number, batch: number, m: number, n: number, k: number, transA: boolean, transB: boolean,
+    strideA: number, strideB: number, strideC: number, beta: number,
+    a: StorageHandle, aOff: number, b: StorageHandle, bOff: number, c: StorageHandle, cOff: number,
+  ): void;
+}
+
+export interface CpuAddon extends NativeBackend {
+  info(): { backend: 'cpu'; threads: number; simd: string };
+  setNumThreads(threads: number): void;
+  /** Peak float32 GFLOP/s over all threads (FMA bursts timed for `seconds`). */
+  probePeakFlops(seconds: number): number;
+  /** Best GB/s (read + written) of a parallel copy of `bytes`. */
+  probeCopyBandwidth(bytes: number, reps: number): number;
+}
+
+export interface CudaProbe {
+  ok: boolean;
+  deviceCount: number;
+  error?: string;
+  driverVersion: number;
+  runtimeVersion: number;
+}
+
+export interface CudaInfo {
+  backend: 'cuda';
+  name: string;
+  computeCapability: string;
+  totalMemory: number;
+  multiProcessors: number;
+  driverVersion: number;
+  runtimeVersion: number;
+}
+
+export interface CudaAddon extends NativeBackend {
+  probe(): CudaProbe;
+  info(): CudaInfo;
+  synchronize(): void;
+}
+
+export interface CudaStatus {
+  available: boolean;
+  /** Why CUDA is or is not used, in words. */
+  reason: string;
+  addonPath?: string;
+  info?: CudaInfo;
+}
+
+/** The package root: lib/ (tests) and dist/ (installed) both sit one level below it. */
+export const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const require = createRequire(import.meta.url);
+
+let cpuAddon: CpuAddon | undefined;
+let cudaAddon: CudaAddon | undefined;
+let cudaState: CudaStatus | undefined;
+let defaultDev: Device | undefined;
+
+export function cpuBackend(): CpuAddon {
+  if (!cpuAddon) {
+    const load = require('node-gyp-build') as (dir: string) => unknown;
+    try {
+      cpuAddon = load(packageRoot) as CpuAddon;
+    } catch (e) {
+      throw new MemgptError(
+        `the CPU addon is missing or cannot load (${(e as Error).message.split('\n')[0]}); run \`npm run build:cpu\``,
+        { cause: e },
+      );
+    }
+  }
+  return cpuAddon;
+}
+
+function cudaAddonPath(): string | undefined {
+  const candidates = [
+    process.env.MEMGPT_CUDA_ADDON,
+    join(packageRoot, 'build-cuda', 'Release', 'memgpt_cuda.node'),
+    join(packageRoot, 'prebuilds', `${process.platform}-${process.arch}`, 'memgpt_cuda.node'),
+  ];
+  return candidates.find((p): p is string => !!p && existsSync(p));
+}
+
+function cudaVersionStr(v: number): string {
+  return `${Math.floor(v / 1000)}.${Math.floor((v % 1000) / 10)}`;
+}
+
+/** Whether CUDA can be used here, probing once (in a child process) before trusting the driver. */
+export function cudaStatus(): CudaStatus {
+  if (cudaState) return cudaState;
+  const addonPath = cudaAddonPath();
+  if (!addonPath) {
+    cudaState = { available: false, reason: 'the CUDA addon is not built (npm run build:cuda needs nvcc)' };
+    return cudaState;
+  }
+  const script = `const a = require(${JSON.stringify(addonPath)}); process.stdout.write(JSON.stringify(a.probe()));`;
+  const child = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 60_000 });
+  let probe: CudaProbe | undefined;
+  try {
+    probe = child.status === 0 ? (JSON.parse(child.stdout) as CudaProbe) : undefined;
+  } catch {
+    probe = undefined;
+  }
+  if (!probe) {
+    const how = child.error ? child.error.message : child.signal ? `signal ${child.signal}` : `exit code ${child.status}`;
+    cudaState = { available: false, reason: `the CUDA probe failed (${how})`, addonPath };
+  } else if (!probe.ok || probe.deviceCount < 1) {
+    const driver = probe.driverVersion > 0 ? `driver ${cudaVersionStr(probe.driverVersion)}` : 'no NVIDIA driver';
+    const detail = probe.error ?? 'no CUDA device';
+    cudaState = { available: false, reason: `${detail} (${driver}, runtime ${cudaVersionStr(probe.runtimeVersion)})`, addonPath };
+  } else {
+    try {
+      cudaAddon = require(addonPath) as CudaAddon;
+      const info = cudaAddon.info();
+      cudaState = { available: true, reason: `${info.name}, compute capability ${info.computeCapability}`, addonPath, info };
+    } catch (e) {
+      cudaAddon = undefined;
+      cudaState = { available: false, reason: `the CUDA addon failed to start: ${(e as Error).message}`, addonPath };
+    }
+  }
+  return cudaState;
+}
+
+export function cudaBackend(): CudaAddon {
+  const status = cudaStatus();
+  if (!status.available || !cudaAddon) throw new MemgptError(`device 'cuda' is not available: ${status.reason}`);
+  return cudaAddon;
+}
+
+export function backendFor(device: Device): NativeBackend {
+  if (device === 'cpu') return cpuBackend();
+  if (device === 'cuda') return cudaBackend();
+  throw new MemgptError(`unknown device '${String(device)}' (expected cpu or cuda)`);
+}
+
+export function parseDevice(name: string, source: string): Device {
+  if (name === 'cpu' || name === 'cuda') return name;
+  throw new MemgptError(`${source}: unknown device '${name}' (expected cpu or cuda)`);
+}
+
+function announce(line: string): void {
+  if (process.env.MEMGPT_QUIET !== '1') process.stderr.write(`memgpt: ${line}\n`);
+}
+
+/**
+ * The device new tensors go to: MEMGPT_DEVICE if set (cuda there is an error when
+ * it cannot be used), else CUDA when it probes well, else the CPU. Says which once.
+ */
+export function defaultDevice(): Device {
+  if (defaultDev) return defaultDev;
+  const forced = process.env.MEMGPT_DEVICE;
+  if (forced) {
+    const device = parseDevice(forced, 'MEMGPT_DEVICE');
+    backendFor(device);
+    defaultDev = device;
+    announce(device === 'cuda' ? `using cuda (${cudaStatus().reason}; MEMGPT_DEVICE=cuda)` : 'using cpu (MEMGPT_DEVICE=cpu)');
+  } else {
+    const status = cudaStatus();
+    defaultDev = status.available ? 'cuda' : 'cpu';
+    announce(status.available ? `using cuda (${status.reason})` : `using cpu: CUDA not used because ${status.reason}`);
+  }
+  return defaultDev;
+}
+
+export function setDefaultDevice(device: Device): void {
+  backendFor(parseDevice(device, 'setDefaultDevice'));
+  defaultDev = device;
+}
+
+/** Devices whose backend can run here (cpu always). */
+export function availableDevices(): Device[] {
+  return cudaStatus().available ? ['cpu', 'cuda'] : ['cpu'];
+}
+
+/** Threads of the CPU kernels (default: the cores this process may use; MEMGPT_NUM_THREADS overrides). */
+export function setNumThreads(threads: number): void {
+  cpuBackend().setNumThreads(threads);
+}
+
+/** Waits until every queued kernel on the device has finished (a no-op on the CPU, whose kernels are synchronous). */
+export function synchronize(device: Device): void {
+  if (device === 'cuda') cudaBackend().synchronize();
+}
+
+export function numThreads(): number {
+  return cpuBackend().info().threads;
+}

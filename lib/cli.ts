@@ -1,0 +1,86 @@
+// The `memgpt` command line. Every failure is one clear line on stderr and a
+// non-zero exit code; nothing here calls process.exit, so output is flushed.
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+
+import { defaultDevice, packageRoot, parseDevice, setDefaultDevice } from './backend.js';
+import { runDemo } from './demo.js';
+import { MemgptError } from './errors.js';
+
+const usage = `memgpt — the Memory-Gated Pointer Transformer in TypeScript
+
+Usage:
+  memgpt demo [--steps N] [--lr X] [--seed S] [--device cpu|cuda]
+      Fits a small softmax model with autograd on the chosen device (the foundation demo).
+  memgpt --version
+  memgpt --help
+
+The device is CUDA when the CUDA addon loads and a GPU is present, else the CPU;
+MEMGPT_DEVICE=cpu|cuda or --device forces it. MEMGPT_NUM_THREADS sets CPU threads.`;
+
+function version(): string {
+  const pkg = JSON.parse(readFileSync(join(packageRoot, 'package.json'), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+function positiveInt(value: string | undefined, flag: string, fallback: number): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (!Number.isSafeInteger(n) || n < 1) throw new MemgptError(`${flag} must be a positive integer (got '${value}')`);
+  return n;
+}
+
+function positiveNumber(value: string | undefined, flag: string, fallback: number): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (!Number.isFinite(n) || n <= 0) throw new MemgptError(`${flag} must be a positive number (got '${value}')`);
+  return n;
+}
+
+function demo(argv: string[]): number {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      steps: { type: 'string' },
+      lr: { type: 'string' },
+      seed: { type: 'string' },
+      device: { type: 'string' },
+    },
+    strict: true,
+    allowPositionals: false,
+  });
+  if (values.device) setDefaultDevice(parseDevice(values.device, '--device'));
+  const device = defaultDevice();
+  const result = runDemo({
+    device,
+    steps: positiveInt(values.steps, '--steps', 500),
+    lr: positiveNumber(values.lr, '--lr', 200),
+    seed: values.seed === undefined ? 0 : positiveInt(values.seed, '--seed', 0),
+    log: (line) => console.log(line),
+  });
+  if (!(result.finalLoss < result.firstLoss)) throw new MemgptError(`demo: the loss did not decrease (${result.firstLoss} -> ${result.finalLoss})`);
+  return 0;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  try {
+    const [command, ...rest] = argv;
+    if (command === undefined || command === '--help' || command === '-h' || command === 'help') {
+      console.log(usage);
+      return command === undefined ? 1 : 0;
+    }
+    if (command === '--version' || command === '-v') {
+      console.log(version());
+      return 0;
+    }
+    if (command === 'demo') return demo(rest);
+    throw new MemgptError(`unknown command '${command}' (run memgpt --help)`);
+  } catch (e) {
+    const message = e instanceof Error ? e.message : String(e);
+    // parseArgs errors carry a code; ours are MemgptError; anything else is a bug worth its stack.
+    const known = e instanceof MemgptError || (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS');
+    console.error(`memgpt: ${known ? message.split('\n')[0] : (e as Error).stack ?? message}`);
+    return 2;
+  }
+}

@@ -1,0 +1,19 @@
+// The public API of memgpt: tensors and memory, devices, autograd, ops.
+export { MemgptError } from './errors.js';
+export type { DType } from './dtype.js';
+export {
+  availableDevices, cudaStatus, defaultDevice, numThreads, setDefaultDevice, setNumThreads,
+  type CudaStatus, type Device,
+} from './backend.js';
+export {
+  Parameter, Tensor, arange, emptyCache, full, keep, memory, ones, parameter, rand, randn, resetPeakMemory, tensor, tidy, zeros,
+  type DeviceMemory, type TensorOptions,
+} from './tensor.js';
+export { isGradEnabled, noGrad, zeroGrad, type BackwardFn } from './autograd.js';
+export { add, addInPlace, addScalar, div, mul, neg, scale, sub } from './ops/elementwise.js';
+export { matmul, type MatmulOptions } from './ops/matmul.js';
+export { mean, sum } from './ops/reduce.js';
+export { softmax } from './ops/softmax.js';
+export { broadcastTo, cast, clone, detach, permute, reshape, to, transpose } from './ops/shape.js';
+export { assertGradients, checkGradients, type GradCheckOptions, type GradCheckResult } from './gradcheck.js';
+export { Rng } from './random.js';

@@ -1,0 +1,222 @@
+// Batched GEMM on the CPU, in the manner of BLIS/GotoBLAS: B is packed into
+// KC x NR slivers shared by all threads, each thread packs an MC x KC block of
+// A into MR-row slivers, and a register-blocked micro-kernel (6 x 16 floats in
+// 12 AVX2 registers) runs over them. AVX2+FMA is chosen at run time, so the
+// addon is built for plain x86-64 and still runs on CPUs without it.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../common/threadpool.h"
+#include "elem.h"
+#include "kernels.h"
+
+namespace mg::cpu {
+namespace {
+
+constexpr int MR = 6, NR = 16;
+constexpr int64_t KC = 256;   // A sliver (6 x 256 floats = 6 KiB) and B sliver (16 KiB) stay in L1/L2
+constexpr int64_t MC = 120;   // A block: 120 KiB, in L2
+constexpr int64_t NC = 3072;  // B panel: 3 MiB, in L3
+
+// Element (row, col) of op(X), where X is stored row-major with leading dimension ld.
+template <typename T>
+struct View {
+  const T* p;
+  int64_t ld;
+  bool trans;
+  float at(int64_t r, int64_t c) const { return load(trans ? p + c * ld + r : p + r * ld + c); }
+};
+
+// Packs rows [i0, i0+mc) x cols [k0, k0+kc) of op(A) into MR-row slivers, zero-padded.
+template <typename T>
+void pack_a(const View<T>& a, int64_t m, int64_t i0, int64_t mc, int64_t k0, int64_t kc, float* dst) {
+  for (int64_t s = 0; s < mc; s += MR) {
+    for (int64_t kk = 0; kk < kc; kk++) {
+      for (int r = 0; r < MR; r++) {
+        int64_t i = i0 + s + r;
+        *dst++ = (s + r < mc && i < m) ? a.at(i, k0 + kk) : 0.f;
+      }
+    }
+  }
+}
+
+// Packs rows [k0, k0+kc) x cols [j0, j0+nc) of op(B) into NR-column slivers, zero-padded.
+template <typename T>
+void pack_b_sliver(const View<T>& b, int64_t n, int64_t k0, int64_t kc, int64_t j, float* dst) {
+  int64_t width = std::min<int64_t>(NR, n - j);
+  for (int64_t kk = 0; kk < kc; kk++) {
+    if (!b.trans && width == NR && sizeof(T) == 4) {
+      std::memcpy(dst, reinterpret_cast<const float*>(b.p) + (k0 + kk) * b.ld + j, NR * 4);
+    } else {
+      for (int c = 0; c < NR; c++) dst[c] = c < width ? b.at(k0 + kk, j + c) : 0.f;
+    }
+    dst += NR;
+  }
+}
+
+// Writes an MR x NR tile of results into C (only the mr x nr valid part), as acc + beta * C.
+inline void store_tile(const float* tile, float* c, int64_t ldc, float beta, int mr, int nr) {
+  for (int i = 0; i < mr; i++) {
+    for (int j = 0; j < nr; j++) {
+      float v = tile[i * NR + j];
+      c[i * ldc + j] = beta == 0.f ? v : v + beta * c[i * ldc + j];
+    }
+  }
+}
+
+void kernel_generic(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, float beta, int mr, int nr) {
+  float acc[MR * NR] = {};
+  for (int64_t kk = 0; kk < kc; kk++, a += MR, b += NR) {
+    for (int i = 0; i < MR; i++) {
+      for (int j = 0; j < NR; j++) acc[i * NR + j] += a[i] * b[j];
+    }
+  }
+  store_tile(acc, c, ldc, beta, mr, nr);
+}
+
+__attribute__((target("avx2,fma"))) void kernel_avx2(int64_t kc, const float* a, const float* b, float* c,
+                                                     int64_t ldc, float beta, int mr, int nr) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+  __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+  for (int64_t kk = 0; kk < kc; kk++, a += MR, b += NR) {
+    __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+    __m256 x = _mm256_broadcast_ss(a + 0);
+    c00 = _mm256_fmadd_ps(x, b0, c00), c01 = _mm256_fmadd_ps(x, b1, c01);
+    x = _mm256_broadcast_ss(a + 1);
+    c10 = _mm256_fmadd_ps(x, b0, c10), c11 = _mm256_fmadd_ps(x, b1, c11);
+    x = _mm256_broadcast_ss(a + 2);
+    c20 = _mm256_fmadd_ps(x, b0, c20), c21 = _mm256_fmadd_ps(x, b1, c21);
+    x = _mm256_broadcast_ss(a + 3);
+    c30 = _mm256_fmadd_ps(x, b0, c30), c31 = _mm256_fmadd_ps(x, b1, c31);
+    x = _mm256_broadcast_ss(a + 4);
+    c40 = _mm256_fmadd_ps(x, b0, c40), c41 = _mm256_fmadd_ps(x, b1, c41);
+    x = _mm256_broadcast_ss(a + 5);
+    c50 = _mm256_fmadd_ps(x, b0, c50), c51 = _mm256_fmadd_ps(x, b1, c51);
+  }
+  const __m256 rows[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
+  if (mr == MR && nr == NR) {
+    __m256 vb = _mm256_set1_ps(beta);
+    for (int i = 0; i < MR; i++) {
+      float* ci = c + i * ldc;
+      for (int h = 0; h < 2; h++) {
+        __m256 v = rows[i][h];
+        if (beta != 0.f) v = _mm256_fmadd_ps(vb, _mm256_loadu_ps(ci + 8 * h), v);
+        _mm256_storeu_ps(ci + 8 * h, v);
+      }
+    }
+    return;
+  }
+  alignas(32) float tile[MR * NR];
+  for (int i = 0; i < MR; i++) {
+    _mm256_store_ps(tile + i * NR, rows[i][0]);
+    _mm256_store_ps(tile + i * NR + 8, rows[i][1]);
+  }
+  store_tile(tile, c, ldc, beta, mr, nr);
+}
+
+using Kernel = void (*)(int64_t, const float*, const float*, float*, int64_t, float, int, int);
+
+Kernel pick_kernel() {
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return kernel_avx2;
+  return kernel_generic;
+}
+const Kernel kernel = pick_kernel();
+
+// One GEMM, float32 C: C = op(A) op(B) + beta C. Threads split the M x N plane of each panel.
+template <typename T>
+void gemm(const View<T>& a, const View<T>& b, float* c, int64_t m, int64_t n, int64_t k, float beta) {
+  if (k == 0) {
+    for (int64_t i = 0; i < m * n; i++) c[i] = beta == 0.f ? 0.f : beta * c[i];
+    return;
+  }
+  static thread_local std::vector<float> b_pack_storage;
+  int threads = num_threads();
+  for (int64_t jc = 0; jc < n; jc += NC) {
+    int64_t nc = std::min(NC, n - jc);
+    int64_t slivers = (nc + NR - 1) / NR;
+    for (int64_t pc = 0; pc < k; pc += KC) {
+      int64_t kc = std::min(KC, k - pc);
+      float beta_here = pc == 0 ? beta : 1.f;
+      b_pack_storage.resize(size_t(slivers * NR * kc));
+      float* b_pack = b_pack_storage.data();
+      parallel_for(0, slivers, 8, [&](size_t lo, size_t hi) {
+        for (size_t s = lo; s < hi; s++) pack_b_sliver(b, n, pc, kc, jc + int64_t(s) * NR, b_pack + s * NR * kc);
+      });
+      // Tasks are MC-row blocks, split along N too when there are too few blocks to feed every thread.
+      int64_t m_blocks = (m + MC - 1) / MC;
+      int64_t n_splits = std::max<int64_t>(1, std::min<int64_t>(slivers, (2 * threads + m_blocks - 1) / m_blocks));
+      int64_t slivers_per_task = (slivers + n_splits - 1) / n_splits;
+      parallel_for(0, m_blocks * n_splits, 1, [&](size_t lo, size_t hi) {
+        static thread_local std::vector<float> a_pack_storage;
+        a_pack_storage.resize(size_t(MC * KC));
+        float* a_pack = a_pack_storage.data();
+        int64_t packed_block = -1;
+        for (size_t t = lo; t < hi; t++) {
+          int64_t ib = int64_t(t) / n_splits, js = int64_t(t) % n_splits;
+          int64_t i0 = ib * MC, mc = std::min(MC, m - i0);
+          if (packed_block != ib) {
+            pack_a(a, m, i0, mc, pc, kc, a_pack);
+            packed_block = ib;
+          }
+          int64_t s_end = std::min(slivers, (js + 1) * slivers_per_task);
+          for (int64_t s = js * slivers_per_task; s < s_end; s++) {
+            int64_t j = jc + s * NR;
+            int nr = int(std::min<int64_t>(NR, n - j));
+            for (int64_t ir = 0; ir < mc; ir += MR) {
+              int mr = int(std::min<int64_t>(MR, mc - ir));
+              kernel(kc, a_pack + ir * kc, b_pack + s * NR * kc, c + (i0 + ir) * n + j, n, beta_here, mr, nr);
+            }
+          }
+        }
+      });
+    }
+  }
+}
+
+template <typename T>
+void matmul_typed(const T* a, const T* b, DType c_dtype, void* c, int64_t batch, int64_t m, int64_t n, int64_t k,
+                  bool trans_a, bool trans_b, int64_t stride_a, int64_t stride_b, int64_t stride_c, float beta) {
+  int64_t lda = trans_a ? m : k, ldb = trans_b ? k : n;
+  auto one = [&](int64_t i) {
+    View<T> av{a + i * stride_a, lda, trans_a}, bv{b + i * stride_b, ldb, trans_b};
+    if (c_dtype == DType::F32) {
+      gemm(av, bv, static_cast<float*>(c) + i * stride_c, m, n, k, beta);
+      return;
+    }
+    // bfloat16 output: accumulate in a float32 scratch tile, round once at the end.
+    uint16_t* ci = static_cast<uint16_t*>(c) + i * stride_c;
+    std::vector<float> scratch(size_t(m * n));
+    if (beta != 0.f) {
+      for (int64_t e = 0; e < m * n; e++) scratch[e] = bf16_to_f32(ci[e]);
+    }
+    gemm(av, bv, scratch.data(), m, n, k, beta);
+    for (int64_t e = 0; e < m * n; e++) ci[e] = f32_to_bf16(scratch[e]);
+  };
+  // Many small GEMMs (attention heads): one per thread. Otherwise each GEMM uses every thread.
+  double flops = 2.0 * double(m) * double(n) * double(k);
+  if (batch > 1 && (batch >= 2 * num_threads() || flops < 4e6)) {
+    parallel_for(0, batch, 1, [&](size_t lo, size_t hi) {
+      for (size_t i = lo; i < hi; i++) one(int64_t(i));
+    });
+  } else {
+    for (int64_t i = 0; i < batch; i++) one(i);
+  }
+}
+
+}  // namespace
+
+void matmul(DType ab_dtype, const void* a, const void* b, DType c_dtype, void* c, int64_t batch, int64_t m, int64_t n,
+            int64_t k, bool trans_a, bool trans_b, int64_t stride_a, int64_t stride_b, int64_t stride_c, float beta) {
+  MG_CHECK(c_dtype == DType::F32 || c_dtype == DType::BF16, "matmul: output dtype %s is not supported",
+           dtype_name(c_dtype));
+  dispatch_float(ab_dtype, "matmul", [&](auto tag) {
+    using T = decltype(tag);
+    matmul_typed(static_cast<const T*>(a), static_cast<const T*>(b), c_dtype, c, batch, m, n, k, trans_a, trans_b,
+                 stride_a, stride_b, stride_c, beta);
+  });
+}
+
+}  // namespace mg::cpu

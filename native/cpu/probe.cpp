@@ -1,0 +1,84 @@
+// Measures this machine's ceilings for the roofline figures of the kernel
+// benchmarks: peak float32 FMA throughput over all threads, and the bandwidth
+// of a large memory copy.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "../common/threadpool.h"
+#include "probe.h"
+
+namespace mg::cpu {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// 12 independent FMA chains cover the 4-cycle latency of two FMA pipes; returns flops done.
+__attribute__((target("avx2,fma"))) double fma_burst_avx2(int64_t iters) {
+  __m256 acc[12];
+  for (int i = 0; i < 12; i++) acc[i] = _mm256_set1_ps(float(i) * 1e-3f);
+  const __m256 a = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-7f);
+  for (int64_t it = 0; it < iters; it++) {
+    for (int i = 0; i < 12; i++) acc[i] = _mm256_fmadd_ps(acc[i], a, b);
+  }
+  float sink = 0;
+  for (int i = 0; i < 12; i++) sink += _mm256_cvtss_f32(acc[i]);
+  if (sink == 12345.f) std::abort();  // keep the chains alive
+  return double(iters) * 12 * 8 * 2;
+}
+
+double fma_burst_generic(int64_t iters) {
+  float acc[16];
+  for (int i = 0; i < 16; i++) acc[i] = float(i) * 1e-3f;
+  for (int64_t it = 0; it < iters; it++) {
+    for (int i = 0; i < 16; i++) acc[i] = acc[i] * 0.999999f + 1e-7f;
+  }
+  float sink = 0;
+  for (float v : acc) sink += v;
+  if (sink == 12345.f) std::abort();
+  return double(iters) * 16 * 2;
+}
+
+}  // namespace
+
+double probe_peak_gflops(double seconds) {
+  __builtin_cpu_init();
+  bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  int threads = num_threads();
+  std::vector<double> rates(threads, 0);
+  parallel_for(0, threads, 1, [&](size_t lo, size_t hi) {
+    for (size_t t = lo; t < hi; t++) {
+      double best = 0;
+      auto end = Clock::now() + std::chrono::duration<double>(seconds);
+      while (Clock::now() < end) {
+        auto t0 = Clock::now();
+        double flops = avx2 ? fma_burst_avx2(1 << 20) : fma_burst_generic(1 << 20);
+        double dt = std::chrono::duration<double>(Clock::now() - t0).count();
+        best = std::max(best, flops / dt);
+      }
+      rates[t] = best;
+    }
+  });
+  double total = 0;
+  for (double r : rates) total += r;
+  return total / 1e9;
+}
+
+double probe_copy_gbs(int64_t bytes, int reps) {
+  std::vector<char> src(size_t(bytes), 1), dst(size_t(bytes), 0);
+  double best = 0;
+  for (int r = 0; r < reps; r++) {
+    auto t0 = Clock::now();
+    parallel_for(0, size_t(bytes), size_t(1) << 20, [&](size_t lo, size_t hi) { std::memcpy(&dst[lo], &src[lo], hi - lo); });
+    double dt = std::chrono::duration<double>(Clock::now() - t0).count();
+    best = std::max(best, 2.0 * double(bytes) / dt / 1e9);  // bytes read + bytes written
+  }
+  return best;
+}
+
+}  // namespace mg::cpu

@@ -1,0 +1,45 @@
+// The `memgpt` command (from dist/, as users run it): the demo trains and
+// frees everything; bad flags get one clear line and a non-zero exit.
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+
+import { packageRoot } from '../lib/backend.js';
+
+function memgpt(...args: string[]) {
+  const child = spawnSync(process.execPath, [join(packageRoot, 'bin', 'memgpt.js'), ...args], {
+    encoding: 'utf8',
+    env: { ...process.env, MEMGPT_DEVICE: 'cpu' },
+    timeout: 120_000,
+  });
+  return { status: child.status, stdout: child.stdout, stderr: child.stderr.trim() };
+}
+
+describe('memgpt command', () => {
+  it('runs the demo: the loss falls and no tensor is left alive', () => {
+    const r = memgpt('demo', '--steps', '60');
+    expect(r.status).toBe(0);
+    const done = r.stdout.trim().split('\n').at(-1)!;
+    const [, first, last] = /loss (\S+) -> (\S+)/.exec(done)!;
+    expect(Number(last)).toBeLessThan(Number(first));
+    expect(done).toContain('live tensors 0');
+  });
+
+  it('prints help and version', () => {
+    expect(memgpt('--help').stdout).toContain('memgpt demo');
+    expect(memgpt('--version').stdout.trim()).toMatch(/^\d+\.\d+\.\d+$/);
+  });
+
+  it('rejects unknown commands, unknown flags and bad values with one line', () => {
+    for (const [args, pattern] of [
+      [['frobnicate'], /^memgpt: unknown command 'frobnicate'/],
+      [['demo', '--bogus'], /^memgpt: Unknown option '--bogus'/],
+      [['demo', '--steps', 'ten'], /^memgpt: --steps must be a positive integer \(got 'ten'\)$/],
+      [['demo', '--device', 'tpu'], /^memgpt: --device: unknown device 'tpu'/],
+    ] as const) {
+      const r = memgpt(...args);
+      expect(r.status).toBe(2);
+      expect(r.stderr.split('\n').filter((l) => l.startsWith('memgpt:')).at(-1)).toMatch(pattern);
+    }
+  });
+});

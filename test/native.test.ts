@@ -1,0 +1,46 @@
+// The native addon's own argument checks: a JS bug that reaches the binding
+// gets an exception naming the op and argument, never a crash or an
+// out-of-bounds access.
+import { createRequire } from 'node:module';
+import { describe, expect, it } from 'vitest';
+
+import { cpuBackend } from '../lib/backend.js';
+
+const addon = cpuBackend() as unknown as Record<string, (...args: unknown[]) => unknown>;
+
+describe('CPU addon argument checks', () => {
+  it('rejects out-of-bounds tensors, freed storage and foreign handles', () => {
+    const small = addon.alloc(16) as ArrayBuffer;
+    expect(() => addon.fill(0, 5, 1, small, 0)).toThrow(/fill: tensor 'out' needs bytes \[0, 20\) but its storage has 16/);
+    expect(() => addon.fill(0, 1, 1, small, 4)).toThrow(/needs bytes \[16, 20\)/);
+    expect(() => addon.fill(0, 1, 1, new ArrayBuffer(64), 0)).not.toThrow(); // plain host buffers are fine on the CPU
+    expect(() => addon.fill(0, 1, 1, {}, 0)).toThrow(/tensor 'out' is not a CPU storage handle/);
+    addon.free(small);
+    expect(() => addon.fill(0, 1, 1, small, 0)).toThrow(/was disposed/);
+    expect(() => addon.free(small)).toThrow(/already freed/);
+  });
+
+  it('rejects bad sizes, dtypes and missing arguments', () => {
+    const buf = addon.alloc(64) as ArrayBuffer;
+    expect(() => addon.fill(7, 1, 1, buf, 0)).toThrow(/argument 'dtype' must be a dtype code/);
+    expect(() => addon.fill(0, -1, 1, buf, 0)).toThrow(/argument 'n' must be a non-negative integer/);
+    expect(() => addon.fill(0, 1.5, 1, buf, 0)).toThrow(/argument 'n'/);
+    expect(() => addon.fill(0, 1, 1)).toThrow(/fill: missing argument 'out'/);
+    expect(() => addon.matmul(0, 0, 1, 1e9, 1e9, 1e9, false, false, 0, 0, 0, 0, buf, 0, buf, 0, buf, 0)).toThrow(/matmul: tensor 'a' needs bytes/);
+    expect(() => addon.matmul(0, 0, 1, 2 ** 40, 2 ** 40, 2 ** 40, false, false, 0, 0, 0, 0, buf, 0, buf, 0, buf, 0)).toThrow(/size overflows/);
+    expect(() => addon.binary(9, 0, [1], [1], [1], buf, 0, buf, 0, buf, 0)).toThrow(/unknown op code/);
+    expect(() => addon.binary(0, 0, [1, 2], [1], [1, 1], buf, 0, buf, 0, buf, 0)).toThrow(/2 dims but 1 strides/);
+    expect(() => addon.binary(0, 0, Array(9).fill(1), Array(9).fill(0), Array(9).fill(0), buf, 0, buf, 0, buf, 0)).toThrow(/rank 9/);
+    expect(() => addon.alloc(-5)).toThrow(/alloc: argument 'bytes'/);
+    addon.free(buf);
+  });
+
+  it('reports out of host memory as an error', () => {
+    expect(() => addon.alloc(2 ** 52)).toThrow(/out of host memory/);
+  });
+
+  it('loads next to the CUDA addon file without needing it', () => {
+    const require = createRequire(import.meta.url);
+    expect(() => require('node-gyp-build')).not.toThrow();
+  });
+});

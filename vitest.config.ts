@@ -1,0 +1,12 @@
+// Test runner settings: native addons and one thread pool per process, so test files run in forked processes.
+import { defineConfig } from 'vitest/config';
+
+export default defineConfig({
+  test: {
+    include: ['test/**/*.test.ts'],
+    pool: 'forks',
+    // Lets the memory tests check the FinalizationRegistry safety net with gc().
+    execArgv: ['--expose-gc'],
+    testTimeout: 60_000,
+  },
+});

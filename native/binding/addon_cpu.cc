@@ -49,6 +49,12 @@ Napi::Value probe_copy_bandwidth(const Napi::CallbackInfo& info) {
 Napi::Object init(Napi::Env env, Napi::Object exports) {
   mg::binding::register_memory(env, exports);
   mg::binding::register_ops(env, exports);
+  mg::binding::register_norm(env, exports);
+  mg::binding::register_linear(env, exports);
+  mg::binding::register_attention(env, exports);
+  mg::binding::register_memwrite(env, exports);
+  mg::binding::register_classifier(env, exports);
+  mg::binding::register_optim(env, exports);
   exports.Set("info", Napi::Function::New(env, info, "info"));
   exports.Set("probePeakFlops", Napi::Function::New(env, probe_peak_flops, "probePeakFlops"));
   exports.Set("probeCopyBandwidth", Napi::Function::New(env, probe_copy_bandwidth, "probeCopyBandwidth"));

@@ -21,6 +21,13 @@ void* storage_ptr(const Napi::Value& handle, int64_t byte_offset, int64_t bytes,
 void register_memory(Napi::Env env, Napi::Object exports);
 // The kernels of native/common/kernels.inc.
 void register_ops(Napi::Env env, Napi::Object exports);
+// The model's op families (native/binding/ops_<family>.cc); CPU addon only until their CUDA versions exist.
+void register_norm(Napi::Env env, Napi::Object exports);
+void register_linear(Napi::Env env, Napi::Object exports);
+void register_attention(Napi::Env env, Napi::Object exports);
+void register_memwrite(Napi::Env env, Napi::Object exports);
+void register_classifier(Napi::Env env, Napi::Object exports);
+void register_optim(Napi::Env env, Napi::Object exports);
 
 // Reads a call's arguments in order, with a clear error naming the op and the argument.
 class Args {

@@ -1,0 +1,2 @@
+// Ops of the family "linear": linear layers: GEMM with fused bias and GELU epilogues.
+export {};

@@ -1,0 +1,2 @@
+// Ops of the family "norm": layer norm, embedding and positions (RoPE, sinusoidal).
+export {};

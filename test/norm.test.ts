@@ -211,6 +211,9 @@ forEachDevice((device) => {
         const y = mg.rope(mg.tensor(xv, [2, 3, 32], opts), 2, 100000);
         // A float32 angle p·θ near 1e5 radians would be off by ~4e-3; double angles keep float32 rounding.
         expectClose(y.toArray(), refRope(xv, 2, 3, 32, 2, 100000), 1e-6, 1e-5);
+        // Many positions in one call (the angles of later tokens are stepped from the first one's).
+        const long = randomArray(515 * 8, 34);
+        expectClose(mg.rope(mg.tensor(long, [1, 515, 8], opts), 1, 100000).toArray(), refRope(long, 1, 515, 8, 1, 100000), 1e-6, 1e-5);
       });
     });
 

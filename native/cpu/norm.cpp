@@ -28,8 +28,11 @@ const float* as_float(const T* row, int64_t n, std::vector<float>& buf) {
   }
 }
 
+// Row helpers are always inlined, so that each is compiled again inside the AVX2 row kernels below.
+#define MG_ROW inline __attribute__((always_inline))
+
 // Sums in 8 independent float lanes (the compiler vectorises this), lanes combined in double.
-inline double lane_sum(const float* v, int64_t n) {
+MG_ROW double lane_sum(const float* v, int64_t n) {
   float acc[8] = {};
   int64_t j = 0;
   for (; j + 8 <= n; j += 8)
@@ -41,7 +44,7 @@ inline double lane_sum(const float* v, int64_t n) {
 }
 
 // Σ (v − c)² and Σ u·v in the same lane scheme.
-inline double lane_sq_dev(const float* v, float c, int64_t n) {
+MG_ROW double lane_sq_dev(const float* v, float c, int64_t n) {
   float acc[8] = {};
   int64_t j = 0;
   for (; j + 8 <= n; j += 8)
@@ -52,7 +55,7 @@ inline double lane_sq_dev(const float* v, float c, int64_t n) {
   return total;
 }
 
-inline double lane_dot(const float* u, const float* v, int64_t n) {
+MG_ROW double lane_dot(const float* u, const float* v, int64_t n) {
   float acc[8] = {};
   int64_t j = 0;
   for (; j + 8 <= n; j += 8)
@@ -72,6 +75,64 @@ void store_row(T* out, const float* v, int64_t n) {
   }
 }
 
+// One row of layer norm forward and backward, on float32 rows. The lane order of the sums is
+// fixed (8 lanes), and the wide build targets AVX2 without FMA (GCC would contract a·b + c),
+// so the generic and AVX2 builds of these rows give identical bits.
+MG_ROW void ln_forward_row(const float* __restrict x, const float* __restrict w, const float* __restrict b,
+                           float* __restrict y, int64_t d, float eps, float* mean, float* rstd) {
+  // Two passes (mean, then squared deviations): no cancellation when |mean| ≫ std.
+  float mu = float(lane_sum(x, d) / double(d));
+  float rs = float(1.0 / std::sqrt(lane_sq_dev(x, mu, d) / double(d) + double(eps)));
+  for (int64_t j = 0; j < d; j++) y[j] = (x[j] - mu) * rs * w[j] + b[j];
+  *mean = mu;
+  *rstd = rs;
+}
+
+// dx = rstd·(g − mean(g) − x̂·mean(g·x̂)) with g = dy·w; adds dy·x̂ and dy into this chunk's partials.
+MG_ROW void ln_backward_row(const float* __restrict x, const float* __restrict dy, const float* __restrict w, float mu,
+                            float rs, float* __restrict dx, float* __restrict pw, float* __restrict pb,
+                            float* __restrict xhat, float* __restrict g, int64_t d) {
+  for (int64_t j = 0; j < d; j++) {
+    xhat[j] = (x[j] - mu) * rs;
+    g[j] = dy[j] * w[j];
+    pw[j] += dy[j] * xhat[j];
+    pb[j] += dy[j];
+  }
+  float mean_g = float(lane_sum(g, d) / double(d));
+  float mean_gx = float(lane_dot(g, xhat, d) / double(d));
+  for (int64_t j = 0; j < d; j++) dx[j] = rs * (g[j] - mean_g - xhat[j] * mean_gx);
+}
+
+using LnForwardRow = void (*)(const float*, const float*, const float*, float*, int64_t, float, float*, float*);
+using LnBackwardRow = void (*)(const float*, const float*, const float*, float, float, float*, float*, float*, float*,
+                               float*, int64_t);
+
+void ln_forward_generic(const float* x, const float* w, const float* b, float* y, int64_t d, float eps, float* mean,
+                        float* rstd) {
+  ln_forward_row(x, w, b, y, d, eps, mean, rstd);
+}
+__attribute__((target("avx2"))) void ln_forward_avx2(const float* x, const float* w, const float* b, float* y,
+                                                         int64_t d, float eps, float* mean, float* rstd) {
+  ln_forward_row(x, w, b, y, d, eps, mean, rstd);
+}
+void ln_backward_generic(const float* x, const float* dy, const float* w, float mu, float rs, float* dx, float* pw,
+                         float* pb, float* xhat, float* g, int64_t d) {
+  ln_backward_row(x, dy, w, mu, rs, dx, pw, pb, xhat, g, d);
+}
+__attribute__((target("avx2"))) void ln_backward_avx2(const float* x, const float* dy, const float* w, float mu,
+                                                          float rs, float* dx, float* pw, float* pb, float* xhat,
+                                                          float* g, int64_t d) {
+  ln_backward_row(x, dy, w, mu, rs, dx, pw, pb, xhat, g, d);
+}
+
+bool have_avx2() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2");
+}
+const bool use_avx2 = have_avx2();  // memory-bound rows: wider loads help, FMA would not
+const LnForwardRow ln_forward_rows = use_avx2 ? ln_forward_avx2 : ln_forward_generic;
+const LnBackwardRow ln_backward_rows = use_avx2 ? ln_backward_avx2 : ln_backward_generic;
+
 // Rows per parallel task so that a task touches about 16K elements.
 inline size_t row_grain(int64_t d) { return size_t(std::max<int64_t>(1, 16384 / std::max<int64_t>(d, 1))); }
 
@@ -87,16 +148,16 @@ void layernorm_forward(DType dt, const void* x, const void* w, const void* b, vo
     const float* wf = as_float(static_cast<const T*>(w), d, wbuf);
     const float* bf = as_float(static_cast<const T*>(b), d, bbuf);
     parallel_for(0, rows, row_grain(d), [&](size_t lo, size_t hi) {
-      std::vector<float> xbuf, out(d);
+      std::vector<float> xbuf, ybuf(std::is_same_v<T, float> ? 0 : d);
       for (size_t r = lo; r < hi; r++) {
         const float* xr = as_float(static_cast<const T*>(x) + int64_t(r) * d, d, xbuf);
-        // Two passes (mean, then squared deviations): no cancellation when |mean| ≫ std.
-        float mu = float(lane_sum(xr, d) / double(d));
-        float rs = float(1.0 / std::sqrt(lane_sq_dev(xr, mu, d) / double(d) + double(eps)));
-        for (int64_t j = 0; j < d; j++) out[j] = (xr[j] - mu) * rs * wf[j] + bf[j];
-        store_row(static_cast<T*>(y) + int64_t(r) * d, out.data(), d);
-        mean[r] = mu;
-        rstd[r] = rs;
+        T* yr = static_cast<T*>(y) + int64_t(r) * d;
+        if constexpr (std::is_same_v<T, float>) {
+          ln_forward_rows(xr, wf, bf, yr, d, eps, mean + r, rstd + r);
+        } else {
+          ln_forward_rows(xr, wf, bf, ybuf.data(), d, eps, mean + r, rstd + r);
+          store_row(yr, ybuf.data(), d);
+        }
       }
     });
   });
@@ -114,25 +175,20 @@ void layernorm_backward(DType dt, const void* x, const void* w, const float* mea
     const int64_t chunks = std::clamp<int64_t>(rows / 16, 1, 64);
     std::vector<float> partial(size_t(2 * chunks * d), 0.f);
     parallel_for(0, chunks, 1, [&](size_t c0, size_t c1) {
-      std::vector<float> xbuf, gbuf, xhat(d), g(d), out(d);
+      std::vector<float> xbuf, gbuf, xhat(d), g(d), dxbuf(std::is_same_v<T, float> ? 0 : d);
       for (size_t c = c0; c < c1; c++) {
         float* pw = partial.data() + 2 * int64_t(c) * d;
         float* pb = pw + d;
         for (int64_t r = int64_t(c) * rows / chunks; r < (int64_t(c) + 1) * rows / chunks; r++) {
           const float* xr = as_float(static_cast<const T*>(x) + r * d, d, xbuf);
           const float* gr = as_float(static_cast<const T*>(dy) + r * d, d, gbuf);
-          float mu = mean[r], rs = rstd[r];
-          for (int64_t j = 0; j < d; j++) {
-            xhat[j] = (xr[j] - mu) * rs;
-            g[j] = gr[j] * wf[j];
-            pw[j] += gr[j] * xhat[j];
-            pb[j] += gr[j];
+          T* dxr = static_cast<T*>(dx) + r * d;
+          if constexpr (std::is_same_v<T, float>) {
+            ln_backward_rows(xr, gr, wf, mean[r], rstd[r], dxr, pw, pb, xhat.data(), g.data(), d);
+          } else {
+            ln_backward_rows(xr, gr, wf, mean[r], rstd[r], dxbuf.data(), pw, pb, xhat.data(), g.data(), d);
+            store_row(dxr, dxbuf.data(), d);
           }
-          // dx = rstd·(g − mean(g) − x̂·mean(g·x̂)), g = dy·w.
-          float mean_g = float(lane_sum(g.data(), d) / double(d));
-          float mean_gx = float(lane_dot(g.data(), xhat.data(), d) / double(d));
-          for (int64_t j = 0; j < d; j++) out[j] = rs * (g[j] - mean_g - xhat[j] * mean_gx);
-          store_row(static_cast<T*>(dx) + r * d, out.data(), d);
         }
       }
     });
@@ -218,17 +274,22 @@ void rope(DType dt, const void* x, void* y, int64_t batch, int64_t t, int64_t d_
   if (hd % 2 != 0) fail("rope: the head width %lld (%lld / %lld heads) must be even", (long long)hd, (long long)d_model, (long long)heads);
   dispatch_float(dt, "rope", [&](auto tag) {
     using T = decltype(tag);
-    // cos/sin of every (position, frequency), computed in double once: [t, half] each.
+    // cos/sin of every (position, frequency) as float32 tables [t, half], computed in double: the
+    // first position's angle exactly (offset·θ_i can be ~1e5 radians), then one rotation by θ_i per
+    // step, whose rounding grows only by ~1e-16 a step. Saves t·half sin/cos pairs per call.
     std::vector<float> cs(size_t(t * half)), sn(size_t(t * half));
-    parallel_for(0, t, std::max<int64_t>(1, 4096 / std::max<int64_t>(half, 1)), [&](size_t lo, size_t hi) {
-      for (size_t p = lo; p < hi; p++) {
-        for (int64_t i = 0; i < half; i++) {
-          double angle = double(offset + int64_t(p)) * std::pow(10000.0, -2.0 * double(i) / double(hd));
-          cs[p * half + i] = float(std::cos(angle));
-          sn[p * half + i] = float(inverse ? -std::sin(angle) : std::sin(angle));
-        }
+    for (int64_t i = 0; i < half; i++) {
+      const double theta = std::pow(10000.0, -2.0 * double(i) / double(hd));
+      const double step_c = std::cos(theta), step_s = std::sin(theta);
+      double c = std::cos(double(offset) * theta), s = std::sin(double(offset) * theta);
+      for (int64_t p = 0; p < t; p++) {
+        cs[p * half + i] = float(c);
+        sn[p * half + i] = float(inverse ? -s : s);
+        const double next_c = c * step_c - s * step_s;
+        s = s * step_c + c * step_s;
+        c = next_c;
       }
-    });
+    }
     const T* xp = static_cast<const T*>(x);
     T* yp = static_cast<T*>(y);
     parallel_for(0, batch * t, row_grain(d_model), [&](size_t lo, size_t hi) {

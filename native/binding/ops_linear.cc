@@ -1,9 +1,81 @@
-// N-API bindings of the op family "linear" (CPU addon).
+// N-API bindings of the op family "linear" (CPU addon): argument checks, no math.
 #include "../cpu/kernels.h"
 #include "binding.h"
 
 namespace mg::binding {
+namespace {
 
-void register_linear(Napi::Env env, Napi::Object exports) {}
+int64_t checked_mul(int64_t a, int64_t b, const char* op) {
+  int64_t r;
+  if (__builtin_mul_overflow(a, b, &r)) fail("%s: size overflows", op);
+  return r;
+}
+
+// An optional tensor: (handle, offset) when present, else (null, anything). Returns null when absent.
+void* optional_tensor(Args& args, bool present, const char* name, DType dt, int64_t count) {
+  if (present) return args.tensor(name, dt, count);
+  args.next(name);
+  args.next(name);
+  return nullptr;
+}
+
+int activation_code(Args& args, const char* op) {
+  int64_t code = args.integer("activation");
+  if (code > 1) fail("%s: unknown activation code %lld (0 none, 1 gelu)", op, (long long)code);
+  return int(code);
+}
+
+// (dtype, m, n, k, activation, hasBias, wantZ, x, xOff, w, wOff, bias, biasOff, z, zOff, y, yOff)
+Napi::Value linear_forward(const Napi::CallbackInfo& info) {
+  return guarded(info, "linearForward", [&] {
+    const char* op = "linearForward";
+    Args args(info, op);
+    DType dt = args.dtype("dtype");
+    int64_t m = args.integer("m"), n = args.integer("n"), k = args.integer("k");
+    int activation = activation_code(args, op);
+    bool has_bias = args.flag("hasBias"), want_z = args.flag("wantZ");
+    if (dt == DType::I32) fail("%s: dtype int32 is not supported (float32 or bfloat16)", op);
+    const void* x = args.tensor("x", dt, checked_mul(m, k, op));
+    const void* w = args.tensor("weight", dt, checked_mul(n, k, op));
+    const void* bias = optional_tensor(args, has_bias, "bias", dt, n);
+    void* z = optional_tensor(args, want_z, "z", dt, checked_mul(m, n, op));
+    void* y = args.tensor("y", dt, checked_mul(m, n, op));
+    mg::cpu::linear_forward(dt, x, w, bias, z, y, m, n, k, activation);
+    return info.Env().Undefined();
+  });
+}
+
+// (dtype, m, n, k, activation, wantDx, wantDw, wantDb, x, w, z, dy, dz, dx, dw, db), each tensor as (handle, offset);
+// z and dz are read only for GELU (pass null otherwise).
+Napi::Value linear_backward(const Napi::CallbackInfo& info) {
+  return guarded(info, "linearBackward", [&] {
+    const char* op = "linearBackward";
+    Args args(info, op);
+    DType dt = args.dtype("dtype");
+    int64_t m = args.integer("m"), n = args.integer("n"), k = args.integer("k");
+    int activation = activation_code(args, op);
+    bool want_dx = args.flag("wantDx"), want_dw = args.flag("wantDw"), want_db = args.flag("wantDb");
+    if (dt == DType::I32) fail("%s: dtype int32 is not supported (float32 or bfloat16)", op);
+    int64_t mn = checked_mul(m, n, op), mk = checked_mul(m, k, op), nk = checked_mul(n, k, op);
+    bool gelu = activation == 1;
+    const void* x = args.tensor("x", dt, mk);
+    const void* w = args.tensor("weight", dt, nk);
+    const void* z = optional_tensor(args, gelu, "z", dt, mn);
+    const void* dy = args.tensor("dy", dt, mn);
+    void* dz = optional_tensor(args, gelu, "dz", dt, mn);
+    void* dx = optional_tensor(args, want_dx, "dx", dt, mk);
+    void* dw = optional_tensor(args, want_dw, "dw", dt, nk);
+    void* db = optional_tensor(args, want_db, "db", dt, n);
+    mg::cpu::linear_backward(dt, x, w, z, dy, dz, dx, dw, db, m, n, k, activation);
+    return info.Env().Undefined();
+  });
+}
+
+}  // namespace
+
+void register_linear(Napi::Env env, Napi::Object exports) {
+  exports.Set("linearForward", Napi::Function::New(env, linear_forward, "linearForward"));
+  exports.Set("linearBackward", Napi::Function::New(env, linear_backward, "linearBackward"));
+}
 
 }  // namespace mg::binding

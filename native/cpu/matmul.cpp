@@ -3,6 +3,8 @@
 // A into MR-row slivers, and a register-blocked micro-kernel (6 x 16 floats in
 // 12 AVX2 registers) runs over them. AVX2+FMA is chosen at run time, so the
 // addon is built for plain x86-64 and still runs on CPUs without it.
+// An optional tile epilogue (matmul_f32_epilogue, used by the linear layers for
+// bias and GELU) runs on each finished C tile while it is still in L1.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -13,7 +15,16 @@
 #include "kernels.h"
 
 namespace mg::cpu {
+
+// Called on each finished tile of C: rows [row, row + rows) x cols [col, col + cols), at c with leading dim ldc.
+using TileEpilogue = void (*)(void* ctx, float* c, int64_t ldc, int64_t row, int64_t col, int64_t rows, int64_t cols);
+
 namespace {
+
+struct Epilogue {
+  TileEpilogue fn;
+  void* ctx;
+};
 
 constexpr int MR = 6, NR = 16;
 constexpr int64_t KC = 256;   // A sliver (6 x 256 floats = 6 KiB) and B sliver (16 KiB) stay in L1/L2
@@ -127,9 +138,11 @@ const Kernel kernel = pick_kernel();
 
 // One GEMM, float32 C: C = op(A) op(B) + beta C. Threads split the M x N plane of each panel.
 template <typename T>
-void gemm(const View<T>& a, const View<T>& b, float* c, int64_t m, int64_t n, int64_t k, float beta) {
+void gemm(const View<T>& a, const View<T>& b, float* c, int64_t m, int64_t n, int64_t k, float beta,
+          const Epilogue* epilogue = nullptr) {
   if (k == 0) {
     for (int64_t i = 0; i < m * n; i++) c[i] = beta == 0.f ? 0.f : beta * c[i];
+    if (epilogue) epilogue->fn(epilogue->ctx, c, n, 0, 0, m, n);
     return;
   }
   static thread_local std::vector<float> b_pack_storage;
@@ -140,6 +153,7 @@ void gemm(const View<T>& a, const View<T>& b, float* c, int64_t m, int64_t n, in
     for (int64_t pc = 0; pc < k; pc += KC) {
       int64_t kc = std::min(KC, k - pc);
       float beta_here = pc == 0 ? beta : 1.f;
+      const Epilogue* tile_epilogue = pc + kc == k ? epilogue : nullptr;  // only once a tile is finished
       b_pack_storage.resize(size_t(slivers * NR * kc));
       float* b_pack = b_pack_storage.data();
       parallel_for(0, slivers, 8, [&](size_t lo, size_t hi) {
@@ -167,7 +181,9 @@ void gemm(const View<T>& a, const View<T>& b, float* c, int64_t m, int64_t n, in
             int nr = int(std::min<int64_t>(NR, n - j));
             for (int64_t ir = 0; ir < mc; ir += MR) {
               int mr = int(std::min<int64_t>(MR, mc - ir));
-              kernel(kc, a_pack + ir * kc, b_pack + s * NR * kc, c + (i0 + ir) * n + j, n, beta_here, mr, nr);
+              float* tile = c + (i0 + ir) * n + j;
+              kernel(kc, a_pack + ir * kc, b_pack + s * NR * kc, tile, n, beta_here, mr, nr);
+              if (tile_epilogue) tile_epilogue->fn(tile_epilogue->ctx, tile, n, i0 + ir, j, mr, nr);
             }
           }
         }
@@ -207,6 +223,18 @@ void matmul_typed(const T* a, const T* b, DType c_dtype, void* c, int64_t batch,
 }
 
 }  // namespace
+
+// One GEMM into float32 C = op(A) op(B) (A, B float32 or bfloat16), with `epilogue` applied to every
+// finished tile of C. Not in kernels.inc: a CPU-internal hook, declared where it is used (linear.cpp).
+void matmul_f32_epilogue(DType ab_dtype, const void* a, const void* b, float* c, int64_t m, int64_t n, int64_t k,
+                         bool trans_a, bool trans_b, TileEpilogue epilogue, void* ctx) {
+  Epilogue e{epilogue, ctx};
+  dispatch_float(ab_dtype, "matmul", [&](auto tag) {
+    using T = decltype(tag);
+    View<T> av{static_cast<const T*>(a), trans_a ? m : k, trans_a}, bv{static_cast<const T*>(b), trans_b ? k : n, trans_b};
+    gemm(av, bv, c, m, n, k, 0.f, epilogue ? &e : nullptr);
+  });
+}
 
 void matmul(DType ab_dtype, const void* a, const void* b, DType c_dtype, void* c, int64_t batch, int64_t m, int64_t n,
             int64_t k, bool trans_a, bool trans_b, int64_t stride_a, int64_t stride_b, int64_t stride_c, float beta) {

@@ -10,6 +10,8 @@
 // (deterministic whatever the thread count). Tiles are stored key-major-transposed so the inner loops run
 // contiguously over keys (or over the head width) and vectorise without reassociating sums; each task body is
 // compiled twice, for AVX2+FMA and for plain x86-64, and picked at run time.
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -84,6 +86,62 @@ MG_INLINE float dot(const float* x, const float* y, int64_t n) {
   for (int64_t i = 0; i < n; i++) acc += double(x[i]) * y[i];
   return float(acc);
 }
+
+// x[j] = exp(x[j] − shift) for j < n, returning their sum: the softmax numerators of one row (arguments ≤ 0
+// up to rounding). The AVX2 version is the Cephes expf (range reduction by ln 2 in two parts, degree-6
+// polynomial, within 2 ulp of std::exp over [−87, 0]), 8 lanes at a time, because a scalar libm exp per score
+// costs about as much as the dot products around it.
+float exp_row_generic(float* x, int64_t n, float shift) {
+  float sum = 0.f;
+  for (int64_t j = 0; j < n; j++) {
+    x[j] = std::exp(x[j] - shift);
+    sum += x[j];
+  }
+  return sum;
+}
+
+__attribute__((target("avx2,fma"))) float exp_row_avx2(float* x, int64_t n, float shift) {
+  const __m256 log2e = _mm256_set1_ps(1.44269504088896341f);
+  const __m256 ln2_hi = _mm256_set1_ps(0.693359375f), ln2_lo = _mm256_set1_ps(-2.12194440e-4f);
+  const __m256 lowest = _mm256_set1_ps(-87.0f), one = _mm256_set1_ps(1.f), sh = _mm256_set1_ps(shift);
+  const __m256 c0 = _mm256_set1_ps(1.9875691500e-4f), c1 = _mm256_set1_ps(1.3981999507e-3f),
+               c2 = _mm256_set1_ps(8.3334519073e-3f), c3 = _mm256_set1_ps(4.1665795894e-2f),
+               c4 = _mm256_set1_ps(1.6666665459e-1f), c5 = _mm256_set1_ps(5.0000001201e-1f);
+  __m256 acc = _mm256_setzero_ps();
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    __m256 v = _mm256_sub_ps(_mm256_loadu_ps(x + j), sh);
+    __m256 underflow = _mm256_cmp_ps(v, lowest, _CMP_LT_OQ);
+    v = _mm256_max_ps(v, lowest);
+    __m256 k = _mm256_round_ps(_mm256_mul_ps(v, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(k, ln2_hi, v);
+    r = _mm256_fnmadd_ps(k, ln2_lo, r);
+    __m256 p = _mm256_fmadd_ps(c0, r, c1);
+    p = _mm256_fmadd_ps(p, r, c2);
+    p = _mm256_fmadd_ps(p, r, c3);
+    p = _mm256_fmadd_ps(p, r, c4);
+    p = _mm256_fmadd_ps(p, r, c5);
+    p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, one));
+    __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+    __m256 e = _mm256_andnot_ps(underflow, _mm256_mul_ps(p, _mm256_castsi256_ps(bits)));
+    _mm256_storeu_ps(x + j, e);
+    acc = _mm256_add_ps(acc, e);
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, acc);
+  float sum = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+  for (; j < n; j++) {
+    x[j] = std::exp(x[j] - shift);
+    sum += x[j];
+  }
+  return sum;
+}
+
+using ExpRow = float (*)(float*, int64_t, float);
+const ExpRow exp_row = [] {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? exp_row_avx2 : exp_row_generic;
+}();
 
 MG_INLINE float sigmoid(float x) { return float(1.0 / (1.0 + std::exp(-double(x)))); }
 
@@ -165,7 +223,7 @@ MG_INLINE void attend_rows(const float* q, int64_t ldq, int64_t rows, int64_t qp
     for (int64_t r = 0; r < rows; r++) {
       int64_t valid = causal ? std::min(n, qpos0 + r - k0 + 1) : n;
       if (valid <= 0) continue;
-      const float* sr = w.s.data() + r * kKB;
+      float* sr = w.s.data() + r * kKB;
       float mx = m[r];
       for (int64_t j = 0; j < valid; j++) mx = std::max(mx, sr[j]);
       float* o = out + r * d;
@@ -175,13 +233,8 @@ MG_INLINE void attend_rows(const float* q, int64_t ldq, int64_t rows, int64_t qp
         for (int64_t i = 0; i < d; i++) o[i] *= corr;
       }
       m[r] = mx;
-      float sum = 0.f;
-      for (int64_t j = 0; j < valid; j++) {
-        float p = std::exp(sr[j] - mx);
-        sum += p;
-        axpy(p, v + (k0 + j) * ld, o, d);
-      }
-      l[r] += sum;
+      l[r] += exp_row(sr, valid, mx);
+      for (int64_t j = 0; j < valid; j++) axpy(sr[j], v + (k0 + j) * ld, o, d);
     }
   }
   for (int64_t r = 0; r < rows; r++) {
@@ -285,11 +338,8 @@ MG_INLINE void attend_rows_backward(const float* q, int64_t ldq, int64_t nq, con
         int64_t valid = causal ? std::max<int64_t>(0, std::min(n, t - k0 + 1)) : n;
         float* pr = p + r * kKB;
         float* dpr = dp + r * kKB;  // becomes dS·scale
-        for (int64_t j = 0; j < valid; j++) {
-          float pj = std::exp(pr[j] - lse[t]);
-          pr[j] = pj;
-          dpr[j] = pj * (dpr[j] - dsum[t]) * scale;
-        }
+        exp_row(pr, valid, lse[t]);
+        for (int64_t j = 0; j < valid; j++) dpr[j] = pr[j] * (dpr[j] - dsum[t]) * scale;
         for (int64_t j = valid; j < n; j++) pr[j] = dpr[j] = 0.f;
         float* dqr = dq + t * d;
         for (int64_t j = 0; j < valid; j++) axpy(dpr[j], k + (k0 + j) * ldk, dqr, d);

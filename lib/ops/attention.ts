@@ -1,2 +1,120 @@
 // Ops of the family "attention": fused causal self-attention with RoPE, the memory read and its gate.
-export {};
+// One op computes SPEC §3 from `q, k, v = split(...)` to `O = g·R + (1 − g)·A`; its backward gives the
+// gradients of qkv, memKV and gateLogits in one native call (native/cpu/attention.cpp has the design).
+import { isGradEnabled, record } from '../autograd.js';
+import { MemgptError, shapeStr } from '../errors.js';
+import { empty, type Tensor } from '../tensor.js';
+import type { StorageHandle } from '../backend.js';
+import { callNative, checkTensors } from './util.js';
+
+type Ref = [StorageHandle | null, number];
+
+interface AttentionKernels {
+  attentionForward?(
+    B: number, T: number, H: number, d: number, S: number, rope: boolean,
+    ...tensors: (StorageHandle | number | null)[]
+  ): void;
+  attentionBackward?(
+    B: number, T: number, H: number, d: number, S: number, rope: boolean,
+    ...tensors: (StorageHandle | number | null)[]
+  ): void;
+}
+
+/** Options of attention(): heads, RoPE, and the memory read (memKV [B, S, 2D] with gateLogits [B, T, H], both or neither). */
+export interface AttentionOptions {
+  nHeads: number;
+  rope: boolean;
+  memKV?: Tensor;
+  gateLogits?: Tensor;
+}
+
+function ref(t: Tensor | null | undefined): Ref {
+  return t ? [t.handle, t.offset] : [null, 0];
+}
+
+function kernels(op: string, x: Tensor): AttentionKernels {
+  const k = x.storage.backend as unknown as AttentionKernels;
+  if (!k.attentionForward || !k.attentionBackward) throw new MemgptError(`${op}: not implemented on ${x.device} yet`);
+  return k;
+}
+
+/**
+ * Causal multi-head attention of qkv [B, T, 3D] (q, k, v blocks of D), RoPE on q and k when `rope`, and with
+ * memKV the gated memory read O = σ(gateLogits)·softmax(q₀·mkᵀ/√d)·mv + (1 − σ)·A; returns O [B, T, D].
+ */
+export function attention(qkv: Tensor, options: AttentionOptions): Tensor {
+  const op = 'attention';
+  const { nHeads: H, rope, memKV, gateLogits } = options;
+  if (memKV === undefined && gateLogits !== undefined) throw new MemgptError(`${op}: gateLogits ${shapeStr(gateLogits.shape)} given without memKV (they come together)`);
+  if (memKV !== undefined && gateLogits === undefined) throw new MemgptError(`${op}: memKV ${shapeStr(memKV.shape)} given without gateLogits (they come together)`);
+  const mem = memKV !== undefined;
+  const named: Record<string, Tensor> = mem ? { qkv, memKV: memKV!, gateLogits: gateLogits! } : { qkv };
+  checkTensors(op, named, ['float32']);
+  if (qkv.rank !== 3 || qkv.shape[2] % 3 !== 0) throw new MemgptError(`${op}: qkv must be [B, T, 3D], got ${shapeStr(qkv.shape)}`);
+  const [B, T, threeD] = qkv.shape;
+  const D = threeD / 3;
+  if (!Number.isInteger(H) || H < 1) throw new MemgptError(`${op}: nHeads must be a positive integer, got ${H}`);
+  if (D % H !== 0) throw new MemgptError(`${op}: width D = ${D} of qkv ${shapeStr(qkv.shape)} is not divisible by nHeads = ${H}`);
+  const d = D / H;
+  if (d === 0) throw new MemgptError(`${op}: qkv ${shapeStr(qkv.shape)} has zero width`);
+  if (rope && d % 2 !== 0) throw new MemgptError(`${op}: rope needs an even head width, got d = ${d} (D = ${D}, nHeads = ${H})`);
+  let S = 0;
+  if (mem) {
+    const m = memKV!, g = gateLogits!;
+    if (m.rank !== 3 || m.shape[0] !== B || m.shape[2] !== 2 * D || m.shape[1] < 1) {
+      throw new MemgptError(`${op}: memKV must be [B, S, 2D] = [${B}, S ≥ 1, ${2 * D}] for qkv ${shapeStr(qkv.shape)}, got ${shapeStr(m.shape)}`);
+    }
+    if (g.rank !== 3 || g.shape[0] !== B || g.shape[1] !== T || g.shape[2] !== H) {
+      throw new MemgptError(`${op}: gateLogits must be [B, T, H] = [${B}, ${T}, ${H}], got ${shapeStr(g.shape)}`);
+    }
+    S = m.shape[1];
+  }
+  const k = kernels(op, qkv);
+  const inputs = mem ? [qkv, memKV!, gateLogits!] : [qkv];
+  const wantsGrad = isGradEnabled() && inputs.some((t) => t.requiresGrad);
+  const opts = { device: qkv.device, dtype: 'float32' as const };
+  const out = empty([B, T, D], opts);
+  const lseSelf = empty([B, H, T], opts);
+  const lseMem = mem ? empty([B, H, T], opts) : null;
+  // A and R are saved only with memory and only when a backward can come; without memory A is the output itself.
+  const saveA = mem && wantsGrad ? empty([B, T, D], opts) : null;
+  const saveR = mem && wantsGrad ? empty([B, T, D], opts) : null;
+  try {
+    callNative(op, named, () =>
+      k.attentionForward!(
+        B, T, H, d, S, rope,
+        ...ref(qkv), ...ref(memKV), ...ref(gateLogits), ...ref(out), ...ref(lseSelf), ...ref(lseMem), ...ref(saveA), ...ref(saveR),
+      ),
+    );
+    const saved = mem && wantsGrad ? [qkv, memKV!, gateLogits!, saveA!, saveR!, lseSelf, lseMem!] : [qkv, out, lseSelf];
+    record(op, inputs, [out], wantsGrad ? saved : [], ([dOut], sv, needs) => {
+      const [sq, sm, sg, sa, sr, sls, slm] = mem ? sv : [sv[0], null, null, sv[1], null, sv[2], null];
+      const dQkv = empty(qkv.shape, opts);
+      const dMem = mem ? empty(memKV!.shape, opts) : null;
+      const dGate = mem ? empty(gateLogits!.shape, opts) : null;
+      callNative('attention backward', { qkv: sq, dOut }, () =>
+        k.attentionBackward!(
+          B, T, H, d, S, rope,
+          ...ref(sq), ...ref(sm), ...ref(sg), ...ref(sa), ...ref(sr), ...ref(sls), ...ref(slm), ...ref(dOut),
+          ...ref(dQkv), ...ref(dMem), ...ref(dGate),
+        ),
+      );
+      const grads = [dQkv, dMem, dGate].slice(0, inputs.length);
+      return grads.map((g, i) => {
+        if (needs[i]) return g;
+        g?.dispose();
+        return null;
+      });
+    });
+  } catch (e) {
+    out.dispose();
+    throw e;
+  } finally {
+    // The graph holds its own views of what it saved; these handles are the op's.
+    lseSelf.dispose();
+    lseMem?.dispose();
+    saveA?.dispose();
+    saveR?.dispose();
+  }
+  return out;
+}

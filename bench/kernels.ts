@@ -1,32 +1,42 @@
-// Microbenchmarks of the foundation kernels (elementwise, sum, softmax,
-// matmul): median time over repetitions and the % of this machine's measured
-// ceiling — peak FMA GFLOP/s for matmul, copy bandwidth for the memory-bound ops.
-// Usage: npx tsx bench/kernels.ts [--device cpu|cuda] [--json]
-import { parseArgs } from 'node:util';
+// Kernel microbenchmarks: every op family's cases (bench/ops/<family>.ts) at the
+// small and base presets' shapes, plus the foundation ops, each with its median
+// time and the % of this machine's measured ceiling: peak FMA GFLOP/s for
+// compute-bound kernels, copy bandwidth for memory-bound ones.
+// Usage: npx tsx bench/kernels.ts [--device cpu|cuda] [--preset small|base|all] [--only SUBSTRING] [--json]
+import { readdirSync } from 'node:fs';
 import { cpus } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
 
 import * as mg from '../lib/index.js';
 import { cpuBackend, synchronize } from '../lib/backend.js';
+import type { BenchCase, Preset } from './ops/types.js';
 
-const { values: flags } = parseArgs({ options: { device: { type: 'string' }, json: { type: 'boolean' } } });
+const { values: flags } = parseArgs({
+  options: { device: { type: 'string' }, preset: { type: 'string' }, only: { type: 'string' }, json: { type: 'boolean' } },
+});
 const device = flags.device ? (flags.device as mg.Device) : mg.defaultDevice();
 mg.setDefaultDevice(device);
+const presetsToRun: Preset[] = flags.preset === 'base' ? ['base'] : flags.preset === 'all' ? ['small', 'base'] : ['small'];
 
-interface Row {
+export interface Row {
+  preset: Preset | '-';
   op: string;
   shape: string;
   microseconds: number;
-  rate: number;
-  unit: 'GFLOP/s' | 'GB/s';
+  rate: number | null;
+  unit: 'GFLOP/s' | 'GB/s' | '';
   percentOfCeiling: number | null;
 }
 
-function timeIt(fn: () => void, minSeconds = 0.3): number {
+/** Median seconds of fn after one warm-up run: at least 3 runs, more while under 0.3 s. */
+function timeIt(fn: () => void): number {
   fn();
   synchronize(device);
   const samples: number[] = [];
   const start = performance.now();
-  while (samples.length < 5 || (performance.now() - start < minSeconds * 1000 && samples.length < 200)) {
+  while (samples.length < 3 || (performance.now() - start < 300 && samples.length < 200)) {
     const t0 = performance.now();
     fn();
     synchronize(device);
@@ -38,40 +48,82 @@ function timeIt(fn: () => void, minSeconds = 0.3): number {
 
 const ceilings = device === 'cpu'
   ? { gflops: cpuBackend().probePeakFlops(0.5), gbs: cpuBackend().probeCopyBandwidth(256 << 20, 5) }
-  : { gflops: null, gbs: null }; // the CUDA ceilings come with the CUDA kernels' benchmark
+  : { gflops: null as number | null, gbs: null as number | null }; // CUDA ceilings come with the CUDA kernels
 
-const rows: Row[] = [];
-function record(op: string, shape: string, seconds: number, work: number, unit: Row['unit']) {
-  const rate = work / seconds / 1e9;
-  const ceiling = unit === 'GFLOP/s' ? ceilings.gflops : ceilings.gbs;
-  rows.push({ op, shape, microseconds: seconds * 1e6, rate, unit, percentOfCeiling: ceiling ? (100 * rate) / ceiling : null });
+function row(preset: Row['preset'], c: Pick<BenchCase, 'op' | 'shape' | 'flops' | 'bytes'>, seconds: number): Row {
+  const unit: Row['unit'] = c.flops ? 'GFLOP/s' : c.bytes ? 'GB/s' : '';
+  const work = c.flops ?? c.bytes;
+  const rate = work ? work / seconds / 1e9 : null;
+  const ceiling = unit === 'GFLOP/s' ? ceilings.gflops : unit === 'GB/s' ? ceilings.gbs : null;
+  return { preset, op: c.op, shape: c.shape, microseconds: seconds * 1e6, rate, unit, percentOfCeiling: rate && ceiling ? (100 * rate) / ceiling : null };
 }
 
-mg.noGrad(() => {
-  // Elementwise and reductions at the small preset's activation size (batch 8 x 128 tokens x 256 wide) and larger.
-  for (const n of [8 * 128 * 256, 1 << 24]) {
-    mg.tidy(() => {
+/** The foundation ops (elementwise, sum, softmax, matmul) at the small preset's sizes. */
+function foundationCases(): BenchCase[] {
+  const n = 8 * 128 * 256;
+  const cases: BenchCase[] = [];
+  for (const [op, f] of [['add', mg.add], ['mul', mg.mul]] as const) {
+    cases.push({ op, shape: `[${n}]`, bytes: 12 * n, setup: () => {
       const a = mg.randn([n], { seed: 1 }), b = mg.randn([n], { seed: 2 });
-      record('add', `[${n}]`, timeIt(() => mg.add(a, b).dispose()), 12 * n, 'GB/s');
-      record('mul', `[${n}]`, timeIt(() => mg.mul(a, b).dispose()), 12 * n, 'GB/s');
-      record('sum', `[${n}]`, timeIt(() => mg.sum(a).dispose()), 4 * n, 'GB/s');
-    });
+      return { run: () => f(a, b).dispose(), dispose: () => { a.dispose(); b.dispose(); } };
+    } });
   }
-  for (const [rows_, cols] of [[8 * 4 * 128, 128], [8 * 128, 50257 >> 3]]) {
-    mg.tidy(() => {
-      const x = mg.randn([rows_, cols], { seed: 3 });
-      record('softmax', `[${rows_},${cols}]`, timeIt(() => mg.softmax(x).dispose()), 8 * rows_ * cols, 'GB/s');
-    });
+  cases.push({ op: 'sum', shape: `[${n}]`, bytes: 4 * n, setup: () => {
+    const a = mg.randn([n], { seed: 1 });
+    return { run: () => mg.sum(a).dispose(), dispose: () => a.dispose() };
+  } });
+  cases.push({ op: 'softmax', shape: '[4096,128]', bytes: 8 * 4096 * 128, setup: () => {
+    const x = mg.randn([4096, 128], { seed: 3 });
+    return { run: () => mg.softmax(x).dispose(), dispose: () => x.dispose() };
+  } });
+  for (const [m, k, nn] of [[1024, 256, 768], [1024, 1024, 256], [1024, 1024, 1024]]) {
+    for (const transB of [false, true]) {
+      cases.push({ op: transB ? 'matmul (B transposed)' : 'matmul', shape: `${m}x${k} @ ${k}x${nn}`, flops: 2 * m * nn * k, setup: () => {
+        const a = mg.randn([m, k], { seed: 4 }), b = mg.randn(transB ? [nn, k] : [k, nn], { seed: 5 });
+        return { run: () => mg.matmul(a, b, { transB }).dispose(), dispose: () => { a.dispose(); b.dispose(); } };
+      } });
+    }
   }
-  // GEMMs at the small preset's shapes: tokens x width @ width x (3·width | 4·width), and a square one.
-  for (const [m, k, n] of [[1024, 256, 768], [1024, 256, 1024], [1024, 1024, 256], [1024, 1024, 1024]]) {
-    mg.tidy(() => {
-      const a = mg.randn([m, k], { seed: 4 }), b = mg.randn([k, n], { seed: 5 }), bt = mg.transpose(b);
-      record('matmul', `${m}x${k} @ ${k}x${n}`, timeIt(() => mg.matmul(a, b).dispose()), 2 * m * n * k, 'GFLOP/s');
-      record('matmul transB', `${m}x${k} @ (${n}x${k})ᵀ`, timeIt(() => mg.matmul(a, bt, { transB: true }).dispose()), 2 * m * n * k, 'GFLOP/s');
-    });
+  return cases;
+}
+
+async function familyCases(preset: Preset): Promise<BenchCase[]> {
+  const dir = join(dirname(fileURLToPath(import.meta.url)), 'ops');
+  const files = readdirSync(dir).filter((f) => f.endsWith('.ts') && f !== 'types.ts').sort();
+  const all: BenchCase[] = [];
+  for (const f of files) {
+    const mod = (await import(join(dir, f))) as { cases?: (p: Preset) => BenchCase[] };
+    if (mod.cases) all.push(...mod.cases(preset));
   }
-});
+  return all;
+}
+
+function runCase(preset: Row['preset'], c: BenchCase): Row | null {
+  if (flags.only && !c.op.includes(flags.only)) return null;
+  return mg.noGrad(() => {
+    const { run, dispose } = c.setup();
+    try {
+      return row(preset, c, timeIt(run));
+    } catch (e) {
+      process.stderr.write(`${c.op} ${c.shape}: ${(e as Error).message}\n`);
+      return null;
+    } finally {
+      dispose();
+    }
+  });
+}
+
+const rows: Row[] = [];
+for (const c of foundationCases()) {
+  const r = runCase('-', c);
+  if (r) rows.push(r);
+}
+for (const preset of presetsToRun) {
+  for (const c of await familyCases(preset)) {
+    const r = runCase(preset, c);
+    if (r) rows.push(r);
+  }
+}
 
 const machine = device === 'cpu' ? `${cpus()[0]?.model ?? 'unknown CPU'}, ${mg.numThreads()} threads` : mg.cudaStatus().reason;
 if (flags.json) {
@@ -79,7 +131,8 @@ if (flags.json) {
 } else {
   console.log(`# ${device}: ${machine}; ceilings: ${ceilings.gflops?.toFixed(0) ?? '?'} GFLOP/s peak FMA, ${ceilings.gbs?.toFixed(1) ?? '?'} GB/s copy`);
   for (const r of rows) {
-    const pct = r.percentOfCeiling === null ? '   -' : `${r.percentOfCeiling.toFixed(0).padStart(3)}%`;
-    console.log(`${r.op.padEnd(15)} ${r.shape.padEnd(26)} ${r.microseconds.toFixed(1).padStart(10)} us ${r.rate.toFixed(1).padStart(8)} ${r.unit.padEnd(7)} ${pct}`);
+    const pct = r.percentOfCeiling === null ? '    -' : `${r.percentOfCeiling.toFixed(0).padStart(4)}%`;
+    const rate = r.rate === null ? '' : `${r.rate.toFixed(1).padStart(8)} ${r.unit}`;
+    console.log(`${r.preset.padEnd(6)} ${r.op.padEnd(28)} ${r.shape.padEnd(30)} ${r.microseconds.toFixed(1).padStart(11)} us ${rate.padEnd(17)} ${pct}`);
   }
 }

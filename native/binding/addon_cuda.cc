@@ -1,0 +1,102 @@
+// Entry point of the CUDA addon (memgpt_cuda.node): memory, ops, and the device
+// queries. Loading it needs no GPU (the CUDA runtime is linked statically and
+// opens the driver on first use), so `probe()` can say in one line why CUDA is
+// not usable instead of the load failing.
+#include <string>
+
+#include "../cuda/runtime.h"
+#include "binding.h"
+
+namespace {
+
+std::string version_string(int v) { return std::to_string(v / 1000) + "." + std::to_string(v % 1000 / 10); }
+
+// Why no device can be used, or "" when the current device can. Never throws.
+std::string unusable_reason(int driver, int runtime, int* device_count) {
+  *device_count = 0;
+  cudaError_t err = cudaGetDeviceCount(device_count);
+  if (err != cudaSuccess) {
+    cudaGetLastError();  // leave no error behind for later calls to report
+    *device_count = 0;
+    if (driver == 0) return "no NVIDIA driver found (libcuda.so.1 could not be loaded)";
+    if (err == cudaErrorInsufficientDriver || driver < runtime)
+      return "the NVIDIA driver supports CUDA " + version_string(driver) + " but this addon was built with CUDA " +
+             version_string(runtime) + "; update the driver";
+    return std::string("cannot use the GPU: ") + cudaGetErrorString(err) + " (" + cudaGetErrorName(err) + ")";
+  }
+  if (*device_count == 0) return "no CUDA device found";
+  int device = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
+    cudaError_t e = cudaGetLastError();
+    return std::string("cannot query the GPU: ") + cudaGetErrorString(e);
+  }
+  // The addon carries sm_80 and sm_90a code and compute_90 PTX: nothing older than 8.0 can run it.
+  if (major < 8)
+    return "GPU " + std::to_string(device) + " has compute capability " + std::to_string(major) + "." +
+           std::to_string(minor) + "; memgpt's CUDA kernels need 8.0 (Ampere) or newer";
+  return "";
+}
+
+// { ok, deviceCount, error?, driverVersion, runtimeVersion }: whether CUDA can be used here.
+Napi::Value probe(const Napi::CallbackInfo& info) {
+  int driver = 0, runtime = 0, count = 0;
+  if (cudaDriverGetVersion(&driver) != cudaSuccess) driver = 0;  // 0 when no driver is installed
+  if (cudaRuntimeGetVersion(&runtime) != cudaSuccess) runtime = 0;
+  std::string reason = unusable_reason(driver, runtime, &count);
+  cudaGetLastError();
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("ok", reason.empty());
+  o.Set("deviceCount", count);
+  if (!reason.empty()) o.Set("error", reason);
+  o.Set("driverVersion", driver);
+  o.Set("runtimeVersion", runtime);
+  return o;
+}
+
+// { backend: 'cuda', name, computeCapability, totalMemory, multiProcessors, driverVersion, runtimeVersion }
+Napi::Value info(const Napi::CallbackInfo& info) {
+  return mg::binding::guarded(info, "info", [&]() -> Napi::Value {
+    int driver = 0, runtime = 0, count = 0;
+    cudaDriverGetVersion(&driver);
+    cudaRuntimeGetVersion(&runtime);
+    std::string reason = unusable_reason(driver, runtime, &count);
+    if (count == 0) mg::fail("info: no CUDA device: %s", reason.c_str());
+    int device = 0;
+    mg::cuda::check(cudaGetDevice(&device), "info");
+    cudaDeviceProp p;
+    mg::cuda::check(cudaGetDeviceProperties(&p, device), "info");
+    Napi::Object o = Napi::Object::New(info.Env());
+    o.Set("backend", "cuda");
+    o.Set("name", p.name);
+    o.Set("computeCapability", std::to_string(p.major) + "." + std::to_string(p.minor));
+    o.Set("totalMemory", double(p.totalGlobalMem));
+    o.Set("multiProcessors", p.multiProcessorCount);
+    o.Set("driverVersion", driver);
+    o.Set("runtimeVersion", runtime);
+    return o;
+  });
+}
+
+// Waits for everything queued on the op stream; an asynchronous failure of any
+// earlier kernel (an illegal address, say) surfaces here as a JS exception.
+Napi::Value synchronize(const Napi::CallbackInfo& info) {
+  return mg::binding::guarded(info, "synchronize", [&]() -> Napi::Value {
+    mg::cuda::check(cudaStreamSynchronize(mg::cuda::stream()), "synchronize");
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Object init(Napi::Env env, Napi::Object exports) {
+  mg::binding::register_memory(env, exports);
+  mg::binding::register_ops(env, exports);
+  exports.Set("probe", Napi::Function::New(env, probe, "probe"));
+  exports.Set("info", Napi::Function::New(env, info, "info"));
+  exports.Set("synchronize", Napi::Function::New(env, synchronize, "synchronize"));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(memgpt_cuda, init)

@@ -132,6 +132,19 @@ std::vector<float>& scratch_of(int64_t n) {
   return scratch;
 }
 
+// Runs fn(b) for every segment: one segment per thread when there are enough to go round (their small
+// GEMMs then run serially inside), else one after another with each GEMM threaded.
+template <typename Fn>
+void for_each_segment(int64_t batch, Fn&& fn) {
+  if (batch >= num_threads()) {
+    parallel_for(0, size_t(batch), 1, [&](size_t lo, size_t hi) {
+      for (size_t b = lo; b < hi; b++) fn(int64_t(b));
+    });
+  } else {
+    for (int64_t b = 0; b < batch; b++) fn(b);
+  }
+}
+
 size_t row_grain(int64_t cols) { return size_t(std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1))); }
 
 }  // namespace
@@ -216,9 +229,9 @@ void copy_mix_forward(const float* cq, const float* ck, const float* gen_logit, 
   check_ids(targets, batch * len, vocab, "target");
   if (batch * len == 0) return;
   const float scale = float(1.0 / std::sqrt(double(dim)));
-  std::vector<float>& scores = scratch_of(len * len);
-  for (int64_t b = 0; b < batch; b++) {
+  for_each_segment(batch, [&](int64_t b) {
     int64_t base = b * len;
+    std::vector<float>& scores = scratch_of(len * len);
     gemm(cq + base * dim, ck + base * dim, scores.data(), len, len, dim, false, true, 0.f);
     parallel_for(0, size_t(len), row_grain(len), [&](size_t lo, size_t hi) {
       for (size_t pi = lo; pi < hi; pi++) {
@@ -254,7 +267,7 @@ void copy_mix_forward(const float* cq, const float* ck, const float* gen_logit, 
         stats[3 * r + 2] = float(lse_match);
       }
     });
-  }
+  });
 }
 
 void copy_mix_backward(const float* cq, const float* ck, const float* gen_logit, const int32_t* inputs,
@@ -262,9 +275,9 @@ void copy_mix_backward(const float* cq, const float* ck, const float* gen_logit,
                        float* dck, float* dgen, int64_t batch, int64_t len, int64_t dim) {
   if (batch * len == 0) return;
   const float scale = float(1.0 / std::sqrt(double(dim)));
-  std::vector<float>& scores = scratch_of(len * len);
-  for (int64_t b = 0; b < batch; b++) {
+  for_each_segment(batch, [&](int64_t b) {
     int64_t base = b * len;
+    std::vector<float>& scores = scratch_of(len * len);
     gemm(cq + base * dim, ck + base * dim, scores.data(), len, len, dim, false, true, 0.f);
     // Row p of the scores becomes dE[p, ·]·scale: (1 − w)·(β − q)·dnll, q the posterior over matching p'.
     parallel_for(0, size_t(len), row_grain(len), [&](size_t lo, size_t hi) {
@@ -290,7 +303,7 @@ void copy_mix_backward(const float* cq, const float* ck, const float* gen_logit,
     });
     gemm(scores.data(), ck + base * dim, dcq + base * dim, len, dim, len, false, false, 0.f);
     gemm(scores.data(), cq + base * dim, dck + base * dim, len, dim, len, true, false, 0.f);
-  }
+  });
 }
 
 }  // namespace mg::cpu

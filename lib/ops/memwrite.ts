@@ -1,2 +1,124 @@
-// Ops of the family "memwrite": the memory write: pointer scores, softmax over tokens, candidates, gated update.
-export {};
+// Ops of the family "memwrite": the memory write (SPEC.md §3, "# memory write") as one fused op. The slot
+// queries mq = M·Wpqᵀ and token keys/values ck, cv = c·Wpk/pvᵀ are plain GEMMs outside; this op does the rest:
+// pointer scores, softmax over tokens, candidates Z, the write gate U and the blend (1 − U)⊙M + U⊙Z.
+import { record } from '../autograd.js';
+import { MemgptError, shapeStr } from '../errors.js';
+import { empty, type Tensor } from '../tensor.js';
+import type { StorageHandle } from '../backend.js';
+import { callNative, checkTensors } from './util.js';
+
+interface MemwriteKernels {
+  memwriteForward?(
+    B: number, S: number, T: number, D: number,
+    m: StorageHandle, mOff: number, mq: StorageHandle, mqOff: number, ck: StorageHandle, ckOff: number,
+    cv: StorageHandle, cvOff: number, w: StorageHandle, wOff: number, bias: StorageHandle, biasOff: number,
+    out: StorageHandle, outOff: number, alpha: StorageHandle, alphaOff: number, x: StorageHandle, xOff: number,
+    u: StorageHandle, uOff: number,
+  ): void;
+  memwriteBackward?(
+    B: number, S: number, T: number, D: number,
+    dout: StorageHandle, doutOff: number, mq: StorageHandle, mqOff: number, ck: StorageHandle, ckOff: number,
+    cv: StorageHandle, cvOff: number, w: StorageHandle, wOff: number, alpha: StorageHandle, alphaOff: number,
+    x: StorageHandle, xOff: number, u: StorageHandle, uOff: number,
+    dm: StorageHandle, dmOff: number, dmq: StorageHandle, dmqOff: number, dck: StorageHandle, dckOff: number,
+    dcv: StorageHandle, dcvOff: number, dw: StorageHandle, dwOff: number, dbias: StorageHandle, dbiasOff: number,
+    workspace: StorageHandle, workspaceOff: number,
+  ): void;
+  memwriteStats?(B: number, S: number, T: number, D: number, alpha: StorageHandle, alphaOff: number, u: StorageHandle, uOff: number): [number, number];
+}
+
+/** Options of memoryWrite. */
+export interface MemoryWriteOptions {
+  /** Also return the write's diagnostics (meanGate, pointerEntropy), computed from the same forward. */
+  stats?: boolean;
+}
+
+/** The new memory with the write's diagnostics (plain numbers, no gradient through them). */
+export interface MemoryWriteResult {
+  /** The memory after the write [B,S,D]. */
+  M: Tensor;
+  /** Mean of the write gate U over every batch item, slot and feature. */
+  meanGate: number;
+  /** Mean over (batch item, slot) of the pointer's entropy −Σ_t α log α, in nats (log T when uniform). */
+  pointerEntropy: number;
+}
+
+function kernels(op: string, t: Tensor): Required<MemwriteKernels> {
+  const k = t.storage.backend as unknown as MemwriteKernels;
+  if (!k.memwriteForward || !k.memwriteBackward || !k.memwriteStats) throw new MemgptError(`${op}: not implemented on ${t.device} yet`);
+  return k as Required<MemwriteKernels>;
+}
+
+function checkShapes(M: Tensor, mq: Tensor, ck: Tensor, cv: Tensor, w: Tensor, b: Tensor): [number, number, number, number] {
+  const op = 'memoryWrite';
+  const all = `M ${shapeStr(M.shape)}, mq ${shapeStr(mq.shape)}, ck ${shapeStr(ck.shape)}, cv ${shapeStr(cv.shape)}`;
+  if (M.rank !== 3) throw new MemgptError(`${op}: M must be [B,S,D], got ${shapeStr(M.shape)}`);
+  const [B, S, D] = M.shape;
+  if (mq.shape.join() !== M.shape.join()) throw new MemgptError(`${op}: mq ${shapeStr(mq.shape)} must have M's shape ${shapeStr(M.shape)}`);
+  if (ck.rank !== 3) throw new MemgptError(`${op}: ck must be [B,T,D], got ${shapeStr(ck.shape)}`);
+  const T = ck.shape[1];
+  if (ck.shape[0] !== B || ck.shape[2] !== D) throw new MemgptError(`${op}: ck ${shapeStr(ck.shape)} must be [${B},T,${D}] (batch and width of M) (${all})`);
+  if (cv.shape.join() !== ck.shape.join()) throw new MemgptError(`${op}: cv ${shapeStr(cv.shape)} must have ck's shape ${shapeStr(ck.shape)} (${all})`);
+  if (w.rank !== 2 || w.shape[0] !== D || w.shape[1] !== 2 * D) {
+    throw new MemgptError(`${op}: updateWeight ${shapeStr(w.shape)} must be [D, 2D] = [${D},${2 * D}] for M ${shapeStr(M.shape)}`);
+  }
+  if (b.rank !== 1 || b.shape[0] !== D) throw new MemgptError(`${op}: updateBias ${shapeStr(b.shape)} must be [${D}] for M ${shapeStr(M.shape)}`);
+  if (B === 0 || S === 0 || T === 0 || D === 0) throw new MemgptError(`${op}: sizes must be at least 1 (${all})`);
+  return [B, S, T, D];
+}
+
+/**
+ * The memory write: α = softmax_t(mq·ckᵀ/√D), Z = α·cv, U = σ([M | Z]·updateWeightᵀ + updateBias),
+ * returns (1 − U)⊙M + U⊙Z [B,S,D], differentiable in all six inputs.
+ */
+export function memoryWrite(M: Tensor, mq: Tensor, ck: Tensor, cv: Tensor, updateWeight: Tensor, updateBias: Tensor): Tensor;
+export function memoryWrite(
+  M: Tensor, mq: Tensor, ck: Tensor, cv: Tensor, updateWeight: Tensor, updateBias: Tensor, options: MemoryWriteOptions & { stats: true },
+): MemoryWriteResult;
+export function memoryWrite(
+  M: Tensor, mq: Tensor, ck: Tensor, cv: Tensor, updateWeight: Tensor, updateBias: Tensor, options?: MemoryWriteOptions,
+): Tensor | MemoryWriteResult;
+export function memoryWrite(
+  M: Tensor, mq: Tensor, ck: Tensor, cv: Tensor, updateWeight: Tensor, updateBias: Tensor, options: MemoryWriteOptions = {},
+): Tensor | MemoryWriteResult {
+  const named = { M, mq, ck, cv, updateWeight, updateBias };
+  checkTensors('memoryWrite', named, ['float32']);
+  const [B, S, T, D] = checkShapes(M, mq, ck, cv, updateWeight, updateBias);
+  const k = kernels('memoryWrite', M);
+  const like = { dtype: M.dtype, device: M.device };
+  const out = empty([B, S, D], like);
+  // Kept for backward: α [B,S,T] (S·T a batch item, small beside the GEMM operands); X = [M | Z] [B,S,2D], the
+  // gate GEMM's input, whose gradient dWupd = dGᵀ·X needs it whole (M is not saved separately: it is X's left
+  // half); U [B,S,D], the gate, needed by every path of the blend's gradient. mq, ck, cv and updateWeight are
+  // the inputs' own storage. Recomputing Z would cost a GEMM; P and the gate's pre-activation are not kept.
+  const alpha = empty([B, S, T], like), x = empty([B, S, 2 * D], like), u = empty([B, S, D], like);
+  callNative('memoryWrite', named, () =>
+    k.memwriteForward(
+      B, S, T, D, M.handle, M.offset, mq.handle, mq.offset, ck.handle, ck.offset, cv.handle, cv.offset,
+      updateWeight.handle, updateWeight.offset, updateBias.handle, updateBias.offset,
+      out.handle, out.offset, alpha.handle, alpha.offset, x.handle, x.offset, u.handle, u.offset,
+    ),
+  );
+  let stats: [number, number] | undefined;
+  if (options.stats) stats = callNative('memoryWrite', named, () => k.memwriteStats(B, S, T, D, alpha.handle, alpha.offset, u.handle, u.offset));
+  record('memoryWrite', [M, mq, ck, cv, updateWeight, updateBias], [out], [mq, ck, cv, updateWeight, alpha, x, u], ([g], saved) => {
+    const [sq, sk, sv, sw, sa, sx, su] = saved;
+    const dm = empty([B, S, D], like), dmq = empty([B, S, D], like);
+    const dck = empty([B, T, D], like), dcv = empty([B, T, D], like);
+    const dw = empty([D, 2 * D], like), db = empty([D], like);
+    const workspace = empty([B * S * (4 * D + T)], like);
+    callNative('memoryWrite backward', { dout: g, alpha: sa }, () =>
+      k.memwriteBackward(
+        B, S, T, D, g.handle, g.offset, sq.handle, sq.offset, sk.handle, sk.offset, sv.handle, sv.offset,
+        sw.handle, sw.offset, sa.handle, sa.offset, sx.handle, sx.offset, su.handle, su.offset,
+        dm.handle, dm.offset, dmq.handle, dmq.offset, dck.handle, dck.offset, dcv.handle, dcv.offset,
+        dw.handle, dw.offset, db.handle, db.offset, workspace.handle, workspace.offset,
+      ),
+    );
+    return [dm, dmq, dck, dcv, dw, db];
+  });
+  alpha.dispose();
+  x.dispose();
+  u.dispose();
+  return stats ? { M: out, meanGate: stats[0], pointerEntropy: stats[1] } : out;
+}

@@ -1,9 +1,94 @@
-// N-API bindings of the op family "memwrite" (CPU addon).
+// N-API bindings of the op family "memwrite" (CPU addon): memwriteForward, memwriteBackward, memwriteStats.
+// Sizes first, then (handle, element offset) per tensor, each checked against its storage; float32 only.
 #include "../cpu/kernels.h"
 #include "binding.h"
 
 namespace mg::binding {
+namespace {
 
-void register_memwrite(Napi::Env env, Napi::Object exports) {}
+namespace K = mg::cpu;
+
+struct Sizes {
+  int64_t B, S, T, D;
+};
+
+// B, S, T, D, each at least 1, and small enough that no extent (B·S·(4D + T), 2D², ...) can overflow.
+Sizes read_sizes(Args& args, const char* op) {
+  Sizes z{args.integer("B", 1), args.integer("S", 1), args.integer("T", 1), args.integer("D", 1)};
+  double rows = double(z.B) * double(z.S) + double(z.B) * double(z.T);
+  double d = double(z.D);
+  if (rows * (4 * d + double(z.T)) + double(z.B) * double(z.S) * double(z.T) + 2 * d * d > 9e15) {
+    fail("%s: sizes B=%lld S=%lld T=%lld D=%lld are too large", op, (long long)z.B, (long long)z.S, (long long)z.T,
+         (long long)z.D);
+  }
+  return z;
+}
+
+Napi::Value memwrite_forward(const Napi::CallbackInfo& info) {
+  return guarded(info, "memwriteForward", [&] {
+    Args args(info, "memwriteForward");
+    auto [B, S, T, D] = read_sizes(args, "memwriteForward");
+    const float* m = static_cast<const float*>(args.tensor("M", DType::F32, B * S * D));
+    const float* mq = static_cast<const float*>(args.tensor("mq", DType::F32, B * S * D));
+    const float* ck = static_cast<const float*>(args.tensor("ck", DType::F32, B * T * D));
+    const float* cv = static_cast<const float*>(args.tensor("cv", DType::F32, B * T * D));
+    const float* w = static_cast<const float*>(args.tensor("updateWeight", DType::F32, D * 2 * D));
+    const float* bias = static_cast<const float*>(args.tensor("updateBias", DType::F32, D));
+    float* out = static_cast<float*>(args.tensor("out", DType::F32, B * S * D));
+    float* alpha = static_cast<float*>(args.tensor("alpha", DType::F32, B * S * T));
+    float* x = static_cast<float*>(args.tensor("x", DType::F32, B * S * 2 * D));
+    float* u = static_cast<float*>(args.tensor("u", DType::F32, B * S * D));
+    K::memwrite_forward(B, S, T, D, m, mq, ck, cv, w, bias, out, alpha, x, u);
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value memwrite_backward(const Napi::CallbackInfo& info) {
+  return guarded(info, "memwriteBackward", [&] {
+    Args args(info, "memwriteBackward");
+    auto [B, S, T, D] = read_sizes(args, "memwriteBackward");
+    const float* dout = static_cast<const float*>(args.tensor("dout", DType::F32, B * S * D));
+    const float* mq = static_cast<const float*>(args.tensor("mq", DType::F32, B * S * D));
+    const float* ck = static_cast<const float*>(args.tensor("ck", DType::F32, B * T * D));
+    const float* cv = static_cast<const float*>(args.tensor("cv", DType::F32, B * T * D));
+    const float* w = static_cast<const float*>(args.tensor("updateWeight", DType::F32, D * 2 * D));
+    const float* alpha = static_cast<const float*>(args.tensor("alpha", DType::F32, B * S * T));
+    const float* x = static_cast<const float*>(args.tensor("x", DType::F32, B * S * 2 * D));
+    const float* u = static_cast<const float*>(args.tensor("u", DType::F32, B * S * D));
+    float* dm = static_cast<float*>(args.tensor("dM", DType::F32, B * S * D));
+    float* dmq = static_cast<float*>(args.tensor("dmq", DType::F32, B * S * D));
+    float* dck = static_cast<float*>(args.tensor("dck", DType::F32, B * T * D));
+    float* dcv = static_cast<float*>(args.tensor("dcv", DType::F32, B * T * D));
+    float* dw = static_cast<float*>(args.tensor("dUpdateWeight", DType::F32, D * 2 * D));
+    float* dbias = static_cast<float*>(args.tensor("dUpdateBias", DType::F32, D));
+    float* work = static_cast<float*>(args.tensor("workspace", DType::F32, K::memwrite_workspace(B, S, T, D)));
+    K::memwrite_backward(B, S, T, D, dout, mq, ck, cv, w, alpha, x, u, dm, dmq, dck, dcv, dw, dbias, work);
+    return info.Env().Undefined();
+  });
+}
+
+// Returns [meanGate, pointerEntropy].
+Napi::Value memwrite_stats(const Napi::CallbackInfo& info) {
+  return guarded(info, "memwriteStats", [&] {
+    Args args(info, "memwriteStats");
+    auto [B, S, T, D] = read_sizes(args, "memwriteStats");
+    const float* alpha = static_cast<const float*>(args.tensor("alpha", DType::F32, B * S * T));
+    const float* u = static_cast<const float*>(args.tensor("u", DType::F32, B * S * D));
+    double stats[2];
+    K::memwrite_stats(B, S, T, D, alpha, u, stats);
+    Napi::Array result = Napi::Array::New(info.Env(), 2);
+    result.Set(uint32_t(0), Napi::Number::New(info.Env(), stats[0]));
+    result.Set(uint32_t(1), Napi::Number::New(info.Env(), stats[1]));
+    return result.As<Napi::Value>();
+  });
+}
+
+}  // namespace
+
+void register_memwrite(Napi::Env env, Napi::Object exports) {
+  exports.Set("memwriteForward", Napi::Function::New(env, memwrite_forward, "memwriteForward"));
+  exports.Set("memwriteBackward", Napi::Function::New(env, memwrite_backward, "memwriteBackward"));
+  exports.Set("memwriteStats", Napi::Function::New(env, memwrite_stats, "memwriteStats"));
+}
 
 }  // namespace mg::binding

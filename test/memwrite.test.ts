@@ -1,0 +1,195 @@
+// The memory write (memoryWrite): forward against the float64 loops of test/reference_memwrite.ts on structured
+// inputs (uniform pointers, a closed or open gate) and then random ones over odd shapes; all six gradients
+// against central differences (of the float64 reference, and mg.assertGradients in float32); diagnostics;
+// bad arguments; leaks.
+import { describe, expect, it } from 'vitest';
+
+import * as mg from '../lib/index.js';
+import { expectClose, expectNoLeaks, forEachDevice, randomArray, values } from './helpers.js';
+import { refMemoryWrite, refMemoryWriteGradients, type MemwriteInputs } from './reference_memwrite.js';
+
+function randomInputs(B: number, S: number, T: number, D: number, seed: number): MemwriteInputs {
+  return {
+    B, S, T, D,
+    M: randomArray(B * S * D, seed + 1),
+    // Wider than the rest so that the pointer is far from uniform.
+    mq: randomArray(B * S * D, seed + 2, -2, 2),
+    ck: randomArray(B * T * D, seed + 3, -2, 2),
+    cv: randomArray(B * T * D, seed + 4),
+    w: randomArray(D * 2 * D, seed + 5, -0.8, 0.8),
+    b: randomArray(D, seed + 6, -0.5, 0.5),
+  };
+}
+
+forEachDevice((device) => {
+  const opts = { device };
+
+  /** The six input tensors of a case. */
+  function tensorsOf(x: MemwriteInputs): mg.Tensor[] {
+    const { B, S, T, D } = x;
+    return [
+      mg.tensor(x.M, [B, S, D], opts), mg.tensor(x.mq, [B, S, D], opts), mg.tensor(x.ck, [B, T, D], opts),
+      mg.tensor(x.cv, [B, T, D], opts), mg.tensor(x.w, [D, 2 * D], opts), mg.tensor(x.b, [D], opts),
+    ];
+  }
+
+  const write = (...t: mg.Tensor[]) => mg.memoryWrite(t[0], t[1], t[2], t[3], t[4], t[5]);
+
+  describe('memoryWrite', () => {
+    it('with equal keys points uniformly, and a zero gate layer blends half and half (structured)', () => {
+      mg.tidy(() => {
+        const B = 2, S = 3, T = 5, D = 4;
+        const M = mg.reshape(mg.arange(B * S * D, opts), [B, S, D]);
+        const mq = mg.reshape(mg.scale(mg.arange(B * S * D, opts), 0.1), [B, S, D]);
+        const ck = mg.ones([B, T, D], opts);
+        const cv = mg.reshape(mg.arange(B * T * D, opts), [B, T, D]);
+        const w = mg.zeros([D, 2 * D], opts), b = mg.zeros([D], opts);
+        const r = mg.memoryWrite(M, mq, ck, cv, w, b, { stats: true });
+        // Z[b,s,d] = mean over t of cv[b,t,d] = (b·T + (T−1)/2)·D + d; out = (M + Z) / 2.
+        const expected: number[] = [];
+        for (let bi = 0; bi < B; bi++) {
+          for (let s = 0; s < S; s++) {
+            for (let d = 0; d < D; d++) expected.push(((bi * S + s) * D + d + (bi * T + (T - 1) / 2) * D + d) / 2);
+          }
+        }
+        expectClose(r.M.toArray(), expected, 1e-5, 1e-6);
+        expect(r.meanGate).toBeCloseTo(0.5, 7);
+        expect(r.pointerEntropy).toBeCloseTo(Math.log(T), 6);
+      });
+    });
+
+    it('a saturated gate keeps the memory or takes the candidates (structured)', () => {
+      mg.tidy(() => {
+        const B = 1, S = 2, T = 3, D = 4;
+        const M = mg.reshape(mg.arange(S * D, opts), [B, S, D]);
+        const mq = mg.zeros([B, S, D], opts); // zero queries: uniform pointer
+        const ck = mg.reshape(mg.arange(T * D, opts), [B, T, D]);
+        const cv = mg.reshape(mg.scale(mg.arange(T * D, opts), -1), [B, T, D]);
+        const w = mg.zeros([D, 2 * D], opts);
+        const z = [-4, -5, -6, -7, -4, -5, -6, -7]; // −(mean over t of arange rows)
+        const closed = mg.memoryWrite(M, mq, ck, cv, w, mg.full([D], -40, opts), { stats: true });
+        expectClose(closed.M.toArray(), M.toArray(), 1e-15, 1e-15); // σ(−40) ≈ 4e-18 of Z still gets in
+        expect(closed.meanGate).toBeLessThan(1e-15);
+        const open = mg.memoryWrite(M, mq, ck, cv, w, mg.full([D], 40, opts), { stats: true });
+        expectClose(open.M.toArray(), z, 1e-6, 1e-6);
+        expect(open.meanGate).toBeCloseTo(1, 12);
+      });
+    });
+
+    it('a peaked pointer copies one token; the gate reads M through its first D columns (structured)', () => {
+      mg.tidy(() => {
+        const B = 1, S = 2, T = 4, D = 4;
+        // Slot 0 queries token 2 and slot 1 token 0 with scores 50 apart: α is one-hot to float32 precision.
+        const mqv = new Float32Array(S * D), ckv = new Float32Array(T * D);
+        mqv[0 * D + 2] = 100;
+        mqv[1 * D + 0] = 100;
+        for (let t = 0; t < T; t++) ckv[t * D + t] = 1;
+        const cvv = Float32Array.from({ length: T * D }, (_, i) => 10 * Math.floor(i / D) + (i % D));
+        // Gate pre-activation = M[d] (identity on the M half), so U = σ(M).
+        const wv = new Float32Array(D * 2 * D);
+        for (let d = 0; d < D; d++) wv[d * 2 * D + d] = 1;
+        const mv = Float32Array.from([0, 1, -1, 2, 0.5, -2, 3, 0]);
+        const inputs = { B, S, T, D, M: mv, mq: mqv, ck: ckv, cv: cvv, w: wv, b: new Float32Array(D) };
+        const r = mg.memoryWrite(...(tensorsOf(inputs) as [mg.Tensor, mg.Tensor, mg.Tensor, mg.Tensor, mg.Tensor, mg.Tensor]), { stats: true });
+        const sig = (v: number) => 1 / (1 + Math.exp(-v));
+        const expected = Array.from(mv, (m, i) => {
+          const s = Math.floor(i / D), d = i % D, token = s === 0 ? 2 : 0;
+          const g = sig(m);
+          return (1 - g) * m + g * (10 * token + d);
+        });
+        expectClose(r.M.toArray(), expected, 1e-5, 1e-5);
+        expect(r.pointerEntropy).toBeLessThan(1e-6);
+        expectClose(r.M.toArray(), refMemoryWrite(inputs).out, 1e-5, 1e-5);
+      });
+    });
+
+    // Every shape of the grid: forward, diagnostics and all six gradients against the float64 reference.
+    for (const B of [1, 2]) {
+      for (const S of [1, 3, 8]) {
+        for (const T of [1, 5, 17]) {
+          for (const D of [4, 6]) {
+            it(`B ${B} S ${S} T ${T} D ${D}: values, diagnostics and gradients (random)`, () => {
+              mg.tidy(() => {
+                const inputs = randomInputs(B, S, T, D, 10 * (B + S + T + D));
+                const leaves = tensorsOf(inputs);
+                leaves.forEach((t) => (t.requiresGrad = true));
+                const r = mg.memoryWrite(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], leaves[5], { stats: true });
+                expect(r.M.shape).toEqual([B, S, D]);
+                const ref = refMemoryWrite(inputs);
+                // float32 with O(1) values and sums of ≤ 2D·T terms: errors ~1e-6; 1e-5 leaves room, catches any bug.
+                expectClose(r.M.toArray(), ref.out, 1e-5, 1e-5);
+                expect(r.meanGate).toBeCloseTo(ref.meanGate, 6);
+                expect(r.pointerEntropy).toBeCloseTo(ref.pointerEntropy, 5);
+                const proj = randomArray(B * S * D, 99);
+                mg.sum(mg.mul(r.M, mg.tensor(proj, [B, S, D], opts))).backward();
+                const grads = refMemoryWriteGradients(inputs, proj);
+                (['M', 'mq', 'ck', 'cv', 'w', 'b'] as const).forEach((name, i) => {
+                  expect(leaves[i].grad, name).not.toBeNull();
+                  expectClose(leaves[i].grad!.toArray(), grads[name], 2e-5, 1e-4);
+                });
+                leaves.forEach((t) => t.zeroGrad());
+              });
+            });
+          }
+        }
+      }
+    }
+
+    it('passes finite-difference gradient checks for all six inputs', () => {
+      mg.tidy(() => {
+        for (const [B, S, T, D] of [[1, 3, 5, 4], [2, 2, 3, 6]]) {
+          const inputs = randomInputs(B, S, T, D, 7 * B + D);
+          // float32 central differences with eps 1e-2: truncation ~eps²·|f'''| ≈ 1e-4, rounding ~1e-7/eps ≈ 1e-5.
+          mg.assertGradients(write, tensorsOf(inputs), { eps: 1e-2, atol: 1e-3, rtol: 1e-2 });
+        }
+      });
+    });
+
+    it('is deterministic: the same inputs give the same bits', () => {
+      mg.tidy(() => {
+        const inputs = randomInputs(2, 8, 17, 6, 3);
+        const run = () => {
+          const leaves = tensorsOf(inputs);
+          leaves.forEach((t) => (t.requiresGrad = true));
+          const out = write(...leaves);
+          mg.sum(mg.mul(out, out)).backward();
+          return [values(out), ...leaves.map((t) => values(t.grad!))];
+        };
+        expect(run()).toEqual(run());
+      });
+    });
+
+    it('rejects mismatched shapes and dtypes with clear errors', () => {
+      mg.tidy(() => {
+        const [M, mq, ck, cv, w, b] = tensorsOf(randomInputs(2, 3, 5, 4, 1));
+        const call = (...t: mg.Tensor[]) => () => mg.memoryWrite(t[0], t[1], t[2], t[3], t[4], t[5]);
+        expect(call(M, mq, mg.zeros([1, 5, 4], opts), cv, w, b)).toThrow(/memoryWrite: ck \[1,5,4\] must be \[2,T,4\]/);
+        expect(call(M, mq, mg.zeros([2, 5, 6], opts), cv, w, b)).toThrow(/memoryWrite: ck \[2,5,6\] must be \[2,T,4\]/);
+        expect(call(M, mq, ck, mg.zeros([2, 4, 4], opts), w, b)).toThrow(/memoryWrite: cv \[2,4,4\] must have ck's shape \[2,5,4\]/);
+        expect(call(M, mg.zeros([2, 3, 5], opts), ck, cv, w, b)).toThrow(/memoryWrite: mq \[2,3,5\] must have M's shape \[2,3,4\]/);
+        expect(call(M, mq, ck, cv, mg.zeros([4, 4], opts), b)).toThrow(/memoryWrite: updateWeight \[4,4\] must be \[D, 2D\] = \[4,8\]/);
+        expect(call(M, mq, ck, cv, mg.zeros([8, 4], opts), b)).toThrow(/updateWeight \[8,4\] must be \[D, 2D\]/);
+        expect(call(M, mq, ck, cv, w, mg.zeros([8], opts))).toThrow(/memoryWrite: updateBias \[8\] must be \[4\]/);
+        expect(call(mg.zeros([3, 4], opts), mq, ck, cv, w, b)).toThrow(/memoryWrite: M must be \[B,S,D\], got \[3,4\]/);
+        expect(call(M, mq, mg.zeros([2, 0, 4], opts), mg.zeros([2, 0, 4], opts), w, b)).toThrow(/sizes must be at least 1/);
+        expect(call(mg.cast(M, 'bfloat16'), mq, ck, cv, w, b)).toThrow(/memoryWrite: tensor 'M' has dtype bfloat16; expected float32/);
+        expect(call(M, mq, ck, cv, w, b)).not.toThrow();
+      });
+    });
+
+    it('frees everything it made once forward and backward are done', () => {
+      const params = tensorsOf(randomInputs(2, 3, 5, 4, 2)).map((t) => mg.parameter(t));
+      expectNoLeaks(device, () => {
+        mg.tidy(() => {
+          const r = mg.memoryWrite(params[0], params[1], params[2], params[3], params[4], params[5], { stats: true });
+          mg.sum(r.M).backward();
+        });
+        mg.tidy(() => {
+          write(...params); // recorded, never run backward: the graph goes with its output
+        });
+        params.forEach((p) => p.zeroGrad());
+      });
+      params.forEach((p) => p.dispose());
+    });
+  });
+});

@@ -100,17 +100,16 @@ async function familyCases(preset: Preset): Promise<BenchCase[]> {
 
 function runCase(preset: Row['preset'], c: BenchCase): Row | null {
   if (flags.only && !c.op.includes(flags.only)) return null;
-  return mg.noGrad(() => {
-    const { run, dispose } = c.setup();
-    try {
-      return row(preset, c, timeIt(run));
-    } catch (e) {
-      process.stderr.write(`${c.op} ${c.shape}: ${(e as Error).message}\n`);
-      return null;
-    } finally {
-      dispose();
-    }
-  });
+  // Grad mode stays on: forward+backward cases record a graph; forward-only cases make tensors without requiresGrad.
+  const { run, dispose } = c.setup();
+  try {
+    return row(preset, c, timeIt(run));
+  } catch (e) {
+    process.stderr.write(`${c.op} ${c.shape}: ${(e as Error).message}\n`);
+    return null;
+  } finally {
+    dispose();
+  }
 }
 
 const rows: Row[] = [];

@@ -150,6 +150,8 @@ export class Tensor {
   readonly id = nextId++;
   readonly shape: readonly number[];
   readonly size: number;
+  /** Where the data lives (still known after dispose). */
+  readonly device: Device;
   /** Set on leaves whose gradient is wanted; set by autograd on tensors computed from them. */
   requiresGrad = false;
   /** Accumulated gradient of a leaf (parameters, inputs with requiresGrad). */
@@ -163,6 +165,7 @@ export class Tensor {
   /** @internal use the creation functions (zeros, tensor, ...) instead. */
   constructor(storage: Storage, shape: readonly number[], readonly dtype: DType, readonly offset = 0, tracked = true) {
     this.storageRef = storage;
+    this.device = storage.device;
     this.shape = Object.freeze([...shape]);
     this.size = numel(shape);
     counters[storage.device].liveTensors++;
@@ -170,9 +173,6 @@ export class Tensor {
     if (tracked) track(this);
   }
 
-  get device(): Device {
-    return this.storage.device;
-  }
   get rank(): number {
     return this.shape.length;
   }

@@ -1,0 +1,192 @@
+// The MemGPT model of SPEC.md §3 assembled from the ops: parameters by their
+// §2 names, GPT-2-style initialisation, and the forward pass over a batch of
+// samples, segment by segment, with each layer's memory carried (and
+// differentiated through) across the segments of a sample.
+import type { Device } from './backend.js';
+import { parameterShapes, resolveConfig, type ModelConfig } from './config.js';
+import { MemgptError, shapeStr } from './errors.js';
+import { Rng } from './random.js';
+import { add, mul, scale } from './ops/elementwise.js';
+import { sum } from './ops/reduce.js';
+import { broadcastTo, reshape } from './ops/shape.js';
+import { embedding, layerNorm, sinusoidalPositions } from './ops/norm.js';
+import { linear } from './ops/linear.js';
+import { attention } from './ops/attention.js';
+import { memoryWrite } from './ops/memwrite.js';
+import { tokenNLL } from './ops/classifier.js';
+import { parameter, tensor, tidy, type Parameter, type Tensor } from './tensor.js';
+
+export interface ForwardResult {
+  /** Mean −log P(y) over the predicted tokens whose mask is 1 (a scalar, differentiable). */
+  loss: Tensor;
+  /** Sum of −log P(y) over those tokens, and how many there were (host numbers). */
+  nllSum: number;
+  tokens: number;
+}
+
+export class MemGPT {
+  readonly config: ModelConfig;
+  readonly params: Map<string, Parameter>;
+
+  constructor(config: Partial<ModelConfig>, params: Map<string, Parameter>) {
+    this.config = resolveConfig(config);
+    for (const [name, shape] of parameterShapes(this.config)) {
+      const p = params.get(name);
+      if (!p) throw new MemgptError(`model: parameter ${name} is missing`);
+      if (p.shape.join() !== shape.join()) throw new MemgptError(`model: parameter ${name} is ${shapeStr(p.shape)}, the config needs ${shapeStr(shape)}`);
+    }
+    const expected = new Set(parameterShapes(this.config).map(([n]) => n));
+    for (const name of params.keys()) if (!expected.has(name)) throw new MemgptError(`model: unexpected parameter ${name} for this config`);
+    this.params = params;
+  }
+
+  /**
+   * Fresh weights: GPT-2-style N(0, 0.02) matrices, residual projections scaled by 1/√(2L),
+   * zero biases, unit norms; the memory read gate starts mostly closed (σ(−2) ≈ 0.12), writes
+   * start gentle (σ(−2)), and the copy head starts mostly generating (σ(2) ≈ 0.88).
+   */
+  static init(config: Partial<ModelConfig>, options: { seed?: number; device?: Device } = {}): MemGPT {
+    const cfg = resolveConfig(config);
+    const rng = new Rng(options.seed ?? 0);
+    const residualStd = 0.02 / Math.sqrt(2 * cfg.nLayers);
+    const params = new Map<string, Parameter>();
+    for (const [name, shape] of parameterShapes(cfg)) {
+      const n = shape.reduce((a, b) => a * b, 1);
+      const values = new Float32Array(n);
+      if (/\.(ln\d?|ln_f|mem\.ln|ptr\.ln)\.weight$|^ln_f\.weight$/.test(name)) values.fill(1);
+      else if (name.endsWith('mem.gate.bias') || name.endsWith('mem.update.bias')) values.fill(-2);
+      else if (name === 'copy.gen.bias') values.fill(2);
+      else if (name.endsWith('.bias')) values.fill(0);
+      else rng.fillNormal(values, 0, /attn\.out\.weight$|ffn\.fc2\.weight$/.test(name) ? residualStd : 0.02);
+      params.set(name, parameter(tensor(values, shape, { device: options.device }), name));
+    }
+    return new MemGPT(cfg, params);
+  }
+
+  get device(): Device {
+    return this.p('tok_emb').device;
+  }
+
+  parameterCount(): number {
+    let n = 0;
+    for (const p of this.params.values()) n += p.size;
+    return n;
+  }
+
+  dispose(): void {
+    for (const p of this.params.values()) {
+      p.zeroGrad();
+      p.dispose();
+    }
+  }
+
+  private p(name: string): Parameter {
+    const t = this.params.get(name);
+    if (!t) throw new MemgptError(`model: no parameter ${name}`);
+    return t;
+  }
+
+  /** Each layer's memory at the start of a sample: mem.init broadcast over the batch. */
+  initialMemory(batch: number): Tensor[] {
+    const { memSlots: S, dModel: D } = this.config;
+    if (S === 0) return [];
+    return Array.from({ length: this.config.nLayers }, (_, l) => broadcastTo(this.p(`layers.${l}.mem.init`), [batch, S, D]));
+  }
+
+  /**
+   * One segment: x [B, T] int32 input ids → hf [B, T, D] (the final-normed hidden states),
+   * and each layer's memory after this segment's write.
+   */
+  segment(x: Tensor, memory: Tensor[]): { hf: Tensor; memory: Tensor[] } {
+    const cfg = this.config;
+    const { dModel: D, nHeads: H, memSlots: S } = cfg;
+    const [, T] = x.shape;
+    let h = embedding(x, this.p('tok_emb'));
+    if (cfg.positional === 'sinusoidal') h = add(h, sinusoidalPositions(T, D, { device: x.device }));
+    const next: Tensor[] = [];
+    for (let l = 0; l < cfg.nLayers; l++) {
+      const P = (n: string) => this.p(`layers.${l}.${n}`);
+      const u = layerNorm(h, P('ln1.weight'), P('ln1.bias'));
+      const qkv = linear(u, P('attn.qkv.weight'), P('attn.qkv.bias'));
+      let o: Tensor;
+      if (S > 0) {
+        const M = memory[l];
+        const mkv = linear(layerNorm(M, P('mem.ln.weight'), P('mem.ln.bias')), P('mem.kv.weight'), P('mem.kv.bias'));
+        const gateLogits = linear(u, P('mem.gate.weight'), P('mem.gate.bias'));
+        o = attention(qkv, { nHeads: H, rope: cfg.positional === 'rope', memKV: mkv, gateLogits });
+      } else {
+        o = attention(qkv, { nHeads: H, rope: cfg.positional === 'rope' });
+      }
+      h = add(h, linear(o, P('attn.out.weight'), P('attn.out.bias')));
+      const z = linear(layerNorm(h, P('ln2.weight'), P('ln2.bias')), P('ffn.fc1.weight'), P('ffn.fc1.bias'), { activation: 'gelu' });
+      h = add(h, linear(z, P('ffn.fc2.weight'), P('ffn.fc2.bias')));
+      if (S > 0) {
+        const M = memory[l];
+        const c = layerNorm(h, P('ptr.ln.weight'), P('ptr.ln.bias'));
+        const mq = linear(M, P('ptr.q.weight'), null);
+        const ck = linear(c, P('ptr.k.weight'), null);
+        const cv = linear(c, P('ptr.v.weight'), null);
+        next.push(memoryWrite(M, mq, ck, cv, P('mem.update.weight'), P('mem.update.bias')));
+      }
+    }
+    return { hf: layerNorm(h, this.p('ln_f.weight'), this.p('ln_f.bias')), memory: next };
+  }
+
+  /** −log P(y) [B, T] for one segment's final hidden states (SPEC.md §3, output distribution). */
+  segmentNLL(hf: Tensor, x: Tensor, y: Tensor): Tensor {
+    if (!this.config.copyHead) return tokenNLL(hf, this.p('tok_emb'), y);
+    const [B, T] = x.shape;
+    const cq = linear(hf, this.p('copy.q.weight'), null);
+    const ck = linear(hf, this.p('copy.k.weight'), null);
+    const genLogit = reshape(linear(hf, this.p('copy.gen.weight'), this.p('copy.gen.bias')), [B, T]);
+    return tokenNLL(hf, this.p('tok_emb'), y, { copy: { cq, ck, genLogit, inputs: x } });
+  }
+
+  /**
+   * The loss of a batch: `tokens` holds B samples of N + 1 ids each (N = segments · T),
+   * row-major; `mask` (B·N of 0/1, optional) selects the predicted tokens that count.
+   */
+  forward(tokens: Int32Array, batch: number, segments: number, mask?: Float32Array): ForwardResult {
+    const T = this.config.segmentLen, N = segments * T, V = this.config.vocabSize;
+    if (!Number.isSafeInteger(batch) || batch < 1 || !Number.isSafeInteger(segments) || segments < 1) {
+      throw new MemgptError(`forward: batch (${batch}) and segments (${segments}) must be positive integers`);
+    }
+    if (tokens.length !== batch * (N + 1)) throw new MemgptError(`forward: ${tokens.length} tokens given; ${batch} samples of ${segments}×${T}+1 need ${batch * (N + 1)}`);
+    if (mask && mask.length !== batch * N) throw new MemgptError(`forward: mask has ${mask.length} entries; expected ${batch * N}`);
+    for (let i = 0; i < tokens.length; i++) {
+      if (tokens[i] < 0 || tokens[i] >= V) throw new MemgptError(`forward: token id ${tokens[i]} at index ${i} is outside the vocabulary (${V})`);
+    }
+    const device = this.device;
+    const slice = (seg: number, shift: number) => {
+      const out = new Int32Array(batch * T);
+      for (let b = 0; b < batch; b++) out.set(tokens.subarray(b * (N + 1) + seg * T + shift, b * (N + 1) + seg * T + shift + T), b * T);
+      return tensor(out, [batch, T], { dtype: 'int32', device });
+    };
+    let count = 0;
+    if (mask) for (const m of mask) count += m;
+    else count = batch * N;
+    if (count === 0) throw new MemgptError('forward: the mask selects no token');
+    const result = tidy(() => {
+      let memory = this.initialMemory(batch);
+      let total: Tensor | null = null;
+      for (let seg = 0; seg < segments; seg++) {
+        const x = slice(seg, 0), y = slice(seg, 1);
+        const out = this.segment(x, memory);
+        memory = out.memory;
+        let nll = this.segmentNLL(out.hf, x, y);
+        if (mask) {
+          const m = new Float32Array(batch * T);
+          for (let b = 0; b < batch; b++) m.set(mask.subarray(b * N + seg * T, b * N + seg * T + T), b * T);
+          nll = mul(nll, tensor(m, [batch, T], { device }));
+        }
+        const s = sum(nll);
+        total = total ? add(total, s) : s;
+      }
+      return total!;
+    });
+    const nllSum = result.item();
+    const loss = scale(result, 1 / count);
+    result.dispose();
+    return { loss, nllSum, tokens: count };
+  }
+}

@@ -23,3 +23,5 @@ export * from './ops/attention.js';
 export * from './ops/memwrite.js';
 export * from './ops/classifier.js';
 export * from './ops/optim.js';
+export { presets, parameterShapes, resolveConfig, type ModelConfig, type PresetName } from './config.js';
+export { MemGPT, type ForwardResult } from './model.js';

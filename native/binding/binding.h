@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "../common/allocator.h"
 #include "../common/common.h"
 
 namespace mg::binding {
@@ -28,6 +29,24 @@ void register_attention(Napi::Env env, Napi::Object exports);
 void register_memwrite(Napi::Env env, Napi::Object exports);
 void register_classifier(Napi::Env env, Napi::Object exports);
 void register_optim(Napi::Env env, Napi::Object exports);
+
+// a·b for sizes, or a clear error when it overflows.
+inline int64_t checked_mul(int64_t a, int64_t b, const char* op) {
+  int64_t r;
+  if (__builtin_mul_overflow(a, b, &r)) fail("%s: size overflows", op);
+  return r;
+}
+
+// The allocator's counters as the JS object that `memory()` returns (both addons).
+inline Napi::Object stats_object(Napi::Env env, const MemoryStats& s) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("bytesInUse", double(s.bytes_in_use));
+  o.Set("peakBytes", double(s.peak_bytes));
+  o.Set("bytesReserved", double(s.bytes_reserved));
+  o.Set("liveBlocks", double(s.live_blocks));
+  o.Set("systemAllocs", double(s.system_allocs));
+  return o;
+}
 
 // Reads a call's arguments in order, with a clear error naming the op and the argument.
 class Args {
@@ -74,6 +93,13 @@ class Args {
     int64_t offset = integer(name);
     int64_t size = int64_t(dtype_size(dt));
     return storage_ptr(handle, offset * size, count * size, name);
+  }
+  // An optional tensor: (handle, offset) when `present`, else two placeholders (null, 0). Null when absent.
+  void* optional_tensor(const char* name, bool present, DType dt, int64_t count) {
+    if (present) return tensor(name, dt, count);
+    next(name);
+    next(name);
+    return nullptr;
   }
   Napi::Value next(const char* name) {
     if (i_ >= info_.Length()) fail("%s: missing argument '%s'", op_, name);

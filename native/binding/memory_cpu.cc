@@ -77,14 +77,7 @@ Napi::Value free_(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value memory(const Napi::CallbackInfo& info) {
-  MemoryStats s = allocator().stats();
-  Napi::Object o = Napi::Object::New(info.Env());
-  o.Set("bytesInUse", double(s.bytes_in_use));
-  o.Set("peakBytes", double(s.peak_bytes));
-  o.Set("bytesReserved", double(s.bytes_reserved));
-  o.Set("liveBlocks", double(s.live_blocks));
-  o.Set("systemAllocs", double(s.system_allocs));
-  return o;
+  return stats_object(info.Env(), allocator().stats());
 }
 
 Napi::Value reset_peak(const Napi::CallbackInfo& info) {

@@ -15,12 +15,6 @@ namespace K = mg::cpu;
 namespace mg::binding {
 namespace {
 
-int64_t checked_mul(int64_t a, int64_t b, const char* op) {
-  int64_t r;
-  if (__builtin_mul_overflow(a, b, &r)) fail("%s: size overflows", op);
-  return r;
-}
-
 int64_t product(const std::vector<int64_t>& dims, const char* op) {
   int64_t n = 1;
   for (int64_t d : dims) n = checked_mul(n, d, op);

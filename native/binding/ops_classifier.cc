@@ -5,12 +5,6 @@
 namespace mg::binding {
 namespace {
 
-int64_t mul(int64_t a, int64_t b, const char* op) {
-  int64_t r;
-  if (__builtin_mul_overflow(a, b, &r)) fail("%s: size overflows", op);
-  return r;
-}
-
 // tokenNLLForward(rows, vocab, dim, rowChunk, vocabChunk, hf, tokEmb, targets, nll, lse)
 Napi::Value tokenNLLForward(const Napi::CallbackInfo& info) {
   return guarded(info, "tokenNLL", [&] {
@@ -18,8 +12,8 @@ Napi::Value tokenNLLForward(const Napi::CallbackInfo& info) {
     int64_t rows = args.integer("rows"), vocab = args.integer("vocab"), dim = args.integer("dim");
     int64_t row_chunk = args.integer("rowChunk", 1), vocab_chunk = args.integer("vocabChunk", 1);
     if (vocab == 0 && rows > 0) fail("tokenNLL: the vocabulary is empty");
-    auto hf = static_cast<const float*>(args.tensor("hf", DType::F32, mul(rows, dim, "tokenNLL")));
-    auto emb = static_cast<const float*>(args.tensor("tokEmb", DType::F32, mul(vocab, dim, "tokenNLL")));
+    auto hf = static_cast<const float*>(args.tensor("hf", DType::F32, checked_mul(rows, dim, "tokenNLL")));
+    auto emb = static_cast<const float*>(args.tensor("tokEmb", DType::F32, checked_mul(vocab, dim, "tokenNLL")));
     auto targets = static_cast<const int32_t*>(args.tensor("targets", DType::I32, rows));
     auto nll = static_cast<float*>(args.tensor("nll", DType::F32, rows));
     auto lse = static_cast<float*>(args.tensor("lse", DType::F32, rows));
@@ -35,13 +29,13 @@ Napi::Value tokenNLLBackward(const Napi::CallbackInfo& info) {
     int64_t rows = args.integer("rows"), vocab = args.integer("vocab"), dim = args.integer("dim");
     int64_t row_chunk = args.integer("rowChunk", 1), vocab_chunk = args.integer("vocabChunk", 1);
     if (vocab == 0 && rows > 0) fail("tokenNLL backward: the vocabulary is empty");
-    auto hf = static_cast<const float*>(args.tensor("hf", DType::F32, mul(rows, dim, "tokenNLL")));
-    auto emb = static_cast<const float*>(args.tensor("tokEmb", DType::F32, mul(vocab, dim, "tokenNLL")));
+    auto hf = static_cast<const float*>(args.tensor("hf", DType::F32, checked_mul(rows, dim, "tokenNLL")));
+    auto emb = static_cast<const float*>(args.tensor("tokEmb", DType::F32, checked_mul(vocab, dim, "tokenNLL")));
     auto targets = static_cast<const int32_t*>(args.tensor("targets", DType::I32, rows));
     auto lse = static_cast<const float*>(args.tensor("lse", DType::F32, rows));
     auto coef = static_cast<const float*>(args.tensor("coef", DType::F32, rows));
-    auto dhf = static_cast<float*>(args.tensor("dhf", DType::F32, mul(rows, dim, "tokenNLL")));
-    auto demb = static_cast<float*>(args.tensor("dTokEmb", DType::F32, mul(vocab, dim, "tokenNLL")));
+    auto dhf = static_cast<float*>(args.tensor("dhf", DType::F32, checked_mul(rows, dim, "tokenNLL")));
+    auto demb = static_cast<float*>(args.tensor("dTokEmb", DType::F32, checked_mul(vocab, dim, "tokenNLL")));
     mg::cpu::token_nll_backward(hf, emb, targets, lse, coef, dhf, demb, rows, vocab, dim, row_chunk, vocab_chunk);
     return info.Env().Undefined();
   });
@@ -53,15 +47,15 @@ Napi::Value copyMixForward(const Napi::CallbackInfo& info) {
     Args args(info, "tokenNLL");
     int64_t batch = args.integer("batch"), len = args.integer("len"), dim = args.integer("dim");
     int64_t vocab = args.integer("vocab");
-    int64_t rows = mul(batch, len, "tokenNLL");
+    int64_t rows = checked_mul(batch, len, "tokenNLL");
     if (dim == 0 && rows > 0) fail("tokenNLL: the copy head needs a model width D > 0");
-    auto cq = static_cast<const float*>(args.tensor("cq", DType::F32, mul(rows, dim, "tokenNLL")));
-    auto ck = static_cast<const float*>(args.tensor("ck", DType::F32, mul(rows, dim, "tokenNLL")));
+    auto cq = static_cast<const float*>(args.tensor("cq", DType::F32, checked_mul(rows, dim, "tokenNLL")));
+    auto ck = static_cast<const float*>(args.tensor("ck", DType::F32, checked_mul(rows, dim, "tokenNLL")));
     auto gen = static_cast<const float*>(args.tensor("genLogit", DType::F32, rows));
     auto inputs = static_cast<const int32_t*>(args.tensor("inputs", DType::I32, rows));
     auto targets = static_cast<const int32_t*>(args.tensor("targets", DType::I32, rows));
     auto nll = static_cast<float*>(args.tensor("nll", DType::F32, rows));
-    auto stats = static_cast<float*>(args.tensor("stats", DType::F32, mul(rows, 3, "tokenNLL")));
+    auto stats = static_cast<float*>(args.tensor("stats", DType::F32, checked_mul(rows, 3, "tokenNLL")));
     mg::cpu::copy_mix_forward(cq, ck, gen, inputs, targets, nll, stats, batch, len, dim, vocab);
     return info.Env().Undefined();
   });
@@ -72,15 +66,15 @@ Napi::Value copyMixBackward(const Napi::CallbackInfo& info) {
   return guarded(info, "tokenNLL backward", [&] {
     Args args(info, "tokenNLL backward");
     int64_t batch = args.integer("batch"), len = args.integer("len"), dim = args.integer("dim");
-    int64_t rows = mul(batch, len, "tokenNLL backward");
+    int64_t rows = checked_mul(batch, len, "tokenNLL backward");
     if (dim == 0 && rows > 0) fail("tokenNLL backward: the copy head needs a model width D > 0");
-    int64_t rd = mul(rows, dim, "tokenNLL backward");
+    int64_t rd = checked_mul(rows, dim, "tokenNLL backward");
     auto cq = static_cast<const float*>(args.tensor("cq", DType::F32, rd));
     auto ck = static_cast<const float*>(args.tensor("ck", DType::F32, rd));
     auto gen = static_cast<const float*>(args.tensor("genLogit", DType::F32, rows));
     auto inputs = static_cast<const int32_t*>(args.tensor("inputs", DType::I32, rows));
     auto targets = static_cast<const int32_t*>(args.tensor("targets", DType::I32, rows));
-    auto stats = static_cast<const float*>(args.tensor("stats", DType::F32, mul(rows, 3, "tokenNLL backward")));
+    auto stats = static_cast<const float*>(args.tensor("stats", DType::F32, checked_mul(rows, 3, "tokenNLL backward")));
     auto dnll = static_cast<const float*>(args.tensor("dnll", DType::F32, rows));
     auto coef = static_cast<float*>(args.tensor("coef", DType::F32, rows));
     auto dcq = static_cast<float*>(args.tensor("dcq", DType::F32, rd));

@@ -5,20 +5,6 @@
 namespace mg::binding {
 namespace {
 
-int64_t checked_mul(int64_t a, int64_t b, const char* op) {
-  int64_t r;
-  if (__builtin_mul_overflow(a, b, &r)) fail("%s: size overflows", op);
-  return r;
-}
-
-// An optional tensor: (handle, offset) when present, else (null, anything). Returns null when absent.
-void* optional_tensor(Args& args, bool present, const char* name, DType dt, int64_t count) {
-  if (present) return args.tensor(name, dt, count);
-  args.next(name);
-  args.next(name);
-  return nullptr;
-}
-
 int activation_code(Args& args, const char* op) {
   int64_t code = args.integer("activation");
   if (code > 1) fail("%s: unknown activation code %lld (0 none, 1 gelu)", op, (long long)code);
@@ -37,8 +23,8 @@ Napi::Value linear_forward(const Napi::CallbackInfo& info) {
     if (dt == DType::I32) fail("%s: dtype int32 is not supported (float32 or bfloat16)", op);
     const void* x = args.tensor("x", dt, checked_mul(m, k, op));
     const void* w = args.tensor("weight", dt, checked_mul(n, k, op));
-    const void* bias = optional_tensor(args, has_bias, "bias", dt, n);
-    void* z = optional_tensor(args, want_z, "z", dt, checked_mul(m, n, op));
+    const void* bias = args.optional_tensor("bias", has_bias, dt, n);
+    void* z = args.optional_tensor("z", want_z, dt, checked_mul(m, n, op));
     void* y = args.tensor("y", dt, checked_mul(m, n, op));
     mg::cpu::linear_forward(dt, x, w, bias, z, y, m, n, k, activation);
     return info.Env().Undefined();
@@ -60,12 +46,12 @@ Napi::Value linear_backward(const Napi::CallbackInfo& info) {
     bool gelu = activation == 1;
     const void* x = args.tensor("x", dt, mk);
     const void* w = args.tensor("weight", dt, nk);
-    const void* z = optional_tensor(args, gelu, "z", dt, mn);
+    const void* z = args.optional_tensor("z", gelu, dt, mn);
     const void* dy = args.tensor("dy", dt, mn);
-    void* dz = optional_tensor(args, gelu, "dz", dt, mn);
-    void* dx = optional_tensor(args, want_dx, "dx", dt, mk);
-    void* dw = optional_tensor(args, want_dw, "dw", dt, nk);
-    void* db = optional_tensor(args, want_db, "db", dt, n);
+    void* dz = args.optional_tensor("dz", gelu, dt, mn);
+    void* dx = args.optional_tensor("dx", want_dx, dt, mk);
+    void* dw = args.optional_tensor("dw", want_dw, dt, nk);
+    void* db = args.optional_tensor("db", want_db, dt, n);
     mg::cpu::linear_backward(dt, x, w, z, dy, dz, dx, dw, db, m, n, k, activation);
     return info.Env().Undefined();
   });

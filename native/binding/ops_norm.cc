@@ -8,12 +8,6 @@
 namespace mg::binding {
 namespace {
 
-int64_t mul(int64_t a, int64_t b, const char* op) {
-  int64_t r;
-  if (__builtin_mul_overflow(a, b, &r)) fail("%s: size overflows", op);
-  return r;
-}
-
 DType float_dtype(Args& args, const char* op) {
   DType dt = args.dtype("dtype");
   if (dt == DType::I32) fail("%s: dtype int32 is not supported (float32 or bfloat16)", op);
@@ -30,7 +24,7 @@ MG_OP(layerNormForward) {
     int64_t rows = args.integer("rows"), d = args.integer("d", 1);
     double eps = args.number("eps");
     if (!(eps >= 0) || !std::isfinite(eps)) fail("layerNorm: eps must be a finite non-negative number (got %g)", eps);
-    int64_t n = mul(rows, d, "layerNorm");
+    int64_t n = checked_mul(rows, d, "layerNorm");
     const void* x = args.tensor("x", dt, n);
     const void* w = args.tensor("weight", dt, d);
     const void* b = args.tensor("bias", dt, d);
@@ -48,7 +42,7 @@ MG_OP(layerNormBackward) {
     Args args(info, "layerNormBackward");
     DType dt = float_dtype(args, "layerNormBackward");
     int64_t rows = args.integer("rows"), d = args.integer("d", 1);
-    int64_t n = mul(rows, d, "layerNormBackward");
+    int64_t n = checked_mul(rows, d, "layerNormBackward");
     const void* x = args.tensor("x", dt, n);
     const void* w = args.tensor("weight", dt, d);
     const float* mean = static_cast<const float*>(args.tensor("mean", DType::F32, rows));
@@ -69,8 +63,8 @@ MG_OP(embeddingForward) {
     DType dt = float_dtype(args, "embedding");
     int64_t n = args.integer("n"), vocab = args.integer("vocab"), d = args.integer("d");
     const int32_t* ids = static_cast<const int32_t*>(args.tensor("ids", DType::I32, n));
-    const void* table = args.tensor("table", dt, mul(vocab, d, "embedding"));
-    void* out = args.tensor("out", dt, mul(n, d, "embedding"));
+    const void* table = args.tensor("table", dt, checked_mul(vocab, d, "embedding"));
+    void* out = args.tensor("out", dt, checked_mul(n, d, "embedding"));
     if (n && d) cpu::embedding_forward(dt, ids, table, out, n, vocab, d);
     return info.Env().Undefined();
   });
@@ -83,8 +77,8 @@ MG_OP(embeddingBackward) {
     DType dt = float_dtype(args, "embeddingBackward");
     int64_t n = args.integer("n"), vocab = args.integer("vocab"), d = args.integer("d");
     const int32_t* ids = static_cast<const int32_t*>(args.tensor("ids", DType::I32, n));
-    const void* dout = args.tensor("dout", dt, mul(n, d, "embeddingBackward"));
-    void* dtable = args.tensor("dtable", dt, mul(vocab, d, "embeddingBackward"));
+    const void* dout = args.tensor("dout", dt, checked_mul(n, d, "embeddingBackward"));
+    void* dtable = args.tensor("dtable", dt, checked_mul(vocab, d, "embeddingBackward"));
     if (vocab && d) cpu::embedding_backward(dt, ids, dout, dtable, n, vocab, d);
     return info.Env().Undefined();
   });
@@ -103,7 +97,7 @@ MG_OP(rope) {
       fail("rope: the head width %lld (%lld / %lld heads) must be even", (long long)(d_model / heads), (long long)d_model,
            (long long)heads);
     }
-    int64_t n = mul(mul(batch, t, "rope"), d_model, "rope");
+    int64_t n = checked_mul(checked_mul(batch, t, "rope"), d_model, "rope");
     const void* x = args.tensor("x", dt, n);
     void* y = args.tensor("y", dt, n);
     if (n) cpu::rope(dt, x, y, batch, t, d_model, heads, offset, inverse);
@@ -118,7 +112,7 @@ MG_OP(sinusoidalPositions) {
     DType dt = float_dtype(args, "sinusoidalPositions");
     int64_t t = args.integer("t"), d = args.integer("d"), offset = args.integer("positionOffset");
     if (d % 2 != 0) fail("sinusoidalPositions: the width %lld must be even", (long long)d);
-    void* out = args.tensor("out", dt, mul(t, d, "sinusoidalPositions"));
+    void* out = args.tensor("out", dt, checked_mul(t, d, "sinusoidalPositions"));
     if (t && d) cpu::sinusoidal_positions(dt, out, t, d, offset);
     return info.Env().Undefined();
   });

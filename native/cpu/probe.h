@@ -7,7 +7,7 @@ namespace mg::cpu {
 
 // Peak float32 GFLOP/s over all pool threads, each timing FMA bursts for `seconds`.
 double probe_peak_gflops(double seconds);
-// Best GB/s (bytes read + written) of a parallel memcpy of `bytes`, over `reps` tries.
+// Best GB/s (bytes read + written) of a parallel memcpy or STREAM triad over arrays of `bytes`, over `reps` tries.
 double probe_copy_gbs(int64_t bytes, int reps);
 
 }  // namespace mg::cpu

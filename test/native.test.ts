@@ -1,10 +1,14 @@
 // The native addon's own argument checks: a JS bug that reaches the binding
 // gets an exception naming the op and argument, never a crash or an
 // out-of-bounds access.
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
-import { cpuBackend } from '../lib/backend.js';
+import { cpuBackend, packageRoot } from '../lib/backend.js';
 
 const addon = cpuBackend() as unknown as Record<string, (...args: unknown[]) => unknown>;
 
@@ -37,6 +41,21 @@ describe('CPU addon argument checks', () => {
 
   it('reports out of host memory as an error', () => {
     expect(() => addon.alloc(2 ** 52)).toThrow(/out of host memory/);
+  });
+
+  it('the thread pool runs hundreds of thousands of back-to-back jobs, each task exactly once (C++ stress test)', () => {
+    // A worker waking late for one job once took a task of the next job with the old job's bounds:
+    // a task ran twice and the caller waited forever (this harness hung 2 runs in 3 before the fix).
+    const dir = mkdtempSync(join(tmpdir(), 'memgpt-pool-'));
+    const exe = join(dir, 'threadpool_stress');
+    const src = join(packageRoot, 'test', 'native', 'threadpool_stress.cpp');
+    const pool = join(packageRoot, 'native', 'common', 'threadpool.cpp');
+    const build = spawnSync('g++', ['-O2', '-std=c++17', '-pthread', '-o', exe, src, pool], { encoding: 'utf8' });
+    expect(build.status, build.stderr).toBe(0);
+    const run = spawnSync(exe, ['300000'], { encoding: 'utf8', timeout: 60_000 });
+    expect(run.signal, 'the stress run hung (killed at its time limit)').toBeNull();
+    expect(run.stdout.trim()).toBe('ok: 300000 jobs');
+    expect(run.status).toBe(0);
   });
 
   it('loads next to the CUDA addon file without needing it', () => {

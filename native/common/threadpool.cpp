@@ -32,6 +32,18 @@ int default_threads() {
 
 thread_local bool in_parallel_region = false;
 
+// One parallel_for call. It lives on the caller's stack; the caller returns only when every
+// task is done and no worker still holds the job, so a late worker can never take a task of
+// the next job with this job's bounds (the race the counters of a shared job would allow).
+struct Job {
+  const std::function<void(size_t)>* task;
+  size_t n_tasks;
+  std::atomic<size_t> next{0};
+  size_t done = 0;     // guarded by the pool mutex
+  int holders = 0;     // workers inside this job, guarded by the pool mutex
+  std::exception_ptr error;
+};
+
 class Pool {
  public:
   explicit Pool(int threads) {
@@ -50,56 +62,62 @@ class Pool {
   // Runs task(i) for i in [0, n); the caller takes part. One job at a time.
   void run(size_t n, const std::function<void(size_t)>& task) {
     std::lock_guard<std::mutex> job_lock(job_mu_);
+    Job job;
+    job.task = &task;
+    job.n_tasks = n;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      task_ = &task;
-      n_tasks_ = n;
-      next_.store(0);
-      done_ = 0;
-      error_ = nullptr;
+      job_ = &job;
       generation_++;
     }
     wake_.notify_all();
-    work();
+    size_t mine = work(job);
     std::unique_lock<std::mutex> lock(mu_);
-    finished_.wait(lock, [&] { return done_ == n_tasks_; });
-    task_ = nullptr;
-    if (error_) std::rethrow_exception(error_);
+    job.done += mine;
+    job_ = nullptr;  // no worker joins from now on
+    finished_.wait(lock, [&] { return job.done == job.n_tasks && job.holders == 0; });
+    if (job.error) std::rethrow_exception(job.error);
   }
 
  private:
-  void work() {
+  // Takes tasks of `job` until none is left; returns how many this thread ran.
+  size_t work(Job& job) {
     in_parallel_region = true;
     size_t completed = 0;
     for (;;) {
-      size_t i = next_.fetch_add(1);
-      if (i >= n_tasks_) break;
+      size_t i = job.next.fetch_add(1);
+      if (i >= job.n_tasks) break;
       try {
-        (*task_)(i);
+        (*job.task)(i);
       } catch (...) {
         std::lock_guard<std::mutex> lock(mu_);
-        if (!error_) error_ = std::current_exception();
+        if (!job.error) job.error = std::current_exception();
       }
       completed++;
     }
     in_parallel_region = false;
-    if (completed) {
-      std::lock_guard<std::mutex> lock(mu_);
-      done_ += completed;
-      if (done_ == n_tasks_) finished_.notify_all();
-    }
+    return completed;
   }
 
   void worker_loop() {
     uint64_t seen = 0;
     for (;;) {
+      Job* job;
       {
         std::unique_lock<std::mutex> lock(mu_);
-        wake_.wait(lock, [&] { return stopping_ || (generation_ != seen && task_ != nullptr); });
+        wake_.wait(lock, [&] { return stopping_ || (generation_ != seen && job_ != nullptr); });
         if (stopping_) return;
         seen = generation_;
+        job = job_;
+        job->holders++;
       }
-      work();
+      size_t completed = work(*job);
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        job->done += completed;
+        job->holders--;
+      }
+      finished_.notify_all();
     }
   }
 
@@ -107,13 +125,9 @@ class Pool {
   std::mutex job_mu_;
   std::mutex mu_;
   std::condition_variable wake_, finished_;
-  const std::function<void(size_t)>* task_ = nullptr;
-  size_t n_tasks_ = 0;
-  std::atomic<size_t> next_{0};
-  size_t done_ = 0;
+  Job* job_ = nullptr;
   uint64_t generation_ = 0;
   bool stopping_ = false;
-  std::exception_ptr error_;
 };
 
 std::mutex pool_mu;

@@ -1,0 +1,144 @@
+// Synthetic long-range tasks for the byte tokenizer, where only a model that carries memory
+// across segments can beat chance: a pass key stated in the first segment and asked for in the
+// last, and a copy of a symbol string that spans several segments.
+import { MemgptError } from '../errors.js';
+import { Rng } from '../random.js';
+import type { Corpus } from './corpus.js';
+
+export interface PasskeyOptions {
+  segments: number;
+  segmentLen: number;
+}
+
+const FILLER = [
+  'The grass is green. ', 'The sky is blue. ', 'The sun is yellow. ', 'Here we go. ', 'There and back again. ',
+  'The river flows on. ', 'Birds sing in the trees. ', 'The night is dark. ', 'Snow falls in winter. ',
+  'The sea is wide. ', 'A cat sleeps by the fire. ', 'Wind moves the clouds. ',
+];
+
+// Long forms when a segment can hold them, short ones otherwise (the tiny preset has T = 32).
+const LONG = { key: (k: string) => `The pass key is ${k}. Remember it. `, question: 'What is the pass key? The pass key is ' };
+const SHORT = { key: (k: string) => `The pass key is ${k}. `, question: 'The pass key is ' };
+const KEY_DIGITS = 5;
+
+function checkInt(value: number, name: string, min: number): void {
+  if (!Number.isSafeInteger(value) || value < min) throw new MemgptError(`${name} must be an integer ≥ ${min}, got ${value}`);
+}
+
+/** Whole filler sentences (no digits) while they fit, then spaces: exactly `length` characters. */
+function filler(rng: Rng, length: number): string {
+  let text = '';
+  for (;;) {
+    const room = length - text.length;
+    const fits = FILLER.filter((s) => s.length <= room);
+    if (fits.length === 0) break;
+    text += fits[rng.int(fits.length)];
+  }
+  return text + ' '.repeat(length - text.length);
+}
+
+function passkeyForms(options: PasskeyOptions): typeof LONG {
+  const { segments: k, segmentLen: T } = options;
+  checkInt(k, 'passkey: segments', 2); // the key and the question must be in different segments
+  checkInt(T, 'passkey: segmentLen', 1);
+  // The key sentence must fit in segment 0 after at least one filler byte (byte 0 is shared with the
+  // previous document in a corpus), and the question plus the first 4 answer digits in the last segment.
+  const fits = (f: typeof LONG) => T >= 1 + f.key('00000').length && T >= f.question.length + KEY_DIGITS - 1;
+  if (fits(LONG)) return LONG;
+  if (fits(SHORT)) return SHORT;
+  throw new MemgptError(`passkey: segmentLen must be at least ${1 + SHORT.key('00000').length}, got ${T}`);
+}
+
+/**
+ * One document of exactly segments·segmentLen + 1 bytes (ASCII): filler, the key sentence inside
+ * segment 0, filler, and at the very end the question and the 5 key digits, which are the last
+ * 5 targets of the sample. answerStart is the index of the first answer digit.
+ */
+export function passkeyDocument(rng: Rng, options: PasskeyOptions): { text: string; answerStart: number; key: string } {
+  const forms = passkeyForms(options);
+  const length = options.segments * options.segmentLen + 1;
+  const key = String(10000 + rng.int(90000));
+  const keySentence = forms.key(key);
+  const offset = 1 + rng.int(options.segmentLen - keySentence.length); // key sentence ends by byte T − 1
+  const middle = length - offset - keySentence.length - forms.question.length - KEY_DIGITS;
+  const text = filler(rng, offset) + keySentence + filler(rng, middle) + forms.question + key;
+  return { text, answerStart: length - KEY_DIGITS, key };
+}
+
+/**
+ * count pass-key documents as one byte stream in which sample j (SPEC §4, N = segments·segmentLen)
+ * is document j. Windows overlap by one token, so byte 0 of document j ≥ 1 is the last answer digit
+ * of document j − 1 (byte 0 is filler and never a target of its own sample). lossMask is 1 on the
+ * 5 answer digits of each document only.
+ */
+export function passkeyCorpus(count: number, seed: number, options: PasskeyOptions): Corpus {
+  checkInt(count, 'passkey: count', 1);
+  passkeyForms(options);
+  const N = options.segments * options.segmentLen;
+  const rng = new Rng(seed);
+  const tokens = new Int32Array(count * N + 1);
+  const lossMask = new Uint8Array(count * N + 1);
+  for (let j = 0; j < count; j++) {
+    const { text } = passkeyDocument(rng, options);
+    for (let i = j === 0 ? 0 : 1; i <= N; i++) tokens[j * N + i] = text.charCodeAt(i);
+    lossMask.fill(1, j * N + N + 1 - KEY_DIGITS, j * N + N + 1);
+  }
+  return {
+    tokens, lossMask, bytes: tokens.length, documents: count,
+    source: `passkey(count ${count}, seed ${seed}, ${options.segments}×${options.segmentLen})`,
+  };
+}
+
+export interface CopyOptions {
+  /** Symbols to copy (default 24). */
+  symbols?: number;
+  /** Distinct symbols, 2 … 52: the letters a–z then A–Z (default 16). */
+  alphabet?: number;
+  /** Segment length the samples are cut for (default 8). */
+  segmentLen?: number;
+}
+
+const COPY_SYMBOLS = 'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ';
+const COPY_DELIMITER = '|'.charCodeAt(0);
+const COPY_PAD = '.'.charCodeAt(0);
+
+/** How copy samples are laid out: N = segments·segmentLen inputs, `padding` pad bytes first. */
+export function segmentedCopyLayout(options: CopyOptions = {}): { symbols: number; alphabet: number; segmentLen: number; segments: number; sampleLen: number; padding: number } {
+  const { symbols = 24, alphabet = 16, segmentLen = 8 } = options;
+  checkInt(symbols, 'copy: symbols', 1);
+  checkInt(alphabet, 'copy: alphabet', 2);
+  if (alphabet > COPY_SYMBOLS.length) throw new MemgptError(`copy: alphabet must be at most ${COPY_SYMBOLS.length}, got ${alphabet}`);
+  checkInt(segmentLen, 'copy: segmentLen', 1);
+  // symbols + delimiter + symbols = 2s + 1 tokens = N + 1 with N = 2s, rounded up to whole segments.
+  const segments = Math.ceil((2 * symbols) / segmentLen);
+  const sampleLen = segments * segmentLen;
+  return { symbols, alphabet, segmentLen, segments, sampleLen, padding: sampleLen - 2 * symbols };
+}
+
+/**
+ * count copy samples (byte tokens): padding '.', s random symbols, '|', the same s symbols again;
+ * each sample is N + 1 bytes with N a whole number of segments, and sample j of SPEC §4 is exactly
+ * one of them. lossMask is 1 on the copied half only. As in passkeyCorpus, byte 0 of sample j ≥ 1 is
+ * the last byte of sample j − 1 (when there is no padding, that is also the first symbol to copy).
+ */
+export function segmentedCopyCorpus(count: number, seed: number, options: CopyOptions = {}): Corpus {
+  checkInt(count, 'copy: count', 1);
+  const { symbols: s, alphabet, segmentLen, sampleLen: N, padding: p } = segmentedCopyLayout(options);
+  const rng = new Rng(seed);
+  const tokens = new Int32Array(count * N + 1);
+  const lossMask = new Uint8Array(count * N + 1);
+  for (let j = 0; j < count; j++) {
+    const base = j * N;
+    // Byte 0 of sample j ≥ 1 is already there: the last byte of sample j − 1.
+    if (j === 0) tokens[base] = p > 0 ? COPY_PAD : COPY_SYMBOLS.charCodeAt(rng.int(alphabet));
+    for (let i = 1; i < p; i++) tokens[base + i] = COPY_PAD;
+    for (let i = p === 0 ? 1 : 0; i < s; i++) tokens[base + p + i] = COPY_SYMBOLS.charCodeAt(rng.int(alphabet));
+    tokens[base + p + s] = COPY_DELIMITER;
+    for (let i = 0; i < s; i++) tokens[base + p + s + 1 + i] = tokens[base + p + i];
+    lossMask.fill(1, base + p + s + 1, base + N + 1);
+  }
+  return {
+    tokens, lossMask, bytes: tokens.length, documents: count,
+    source: `copy(count ${count}, seed ${seed}, ${s} symbols of ${alphabet}, segments of ${segmentLen})`,
+  };
+}

@@ -26,3 +26,4 @@ export * from './ops/optim.js';
 export { presets, parameterShapes, resolveConfig, type ModelConfig, type PresetName } from './config.js';
 export { MemGPT, type ForwardResult } from './model.js';
 export * from './data/index.js';
+export { Decoder, generateTokens, sampleToken, scoreStream, streamText, textPieces, type GenerateOptions, type TextCodec } from './generate.js';

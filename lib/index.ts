@@ -25,3 +25,8 @@ export * from './ops/classifier.js';
 export * from './ops/optim.js';
 export { presets, parameterShapes, resolveConfig, type ModelConfig, type PresetName } from './config.js';
 export { MemGPT, type ForwardResult } from './model.js';
+export {
+  bfloat16Bytes, float32Bytes, readSafetensors, readSafetensorsHeader, safetensorsDTypeBytes, storedToFloat32, writeSafetensors,
+  type SafetensorsDType, type SafetensorsHeader, type StoredTensor, type TensorInfo,
+} from './io/safetensors.js';
+export { CHECKPOINT_FORMAT, loadModel, loadTrainingState, readModelConfig, saveModel, saveTrainingState, type SaveModelOptions } from './checkpoint.js';

@@ -27,3 +27,8 @@ export { presets, parameterShapes, resolveConfig, type ModelConfig, type PresetN
 export { MemGPT, type ForwardResult } from './model.js';
 export * from './data/index.js';
 export { Decoder, generateTokens, sampleToken, scoreStream, streamText, textPieces, type GenerateOptions, type TextCodec } from './generate.js';
+export {
+  bfloat16Bytes, float32Bytes, readSafetensors, readSafetensorsHeader, safetensorsDTypeBytes, storedToFloat32, writeSafetensors,
+  type SafetensorsDType, type SafetensorsHeader, type StoredTensor, type TensorInfo,
+} from './io/safetensors.js';
+export { CHECKPOINT_FORMAT, loadModel, loadTrainingState, readModelConfig, saveModel, saveTrainingState, type SaveModelOptions } from './checkpoint.js';

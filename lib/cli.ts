@@ -5,16 +5,25 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 
 import { defaultDevice, packageRoot, parseDevice, setDefaultDevice } from './backend.js';
+import { evalCommand, generateCommand, trainCommand } from './commands.js';
 import { runDemo } from './demo.js';
 import { MemgptError } from './errors.js';
 
 const usage = `memgpt — the Memory-Gated Pointer Transformer in TypeScript
 
 Usage:
-  memgpt demo [--steps N] [--lr X] [--seed S] [--device cpu|cuda]
-      Fits a small softmax model with autograd on the chosen device (the foundation demo).
-  memgpt --version
-  memgpt --help
+  memgpt train    (no arguments: the built-in pass-key demo, with and without memory)
+  memgpt train    [--preset NAME | --config FILE.json | --init CKPT] --data PATH --out DIR
+                  [--steps N] [--batch-size B] [--segments K] [--lr X] [--optimizer adamw|sgd]
+                  [--weight-decay W] [--grad-clip C] [--warmup N] [--schedule cosine|constant]
+                  [--order random|sequential] [--seed S] [--device cpu|cuda] [--resume] [--json]
+                  [--grad-accum N] [--eval-every N] [--eval-batches N] [--checkpoint-every N]
+                  [--log-every N] [--held-out FRACTION]
+  memgpt eval     --checkpoint CKPT --data PATH [--segments K] [--batch-size B] [--stream] [--json]
+  memgpt generate --checkpoint CKPT --prompt TEXT [--max-tokens N] [--temperature X] [--top-k K]
+                  [--top-p P] [--seed S]
+  memgpt demo     [--steps N] [--lr X] [--seed S] [--device cpu|cuda]
+  memgpt --version | --help
 
 The device is CUDA when the CUDA addon loads and a GPU is present, else the CPU;
 MEMGPT_DEVICE=cpu|cuda or --device forces it. MEMGPT_NUM_THREADS sets CPU threads.`;
@@ -75,6 +84,9 @@ export async function main(argv: string[]): Promise<number> {
       return 0;
     }
     if (command === 'demo') return demo(rest);
+    if (command === 'train') return trainCommand(rest);
+    if (command === 'eval') return evalCommand(rest);
+    if (command === 'generate') return generateCommand(rest);
     throw new MemgptError(`unknown command '${command}' (run memgpt --help)`);
   } catch (e) {
     const message = e instanceof Error ? e.message : String(e);

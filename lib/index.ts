@@ -24,7 +24,7 @@ export * from './ops/memwrite.js';
 export * from './ops/classifier.js';
 export * from './ops/optim.js';
 export { presets, parameterShapes, resolveConfig, type ModelConfig, type PresetName } from './config.js';
-export { MemGPT, type ForwardResult } from './model.js';
+export { MemGPT, type ForwardResult, type LayerDiagnostics } from './model.js';
 export * from './data/index.js';
 export { Decoder, generateTokens, sampleToken, scoreStream, streamText, textPieces, type GenerateOptions, type TextCodec } from './generate.js';
 export {
@@ -32,3 +32,5 @@ export {
   type SafetensorsDType, type SafetensorsHeader, type StoredTensor, type TensorInfo,
 } from './io/safetensors.js';
 export { CHECKPOINT_FORMAT, loadModel, loadTrainingState, readModelConfig, saveModel, saveTrainingState, type SaveModelOptions } from './checkpoint.js';
+export { Trainer, defaultTrainOptions, evaluateLoss, learningRate, type StepLog, type TrainOptions } from './train.js';
+export { lineChart, type Series } from './plot.js';

@@ -16,12 +16,24 @@ import { memoryWrite } from './ops/memwrite.js';
 import { tokenNLL } from './ops/classifier.js';
 import { parameter, tensor, tidy, type Parameter, type Tensor } from './tensor.js';
 
+/** What a layer's memory did during a forward pass (means over the batch and the segments). */
+export interface LayerDiagnostics {
+  /** Mean read gate σ(u·Wgateᵀ + b): 0 = attention only, 1 = memory only. */
+  readGate: number;
+  /** Mean write gate U: how much of each slot is overwritten at a segment boundary. */
+  writeGate: number;
+  /** Mean entropy of the pointer over the segment's tokens, in nats (log T when uniform). */
+  pointerEntropy: number;
+}
+
 export interface ForwardResult {
   /** Mean −log P(y) over the predicted tokens whose mask is 1 (a scalar, differentiable). */
   loss: Tensor;
   /** Sum of −log P(y) over those tokens, and how many there were (host numbers). */
   nllSum: number;
   tokens: number;
+  /** Per layer, when asked for (memSlots > 0). */
+  diagnostics?: LayerDiagnostics[];
 }
 
 export class MemGPT {
@@ -97,7 +109,7 @@ export class MemGPT {
    * One segment: x [B, T] int32 input ids → hf [B, T, D] (the final-normed hidden states),
    * and each layer's memory after this segment's write.
    */
-  segment(x: Tensor, memory: Tensor[]): { hf: Tensor; memory: Tensor[] } {
+  segment(x: Tensor, memory: Tensor[], diagnostics?: LayerDiagnostics[]): { hf: Tensor; memory: Tensor[] } {
     const cfg = this.config;
     const { dModel: D, nHeads: H, memSlots: S } = cfg;
     const [, T] = x.shape;
@@ -113,6 +125,12 @@ export class MemGPT {
         const M = memory[l];
         const mkv = linear(layerNorm(M, P('mem.ln.weight'), P('mem.ln.bias')), P('mem.kv.weight'), P('mem.kv.bias'));
         const gateLogits = linear(u, P('mem.gate.weight'), P('mem.gate.bias'));
+        if (diagnostics) {
+          const g = gateLogits.toArray();
+          let total = 0;
+          for (const z of g) total += 1 / (1 + Math.exp(-z));
+          diagnostics[l] = { readGate: total / g.length, writeGate: NaN, pointerEntropy: NaN };
+        }
         o = attention(qkv, { nHeads: H, rope: cfg.positional === 'rope', memKV: mkv, gateLogits });
       } else {
         o = attention(qkv, { nHeads: H, rope: cfg.positional === 'rope' });
@@ -126,7 +144,14 @@ export class MemGPT {
         const mq = linear(M, P('ptr.q.weight'), null);
         const ck = linear(c, P('ptr.k.weight'), null);
         const cv = linear(c, P('ptr.v.weight'), null);
-        next.push(memoryWrite(M, mq, ck, cv, P('mem.update.weight'), P('mem.update.bias')));
+        if (diagnostics) {
+          const w = memoryWrite(M, mq, ck, cv, P('mem.update.weight'), P('mem.update.bias'), { stats: true });
+          diagnostics[l].writeGate = w.meanGate;
+          diagnostics[l].pointerEntropy = w.pointerEntropy;
+          next.push(w.M);
+        } else {
+          next.push(memoryWrite(M, mq, ck, cv, P('mem.update.weight'), P('mem.update.bias')));
+        }
       }
     }
     return { hf: layerNorm(h, this.p('ln_f.weight'), this.p('ln_f.bias')), memory: next };
@@ -146,7 +171,7 @@ export class MemGPT {
    * The loss of a batch: `tokens` holds B samples of N + 1 ids each (N = segments · T),
    * row-major; `mask` (B·N of 0/1, optional) selects the predicted tokens that count.
    */
-  forward(tokens: Int32Array, batch: number, segments: number, mask?: Float32Array): ForwardResult {
+  forward(tokens: Int32Array, batch: number, segments: number, mask?: Float32Array, options: { diagnostics?: boolean } = {}): ForwardResult {
     const T = this.config.segmentLen, N = segments * T, V = this.config.vocabSize;
     if (!Number.isSafeInteger(batch) || batch < 1 || !Number.isSafeInteger(segments) || segments < 1) {
       throw new MemgptError(`forward: batch (${batch}) and segments (${segments}) must be positive integers`);
@@ -166,12 +191,16 @@ export class MemGPT {
     if (mask) for (const m of mask) count += m;
     else count = batch * N;
     if (count === 0) throw new MemgptError('forward: the mask selects no token');
+    const wantDiagnostics = options.diagnostics === true && this.config.memSlots > 0;
+    const perSegment: LayerDiagnostics[][] = [];
     const result = tidy(() => {
       let memory = this.initialMemory(batch);
       let total: Tensor | null = null;
       for (let seg = 0; seg < segments; seg++) {
         const x = slice(seg, 0), y = slice(seg, 1);
-        const out = this.segment(x, memory);
+        const diag: LayerDiagnostics[] | undefined = wantDiagnostics ? [] : undefined;
+        const out = this.segment(x, memory, diag);
+        if (diag) perSegment.push(diag);
         memory = out.memory;
         let nll = this.segmentNLL(out.hf, x, y);
         if (mask) {
@@ -187,6 +216,12 @@ export class MemGPT {
     const nllSum = result.item();
     const loss = scale(result, 1 / count);
     result.dispose();
-    return { loss, nllSum, tokens: count };
+    const diagnostics = wantDiagnostics
+      ? perSegment[0].map((_, l) => {
+          const mean = (key: keyof LayerDiagnostics) => perSegment.reduce((a, d) => a + d[l][key], 0) / perSegment.length;
+          return { readGate: mean('readGate'), writeGate: mean('writeGate'), pointerEntropy: mean('pointerEntropy') };
+        })
+      : undefined;
+    return { loss, nllSum, tokens: count, diagnostics };
   }
 }

@@ -78,7 +78,8 @@ export class Rng {
   setState(state: readonly number[]): void {
     if (state.length !== 5) throw new RangeError('Rng.setState: expected 5 numbers');
     this.s = Uint32Array.from(state.slice(0, 4));
-    this.spareNormal = Number.isNaN(state[4]) ? null : state[4];
+    // No spare normal is stored as NaN, which JSON turns into null: both mean none.
+    this.spareNormal = state[4] === null || Number.isNaN(state[4]) ? null : state[4];
   }
 }
 

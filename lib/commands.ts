@@ -1,0 +1,250 @@
+// The train, eval and generate commands of the `memgpt` CLI (SPEC.md §8):
+// flag parsing and validation, progress output, and the glue between data,
+// model, trainer, checkpoints and generation. lib/cli.ts dispatches here.
+import { existsSync, readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import cliProgress from 'cli-progress';
+
+import { defaultDevice, parseDevice, setDefaultDevice } from './backend.js';
+import { loadModel } from './checkpoint.js';
+import { presets, resolveConfig, type ModelConfig, type PresetName } from './config.js';
+import { getTokenizer, loadCorpus, splitCorpus, type Corpus } from './data/index.js';
+import { MemgptError } from './errors.js';
+import { generateTokens, scoreStream } from './generate.js';
+import { MemGPT } from './model.js';
+import { passkeyConfig, passkeyShape, runPasskey } from './default-task.js';
+import { Trainer, defaultTrainOptions, evaluateLoss, loadRunModel, type StepLog, type TrainOptions } from './train.js';
+
+type Flags = Record<string, string | boolean | undefined>;
+
+function parse(argv: string[], spec: Record<string, 'string' | 'boolean'>): Flags {
+  const options = Object.fromEntries(Object.entries(spec).map(([k, type]) => [k, { type }])) as Record<string, { type: 'string' | 'boolean' }>;
+  return parseArgs({ args: argv, options, strict: true, allowPositionals: false }).values as Flags;
+}
+
+function int(flags: Flags, name: string, fallback: number, min = 1): number {
+  const v = flags[name];
+  if (v === undefined) return fallback;
+  const n = Number(v);
+  if (typeof v !== 'string' || !Number.isSafeInteger(n) || n < min) throw new MemgptError(`--${name} must be an integer ≥ ${min} (got '${String(v)}')`);
+  return n;
+}
+
+function num(flags: Flags, name: string, fallback: number, ok: (n: number) => boolean = (n) => n >= 0, what = 'a non-negative number'): number {
+  const v = flags[name];
+  if (v === undefined) return fallback;
+  const n = Number(v);
+  if (typeof v !== 'string' || v.trim() === '' || !Number.isFinite(n) || !ok(n)) throw new MemgptError(`--${name} must be ${what} (got '${String(v)}')`);
+  return n;
+}
+
+function choice<T extends string>(flags: Flags, name: string, allowed: readonly T[], fallback: T): T {
+  const v = flags[name];
+  if (v === undefined) return fallback;
+  if (!allowed.includes(v as T)) throw new MemgptError(`--${name} must be ${allowed.join(' or ')} (got '${String(v)}')`);
+  return v as T;
+}
+
+function required(flags: Flags, name: string, command: string): string {
+  const v = flags[name];
+  if (typeof v !== 'string' || v === '') throw new MemgptError(`${command}: --${name} is required`);
+  return v;
+}
+
+function useDevice(flags: Flags): void {
+  if (typeof flags.device === 'string') setDefaultDevice(parseDevice(flags.device, '--device'));
+  defaultDevice();
+}
+
+function readConfigFile(path: string): Partial<ModelConfig> {
+  if (!existsSync(path)) throw new MemgptError(`--config: ${path} does not exist`);
+  try {
+    return JSON.parse(readFileSync(path, 'utf8')) as Partial<ModelConfig>;
+  } catch (e) {
+    throw new MemgptError(`--config: ${path} is not valid JSON (${(e as Error).message})`);
+  }
+}
+
+const trainFlags = {
+  preset: 'string', config: 'string', init: 'string', data: 'string', out: 'string', steps: 'string', 'batch-size': 'string',
+  segments: 'string', lr: 'string', optimizer: 'string', 'weight-decay': 'string', 'grad-clip': 'string', warmup: 'string',
+  schedule: 'string', order: 'string', seed: 'string', device: 'string', resume: 'boolean', json: 'boolean', 'grad-accum': 'string',
+  'eval-every': 'string', 'eval-batches': 'string', 'checkpoint-every': 'string', 'log-every': 'string', 'held-out': 'string',
+} as const;
+
+export function trainOptionsFromFlags(flags: Flags): TrainOptions {
+  const d = defaultTrainOptions;
+  const steps = int(flags, 'steps', d.steps);
+  return {
+    steps,
+    batchSize: int(flags, 'batch-size', d.batchSize),
+    segments: int(flags, 'segments', d.segments),
+    lr: num(flags, 'lr', d.lr, (n) => n > 0, 'a positive number'),
+    minLrRatio: d.minLrRatio,
+    warmup: int(flags, 'warmup', Math.min(d.warmup, Math.floor(steps / 10)), 0),
+    schedule: choice(flags, 'schedule', ['cosine', 'constant'] as const, d.schedule),
+    optimizer: choice(flags, 'optimizer', ['adamw', 'sgd'] as const, d.optimizer),
+    weightDecay: num(flags, 'weight-decay', d.weightDecay),
+    gradClip: num(flags, 'grad-clip', d.gradClip),
+    gradAccum: int(flags, 'grad-accum', d.gradAccum),
+    order: choice(flags, 'order', ['random', 'sequential'] as const, d.order),
+    seed: int(flags, 'seed', d.seed, 0),
+    evalEvery: int(flags, 'eval-every', 0, 0),
+    evalBatches: int(flags, 'eval-batches', d.evalBatches),
+    checkpointEvery: int(flags, 'checkpoint-every', 0, 0),
+    logEvery: int(flags, 'log-every', d.logEvery),
+  };
+}
+
+/** `memgpt train`: returns the exit code. */
+export function trainCommand(argv: string[]): number {
+  if (argv.length === 0) return defaultTrainCommand();
+  const flags = parse(argv, trainFlags);
+  const data = required(flags, 'data', 'train');
+  const out = required(flags, 'out', 'train');
+  const sources = ['preset', 'config', 'init'].filter((k) => flags[k] !== undefined);
+  if (sources.length > 1) throw new MemgptError(`train: give one of --preset, --config, --init (got ${sources.map((s) => `--${s}`).join(', ')})`);
+  const options = trainOptionsFromFlags(flags);
+  const heldOutFraction = num(flags, 'held-out', 0.05, (n) => n >= 0 && n < 1, 'in [0, 1)');
+  useDevice(flags);
+  let model: MemGPT;
+  if (flags.resume) {
+    // The model comes from the run folder; a --preset or --config given too must describe the same model.
+    if (flags.init !== undefined) throw new MemgptError('train: --resume continues the run folder; --init cannot be combined with it');
+    model = loadRunModel(out);
+    const asked = typeof flags.config === 'string' ? resolveConfig(readConfigFile(flags.config))
+      : typeof flags.preset === 'string' ? presets[flags.preset as PresetName] : undefined;
+    if (asked && JSON.stringify(resolveConfig(asked)) !== JSON.stringify(model.config)) {
+      model.dispose();
+      throw new MemgptError(`train: the config given does not fit the checkpoint in ${out} (${JSON.stringify(model.config)})`);
+    }
+  } else if (typeof flags.init === 'string') model = loadModel(flags.init);
+  else if (typeof flags.config === 'string') model = MemGPT.init(resolveConfig(readConfigFile(flags.config)), { seed: options.seed });
+  else {
+    const name = (flags.preset ?? 'tiny') as string;
+    if (!(name in presets)) throw new MemgptError(`--preset must be one of ${Object.keys(presets).join(', ')} (got '${name}')`);
+    model = MemGPT.init(presets[name as PresetName], { seed: options.seed });
+  }
+  const tokenizer = getTokenizer(model.config.tokenizer);
+  const corpus = loadCorpus(data, tokenizer);
+  let train: Corpus = corpus, heldOut: Corpus | null = null;
+  if (heldOutFraction > 0) ({ train, heldOut } = splitCorpus(corpus, heldOutFraction));
+  const trainer = new Trainer(model, train, heldOut, out, options);
+  try {
+    if (flags.resume) trainer.resume();
+    runTraining(trainer, flags.json === true);
+  } finally {
+    trainer.dispose();
+    model.dispose();
+  }
+  return 0;
+}
+
+function runTraining(trainer: Trainer, json: boolean): void {
+  const o = trainer.options;
+  const bar = !json && process.stderr.isTTY
+    ? new cliProgress.SingleBar(
+        { format: 'train |{bar}| step {value}/{total} | loss {loss} | {tps} tok/s | ETA {eta_formatted}', stream: process.stderr, etaBuffer: 20 },
+        cliProgress.Presets.shades_classic,
+      )
+    : null;
+  bar?.start(o.steps, trainer.step, { loss: '-', tps: '-' });
+  const killAt = Number(process.env.MEMGPT_FAULT_KILL_AFTER_STEP ?? NaN); // test-only fault injection (resume tests)
+  while (trainer.step < o.steps) {
+    const logged = trainer.step % o.logEvery === 0 || trainer.step + 1 === o.steps;
+    const entry: StepLog = trainer.trainStep(logged);
+    if ((o.evalEvery > 0 && entry.step % o.evalEvery === 0) || entry.step === o.steps) entry.evalLoss = trainer.evaluate();
+    if (logged || entry.evalLoss !== undefined) {
+      trainer.log(entry);
+      if (json) console.log(JSON.stringify(entry));
+      else if (!bar) console.error(`step ${entry.step}/${o.steps}  loss ${entry.loss.toFixed(4)}  ${entry.tokensPerSecond.toFixed(0)} tok/s${entry.evalLoss !== undefined ? `  held-out ${entry.evalLoss.toFixed(4)}` : ''}`);
+    }
+    bar?.update(entry.step, { loss: entry.loss.toFixed(4), tps: entry.tokensPerSecond.toFixed(0) });
+    if ((o.checkpointEvery > 0 && entry.step % o.checkpointEvery === 0) || entry.step === o.steps) trainer.checkpoint();
+    if (entry.step === killAt) process.kill(process.pid, 'SIGKILL');
+  }
+  bar?.stop();
+  if (!json) console.error(`memgpt: wrote ${trainer.files.model}, ${trainer.files.optimizer}, ${trainer.files.metrics}, ${trainer.files.lossPlot}`);
+}
+
+/** `memgpt eval`. */
+export function evalCommand(argv: string[]): number {
+  const flags = parse(argv, { checkpoint: 'string', data: 'string', segments: 'string', 'batch-size': 'string', stream: 'boolean', json: 'boolean', device: 'string' });
+  const ckpt = required(flags, 'checkpoint', 'eval');
+  const data = required(flags, 'data', 'eval');
+  useDevice(flags);
+  const model = loadModel(ckpt);
+  try {
+    const corpus = loadCorpus(data, getTokenizer(model.config.tokenizer));
+    let loss: number, tokens: number;
+    if (flags.stream) {
+      const r = scoreStream(model, corpus.tokens);
+      [loss, tokens] = [r.nllSum / r.tokens, r.tokens];
+    } else {
+      const batchSize = int(flags, 'batch-size', 1), segments = int(flags, 'segments', 4);
+      ({ loss, tokens } = evaluateLoss(model, corpus, batchSize, segments, Number.MAX_SAFE_INTEGER));
+    }
+    const bitsPerToken = loss / Math.LN2;
+    // Bytes per predicted token of this corpus, to turn bits per token into bits per byte.
+    const bytesPerToken = corpus.bytes / corpus.tokens.length;
+    const result = { loss, tokens, bitsPerToken, perplexity: Math.exp(loss), bitsPerByte: bitsPerToken / bytesPerToken, stream: flags.stream === true };
+    if (flags.json) console.log(JSON.stringify(result));
+    else console.log(`loss ${loss.toFixed(4)} nats/token over ${tokens} tokens; perplexity ${result.perplexity.toFixed(3)}; ${bitsPerToken.toFixed(4)} bits/token; ${result.bitsPerByte.toFixed(4)} bits/byte`);
+  } finally {
+    model.dispose();
+  }
+  return 0;
+}
+
+/** `memgpt generate`: prints the continuation (not the prompt) as it is generated. */
+export function generateCommand(argv: string[]): number {
+  const flags = parse(argv, { checkpoint: 'string', prompt: 'string', 'max-tokens': 'string', temperature: 'string', 'top-k': 'string', 'top-p': 'string', seed: 'string', device: 'string' });
+  const ckpt = required(flags, 'checkpoint', 'generate');
+  if (typeof flags.prompt !== 'string') throw new MemgptError('generate: --prompt is required');
+  const maxTokens = int(flags, 'max-tokens', 200, 0);
+  const temperature = num(flags, 'temperature', 1);
+  const topK = flags['top-k'] === undefined ? undefined : int(flags, 'top-k', 0);
+  const topP = flags['top-p'] === undefined ? undefined : num(flags, 'top-p', 1, (n) => n > 0 && n <= 1, 'in (0, 1]');
+  const seed = int(flags, 'seed', 0, 0);
+  useDevice(flags);
+  const model = loadModel(ckpt);
+  try {
+    const tokenizer = getTokenizer(model.config.tokenizer);
+    const prompt = tokenizer.encode(flags.prompt);
+    const pending: number[] = [];
+    for (const token of generateTokens(model, prompt, { maxTokens, temperature, topK, topP, seed })) {
+      pending.push(token);
+      const text = tokenizer.decode(pending);
+      if (!text.endsWith('\uFFFD')) {  // wait for the rest of a multi-byte character
+        process.stdout.write(text);
+        pending.length = 0;
+      }
+    }
+    if (pending.length) process.stdout.write(tokenizer.decode(pending));
+    process.stdout.write('\n');
+  } finally {
+    model.dispose();
+  }
+  return 0;
+}
+
+/** `memgpt train` with no arguments: the pass-key task, with and without memory. */
+export function defaultTrainCommand(): number {
+  defaultDevice();
+  const steps = 600, seed = 0, heldOut = 50;
+  const outDir = 'memgpt-default-run';
+  console.error(`memgpt: no --data given: training the tiny model on the built-in pass-key task (${passkeyShape.segments} segments of ${passkeyShape.segmentLen} bytes, key in the first, question in the last), with memory and then with memSlots = 0; runs go to ./${outDir}`);
+  const results = [];
+  for (const memSlots of [passkeyConfig(8).memSlots, 0]) {
+    const label = memSlots > 0 ? `with memory (${memSlots} slots)` : 'without memory';
+    const result = runPasskey(memSlots, {
+      steps, seed, outDir, heldOut,
+      onLog: (_, e) => console.error(`${label}: step ${e.step}/${steps}  loss ${e.loss.toFixed(4)}  ${e.tokensPerSecond.toFixed(0)} tok/s`),
+    });
+    console.error(`${label}: ${(result.accuracy * 100).toFixed(0)}% of ${heldOut} held-out keys exact (greedy), ${result.seconds.toFixed(0)} s`);
+    results.push(result);
+  }
+  const [mem, none] = results;
+  console.log(`pass-key accuracy on ${heldOut} held-out keys: ${(mem.accuracy * 100).toFixed(0)}% with memory, ${(none.accuracy * 100).toFixed(0)}% with memSlots = 0 (chance ≈ 0%)`);
+  return 0;
+}

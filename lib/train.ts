@@ -1,0 +1,275 @@
+// Training: AdamW or SGD with warmup and cosine decay, global-norm clipping,
+// gradient accumulation, backprop through the memory across each sample's
+// segments, periodic evaluation and checkpoints (safetensors, written
+// atomically, with optimizer state, step and data position so that a resumed
+// run continues bit for bit), a metrics log and SVG plots in the run folder.
+import { appendFileSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+import { synchronize, type Device } from './backend.js';
+import { loadModel, loadTrainingState, saveModel, saveTrainingState } from './checkpoint.js';
+import { BatchSampler, sequentialBatches, type Corpus, type SamplerState } from './data/index.js';
+import { noGrad } from './autograd.js';
+import { MemgptError } from './errors.js';
+import { MemGPT, type LayerDiagnostics } from './model.js';
+import { AdamW, SGD, clipGradNorm, gradNorm } from './ops/optim.js';
+import { lineChart } from './plot.js';
+import { tidy, type Parameter } from './tensor.js';
+import { scale } from './ops/elementwise.js';
+
+export interface TrainOptions {
+  steps: number;
+  batchSize: number;
+  segments: number;
+  lr: number;
+  /** The cosine schedule ends at lr · minLrRatio. */
+  minLrRatio: number;
+  warmup: number;
+  schedule: 'cosine' | 'constant';
+  optimizer: 'adamw' | 'sgd';
+  weightDecay: number;
+  /** Global-norm clipping threshold; 0 turns it off. */
+  gradClip: number;
+  /** Micro-batches whose gradients are summed (averaged) per optimizer step. */
+  gradAccum: number;
+  order: 'random' | 'sequential';
+  seed: number;
+  /** Evaluate on the held-out corpus every this many steps (0: only at the end). */
+  evalEvery: number;
+  evalBatches: number;
+  /** Write the checkpoint every this many steps (0: only at the end). */
+  checkpointEvery: number;
+  logEvery: number;
+}
+
+export const defaultTrainOptions: TrainOptions = {
+  steps: 1000, batchSize: 8, segments: 4, lr: 3e-4, minLrRatio: 0.1, warmup: 100, schedule: 'cosine', optimizer: 'adamw',
+  weightDecay: 0.1, gradClip: 1, gradAccum: 1, order: 'random', seed: 0, evalEvery: 0, evalBatches: 8, checkpointEvery: 0, logEvery: 10,
+};
+
+export interface StepLog {
+  step: number;
+  loss: number;
+  lr: number;
+  gradNorm: number;
+  tokens: number;
+  tokensPerSecond: number;
+  elapsedSeconds: number;
+  evalLoss?: number;
+  memory?: LayerDiagnostics[];
+}
+
+/** The learning rate at a step (0-based): linear warmup, then cosine to lr·minLrRatio, or constant. */
+export function learningRate(o: Pick<TrainOptions, 'lr' | 'warmup' | 'steps' | 'schedule' | 'minLrRatio'>, step: number): number {
+  if (step < o.warmup) return (o.lr * (step + 1)) / o.warmup;
+  if (o.schedule === 'constant') return o.lr;
+  const progress = Math.min(1, (step - o.warmup) / Math.max(1, o.steps - o.warmup));
+  const min = o.lr * o.minLrRatio;
+  return min + 0.5 * (o.lr - min) * (1 + Math.cos(Math.PI * progress));
+}
+
+export function validateTrainOptions(o: TrainOptions): TrainOptions {
+  const int = (k: keyof TrainOptions, min: number) => {
+    const v = o[k] as number;
+    if (!Number.isSafeInteger(v) || v < min) throw new MemgptError(`train: ${k} must be an integer ≥ ${min} (got ${v})`);
+  };
+  int('steps', 1); int('batchSize', 1); int('segments', 1); int('warmup', 0); int('gradAccum', 1); int('seed', 0);
+  int('evalEvery', 0); int('evalBatches', 1); int('checkpointEvery', 0); int('logEvery', 1);
+  const num = (k: keyof TrainOptions, ok: (v: number) => boolean, what: string) => {
+    const v = o[k] as number;
+    if (typeof v !== 'number' || !ok(v)) throw new MemgptError(`train: ${k} must be ${what} (got ${v})`);
+  };
+  num('lr', (v) => v > 0 && Number.isFinite(v), 'a positive number');
+  num('minLrRatio', (v) => v >= 0 && v <= 1, 'in [0, 1]');
+  num('weightDecay', (v) => v >= 0 && Number.isFinite(v), 'non-negative');
+  num('gradClip', (v) => v >= 0 && Number.isFinite(v), 'non-negative (0 turns clipping off)');
+  if (o.schedule !== 'cosine' && o.schedule !== 'constant') throw new MemgptError(`train: schedule must be cosine or constant (got ${o.schedule})`);
+  if (o.optimizer !== 'adamw' && o.optimizer !== 'sgd') throw new MemgptError(`train: optimizer must be adamw or sgd (got ${o.optimizer})`);
+  if (o.order !== 'random' && o.order !== 'sequential') throw new MemgptError(`train: order must be random or sequential (got ${o.order})`);
+  return o;
+}
+
+/** Weight decay goes to the matrices only: not to norms, biases or the memory's initial state. */
+function noDecay(model: MemGPT): Parameter[] {
+  return [...model.params].filter(([name, p]) => p.rank < 2 || name.endsWith('mem.init')).map(([, p]) => p);
+}
+
+/** Mean loss over the first `batches` batches of every sample in order (all of them by default), without gradients. */
+export function evaluateLoss(model: MemGPT, corpus: Corpus, batchSize: number, segments: number, batches = Infinity): { loss: number; tokens: number } {
+  let nll = 0, tokens = 0, seen = 0;
+  for (const batch of sequentialBatches(corpus, segments * model.config.segmentLen, batchSize)) {
+    if (seen++ >= batches) break;
+    if (batch.mask && !batch.mask.some((m) => m > 0)) continue;  // no target of this batch counts
+    const out = noGrad(() => tidy(() => {
+      const r = model.forward(batch.tokens, batch.count, segments, batch.mask ?? undefined);
+      r.loss.dispose();
+      return { nllSum: r.nllSum, tokens: r.tokens };
+    }));
+    nll += out.nllSum;
+    tokens += out.tokens;
+  }
+  if (tokens === 0) throw new MemgptError(`${corpus.source}: no token to evaluate (the loss mask selects none)`);
+  return { loss: nll / tokens, tokens };
+}
+
+interface TrainerState {
+  step: number;
+  sampler: SamplerState;
+  options: TrainOptions;
+  elapsedSeconds: number;
+  tokens: number;
+}
+
+export interface RunFiles {
+  dir: string;
+  model: string;
+  optimizer: string;
+  metrics: string;
+  lossPlot: string;
+  memoryPlot: string;
+}
+
+export function runFiles(dir: string): RunFiles {
+  return {
+    dir,
+    model: join(dir, 'model.safetensors'),
+    optimizer: join(dir, 'optimizer.safetensors'),
+    metrics: join(dir, 'metrics.jsonl'),
+    lossPlot: join(dir, 'loss.svg'),
+    memoryPlot: join(dir, 'memory.svg'),
+  };
+}
+
+/** Training state for one run folder; `step()` does one optimizer step. */
+export class Trainer {
+  readonly files: RunFiles;
+  readonly options: TrainOptions;
+  private readonly sampler: BatchSampler;
+  private readonly optimizer: AdamW | SGD;
+  private readonly params: Parameter[];
+  step = 0;
+  private elapsed = 0;
+  private tokens = 0;
+
+  constructor(
+    readonly model: MemGPT,
+    private readonly train: Corpus,
+    private readonly heldOut: Corpus | null,
+    outDir: string,
+    options: TrainOptions,
+  ) {
+    this.options = validateTrainOptions(options);
+    this.files = runFiles(outDir);
+    this.params = [...model.params.values()];
+    this.sampler = new BatchSampler(train, {
+      batchSize: options.batchSize, segments: options.segments, segmentLen: model.config.segmentLen, order: options.order, seed: options.seed,
+    });
+    this.optimizer = options.optimizer === 'adamw'
+      ? new AdamW(this.params, { lr: options.lr, weightDecay: options.weightDecay, betas: [0.9, 0.95], eps: 1e-8, noDecay: noDecay(model) })
+      : new SGD(this.params, { lr: options.lr });
+  }
+
+  /** Continues from the checkpoint in the run folder (model weights must already be loaded from it). */
+  resume(): void {
+    const state = loadTrainingState(this.files.optimizer, this.model, this.optimizer) as unknown as TrainerState;
+    if (typeof state.step !== 'number' || !state.sampler) throw new MemgptError(`${this.files.optimizer}: no trainer state to resume from`);
+    this.step = state.step;
+    this.elapsed = state.elapsedSeconds ?? 0;
+    this.tokens = state.tokens ?? 0;
+    this.sampler.setState(state.sampler);
+  }
+
+  /** One optimizer step over gradAccum micro-batches; returns what was logged. */
+  trainStep(withDiagnostics = false): StepLog {
+    const o = this.options;
+    const t0 = performance.now();
+    const lr = learningRate(o, this.step);
+    let lossSum = 0;
+    let diagnostics: LayerDiagnostics[] | undefined;
+    let tokens = 0;
+    for (let micro = 0; micro < o.gradAccum; micro++) {
+      let batch = this.sampler.next();
+      // A window of a prompt/completion corpus may hold no completion token: draw on (bounded by an epoch).
+      for (let tries = 0; batch.mask && !batch.mask.some((m) => m > 0); tries++) {
+        if (tries > this.sampler.batchesPerEpoch) throw new MemgptError('train: no batch of the corpus has a token whose loss counts');
+        batch = this.sampler.next();
+      }
+      tidy(() => {
+        const out = this.model.forward(batch.tokens, o.batchSize, o.segments, batch.mask ?? undefined, { diagnostics: withDiagnostics && micro === 0 });
+        const scaled = o.gradAccum > 1 ? scale(out.loss, 1 / o.gradAccum) : out.loss;
+        scaled.backward();
+        lossSum += out.nllSum / out.tokens;
+        tokens += o.batchSize * o.segments * this.model.config.segmentLen;
+        diagnostics ??= out.diagnostics;
+      });
+    }
+    const norm = o.gradClip > 0 ? clipGradNorm(this.params, o.gradClip) : gradNorm(this.params);
+    if (!Number.isFinite(norm)) throw new MemgptError(`train: the gradient norm is ${norm} at step ${this.step + 1}; lower the learning rate`);
+    this.optimizer.step(lr);
+    this.optimizer.zeroGrad();
+    synchronize(this.model.device);
+    const seconds = (performance.now() - t0) / 1000;
+    this.step++;
+    this.elapsed += seconds;
+    this.tokens += tokens;
+    return {
+      step: this.step, loss: lossSum / o.gradAccum, lr, gradNorm: norm, tokens: this.tokens,
+      tokensPerSecond: tokens / seconds, elapsedSeconds: this.elapsed, memory: diagnostics,
+    };
+  }
+
+  evaluate(): number | undefined {
+    if (!this.heldOut) return undefined;
+    return evaluateLoss(this.model, this.heldOut, this.options.batchSize, this.options.segments, this.options.evalBatches).loss;
+  }
+
+  /** Writes model.safetensors and optimizer.safetensors (each atomically) and the plots. */
+  checkpoint(): void {
+    mkdirSync(this.files.dir, { recursive: true });
+    const state: TrainerState = { step: this.step, sampler: this.sampler.state(), options: this.options, elapsedSeconds: this.elapsed, tokens: this.tokens };
+    saveModel(this.files.model, this.model);
+    saveTrainingState(this.files.optimizer, this.model, this.optimizer, state as unknown as Record<string, unknown>);
+    this.plot();
+  }
+
+  log(entry: StepLog): void {
+    mkdirSync(this.files.dir, { recursive: true });
+    appendFileSync(this.files.metrics, JSON.stringify(entry) + '\n');
+  }
+
+  /** Redraws loss.svg and memory.svg from metrics.jsonl. */
+  plot(): void {
+    if (!existsSync(this.files.metrics)) return;
+    const rows = readFileSync(this.files.metrics, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as StepLog);
+    const atomic = (path: string, text: string) => {
+      writeFileSync(`${path}.tmp`, text);
+      renameSync(`${path}.tmp`, path);
+    };
+    atomic(this.files.lossPlot, lineChart([
+      { name: 'train loss', points: rows.map((r) => [r.step, r.loss]) },
+      { name: 'held-out loss', points: rows.filter((r) => r.evalLoss !== undefined).map((r) => [r.step, r.evalLoss!]) },
+    ], { title: 'Loss (nats per token)', xLabel: 'step', yLabel: 'loss' }));
+    const withMemory = rows.filter((r) => r.memory?.length);
+    if (withMemory.length) {
+      const layers = withMemory[0].memory!.length;
+      const series = [];
+      for (let l = 0; l < layers; l++) {
+        series.push({ name: `L${l} read gate`, points: withMemory.map((r) => [r.step, r.memory![l].readGate] as [number, number]) });
+        series.push({ name: `L${l} write gate`, points: withMemory.map((r) => [r.step, r.memory![l].writeGate] as [number, number]) });
+      }
+      atomic(this.files.memoryPlot, lineChart(series, { title: 'Memory use per layer (mean gates)', xLabel: 'step', yLabel: 'gate' }));
+    }
+  }
+
+  dispose(): void {
+    this.optimizer.dispose();
+  }
+}
+
+/** Loads the run folder's model for --resume. */
+export function loadRunModel(dir: string, device?: Device): MemGPT {
+  const files = runFiles(dir);
+  if (!existsSync(files.model) || !existsSync(files.optimizer)) throw new MemgptError(`--resume: ${dir} has no model.safetensors and optimizer.safetensors to resume from`);
+  return loadModel(files.model, { device });
+}
+

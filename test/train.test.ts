@@ -1,0 +1,148 @@
+// The `memgpt` train / eval / generate commands end to end on the CPU, as users
+// run them (the compiled dist/ through bin/memgpt.js): run folder contents, JSON
+// lines, bit-exact resume after a kill, eval against the plain reference, and
+// one clear line for every kind of bad input.
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+
+import * as mg from '../lib/index.js';
+import { packageRoot } from '../lib/backend.js';
+import { saveModel } from '../lib/checkpoint.js';
+import { resolveConfig } from '../lib/config.js';
+import { MemGPT } from '../lib/model.js';
+import { referenceSampleNLL } from './reference_model.js';
+
+const bin = join(packageRoot, 'bin', 'memgpt.js');
+const tinyConfig = { tokenizer: 'byte', dModel: 16, nHeads: 2, dFF: 32, nLayers: 1, segmentLen: 8, memSlots: 2 };
+
+function memgpt(args: string[], env: Record<string, string> = {}) {
+  const child = spawnSync(process.execPath, [bin, ...args], {
+    encoding: 'utf8', env: { ...process.env, MEMGPT_DEVICE: 'cpu', MEMGPT_QUIET: '1', ...env }, timeout: 120_000,
+  });
+  return { status: child.status, signal: child.signal, stdout: child.stdout, stderr: child.stderr.trim() };
+}
+
+function workspace() {
+  const dir = mkdtempSync(join(tmpdir(), 'memgpt-train-'));
+  const text = Array.from({ length: 60 }, (_, i) => `Line ${i}: the quick brown fox jumps over the lazy dog ${i * 7}.`).join('\n');
+  writeFileSync(join(dir, 'data.txt'), text);
+  writeFileSync(join(dir, 'config.json'), JSON.stringify(tinyConfig));
+  return dir;
+}
+
+const jsonLines = (s: string) => s.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { step: number; loss: number; tokensPerSecond: number });
+
+describe('memgpt train', () => {
+  it('trains, logs JSON lines and writes the run folder', () => {
+    const dir = workspace();
+    const out = join(dir, 'run');
+    const r = memgpt(['train', '--config', join(dir, 'config.json'), '--data', join(dir, 'data.txt'), '--out', out,
+      '--steps', '6', '--batch-size', '2', '--segments', '2', '--lr', '3e-3', '--log-every', '1', '--eval-every', '3', '--json']);
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    const lines = jsonLines(r.stdout);
+    expect(lines.map((l) => l.step)).toEqual([1, 2, 3, 4, 5, 6]);
+    for (const l of lines) {
+      expect(Number.isFinite(l.loss)).toBe(true);
+      expect(l.tokensPerSecond).toBeGreaterThan(0);
+    }
+    expect(readdirSync(out).sort()).toEqual(['loss.svg', 'memory.svg', 'metrics.jsonl', 'model.safetensors', 'optimizer.safetensors']);
+    expect(readFileSync(join(out, 'loss.svg'), 'utf8')).toContain('<svg');
+    const metrics = jsonLines(readFileSync(join(out, 'metrics.jsonl'), 'utf8')) as unknown as { memory?: { readGate: number }[]; evalLoss?: number }[];
+    expect(metrics[0].memory?.length).toBe(1);
+    expect(metrics.filter((m) => m.evalLoss !== undefined).length).toBe(2);
+  });
+
+  it('resumes after a kill and continues bit for bit', () => {
+    const dir = workspace();
+    const args = (out: string) => ['train', '--config', join(dir, 'config.json'), '--data', join(dir, 'data.txt'), '--out', out,
+      '--steps', '6', '--batch-size', '2', '--segments', '2', '--checkpoint-every', '3', '--log-every', '1', '--json'];
+    const whole = memgpt(args(join(dir, 'a')));
+    expect(whole.status).toBe(0);
+    const killed = memgpt(args(join(dir, 'b')), { MEMGPT_FAULT_KILL_AFTER_STEP: '4' });
+    expect(killed.signal).toBe('SIGKILL');
+    const resumed = memgpt([...args(join(dir, 'b')), '--resume']);
+    expect(resumed.stderr).toBe('');
+    expect(resumed.status).toBe(0);
+    const a = jsonLines(whole.stdout), b = jsonLines(resumed.stdout);
+    expect(b.map((l) => l.step)).toEqual([4, 5, 6]);
+    expect(b.map((l) => l.loss)).toEqual(a.slice(3).map((l) => l.loss));
+    // A config that does not fit the run's checkpoint is refused.
+    writeFileSync(join(dir, 'other.json'), JSON.stringify({ ...tinyConfig, dModel: 32 }));
+    const wrong = memgpt(['train', '--config', join(dir, 'other.json'), '--data', join(dir, 'data.txt'), '--out', join(dir, 'b'), '--resume']);
+    expect(wrong.status).toBe(2);
+    expect(wrong.stderr).toMatch(/^memgpt: train: the config given does not fit the checkpoint/);
+  });
+
+  it('eval --json on a random-weight checkpoint matches the plain reference', () => {
+    const dir = workspace();
+    const cfg = resolveConfig(tinyConfig as Partial<mg.ModelConfig>);
+    const model = MemGPT.init(cfg, { seed: 3, device: 'cpu' });
+    const rng = new mg.Rng(4);
+    for (const p of model.params.values()) p.storage.backend.copyFromHost(p.handle, 0, rng.fillNormal(new Float32Array(p.size), 0, 0.3));
+    const ckpt = join(dir, 'random.safetensors');
+    saveModel(ckpt, model);
+    const text = readFileSync(join(dir, 'data.txt'));
+    const params = new Map([...model.params].map(([n, p]) => [n, Float64Array.from(p.toArray())]));
+    model.dispose();
+    const segments = 2, N = segments * cfg.segmentLen;
+    let sum = 0, count = 0;
+    for (let j = 0; (j + 1) * N + 1 <= text.length; j++) {
+      for (const v of referenceSampleNLL(cfg, params, text.subarray(j * N, j * N + N + 1), segments)) {
+        sum += v;
+        count++;
+      }
+    }
+    const r = memgpt(['eval', '--checkpoint', ckpt, '--data', join(dir, 'data.txt'), '--segments', String(segments), '--batch-size', '3', '--json']);
+    expect(r.status).toBe(0);
+    const result = JSON.parse(r.stdout) as { loss: number; tokens: number; bitsPerToken: number };
+    expect(result.tokens).toBe(count);
+    expect(Math.abs(result.loss - sum / count)).toBeLessThanOrEqual(1e-5 * (sum / count));
+    expect(result.bitsPerToken).toBeCloseTo(result.loss / Math.LN2, 10);
+  });
+
+  it('generate prints a continuation; eval --stream scores the whole file', () => {
+    const dir = workspace();
+    const out = join(dir, 'run');
+    expect(memgpt(['train', '--config', join(dir, 'config.json'), '--data', join(dir, 'data.txt'), '--out', out, '--steps', '2', '--batch-size', '2', '--segments', '2']).status).toBe(0);
+    const g = memgpt(['generate', '--checkpoint', join(out, 'model.safetensors'), '--prompt', 'Line 3: the', '--max-tokens', '12', '--temperature', '0']);
+    expect(g.status).toBe(0);
+    expect(g.stdout.length).toBeGreaterThan(0);
+    const s = memgpt(['eval', '--checkpoint', join(out, 'model.safetensors'), '--data', join(dir, 'data.txt'), '--stream', '--json']);
+    expect(s.status).toBe(0);
+    expect(JSON.parse(s.stdout).tokens).toBe(readFileSync(join(dir, 'data.txt')).length - 1);
+  });
+
+  it('bad input: one clear line, a non-zero exit, and no half-written file', () => {
+    const dir = workspace();
+    writeFileSync(join(dir, 'empty.txt'), '');
+    writeFileSync(join(dir, 'binary.bin'), Buffer.from([0, 1, 2, 255, 0, 7]));
+    writeFileSync(join(dir, 'corrupt.safetensors'), Buffer.from([8, 0, 0, 0, 0, 0, 0, 0, 123, 34]));
+    const out = join(dir, 'run');
+    const base = ['--config', join(dir, 'config.json'), '--out', out, '--steps', '1'];
+    const cases: [string[], RegExp][] = [
+      [['train', ...base, '--data', join(dir, 'missing.txt')], /missing\.txt/],
+      [['train', ...base, '--data', join(dir, 'empty.txt')], /empty/],
+      [['train', ...base, '--data', join(dir, 'binary.bin')], /binary/],
+      [['train', ...base, '--data', join(dir, 'data.txt'), '--lr', 'fast'], /--lr must be a positive number/],
+      [['train', ...base, '--data', join(dir, 'data.txt'), '--frobnicate'], /Unknown option '--frobnicate'/],
+      [['train', ...base, '--data', join(dir, 'data.txt'), '--optimizer', 'adam'], /--optimizer must be adamw or sgd/],
+      [['eval', '--checkpoint', join(dir, 'corrupt.safetensors'), '--data', join(dir, 'data.txt')], /corrupt\.safetensors/],
+      [['eval', '--checkpoint', join(dir, 'nope.safetensors'), '--data', join(dir, 'data.txt')], /nope\.safetensors/],
+      [['generate', '--checkpoint', join(dir, 'corrupt.safetensors'), '--prompt', 'x'], /corrupt\.safetensors/],
+      [['train', '--init', join(dir, 'corrupt.safetensors'), '--data', join(dir, 'data.txt'), '--out', out], /corrupt\.safetensors/],
+    ];
+    for (const [args, pattern] of cases) {
+      const r = memgpt(args);
+      expect(r.status, args.join(' ')).toBe(2);
+      const lines = r.stderr.split('\n').filter(Boolean);
+      expect(lines, args.join(' ')).toHaveLength(1);
+      expect(lines[0]).toMatch(/^memgpt: /);
+      expect(lines[0]).toMatch(pattern);
+    }
+    expect(existsSync(out) ? readdirSync(out) : []).toEqual([]);
+  });
+});

@@ -17,6 +17,7 @@ import { MemgptError } from '../lib/errors.js';
 import { readSafetensors, writeSafetensors, type StoredTensor } from '../lib/io/safetensors.js';
 import { MemGPT } from '../lib/model.js';
 import { expectNoLeaks } from './helpers.js';
+import { randomModel, randomTokens } from './models.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'memgpt-ckpt-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -24,24 +25,6 @@ let fileCount = 0;
 const freshPath = (name = 'model') => join(dir, `${name}-${fileCount++}.safetensors`);
 
 const small: Partial<ModelConfig> = { vocabSize: 256, dModel: 16, nHeads: 2, dFF: 24, nLayers: 2, segmentLen: 5, memSlots: 3 };
-
-/** A model whose every weight is random and large enough to matter. */
-function randomModel(cfg: Partial<ModelConfig>, seed: number): MemGPT {
-  const model = MemGPT.init(cfg, { seed, device: 'cpu' });
-  const rng = new mg.Rng(seed + 100);
-  for (const [name, p] of model.params) {
-    const values = new Float32Array(p.size);
-    const isNormWeight = /ln\d?\.weight$|ln_f\.weight$|mem\.ln\.weight$|ptr\.ln\.weight$/.test(name);
-    rng.fillNormal(values, isNormWeight ? 1 : 0, name === 'tok_emb' || name.endsWith('mem.init') ? 1 : 0.3);
-    p.storage.backend.copyFromHost(p.handle, 0, values);
-  }
-  return model;
-}
-
-function randomTokens(n: number, seed: number): Int32Array {
-  const rng = new mg.Rng(seed);
-  return Int32Array.from({ length: n }, () => rng.int(12)); // few symbols: the copy head matters
-}
 
 function lossOf(model: MemGPT, tokens: Int32Array, batch: number, segments: number): number {
   const out = mg.noGrad(() => model.forward(tokens, batch, segments));

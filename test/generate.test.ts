@@ -9,31 +9,9 @@ import { MemGPT } from '../lib/model.js';
 import { Decoder, generateTokens, scoreStream } from '../lib/generate.js';
 import { expectNoLeaks } from './helpers.js';
 import { referenceSampleNLL, type RefParams } from './reference_model.js';
+import { randomModel, refParams, randomTokens } from './models.js';
 
 const small: Partial<ModelConfig> = { vocabSize: 256, dModel: 16, nHeads: 2, dFF: 24, nLayers: 2, segmentLen: 5, memSlots: 3, copyHead: true };
-
-/** A model whose every weight is random and large enough to matter (as in test/model.test.ts). */
-function randomModel(cfg: Partial<ModelConfig>, seed: number): MemGPT {
-  const model = MemGPT.init(cfg, { seed, device: 'cpu' });
-  const rng = new mg.Rng(seed + 100);
-  for (const [name, p] of model.params) {
-    const values = new Float32Array(p.size);
-    const isNormWeight = /ln\d?\.weight$|ln_f\.weight$|mem\.ln\.weight$|ptr\.ln\.weight$/.test(name);
-    const std = name === 'tok_emb' || name.endsWith('mem.init') ? 1 : isNormWeight || name.endsWith('bias') ? 0.2 : 0.3;
-    rng.fillNormal(values, isNormWeight ? 1 : 0, std);
-    p.storage.backend.copyFromHost(p.handle, 0, values);
-  }
-  return model;
-}
-
-function refParams(model: MemGPT): RefParams {
-  return new Map([...model.params].map(([name, p]) => [name, Float64Array.from(p.toArray())]));
-}
-
-function randomTokens(n: number, seed: number): Int32Array {
-  const rng = new mg.Rng(seed);
-  return Int32Array.from({ length: n }, () => rng.int(12)); // few symbols: copies happen
-}
 
 function expectRelClose(actual: number, expected: number, rel: number): void {
   if (!(Math.abs(actual - expected) <= rel * Math.abs(expected))) expect.fail(`got ${actual}, expected ${expected} (rel ${rel})`);

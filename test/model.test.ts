@@ -8,31 +8,9 @@ import { resolveConfig, type ModelConfig } from '../lib/config.js';
 import { MemGPT } from '../lib/model.js';
 import { expectNoLeaks } from './helpers.js';
 import { referenceSampleNLL, type RefParams } from './reference_model.js';
+import { randomModel, refParams, randomTokens } from './models.js';
 
 const small: Partial<ModelConfig> = { vocabSize: 256, dModel: 16, nHeads: 2, dFF: 24, nLayers: 2, segmentLen: 5, memSlots: 3 };
-
-/** A model whose every weight is random and large enough to matter (init() is too gentle to test with). */
-function randomModel(cfg: Partial<ModelConfig>, seed: number): MemGPT {
-  const model = MemGPT.init(cfg, { seed, device: 'cpu' });
-  const rng = new mg.Rng(seed + 100);
-  for (const [name, p] of model.params) {
-    const values = new Float32Array(p.size);
-    const isNormWeight = /ln\d?\.weight$|ln_f\.weight$|mem\.ln\.weight$|ptr\.ln\.weight$/.test(name);
-    const std = name === 'tok_emb' || name.endsWith('mem.init') ? 1 : isNormWeight || name.endsWith('bias') ? 0.2 : 0.3;
-    rng.fillNormal(values, isNormWeight ? 1 : 0, std);
-    p.storage.backend.copyFromHost(p.handle, 0, values);
-  }
-  return model;
-}
-
-function refParams(model: MemGPT): RefParams {
-  return new Map([...model.params].map(([name, p]) => [name, Float64Array.from(p.toArray())]));
-}
-
-function randomTokens(n: number, seed: number, vocab: number): Int32Array {
-  const rng = new mg.Rng(seed);
-  return Int32Array.from({ length: n }, () => rng.int(Math.min(vocab, 12))); // few symbols: copies happen
-}
 
 describe('the whole model on the CPU', () => {
   const variants: Partial<ModelConfig>[] = [];
@@ -49,7 +27,7 @@ describe('the whole model on the CPU', () => {
       const N = segments * cfg.segmentLen;
       const model = randomModel(cfg, 7);
       try {
-        const tokens = randomTokens(batch * (N + 1), 11, cfg.vocabSize);
+        const tokens = randomTokens(batch * (N + 1), 11);
         const params = refParams(model);
         let refSum = 0;
         for (let b = 0; b < batch; b++) {
@@ -72,7 +50,7 @@ describe('the whole model on the CPU', () => {
     const model = randomModel(cfg, 3);
     try {
       const N = 2 * cfg.segmentLen;
-      const tokens = randomTokens(N + 1, 5, cfg.vocabSize);
+      const tokens = randomTokens(N + 1, 5);
       const mask = new Float32Array(N);
       mask[3] = 1;
       mask[N - 1] = 1;
@@ -90,7 +68,7 @@ describe('the whole model on the CPU', () => {
   it('every parameter gradient agrees with finite differences, memory carried across 3 segments', () => {
     const cfg = resolveConfig(small);
     const [batch, segments] = [2, 3];
-    const tokens = randomTokens(batch * (segments * cfg.segmentLen + 1), 21, cfg.vocabSize);
+    const tokens = randomTokens(batch * (segments * cfg.segmentLen + 1), 21);
     const model = randomModel(cfg, 9);
     try {
       expectNoLeaks('cpu', () => {

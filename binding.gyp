@@ -6,6 +6,7 @@
       "target_name": "memgpt_cpu",
       "sources": [
         "native/binding/addon_cpu.cc",
+        "native/binding/memory.cc",
         "native/binding/memory_cpu.cc",
         "native/binding/ops.cc",
         "native/binding/ops_norm.cc",

@@ -18,8 +18,17 @@ namespace mg::binding {
 // `bytes` bytes from there lie inside it and that it was not freed.
 void* storage_ptr(const Napi::Value& handle, int64_t byte_offset, int64_t bytes, const char* arg);
 
-// alloc, free, memory, resetPeak, emptyCache, copyFromHost, copyToHost, copy.
+// alloc, free, memory, resetPeak, emptyCache, copyFromHost, copyToHost, copy (memory.cc).
 void register_memory(Napi::Env env, Napi::Object exports);
+
+// What each addon supplies to memory.cc (memory_cpu.cc, memory_cuda.cc): its allocator, its handles
+// (alloc and free), and copies that are complete when they return (within storage: may be queued
+// on the device's stream, and overlapping ranges behave like memmove).
+CachingAllocator& storage_allocator();
+void register_handles(Napi::Env env, Napi::Object exports);
+void copy_host_to_storage(void* dst, const void* host_src, size_t bytes);
+void copy_storage_to_host(void* host_dst, const void* src, size_t bytes);
+void copy_within_storage(void* dst, const void* src, size_t bytes);
 // The kernels of native/common/kernels.inc.
 void register_ops(Napi::Env env, Napi::Object exports);
 // The model's op families (native/binding/ops_<family>.cc); CPU addon only until their CUDA versions exist.

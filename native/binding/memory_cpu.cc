@@ -76,68 +76,6 @@ Napi::Value free_(const Napi::CallbackInfo& info) {
   });
 }
 
-Napi::Value memory(const Napi::CallbackInfo& info) {
-  return stats_object(info.Env(), allocator().stats());
-}
-
-Napi::Value reset_peak(const Napi::CallbackInfo& info) {
-  allocator().reset_peak();
-  return info.Env().Undefined();
-}
-
-Napi::Value empty_cache(const Napi::CallbackInfo& info) {
-  allocator().release_cached();
-  return info.Env().Undefined();
-}
-
-// (handle, byteOffset, hostTypedArray): host array -> storage.
-Napi::Value copy_from_host(const Napi::CallbackInfo& info) {
-  return guarded(info, "copyFromHost", [&] {
-    Args args(info, "copyFromHost");
-    Napi::Value handle = args.next("dst");
-    int64_t offset = args.integer("byteOffset");
-    Napi::Value src = args.next("src");
-    if (!src.IsTypedArray()) fail("copyFromHost: src must be a typed array");
-    auto ta = src.As<Napi::TypedArray>();
-    size_t bytes = ta.ByteLength();
-    void* dst = storage_ptr(handle, offset, int64_t(bytes), "dst");
-    std::memcpy(dst, static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset(), bytes);
-    return info.Env().Undefined();
-  });
-}
-
-// (handle, byteOffset, hostTypedArray): storage -> host array.
-Napi::Value copy_to_host(const Napi::CallbackInfo& info) {
-  return guarded(info, "copyToHost", [&] {
-    Args args(info, "copyToHost");
-    Napi::Value handle = args.next("src");
-    int64_t offset = args.integer("byteOffset");
-    Napi::Value dst = args.next("dst");
-    if (!dst.IsTypedArray()) fail("copyToHost: dst must be a typed array");
-    auto ta = dst.As<Napi::TypedArray>();
-    size_t bytes = ta.ByteLength();
-    const void* src = storage_ptr(handle, offset, int64_t(bytes), "src");
-    std::memcpy(static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset(), src, bytes);
-    return info.Env().Undefined();
-  });
-}
-
-// (dst, dstByteOffset, src, srcByteOffset, bytes): within this device.
-Napi::Value copy(const Napi::CallbackInfo& info) {
-  return guarded(info, "copy", [&] {
-    Args args(info, "copy");
-    Napi::Value dst_h = args.next("dst");
-    int64_t dst_off = args.integer("dstByteOffset");
-    Napi::Value src_h = args.next("src");
-    int64_t src_off = args.integer("srcByteOffset");
-    int64_t bytes = args.integer("bytes");
-    void* dst = storage_ptr(dst_h, dst_off, bytes, "dst");
-    const void* src = storage_ptr(src_h, src_off, bytes, "src");
-    if (bytes) std::memmove(dst, src, size_t(bytes));
-    return info.Env().Undefined();
-  });
-}
-
 }  // namespace
 
 void* storage_ptr(const Napi::Value& handle, int64_t byte_offset, int64_t bytes, const char* arg) {
@@ -151,15 +89,14 @@ void* storage_ptr(const Napi::Value& handle, int64_t byte_offset, int64_t bytes,
   return static_cast<uint8_t*>(ab.Data()) + byte_offset;
 }
 
-void register_memory(Napi::Env env, Napi::Object exports) {
+void register_handles(Napi::Env env, Napi::Object exports) {
   exports.Set("alloc", Napi::Function::New(env, alloc, "alloc"));
   exports.Set("free", Napi::Function::New(env, free_, "free"));
-  exports.Set("memory", Napi::Function::New(env, memory, "memory"));
-  exports.Set("resetPeak", Napi::Function::New(env, reset_peak, "resetPeak"));
-  exports.Set("emptyCache", Napi::Function::New(env, empty_cache, "emptyCache"));
-  exports.Set("copyFromHost", Napi::Function::New(env, copy_from_host, "copyFromHost"));
-  exports.Set("copyToHost", Napi::Function::New(env, copy_to_host, "copyToHost"));
-  exports.Set("copy", Napi::Function::New(env, copy, "copy"));
 }
+
+CachingAllocator& storage_allocator() { return allocator(); }
+void copy_host_to_storage(void* dst, const void* host_src, size_t bytes) { std::memcpy(dst, host_src, bytes); }
+void copy_storage_to_host(void* host_dst, const void* src, size_t bytes) { std::memcpy(host_dst, src, bytes); }
+void copy_within_storage(void* dst, const void* src, size_t bytes) { std::memmove(dst, src, bytes); }
 
 }  // namespace mg::binding

@@ -103,96 +103,6 @@ Napi::Value free_(const Napi::CallbackInfo& info) {
   });
 }
 
-Napi::Value memory(const Napi::CallbackInfo& info) {
-  return stats_object(info.Env(), allocator().stats());
-}
-
-Napi::Value reset_peak(const Napi::CallbackInfo& info) {
-  allocator().reset_peak();
-  return info.Env().Undefined();
-}
-
-Napi::Value empty_cache(const Napi::CallbackInfo& info) {
-  allocator().release_cached();
-  return info.Env().Undefined();
-}
-
-// (handle, byteOffset, hostTypedArray): host array -> device. Returns when the
-// copy is done: the source is pageable memory owned by the JS garbage collector.
-Napi::Value copy_from_host(const Napi::CallbackInfo& info) {
-  return guarded(info, "copyFromHost", [&] {
-    Args args(info, "copyFromHost");
-    Napi::Value handle = args.next("dst");
-    int64_t offset = args.integer("byteOffset");
-    Napi::Value src = args.next("src");
-    if (!src.IsTypedArray()) fail("copyFromHost: src must be a typed array");
-    auto ta = src.As<Napi::TypedArray>();
-    size_t bytes = ta.ByteLength();
-    void* dst = storage_ptr(handle, offset, int64_t(bytes), "dst");
-    if (bytes) {
-      cudaStream_t s = cuda::stream();
-      const uint8_t* host = static_cast<const uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
-      cuda::check(cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, s), "copyFromHost");
-      cuda::check(cudaStreamSynchronize(s), "copyFromHost");
-    }
-    return info.Env().Undefined();
-  });
-}
-
-// (handle, byteOffset, hostTypedArray): device -> host array, after every
-// kernel queued before it has finished (so it also reports their errors).
-Napi::Value copy_to_host(const Napi::CallbackInfo& info) {
-  return guarded(info, "copyToHost", [&] {
-    Args args(info, "copyToHost");
-    Napi::Value handle = args.next("src");
-    int64_t offset = args.integer("byteOffset");
-    Napi::Value dst = args.next("dst");
-    if (!dst.IsTypedArray()) fail("copyToHost: dst must be a typed array");
-    auto ta = dst.As<Napi::TypedArray>();
-    size_t bytes = ta.ByteLength();
-    const void* src = storage_ptr(handle, offset, int64_t(bytes), "src");
-    if (bytes) {
-      cudaStream_t s = cuda::stream();
-      uint8_t* host = static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
-      cuda::check(cudaMemcpyAsync(host, src, bytes, cudaMemcpyDeviceToHost, s), "copyToHost");
-      cuda::check(cudaStreamSynchronize(s), "copyToHost");
-    }
-    return info.Env().Undefined();
-  });
-}
-
-// (dst, dstByteOffset, src, srcByteOffset, bytes): device to device, queued on the
-// stream (returns at once). Overlapping ranges behave like memmove, as on the CPU.
-Napi::Value copy(const Napi::CallbackInfo& info) {
-  return guarded(info, "copy", [&] {
-    Args args(info, "copy");
-    Napi::Value dst_h = args.next("dst");
-    int64_t dst_off = args.integer("dstByteOffset");
-    Napi::Value src_h = args.next("src");
-    int64_t src_off = args.integer("srcByteOffset");
-    int64_t bytes = args.integer("bytes");
-    uint8_t* dst = static_cast<uint8_t*>(storage_ptr(dst_h, dst_off, bytes, "dst"));
-    const uint8_t* src = static_cast<const uint8_t*>(storage_ptr(src_h, src_off, bytes, "src"));
-    if (bytes == 0 || dst == src) return info.Env().Undefined();
-    cudaStream_t s = cuda::stream();
-    size_t n = size_t(bytes);
-    bool overlap = dst < src + n && src < dst + n;
-    if (!overlap) {
-      cuda::check(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToDevice, s), "copy");
-      return info.Env().Undefined();
-    }
-    // cudaMemcpy leaves overlapping copies undefined: go through a temporary block,
-    // returned to the cache at once (the two copies before any reuse are on the stream).
-    void* tmp = allocator().allocate(n);
-    if (!tmp) fail("copy: out of GPU memory for a %zu-byte temporary", n);
-    cudaError_t err = cudaMemcpyAsync(tmp, src, n, cudaMemcpyDeviceToDevice, s);
-    if (err == cudaSuccess) err = cudaMemcpyAsync(dst, tmp, n, cudaMemcpyDeviceToDevice, s);
-    allocator().deallocate(tmp);
-    cuda::check(err, "copy");
-    return info.Env().Undefined();
-  });
-}
-
 }  // namespace
 
 void* storage_ptr(const Napi::Value& handle, int64_t byte_offset, int64_t bytes, const char* arg) {
@@ -206,15 +116,43 @@ void* storage_ptr(const Napi::Value& handle, int64_t byte_offset, int64_t bytes,
   return block->live ? static_cast<uint8_t*>(block->ptr) + byte_offset : nullptr;
 }
 
-void register_memory(Napi::Env env, Napi::Object exports) {
+void register_handles(Napi::Env env, Napi::Object exports) {
   exports.Set("alloc", Napi::Function::New(env, alloc, "alloc"));
   exports.Set("free", Napi::Function::New(env, free_, "free"));
-  exports.Set("memory", Napi::Function::New(env, memory, "memory"));
-  exports.Set("resetPeak", Napi::Function::New(env, reset_peak, "resetPeak"));
-  exports.Set("emptyCache", Napi::Function::New(env, empty_cache, "emptyCache"));
-  exports.Set("copyFromHost", Napi::Function::New(env, copy_from_host, "copyFromHost"));
-  exports.Set("copyToHost", Napi::Function::New(env, copy_to_host, "copyToHost"));
-  exports.Set("copy", Napi::Function::New(env, copy, "copy"));
+}
+
+CachingAllocator& storage_allocator() { return allocator(); }
+
+// The host side is pageable memory owned by the JS garbage collector: wait until the copy is done.
+void copy_host_to_storage(void* dst, const void* host_src, size_t bytes) {
+  cudaStream_t s = cuda::stream();
+  cuda::check(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, s), "copyFromHost");
+  cuda::check(cudaStreamSynchronize(s), "copyFromHost");
+}
+
+// Runs after every kernel queued before it (so it also reports their errors).
+void copy_storage_to_host(void* host_dst, const void* src, size_t bytes) {
+  cudaStream_t s = cuda::stream();
+  cuda::check(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, s), "copyToHost");
+  cuda::check(cudaStreamSynchronize(s), "copyToHost");
+}
+
+// Queued on the stream (returns at once). cudaMemcpy leaves overlapping copies undefined, so
+// those go through a temporary block, returned to the cache at once (both copies are on the stream).
+void copy_within_storage(void* dst, const void* src, size_t n) {
+  cudaStream_t s = cuda::stream();
+  auto* d = static_cast<uint8_t*>(dst);
+  auto* c = static_cast<const uint8_t*>(src);
+  if (!(d < c + n && c < d + n)) {
+    cuda::check(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToDevice, s), "copy");
+    return;
+  }
+  void* tmp = allocator().allocate(n);
+  if (!tmp) fail("copy: out of GPU memory for a %zu-byte temporary", n);
+  cudaError_t err = cudaMemcpyAsync(tmp, src, n, cudaMemcpyDeviceToDevice, s);
+  if (err == cudaSuccess) err = cudaMemcpyAsync(dst, tmp, n, cudaMemcpyDeviceToDevice, s);
+  allocator().deallocate(tmp);
+  cuda::check(err, "copy");
 }
 
 }  // namespace mg::binding

@@ -84,7 +84,7 @@ export async function main(argv: string[]): Promise<number> {
       return 0;
     }
     if (command === 'demo') return demo(rest);
-    if (command === 'train') return trainCommand(rest);
+    if (command === 'train') return await trainCommand(rest);
     if (command === 'eval') return evalCommand(rest);
     if (command === 'generate') return generateCommand(rest);
     throw new MemgptError(`unknown command '${command}' (run memgpt --help)`);

@@ -17,6 +17,13 @@ import { Trainer, defaultTrainOptions, evaluateLoss, loadRunModel, type StepLog,
 
 type Flags = Record<string, string | boolean | undefined>;
 
+/**
+ * Lets Node run its deferred work between steps. Freed tensors' ArrayBuffer handles are only
+ * reclaimed by V8 work queued on the event loop: a loop that never yields grows the process by
+ * ~200 bytes per tensor allocated (measured), one await per step keeps it flat.
+ */
+export const yieldToEventLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
+
 function parse(argv: string[], spec: Record<string, 'string' | 'boolean'>): Flags {
   const options = Object.fromEntries(Object.entries(spec).map(([k, type]) => [k, { type }])) as Record<string, { type: 'string' | 'boolean' }>;
   return parseArgs({ args: argv, options, strict: true, allowPositionals: false }).values as Flags;
@@ -97,7 +104,7 @@ export function trainOptionsFromFlags(flags: Flags): TrainOptions {
 }
 
 /** `memgpt train`: returns the exit code. */
-export function trainCommand(argv: string[]): number {
+export async function trainCommand(argv: string[]): Promise<number> {
   if (argv.length === 0) return defaultTrainCommand();
   const flags = parse(argv, trainFlags);
   const data = required(flags, 'data', 'train');
@@ -132,7 +139,7 @@ export function trainCommand(argv: string[]): number {
   const trainer = new Trainer(model, train, heldOut, out, options);
   try {
     if (flags.resume) trainer.resume();
-    runTraining(trainer, flags.json === true);
+    await runTraining(trainer, flags.json === true);
   } finally {
     trainer.dispose();
     model.dispose();
@@ -140,7 +147,7 @@ export function trainCommand(argv: string[]): number {
   return 0;
 }
 
-function runTraining(trainer: Trainer, json: boolean): void {
+async function runTraining(trainer: Trainer, json: boolean): Promise<void> {
   const o = trainer.options;
   const bar = !json && process.stderr.isTTY
     ? new cliProgress.SingleBar(
@@ -162,6 +169,7 @@ function runTraining(trainer: Trainer, json: boolean): void {
     bar?.update(entry.step, { loss: entry.loss.toFixed(4), tps: entry.tokensPerSecond.toFixed(0) });
     if ((o.checkpointEvery > 0 && entry.step % o.checkpointEvery === 0) || entry.step === o.steps) trainer.checkpoint();
     if (entry.step === killAt) process.kill(process.pid, 'SIGKILL');
+    await yieldToEventLoop();
   }
   bar?.stop();
   if (!json) console.error(`memgpt: wrote ${trainer.files.model}, ${trainer.files.optimizer}, ${trainer.files.metrics}, ${trainer.files.lossPlot}`);
@@ -229,7 +237,7 @@ export function generateCommand(argv: string[]): number {
 }
 
 /** `memgpt train` with no arguments: the pass-key task, with and without memory. */
-export function defaultTrainCommand(): number {
+export async function defaultTrainCommand(): Promise<number> {
   defaultDevice();
   const steps = 600, seed = 0, heldOut = 50;
   const outDir = 'memgpt-default-run';
@@ -237,7 +245,7 @@ export function defaultTrainCommand(): number {
   const results = [];
   for (const memSlots of [passkeyConfig(8).memSlots, 0]) {
     const label = memSlots > 0 ? `with memory (${memSlots} slots)` : 'without memory';
-    const result = runPasskey(memSlots, {
+    const result = await runPasskey(memSlots, {
       steps, seed, outDir, heldOut,
       onLog: (_, e) => console.error(`${label}: step ${e.step}/${steps}  loss ${e.loss.toFixed(4)}  ${e.tokensPerSecond.toFixed(0)} tok/s`),
     });

@@ -62,7 +62,7 @@ export function passkeyAccuracy(model: MemGPT, count: number, seed: number): num
 }
 
 /** Trains one tiny model on the pass-key task and scores it on held-out keys. */
-export function runPasskey(memSlots: number, options: PasskeyOptions): PasskeyRunResult {
+export async function runPasskey(memSlots: number, options: PasskeyOptions): Promise<PasskeyRunResult> {
   const start = performance.now();
   const train = passkeyCorpus(4096, options.seed, passkeyShape);
   const trainOptions: TrainOptions = {
@@ -84,6 +84,7 @@ export function runPasskey(memSlots: number, options: PasskeyOptions): PasskeyRu
         trainer.log(entry);
         options.onLog?.(memSlots, entry);
       }
+      await new Promise<void>((resolve) => setImmediate(resolve));  // lets V8 reclaim freed handles (see lib/commands.ts)
     }
     trainer.checkpoint();
     const accuracy = passkeyAccuracy(model, options.heldOut, options.seed + 1_000_003);

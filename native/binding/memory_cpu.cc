@@ -2,7 +2,6 @@
 // allocator, handed to JS as external ArrayBuffers (so JS reads them without
 // a copy). `free` returns the block to the cache at once and detaches the
 // ArrayBuffer, so a stale view reads as empty instead of touching freed memory.
-// The ArrayBuffer's finalizer is only the safety net for tensors never disposed.
 #include <cstdlib>
 #include <mutex>
 #include <unordered_map>
@@ -21,23 +20,9 @@ CachingAllocator& allocator() {
   return *a;
 }
 
-struct HostBlock {
-  void* ptr;
-  bool live;
-};
-
+// Live blocks by address, with the size asked for: how `free` recognises a handle of this addon.
 std::mutex blocks_mu;
-std::unordered_map<void*, HostBlock*> live_blocks;  // by address: how `free` finds the block of an ArrayBuffer
-
-void release(HostBlock* block) {
-  {
-    std::lock_guard<std::mutex> lock(blocks_mu);
-    if (!block->live) return;
-    block->live = false;
-    live_blocks.erase(block->ptr);
-  }
-  allocator().deallocate(block->ptr);
-}
+std::unordered_map<void*, size_t> live_blocks;
 
 Napi::Value alloc(const Napi::CallbackInfo& info) {
   return guarded(info, "alloc", [&]() -> Napi::Value {
@@ -45,17 +30,15 @@ Napi::Value alloc(const Napi::CallbackInfo& info) {
     int64_t bytes = args.integer("bytes");
     void* ptr = allocator().allocate(size_t(bytes));
     if (!ptr) fail("alloc: out of host memory allocating %lld bytes", (long long)bytes);
-    auto* block = new HostBlock{ptr, true};
     {
       std::lock_guard<std::mutex> lock(blocks_mu);
-      live_blocks[ptr] = block;
+      live_blocks[ptr] = size_t(bytes);
     }
-    // An empty tensor still gets a one-byte view: a zero-length ArrayBuffer cannot be told from a detached one.
-    size_t visible = bytes == 0 ? 1 : size_t(bytes);
-    return Napi::ArrayBuffer::New(info.Env(), ptr, visible, [](Napi::Env, void*, HostBlock* b) {
-      release(b);
-      delete b;
-    }, block);
+    // No native finalizer: Node runs those on the event loop, so a synchronous training loop would
+    // pile up one per allocation. Tensors free their storage explicitly, with lib/tensor.ts's
+    // FinalizationRegistry as the safety net. An empty tensor still gets a one-byte view, since a
+    // zero-length ArrayBuffer cannot be told from a detached one.
+    return Napi::ArrayBuffer::New(info.Env(), ptr, bytes == 0 ? 1 : size_t(bytes));
   });
 }
 
@@ -63,15 +46,13 @@ Napi::Value free_(const Napi::CallbackInfo& info) {
   return guarded(info, "free", [&]() -> Napi::Value {
     if (info.Length() < 1 || !info[0].IsArrayBuffer()) fail("free: expected a storage handle");
     Napi::ArrayBuffer ab = info[0].As<Napi::ArrayBuffer>();
-    HostBlock* block = nullptr;
+    void* ptr = ab.ByteLength() > 0 ? ab.Data() : nullptr;
     {
       std::lock_guard<std::mutex> lock(blocks_mu);
-      auto it = live_blocks.find(ab.Data());
-      if (ab.ByteLength() > 0 && it != live_blocks.end()) block = it->second;
+      if (!ptr || live_blocks.erase(ptr) == 0) fail("free: storage was already freed or is not from this addon");
     }
-    if (!block) fail("free: storage was already freed or is not from this addon");
-    release(block);
-    ab.Detach();
+    allocator().deallocate(ptr);
+    ab.Detach();  // a stale view now reads as empty instead of touching a reused block
     return info.Env().Undefined();
   });
 }

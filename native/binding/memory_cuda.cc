@@ -2,8 +2,10 @@
 // handed to JS as type-tagged externals (opaque: JS cannot read device memory,
 // and storage_ptr refuses anything that is not one of these). `free` returns the
 // block to the cache at once, which is safe because every kernel and copy runs
-// in order on mg::cuda::stream() (native/cuda/runtime.h). The external's
-// finalizer is only the safety net for tensors never disposed.
+// in order on mg::cuda::stream() (native/cuda/runtime.h).
+#include <mutex>
+#include <unordered_map>
+
 #include "../common/allocator.h"
 #include "../cuda/runtime.h"
 #include "binding.h"
@@ -45,25 +47,25 @@ CachingAllocator& allocator() {
 struct DeviceBlock {
   void* ptr;
   size_t bytes;  // as asked for: the bounds that storage_ptr checks
-  bool live;
 };
 
 // Identifies externals made by this addon ("memgpt-cuda-block").
 const napi_type_tag kDeviceBlockTag = {0x6d656d6770742d63ULL, 0x7564612d626c6f63ULL};
 
-// Handles are used on the JS thread that made them (finalizers run there too),
-// so `live` needs no lock; the allocator has its own.
-void release(DeviceBlock* block) {
-  if (!block->live) return;
-  block->live = false;
-  allocator().deallocate(block->ptr);
-}
+// A handle carries only a block id, never a pointer: a handle used after `free` finds no block
+// (a clear error) instead of reading freed memory. There is no native finalizer, because Node runs
+// those on the event loop and a synchronous training loop would pile one up per allocation; tensors
+// free their storage explicitly, with lib/tensor.ts's FinalizationRegistry as the safety net.
+std::mutex blocks_mu;
+std::unordered_map<uint64_t, DeviceBlock> live_blocks;
+uint64_t next_block_id = 1;
 
-DeviceBlock* device_block(const Napi::Value& handle) {
-  if (!handle.IsExternal()) return nullptr;
-  auto ext = handle.As<Napi::External<DeviceBlock>>();
-  if (!ext.CheckTypeTag(&kDeviceBlockTag)) return nullptr;
-  return ext.Data();
+// The id in a handle of this addon, or 0 for anything else.
+uint64_t block_id(const Napi::Value& handle) {
+  if (!handle.IsExternal()) return 0;
+  auto ext = handle.As<Napi::External<void>>();
+  if (!ext.CheckTypeTag(&kDeviceBlockTag)) return 0;
+  return uint64_t(reinterpret_cast<uintptr_t>(ext.Data()));
 }
 
 Napi::Value alloc(const Napi::CallbackInfo& info) {
@@ -76,29 +78,38 @@ Napi::Value alloc(const Napi::CallbackInfo& info) {
       fail("alloc: out of GPU memory allocating %lld bytes (%zu in use, %zu cached)", (long long)bytes,
            s.bytes_in_use, s.bytes_reserved - s.bytes_in_use);
     }
-    auto* block = new DeviceBlock{ptr, size_t(bytes), true};
-    Napi::External<DeviceBlock> handle;
+    uint64_t id;
+    {
+      std::lock_guard<std::mutex> lock(blocks_mu);
+      id = next_block_id++;
+      live_blocks[id] = DeviceBlock{ptr, size_t(bytes)};
+    }
     try {
-      handle = Napi::External<DeviceBlock>::New(info.Env(), block, [](Napi::Env, DeviceBlock* b) {
-        release(b);
-        delete b;
-      });
+      auto handle = Napi::External<void>::New(info.Env(), reinterpret_cast<void*>(uintptr_t(id)));
+      handle.TypeTag(&kDeviceBlockTag);
+      return handle;
     } catch (...) {
-      release(block);
-      delete block;
+      std::lock_guard<std::mutex> lock(blocks_mu);
+      live_blocks.erase(id);
+      allocator().deallocate(ptr);
       throw;
     }
-    handle.TypeTag(&kDeviceBlockTag);  // if this throws, the finalizer still returns the block
-    return handle;
   });
 }
 
 Napi::Value free_(const Napi::CallbackInfo& info) {
   return guarded(info, "free", [&]() -> Napi::Value {
-    DeviceBlock* block = info.Length() < 1 ? nullptr : device_block(info[0]);
-    if (!block) fail("free: expected a CUDA storage handle");
-    if (!block->live) fail("free: storage was already freed");
-    release(block);
+    uint64_t id = info.Length() < 1 ? 0 : block_id(info[0]);
+    if (!id) fail("free: expected a CUDA storage handle");
+    void* ptr;
+    {
+      std::lock_guard<std::mutex> lock(blocks_mu);
+      auto it = live_blocks.find(id);
+      if (it == live_blocks.end()) fail("free: storage was already freed");
+      ptr = it->second.ptr;
+      live_blocks.erase(it);
+    }
+    allocator().deallocate(ptr);
     return info.Env().Undefined();
   });
 }
@@ -106,14 +117,19 @@ Napi::Value free_(const Napi::CallbackInfo& info) {
 }  // namespace
 
 void* storage_ptr(const Napi::Value& handle, int64_t byte_offset, int64_t bytes, const char* arg) {
-  DeviceBlock* block = device_block(handle);
-  if (!block) fail("tensor '%s' is not a CUDA storage handle", arg);
-  if (!block->live && bytes > 0) fail("tensor '%s' was disposed", arg);
-  size_t cap = block->live ? block->bytes : 0;
-  if (byte_offset < 0 || bytes < 0 || uint64_t(byte_offset) + uint64_t(bytes) > cap)
+  uint64_t id = block_id(handle);
+  if (!id) fail("tensor '%s' is not a CUDA storage handle", arg);
+  DeviceBlock block{nullptr, 0};
+  {
+    std::lock_guard<std::mutex> lock(blocks_mu);
+    auto it = live_blocks.find(id);
+    if (it != live_blocks.end()) block = it->second;
+  }
+  if (!block.ptr && bytes > 0) fail("tensor '%s' was disposed", arg);
+  if (byte_offset < 0 || bytes < 0 || uint64_t(byte_offset) + uint64_t(bytes) > block.bytes)
     fail("tensor '%s' needs bytes [%lld, %lld) but its storage has %zu", arg, (long long)byte_offset,
-         (long long)(byte_offset + bytes), cap);
-  return block->live ? static_cast<uint8_t*>(block->ptr) + byte_offset : nullptr;
+         (long long)(byte_offset + bytes), block.bytes);
+  return block.ptr ? static_cast<uint8_t*>(block.ptr) + byte_offset : nullptr;
 }
 
 void register_handles(Napi::Env env, Napi::Object exports) {

@@ -57,8 +57,7 @@ export class Decoder {
   private lastHf: Float32Array | null = null;
   private readonly ropeTheta: Float64Array;
   private disposed = false;
-  /** Tokens fed so far. */
-  length = 0;
+  private fed = 0;
 
   constructor(model: MemGPT) {
     this.model = model;
@@ -75,6 +74,11 @@ export class Decoder {
     const segment = (): CopySegment => ({ tokens: new Int32Array(T), keys: new Float32Array(this.cfg.copyHead ? T * D : 0) });
     this.current = segment();
     this.previous = segment();
+  }
+
+  /** Tokens fed so far. */
+  get length(): number {
+    return this.fed;
   }
 
   private param(name: string): Tensor {
@@ -125,7 +129,7 @@ export class Decoder {
     );
     this.current.tokens[p] = token;
     this.pos++;
-    this.length++;
+    this.fed++;
     if (this.pos === T) this.endSegment();
   }
 
@@ -261,7 +265,7 @@ export class Decoder {
         this.refreshMemKV(l);
       }
     }
-    this.length += T;
+    this.fed += T;
     this.startSegment();
   }
 

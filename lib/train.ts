@@ -8,6 +8,7 @@ import { join } from 'node:path';
 
 import { synchronize, type Device } from './backend.js';
 import { loadModel, loadTrainingState, saveModel, saveTrainingState } from './checkpoint.js';
+import { readSafetensorsHeader } from './io/safetensors.js';
 import { BatchSampler, sequentialBatches, type Corpus, type SamplerState } from './data/index.js';
 import { noGrad } from './autograd.js';
 import { MemgptError } from './errors.js';
@@ -16,6 +17,9 @@ import { AdamW, SGD, clipGradNorm, gradNorm } from './ops/optim.js';
 import { lineChart } from './plot.js';
 import { tidy, type Parameter } from './tensor.js';
 import { scale } from './ops/elementwise.js';
+
+/** Metadata key of the training step in a run folder's model.safetensors. */
+const STEP_KEY = 'memgpt.step';
 
 export interface TrainOptions {
   steps: number;
@@ -173,6 +177,10 @@ export class Trainer {
   resume(): void {
     const state = loadTrainingState(this.files.optimizer, this.model, this.optimizer) as unknown as TrainerState;
     if (typeof state.step !== 'number' || !state.sampler) throw new MemgptError(`${this.files.optimizer}: no trainer state to resume from`);
+    const modelStep = readSafetensorsHeader(this.files.model).metadata[STEP_KEY];
+    if (modelStep !== String(state.step)) {
+      throw new MemgptError(`${this.files.dir}: model.safetensors (step ${modelStep ?? '?'}) and optimizer.safetensors (step ${state.step}) disagree: the run stopped between writing them; resume from a copy of a consistent pair`);
+    }
     this.step = state.step;
     this.elapsed = state.elapsedSeconds ?? 0;
     this.tokens = state.tokens ?? 0;
@@ -227,8 +235,9 @@ export class Trainer {
   checkpoint(): void {
     mkdirSync(this.files.dir, { recursive: true });
     const state: TrainerState = { step: this.step, sampler: this.sampler.state(), options: this.options, elapsedSeconds: this.elapsed, tokens: this.tokens };
-    saveModel(this.files.model, this.model);
+    // The two files are each written atomically; the step in both lets resume() notice a crash between them.
     saveTrainingState(this.files.optimizer, this.model, this.optimizer, state as unknown as Record<string, unknown>);
+    saveModel(this.files.model, this.model, { metadata: { [STEP_KEY]: String(this.step) } });
     this.plot();
   }
 

@@ -10,7 +10,7 @@ import { describe, expect, it } from 'vitest';
 
 import * as mg from '../lib/index.js';
 import { packageRoot } from '../lib/backend.js';
-import { saveModel } from '../lib/checkpoint.js';
+import { loadModel, saveModel } from '../lib/checkpoint.js';
 import { resolveConfig } from '../lib/config.js';
 import { MemGPT } from '../lib/model.js';
 import { referenceSampleNLL } from './reference_model.js';
@@ -70,6 +70,14 @@ describe('memgpt train', () => {
     const a = jsonLines(whole.stdout), b = jsonLines(resumed.stdout);
     expect(b.map((l) => l.step)).toEqual([4, 5, 6]);
     expect(b.map((l) => l.loss)).toEqual(a.slice(3).map((l) => l.loss));
+    // A crash between writing the two files leaves them at different steps: resume says so instead of mixing them.
+    const runB = join(dir, 'b');
+    const m = loadModel(join(runB, 'model.safetensors'));
+    saveModel(join(runB, 'model.safetensors'), m, { metadata: { 'memgpt.step': '5' } });
+    m.dispose();
+    const mixed = memgpt([...args(runB), '--resume']);
+    expect(mixed.status).toBe(2);
+    expect(mixed.stderr).toMatch(/model\.safetensors \(step 5\) and optimizer\.safetensors \(step 6\) disagree/);
     // A config that does not fit the run's checkpoint is refused.
     writeFileSync(join(dir, 'other.json'), JSON.stringify({ ...tinyConfig, dModel: 32 }));
     const wrong = memgpt(['train', '--config', join(dir, 'other.json'), '--data', join(dir, 'data.txt'), '--out', join(dir, 'b'), '--resume']);

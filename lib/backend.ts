@@ -13,7 +13,7 @@ import { MemgptError } from './errors.js';
 export type Device = 'cpu' | 'cuda';
 export const devices: readonly Device[] = ['cpu', 'cuda'];
 
-/** An opaque storage handle made by a backend's alloc (an ArrayBuffer on the CPU). */
+/** An opaque storage handle made by a backend's alloc (a type-tagged external holding a block id). */
 export type StorageHandle = object;
 
 export interface NativeMemoryStats {

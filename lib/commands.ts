@@ -17,11 +17,7 @@ import { Trainer, defaultTrainOptions, evaluateLoss, loadRunModel, type StepLog,
 
 type Flags = Record<string, string | boolean | undefined>;
 
-/**
- * Lets Node run its deferred work between steps. Freed tensors' ArrayBuffer handles are only
- * reclaimed by V8 work queued on the event loop: a loop that never yields grows the process by
- * ~200 bytes per tensor allocated (measured), one await per step keeps it flat.
- */
+/** Lets Node run its queued work (timers, signals, FinalizationRegistry callbacks) between steps. */
 export const yieldToEventLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 function parse(argv: string[], spec: Record<string, 'string' | 'boolean'>): Flags {

@@ -84,7 +84,7 @@ export async function runPasskey(memSlots: number, options: PasskeyOptions): Pro
         trainer.log(entry);
         options.onLog?.(memSlots, entry);
       }
-      await new Promise<void>((resolve) => setImmediate(resolve));  // lets V8 reclaim freed handles (see lib/commands.ts)
+      await new Promise<void>((resolve) => setImmediate(resolve));  // lets signals and timers through between steps
     }
     trainer.checkpoint();
     const accuracy = passkeyAccuracy(model, options.heldOut, options.seed + 1_000_003);

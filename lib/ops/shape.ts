@@ -84,10 +84,14 @@ export function to(x: Tensor, device: Device): Tensor {
   if (bytes > 0) {
     const src = x.offset * dtypeBytes[x.dtype];
     try {
-      if (x.device === device) backendFor(device).copy(out.handle, 0, x.handle, src, bytes);
-      else if (x.device === 'cpu') backendFor(device).copyFromHost(out.handle, 0, new Uint8Array(x.handle as ArrayBuffer, src, bytes));
-      else if (device === 'cpu') backendFor(x.device).copyToHost(x.handle, src, new Uint8Array(out.handle as ArrayBuffer, 0, bytes));
-      else throw new MemgptError(`to: no copy path from ${x.device} to ${device}`);
+      if (x.device === device) {
+        backendFor(device).copy(out.handle, 0, x.handle, src, bytes);
+      } else {
+        // Storage handles are opaque to each other's addons: go through a host buffer.
+        const host = new Uint8Array(bytes);
+        backendFor(x.device).copyToHost(x.handle, src, host);
+        backendFor(device).copyFromHost(out.handle, 0, host);
+      }
     } catch (e) {
       out.dispose();
       if (e instanceof MemgptError) throw e;

@@ -18,6 +18,7 @@
 
 #include "../common/threadpool.h"
 #include "kernels.h"
+#include "simd.h"
 
 namespace mg::cpu {
 namespace {
@@ -88,9 +89,8 @@ MG_INLINE float dot(const float* x, const float* y, int64_t n) {
 }
 
 // x[j] = exp(x[j] − shift) for j < n, returning their sum: the softmax numerators of one row (arguments ≤ 0
-// up to rounding). The AVX2 version is the Cephes expf (range reduction by ln 2 in two parts, degree-6
-// polynomial, within 2 ulp of std::exp over [−87, 0]), 8 lanes at a time, because a scalar libm exp per score
-// costs about as much as the dot products around it.
+// up to rounding). The AVX2 version uses simd.h's Cephes expf, 8 lanes at a time, because a scalar
+// libm exp per score costs about as much as the dot products around it.
 float exp_row_generic(float* x, int64_t n, float shift) {
   float sum = 0.f;
   for (int64_t j = 0; j < n; j++) {
@@ -101,29 +101,11 @@ float exp_row_generic(float* x, int64_t n, float shift) {
 }
 
 __attribute__((target("avx2,fma"))) float exp_row_avx2(float* x, int64_t n, float shift) {
-  const __m256 log2e = _mm256_set1_ps(1.44269504088896341f);
-  const __m256 ln2_hi = _mm256_set1_ps(0.693359375f), ln2_lo = _mm256_set1_ps(-2.12194440e-4f);
-  const __m256 lowest = _mm256_set1_ps(-87.0f), one = _mm256_set1_ps(1.f), sh = _mm256_set1_ps(shift);
-  const __m256 c0 = _mm256_set1_ps(1.9875691500e-4f), c1 = _mm256_set1_ps(1.3981999507e-3f),
-               c2 = _mm256_set1_ps(8.3334519073e-3f), c3 = _mm256_set1_ps(4.1665795894e-2f),
-               c4 = _mm256_set1_ps(1.6666665459e-1f), c5 = _mm256_set1_ps(5.0000001201e-1f);
+  const __m256 sh = _mm256_set1_ps(shift);
   __m256 acc = _mm256_setzero_ps();
   int64_t j = 0;
   for (; j + 8 <= n; j += 8) {
-    __m256 v = _mm256_sub_ps(_mm256_loadu_ps(x + j), sh);
-    __m256 underflow = _mm256_cmp_ps(v, lowest, _CMP_LT_OQ);
-    v = _mm256_max_ps(v, lowest);
-    __m256 k = _mm256_round_ps(_mm256_mul_ps(v, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(k, ln2_hi, v);
-    r = _mm256_fnmadd_ps(k, ln2_lo, r);
-    __m256 p = _mm256_fmadd_ps(c0, r, c1);
-    p = _mm256_fmadd_ps(p, r, c2);
-    p = _mm256_fmadd_ps(p, r, c3);
-    p = _mm256_fmadd_ps(p, r, c4);
-    p = _mm256_fmadd_ps(p, r, c5);
-    p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, one));
-    __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
-    __m256 e = _mm256_andnot_ps(underflow, _mm256_mul_ps(p, _mm256_castsi256_ps(bits)));
+    __m256 e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + j), sh));
     _mm256_storeu_ps(x + j, e);
     acc = _mm256_add_ps(acc, e);
   }

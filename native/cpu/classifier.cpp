@@ -14,6 +14,7 @@
 
 #include "../common/threadpool.h"
 #include "kernels.h"
+#include "simd.h"
 
 namespace mg::cpu {
 namespace {
@@ -32,26 +33,6 @@ double exp_sum_generic(const float* x, int64_t n, float shift) {
 }
 void exp_scale_generic(float* x, int64_t n, float shift, float scale) {
   for (int64_t i = 0; i < n; i++) x[i] = scale * std::exp(x[i] - shift);
-}
-
-// exp on 8 floats (Cephes' expf: range reduction by ln 2, degree-5 polynomial; ~2 ulp), 0 below −87.
-__attribute__((target("avx2,fma"))) inline __m256 exp8(__m256 x) {
-  const __m256 lo = _mm256_set1_ps(-87.3f), hi = _mm256_set1_ps(88.3f);
-  __m256 underflow = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
-  x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
-  __m256 fx = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
-  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
-  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
-  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
-  y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.f)));
-  __m256i pow2 = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)), 23);
-  y = _mm256_mul_ps(y, _mm256_castsi256_ps(pow2));
-  return _mm256_andnot_ps(underflow, y);
 }
 
 __attribute__((target("avx2,fma"))) float row_max_avx2(const float* x, int64_t n) {
@@ -73,7 +54,7 @@ __attribute__((target("avx2,fma"))) double exp_sum_avx2(const float* x, int64_t 
   while (i + 8 <= n) {
     __m256 acc = _mm256_setzero_ps();
     int64_t end = std::min(n, i + 1024);
-    for (; i + 8 <= end; i += 8) acc = _mm256_add_ps(acc, exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), vs)));
+    for (; i + 8 <= end; i += 8) acc = _mm256_add_ps(acc, exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i), vs)));
     alignas(32) float lanes[8];
     _mm256_store_ps(lanes, acc);
     for (float v : lanes) total += v;
@@ -84,7 +65,7 @@ __attribute__((target("avx2,fma"))) double exp_sum_avx2(const float* x, int64_t 
 __attribute__((target("avx2,fma"))) void exp_scale_avx2(float* x, int64_t n, float shift, float scale) {
   const __m256 vs = _mm256_set1_ps(shift), vc = _mm256_set1_ps(scale);
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(vc, exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), vs))));
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(vc, exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i), vs))));
   for (; i < n; i++) x[i] = scale * std::exp(x[i] - shift);
 }
 

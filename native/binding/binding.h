@@ -21,11 +21,13 @@ void* storage_ptr(const Napi::Value& handle, int64_t byte_offset, int64_t bytes,
 // alloc, free, memory, resetPeak, emptyCache, copyFromHost, copyToHost, copy (memory.cc).
 void register_memory(Napi::Env env, Napi::Object exports);
 
-// What each addon supplies to memory.cc (memory_cpu.cc, memory_cuda.cc): its allocator, its handles
-// (alloc and free), and copies that are complete when they return (within storage: may be queued
-// on the device's stream, and overlapping ranges behave like memmove).
+// What each addon supplies to memory.cc (memory_cpu.cc, memory_cuda.cc): its allocator, the tag and
+// name of its handles, the out-of-memory error, and copies that are complete when they return (within
+// storage: may be queued on the device's stream, and overlapping ranges behave like memmove).
 CachingAllocator& storage_allocator();
-void register_handles(Napi::Env env, Napi::Object exports);
+const napi_type_tag& storage_tag();
+const char* storage_kind();  // "CPU" or "CUDA", for messages
+[[noreturn]] void out_of_memory(int64_t bytes);
 void copy_host_to_storage(void* dst, const void* host_src, size_t bytes);
 void copy_storage_to_host(void* host_dst, const void* src, size_t bytes);
 void copy_within_storage(void* dst, const void* src, size_t bytes);

@@ -1,11 +1,79 @@
-// The memory functions both addons export, written once: stats, peak and
-// cache control, and the three copies. Each addon supplies its storage
-// handles (alloc, free, storage_ptr) and the raw copy primitives
+// The memory functions both addons export, written once: storage handles
+// (alloc, free, storage_ptr), stats, peak and cache control, and the three
+// copies. Each addon supplies its allocator and raw copy primitives
 // (memory_cpu.cc, memory_cuda.cc).
+#include <mutex>
+#include <unordered_map>
+
 #include "binding.h"
 
 namespace mg::binding {
 namespace {
+
+// A handle is a type-tagged external carrying only a block id, never a pointer: a handle used after
+// `free` finds no block (a clear error) instead of reading freed memory. Handles have no native
+// finalizer and no ArrayBuffer: Node runs finalizers, and V8 reclaims external ArrayBuffers, only in
+// work queued on the event loop, so a synchronous training loop would pile up one per allocation.
+// Tensors free their storage explicitly, with lib/tensor.ts's FinalizationRegistry as the safety net.
+struct Block {
+  void* ptr;
+  size_t bytes;  // as asked for: the bounds that storage_ptr checks
+};
+std::mutex blocks_mu;
+std::unordered_map<uint64_t, Block> live_blocks;
+uint64_t next_block_id = 1;
+
+// The id in a handle of this addon, or 0 for anything else.
+uint64_t block_id(const Napi::Value& handle) {
+  if (!handle.IsExternal()) return 0;
+  auto ext = handle.As<Napi::External<void>>();
+  if (!ext.CheckTypeTag(&storage_tag())) return 0;
+  return uint64_t(reinterpret_cast<uintptr_t>(ext.Data()));
+}
+
+Napi::Value alloc(const Napi::CallbackInfo& info) {
+  return guarded(info, "alloc", [&]() -> Napi::Value {
+    Args args(info, "alloc");
+    int64_t bytes = args.integer("bytes");
+    void* ptr = storage_allocator().allocate(size_t(bytes));
+    if (!ptr) out_of_memory(bytes);
+    uint64_t id;
+    {
+      std::lock_guard<std::mutex> lock(blocks_mu);
+      id = next_block_id++;
+      live_blocks[id] = Block{ptr, size_t(bytes)};
+    }
+    try {
+      auto handle = Napi::External<void>::New(info.Env(), reinterpret_cast<void*>(uintptr_t(id)));
+      handle.TypeTag(&storage_tag());
+      return handle;
+    } catch (...) {
+      {
+        std::lock_guard<std::mutex> lock(blocks_mu);
+        live_blocks.erase(id);
+      }
+      storage_allocator().deallocate(ptr);
+      throw;
+    }
+  });
+}
+
+Napi::Value free_(const Napi::CallbackInfo& info) {
+  return guarded(info, "free", [&]() -> Napi::Value {
+    uint64_t id = info.Length() < 1 ? 0 : block_id(info[0]);
+    if (!id) fail("free: expected a %s storage handle", storage_kind());
+    void* ptr;
+    {
+      std::lock_guard<std::mutex> lock(blocks_mu);
+      auto it = live_blocks.find(id);
+      if (it == live_blocks.end()) fail("free: storage was already freed");
+      ptr = it->second.ptr;
+      live_blocks.erase(it);
+    }
+    storage_allocator().deallocate(ptr);
+    return info.Env().Undefined();
+  });
+}
 
 Napi::Value memory(const Napi::CallbackInfo& info) { return stats_object(info.Env(), storage_allocator().stats()); }
 
@@ -74,8 +142,25 @@ Napi::Value copy(const Napi::CallbackInfo& info) {
 
 }  // namespace
 
+void* storage_ptr(const Napi::Value& handle, int64_t byte_offset, int64_t bytes, const char* arg) {
+  uint64_t id = block_id(handle);
+  if (!id) fail("tensor '%s' is not a %s storage handle", arg, storage_kind());
+  Block block{nullptr, 0};
+  {
+    std::lock_guard<std::mutex> lock(blocks_mu);
+    auto it = live_blocks.find(id);
+    if (it != live_blocks.end()) block = it->second;
+  }
+  if (!block.ptr && bytes > 0) fail("tensor '%s' was disposed", arg);
+  if (byte_offset < 0 || bytes < 0 || uint64_t(byte_offset) + uint64_t(bytes) > block.bytes)
+    fail("tensor '%s' needs bytes [%lld, %lld) but its storage has %zu", arg, (long long)byte_offset,
+         (long long)(byte_offset + bytes), block.bytes);
+  return block.ptr ? static_cast<uint8_t*>(block.ptr) + byte_offset : nullptr;
+}
+
 void register_memory(Napi::Env env, Napi::Object exports) {
-  register_handles(env, exports);
+  exports.Set("alloc", Napi::Function::New(env, alloc, "alloc"));
+  exports.Set("free", Napi::Function::New(env, free_, "free"));
   exports.Set("memory", Napi::Function::New(env, memory, "memory"));
   exports.Set("resetPeak", Napi::Function::New(env, reset_peak, "resetPeak"));
   exports.Set("emptyCache", Napi::Function::New(env, empty_cache, "emptyCache"));

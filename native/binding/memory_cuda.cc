@@ -1,11 +1,8 @@
 // Device storage for the CUDA addon: GPU memory from the caching allocator,
 // handed to JS as type-tagged externals (opaque: JS cannot read device memory,
-// and storage_ptr refuses anything that is not one of these). `free` returns the
+// and storage_ptr in memory.cc refuses anything else). `free` returns the
 // block to the cache at once, which is safe because every kernel and copy runs
 // in order on mg::cuda::stream() (native/cuda/runtime.h).
-#include <mutex>
-#include <unordered_map>
-
 #include "../common/allocator.h"
 #include "../cuda/runtime.h"
 #include "binding.h"
@@ -39,105 +36,27 @@ void raw_device_free(void* ptr) {
 }
 
 CachingAllocator& allocator() {
-  // Never destroyed: finalizers may run at exit, after static destructors.
+  // Never destroyed: used until exit.
   static CachingAllocator* a = new CachingAllocator(raw_device_alloc, raw_device_free);
   return *a;
 }
 
-struct DeviceBlock {
-  void* ptr;
-  size_t bytes;  // as asked for: the bounds that storage_ptr checks
-};
-
-// Identifies externals made by this addon ("memgpt-cuda-block").
-const napi_type_tag kDeviceBlockTag = {0x6d656d6770742d63ULL, 0x7564612d626c6f63ULL};
-
-// A handle carries only a block id, never a pointer: a handle used after `free` finds no block
-// (a clear error) instead of reading freed memory. There is no native finalizer, because Node runs
-// those on the event loop and a synchronous training loop would pile one up per allocation; tensors
-// free their storage explicitly, with lib/tensor.ts's FinalizationRegistry as the safety net.
-std::mutex blocks_mu;
-std::unordered_map<uint64_t, DeviceBlock> live_blocks;
-uint64_t next_block_id = 1;
-
-// The id in a handle of this addon, or 0 for anything else.
-uint64_t block_id(const Napi::Value& handle) {
-  if (!handle.IsExternal()) return 0;
-  auto ext = handle.As<Napi::External<void>>();
-  if (!ext.CheckTypeTag(&kDeviceBlockTag)) return 0;
-  return uint64_t(reinterpret_cast<uintptr_t>(ext.Data()));
-}
-
-Napi::Value alloc(const Napi::CallbackInfo& info) {
-  return guarded(info, "alloc", [&]() -> Napi::Value {
-    Args args(info, "alloc");
-    int64_t bytes = args.integer("bytes");
-    void* ptr = allocator().allocate(size_t(bytes));
-    if (!ptr) {
-      MemoryStats s = allocator().stats();
-      fail("alloc: out of GPU memory allocating %lld bytes (%zu in use, %zu cached)", (long long)bytes,
-           s.bytes_in_use, s.bytes_reserved - s.bytes_in_use);
-    }
-    uint64_t id;
-    {
-      std::lock_guard<std::mutex> lock(blocks_mu);
-      id = next_block_id++;
-      live_blocks[id] = DeviceBlock{ptr, size_t(bytes)};
-    }
-    try {
-      auto handle = Napi::External<void>::New(info.Env(), reinterpret_cast<void*>(uintptr_t(id)));
-      handle.TypeTag(&kDeviceBlockTag);
-      return handle;
-    } catch (...) {
-      std::lock_guard<std::mutex> lock(blocks_mu);
-      live_blocks.erase(id);
-      allocator().deallocate(ptr);
-      throw;
-    }
-  });
-}
-
-Napi::Value free_(const Napi::CallbackInfo& info) {
-  return guarded(info, "free", [&]() -> Napi::Value {
-    uint64_t id = info.Length() < 1 ? 0 : block_id(info[0]);
-    if (!id) fail("free: expected a CUDA storage handle");
-    void* ptr;
-    {
-      std::lock_guard<std::mutex> lock(blocks_mu);
-      auto it = live_blocks.find(id);
-      if (it == live_blocks.end()) fail("free: storage was already freed");
-      ptr = it->second.ptr;
-      live_blocks.erase(it);
-    }
-    allocator().deallocate(ptr);
-    return info.Env().Undefined();
-  });
-}
-
 }  // namespace
 
-void* storage_ptr(const Napi::Value& handle, int64_t byte_offset, int64_t bytes, const char* arg) {
-  uint64_t id = block_id(handle);
-  if (!id) fail("tensor '%s' is not a CUDA storage handle", arg);
-  DeviceBlock block{nullptr, 0};
-  {
-    std::lock_guard<std::mutex> lock(blocks_mu);
-    auto it = live_blocks.find(id);
-    if (it != live_blocks.end()) block = it->second;
-  }
-  if (!block.ptr && bytes > 0) fail("tensor '%s' was disposed", arg);
-  if (byte_offset < 0 || bytes < 0 || uint64_t(byte_offset) + uint64_t(bytes) > block.bytes)
-    fail("tensor '%s' needs bytes [%lld, %lld) but its storage has %zu", arg, (long long)byte_offset,
-         (long long)(byte_offset + bytes), block.bytes);
-  return block.ptr ? static_cast<uint8_t*>(block.ptr) + byte_offset : nullptr;
-}
-
-void register_handles(Napi::Env env, Napi::Object exports) {
-  exports.Set("alloc", Napi::Function::New(env, alloc, "alloc"));
-  exports.Set("free", Napi::Function::New(env, free_, "free"));
-}
-
 CachingAllocator& storage_allocator() { return allocator(); }
+
+const napi_type_tag& storage_tag() {
+  static const napi_type_tag tag = {0x6d656d6770742d63ULL, 0x7564612d626c6f63ULL};  // "memgpt-cuda-block"
+  return tag;
+}
+
+const char* storage_kind() { return "CUDA"; }
+
+void out_of_memory(int64_t bytes) {
+  MemoryStats s = allocator().stats();
+  fail("alloc: out of GPU memory allocating %lld bytes (%zu in use, %zu cached)", (long long)bytes, s.bytes_in_use,
+       s.bytes_reserved - s.bytes_in_use);
+}
 
 // The host side is pageable memory owned by the JS garbage collector: wait until the copy is done.
 void copy_host_to_storage(void* dst, const void* host_src, size_t bytes) {

@@ -76,6 +76,20 @@ function foundationCases(): BenchCase[] {
       return { run: () => f(a, b).dispose(), dispose: () => { a.dispose(); b.dispose(); } };
     } });
   }
+  // The remaining foundation kernels: fill, affine (scale), cast, strided copy (permute).
+  cases.push({ op: 'fill (zeros)', shape: `[${n}]`, bytes: 4 * n, setup: () => ({ run: () => mg.zeros([n]).dispose(), dispose: () => {} }) });
+  cases.push({ op: 'scale', shape: `[${n}]`, bytes: 8 * n, setup: () => {
+    const a = mg.randn([n], { seed: 1 });
+    return { run: () => mg.scale(a, 0.5).dispose(), dispose: () => a.dispose() };
+  } });
+  cases.push({ op: 'cast float32→bfloat16', shape: `[${n}]`, bytes: 6 * n, setup: () => {
+    const a = mg.randn([n], { seed: 1 });
+    return { run: () => mg.cast(a, 'bfloat16').dispose(), dispose: () => a.dispose() };
+  } });
+  cases.push({ op: 'permute (strided copy)', shape: '[8,128,4,64]→[8,4,128,64]', bytes: 8 * n, setup: () => {
+    const a = mg.randn([8, 128, 4, 64], { seed: 1 });
+    return { run: () => mg.permute(a, [0, 2, 1, 3]).dispose(), dispose: () => a.dispose() };
+  } });
   cases.push({ op: 'sum', shape: `[${n}]`, bytes: 4 * n, setup: () => {
     const a = mg.randn([n], { seed: 1 });
     return { run: () => mg.sum(a).dispose(), dispose: () => a.dispose() };

@@ -4,13 +4,7 @@
 // each tensor's extent is checked against its storage before a kernel runs.
 #include "binding.h"
 
-#ifdef MG_BACKEND_CUDA
-#include "../cuda/kernels.h"
-namespace K = mg::cuda;
-#else
-#include "../cpu/kernels.h"
-namespace K = mg::cpu;
-#endif
+#include "backend_kernels.h"
 
 namespace mg::binding {
 namespace {

@@ -1,7 +1,7 @@
 // N-API bindings of the op family "attention" (CPU addon).
 // Sizes first (B, T, H, d, S, rope), then (handle, element offset) per tensor; a tensor that is absent (no
 // memory, or nothing to save) is passed as (null, 0). S = 0 means no memory.
-#include "../cpu/kernels.h"
+#include "backend_kernels.h"
 #include "binding.h"
 
 namespace mg::binding {
@@ -54,7 +54,7 @@ Napi::Value attentionForward(const Napi::CallbackInfo& info) {
     float* save_r = tensor_arg(args, "saveR", BT * D, false);
     if (!mem && (mem_kv || gate)) fail("attentionForward: memKV and gateLogits need S > 0");
     if (save_a && !save_r && mem) fail("attentionForward: saveA and saveR come together");
-    mg::cpu::attention_forward(s.B, s.T, s.H, s.d, s.S, s.rope, qkv, mem_kv, gate, out, lse_self, lse_mem, save_a,
+    K::attention_forward(s.B, s.T, s.H, s.d, s.S, s.rope, qkv, mem_kv, gate, out, lse_self, lse_mem, save_a,
                                save_r);
     return info.Env().Undefined();
   });
@@ -77,7 +77,7 @@ Napi::Value attentionBackward(const Napi::CallbackInfo& info) {
     float* d_qkv = tensor_arg(args, "dQkv", BT * 3 * D, true);
     float* d_mem_kv = tensor_arg(args, "dMemKV", s.B * s.S * 2 * D, mem);
     float* d_gate = tensor_arg(args, "dGateLogits", BT * s.H, mem);
-    mg::cpu::attention_backward(s.B, s.T, s.H, s.d, s.S, s.rope, qkv, mem_kv, gate, a, r, lse_self, lse_mem, d_out,
+    K::attention_backward(s.B, s.T, s.H, s.d, s.S, s.rope, qkv, mem_kv, gate, a, r, lse_self, lse_mem, d_out,
                                 d_qkv, d_mem_kv, d_gate);
     return info.Env().Undefined();
   });

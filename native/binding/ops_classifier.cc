@@ -1,5 +1,5 @@
 // N-API bindings of the op family "classifier" (CPU addon): argument parsing and size checks, no math.
-#include "../cpu/kernels.h"
+#include "backend_kernels.h"
 #include "binding.h"
 
 namespace mg::binding {
@@ -17,7 +17,7 @@ Napi::Value tokenNLLForward(const Napi::CallbackInfo& info) {
     auto targets = static_cast<const int32_t*>(args.tensor("targets", DType::I32, rows));
     auto nll = static_cast<float*>(args.tensor("nll", DType::F32, rows));
     auto lse = static_cast<float*>(args.tensor("lse", DType::F32, rows));
-    mg::cpu::token_nll_forward(hf, emb, targets, nll, lse, rows, vocab, dim, row_chunk, vocab_chunk);
+    K::token_nll_forward(hf, emb, targets, nll, lse, rows, vocab, dim, row_chunk, vocab_chunk);
     return info.Env().Undefined();
   });
 }
@@ -36,7 +36,7 @@ Napi::Value tokenNLLBackward(const Napi::CallbackInfo& info) {
     auto coef = static_cast<const float*>(args.tensor("coef", DType::F32, rows));
     auto dhf = static_cast<float*>(args.tensor("dhf", DType::F32, checked_mul(rows, dim, "tokenNLL")));
     auto demb = static_cast<float*>(args.tensor("dTokEmb", DType::F32, checked_mul(vocab, dim, "tokenNLL")));
-    mg::cpu::token_nll_backward(hf, emb, targets, lse, coef, dhf, demb, rows, vocab, dim, row_chunk, vocab_chunk);
+    K::token_nll_backward(hf, emb, targets, lse, coef, dhf, demb, rows, vocab, dim, row_chunk, vocab_chunk);
     return info.Env().Undefined();
   });
 }
@@ -56,7 +56,7 @@ Napi::Value copyMixForward(const Napi::CallbackInfo& info) {
     auto targets = static_cast<const int32_t*>(args.tensor("targets", DType::I32, rows));
     auto nll = static_cast<float*>(args.tensor("nll", DType::F32, rows));
     auto stats = static_cast<float*>(args.tensor("stats", DType::F32, checked_mul(rows, 3, "tokenNLL")));
-    mg::cpu::copy_mix_forward(cq, ck, gen, inputs, targets, nll, stats, batch, len, dim, vocab);
+    K::copy_mix_forward(cq, ck, gen, inputs, targets, nll, stats, batch, len, dim, vocab);
     return info.Env().Undefined();
   });
 }
@@ -80,7 +80,7 @@ Napi::Value copyMixBackward(const Napi::CallbackInfo& info) {
     auto dcq = static_cast<float*>(args.tensor("dcq", DType::F32, rd));
     auto dck = static_cast<float*>(args.tensor("dck", DType::F32, rd));
     auto dgen = static_cast<float*>(args.tensor("dgen", DType::F32, rows));
-    mg::cpu::copy_mix_backward(cq, ck, gen, inputs, targets, stats, dnll, coef, dcq, dck, dgen, batch, len, dim);
+    K::copy_mix_backward(cq, ck, gen, inputs, targets, stats, dnll, coef, dcq, dck, dgen, batch, len, dim);
     return info.Env().Undefined();
   });
 }

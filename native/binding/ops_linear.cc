@@ -1,5 +1,5 @@
 // N-API bindings of the op family "linear" (CPU addon): argument checks, no math.
-#include "../cpu/kernels.h"
+#include "backend_kernels.h"
 #include "binding.h"
 
 namespace mg::binding {
@@ -26,7 +26,7 @@ Napi::Value linear_forward(const Napi::CallbackInfo& info) {
     const void* bias = args.optional_tensor("bias", has_bias, dt, n);
     void* z = args.optional_tensor("z", want_z, dt, checked_mul(m, n, op));
     void* y = args.tensor("y", dt, checked_mul(m, n, op));
-    mg::cpu::linear_forward(dt, x, w, bias, z, y, m, n, k, activation);
+    K::linear_forward(dt, x, w, bias, z, y, m, n, k, activation);
     return info.Env().Undefined();
   });
 }
@@ -52,7 +52,7 @@ Napi::Value linear_backward(const Napi::CallbackInfo& info) {
     void* dx = args.optional_tensor("dx", want_dx, dt, mk);
     void* dw = args.optional_tensor("dw", want_dw, dt, nk);
     void* db = args.optional_tensor("db", want_db, dt, n);
-    mg::cpu::linear_backward(dt, x, w, z, dy, dz, dx, dw, db, m, n, k, activation);
+    K::linear_backward(dt, x, w, z, dy, dz, dx, dw, db, m, n, k, activation);
     return info.Env().Undefined();
   });
 }

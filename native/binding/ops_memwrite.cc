@@ -1,12 +1,11 @@
 // N-API bindings of the op family "memwrite" (CPU addon): memwriteForward, memwriteBackward, memwriteStats.
 // Sizes first, then (handle, element offset) per tensor, each checked against its storage; float32 only.
-#include "../cpu/kernels.h"
+#include "backend_kernels.h"
 #include "binding.h"
 
 namespace mg::binding {
 namespace {
 
-namespace K = mg::cpu;
 
 struct Sizes {
   int64_t B, S, T, D;

@@ -2,7 +2,7 @@
 // Sizes come first, then (handle, element offset) per tensor, as in ops.cc.
 #include <cmath>
 
-#include "../cpu/kernels.h"
+#include "backend_kernels.h"
 #include "binding.h"
 
 namespace mg::binding {

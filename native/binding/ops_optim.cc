@@ -3,7 +3,7 @@
 // [handle0, offset0, handle1, offset1, ...] of float32 tensors, each checked against its storage.
 #include <cmath>
 
-#include "../cpu/kernels.h"
+#include "backend_kernels.h"
 #include "binding.h"
 
 namespace mg::binding {
@@ -57,7 +57,7 @@ Napi::Value adamw_step(const Napi::CallbackInfo& info) {
     auto m = tensor_list(args, "m", sizes);
     auto v = tensor_list(args, "v", sizes);
     std::vector<const float*> gc(g.begin(), g.end());
-    mg::cpu::adamw_step(int64_t(sizes.size()), sizes.data(), w.data(), gc.data(), m.data(), v.data(), decay.data(),
+    K::adamw_step(int64_t(sizes.size()), sizes.data(), w.data(), gc.data(), m.data(), v.data(), decay.data(),
                         step_size.data(), bc2_sqrt.data(), beta1, beta2, eps);
     return info.Env().Undefined();
   });
@@ -72,7 +72,7 @@ Napi::Value sgd_step(const Napi::CallbackInfo& info) {
     auto w = tensor_list(args, "params", sizes);
     auto g = tensor_list(args, "grads", sizes);
     std::vector<const float*> gc(g.begin(), g.end());
-    mg::cpu::sgd_step(int64_t(sizes.size()), sizes.data(), w.data(), gc.data(), lr);
+    K::sgd_step(int64_t(sizes.size()), sizes.data(), w.data(), gc.data(), lr);
     return info.Env().Undefined();
   });
 }
@@ -84,7 +84,7 @@ Napi::Value sum_squares(const Napi::CallbackInfo& info) {
     auto sizes = args.integers("sizes");
     auto x = tensor_list(args, "tensors", sizes);
     std::vector<const float*> xc(x.begin(), x.end());
-    return Napi::Number::New(info.Env(), mg::cpu::sum_squares(int64_t(sizes.size()), sizes.data(), xc.data()));
+    return Napi::Number::New(info.Env(), K::sum_squares(int64_t(sizes.size()), sizes.data(), xc.data()));
   });
 }
 
@@ -95,7 +95,7 @@ Napi::Value scale_tensors(const Napi::CallbackInfo& info) {
     auto sizes = args.integers("sizes");
     float factor = float(args.number("factor"));
     auto x = tensor_list(args, "tensors", sizes);
-    mg::cpu::scale_tensors(int64_t(sizes.size()), sizes.data(), x.data(), factor);
+    K::scale_tensors(int64_t(sizes.size()), sizes.data(), x.data(), factor);
     return info.Env().Undefined();
   });
 }

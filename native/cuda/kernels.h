@@ -8,4 +8,10 @@
 
 namespace mg::cuda {
 #include "../common/kernels.inc"
+#include "../common/norm.inc"
+#include "../common/linear.inc"
+#include "../common/attention.inc"
+#include "../common/memwrite.inc"
+#include "../common/classifier.inc"
+#include "../common/optim.inc"
 }  // namespace mg::cuda

@@ -1,50 +1,55 @@
-// Pass-key experiments (issue 4's acceptance task): trains the tiny model on
-// 4 segments of 64 bytes with the key in the first and the question in the
-// last, and prints the answer-digit loss (ln 10 = 2.30 is chance) and each
-// layer's memory diagnostics (read gate / write gate / pointer entropy).
-// Usage: npx tsx bench/passkey.ts [--mem-slots 8] [--steps 2000] [--lr 1e-3] [--gate-bias -2]
-//          [--positional rope|sinusoidal] [--answer-weight 20] [--seed 0]
+// Pass-key acceptance runs (issue 4): for each seed, trains the tiny model on the long pass-key
+// task (4 segments of 64 bytes, key in the first, question at the end of the last) with its memory
+// and with memSlots = 0, through the library's own trainer (lib/default-task.ts), then scores
+// greedy decoding of held-out keys. Writes one JSON report.
+// Usage: npx tsx bench/passkey.ts [--seeds 0,1,2] [--steps N] [--held-out 200] [--out bench/results/passkey-cpu.json]
+//          [--segments 4] [--segment-len 64] [--mem-only]
+import { writeFileSync } from 'node:fs';
+import { cpus } from 'node:os';
 import { parseArgs } from 'node:util';
 
-import * as mg from '../lib/index.js';
-import { yieldToEventLoop } from '../lib/commands.js';
-import { presets } from '../lib/config.js';
-import { BatchSampler, passkeyCorpus } from '../lib/data/index.js';
-import { MemGPT } from '../lib/model.js';
+import { runTraining } from '../lib/commands.js';
+import { longPasskeyTask, passkeyAccuracy, passkeyTrainer } from '../lib/default-task.js';
+import { numThreads } from '../lib/index.js';
 
 const { values: f } = parseArgs({
   options: {
-    'mem-slots': { type: 'string', default: '8' }, steps: { type: 'string', default: '2000' }, lr: { type: 'string', default: '1e-3' },
-    'gate-bias': { type: 'string', default: '-2' }, positional: { type: 'string', default: 'rope' },
-    'answer-weight': { type: 'string', default: '20' }, seed: { type: 'string', default: '0' },
+    seeds: { type: 'string', default: '0,1,2' }, steps: { type: 'string' }, 'held-out': { type: 'string', default: '200' },
+    out: { type: 'string', default: 'bench/results/passkey-cpu.json' }, segments: { type: 'string' }, 'segment-len': { type: 'string' },
+    'mem-only': { type: 'boolean' }, 'run-dir': { type: 'string', default: '/tmp/memgpt-passkey' },
   },
 });
-const [memSlots, steps, lr, gateBias, answerWeight, seed] = ['mem-slots', 'steps', 'lr', 'gate-bias', 'answer-weight', 'seed'].map((k) => Number(f[k as keyof typeof f]));
-const shape = { segments: 4, segmentLen: 64 };
-const model = MemGPT.init({ ...presets.tiny, segmentLen: 64, memSlots, positional: f.positional as 'rope' | 'sinusoidal' }, { seed });
-for (const [name, p] of model.params) {
-  if (name.endsWith('mem.gate.bias') || name.endsWith('mem.update.bias')) p.storage.backend.copyFromHost(p.handle, 0, new Float32Array(p.size).fill(gateBias));
-}
-const params = [...model.params.values()];
-const optimizer = new mg.AdamW(params, { lr, weightDecay: 0.01, betas: [0.9, 0.95] });
-const sampler = new BatchSampler(passkeyCorpus(4096, seed, shape), { batchSize: 16, segments: 4, segmentLen: 64, order: 'random', seed });
-for (let step = 1; step <= steps; step++) {
-  const batch = sampler.next();
-  // Full language modelling of the filler, with the answer digits weighted up.
-  const weights = Float32Array.from(batch.mask!, (m) => (m ? answerWeight : 1));
-  mg.tidy(() => model.forward(batch.tokens, 16, 4, weights).loss.backward());
-  mg.clipGradNorm(params, 1);
-  optimizer.step(step < 30 ? (lr * step) / 30 : lr);
-  optimizer.zeroGrad();
-  if (step % 100 === 0 || step === steps) {
-    const out = mg.noGrad(() => mg.tidy(() => {
-      const r = model.forward(batch.tokens, 16, 4, batch.mask!, { diagnostics: true });
-      r.loss.dispose();
-      return { answerLoss: r.nllSum / r.tokens, memory: r.diagnostics };
-    }));
-    console.log(JSON.stringify({ step, memSlots, positional: f.positional, gateBias, lr, ...out }));
+const task = {
+  ...longPasskeyTask,
+  ...(f.steps ? { steps: Number(f.steps) } : {}),
+  ...(f.segments ? { segments: Number(f.segments) } : {}),
+  ...(f['segment-len'] ? { segmentLen: Number(f['segment-len']) } : {}),
+};
+const heldOut = Number(f['held-out']);
+const runs = [];
+for (const seed of f.seeds!.split(',').map(Number)) {
+  for (const memSlots of f['mem-only'] ? [8] : [8, 0]) {
+    const start = performance.now();
+    const trainer = passkeyTrainer(task, memSlots, seed, `${f['run-dir']}/seed-${seed}`);
+    try {
+      await runTraining(trainer, false, `seed ${seed}, memSlots ${memSlots}`);
+      const score = passkeyAccuracy(trainer.model, task, heldOut, 1_000_003 + seed);
+      const run = { seed, memSlots, ...score, trainSeconds: Math.round((performance.now() - start) / 1000), runDir: trainer.files.dir };
+      console.log(JSON.stringify(run));
+      runs.push(run);
+    } finally {
+      trainer.dispose();
+      trainer.model.dispose();
+    }
   }
-  await yieldToEventLoop();
 }
-optimizer.dispose();
-model.dispose();
+const report = {
+  what: 'pass-key across segments: greedy exact-match accuracy on held-out keys, with memory (8 slots) and with memSlots = 0',
+  task, model: 'tiny preset (D 64, 2 layers, 2 heads, byte tokenizer, copy head, rope) with segmentLen = task.segmentLen',
+  chance: { exact: 1 / 90000, digits: 0.1 },
+  machine: { cpu: cpus()[0]?.model, threads: numThreads() },
+  date: new Date().toISOString(),
+  runs,
+};
+writeFileSync(f.out!, JSON.stringify(report, null, 2) + '\n');
+console.log(`wrote ${f.out}`);

@@ -1,96 +1,85 @@
-// The embedded default of `memgpt train` (no arguments): the pass-key task.
-// Each document is 4 segments of 64 bytes with a 5-digit key in the first
-// segment and the question at the end of the last, so no attention window sees
-// both: only the memory can carry the key. The tiny model is trained with its
-// memory and again with memSlots = 0, and both are scored on held-out keys by
-// greedy decoding, so the run ends by showing what the memory is worth.
-import { mkdirSync } from 'node:fs';
+// The built-in pass-key task: the embedded default of `memgpt train` (no arguments) and the
+// acceptance experiment (bench/passkey.ts). Each document has a 5-digit key in its first segment
+// and the question at the end of its last, so no attention window sees both: only the memory can
+// carry the key. A tiny model is trained with its memory and again with memSlots = 0, and both are
+// scored on held-out keys by greedy decoding, which shows what the memory is worth.
 import { join } from 'node:path';
 
 import { presets, type ModelConfig } from './config.js';
-import { passkeyCorpus, passkeyDocument } from './data/index.js';
+import { passkeyCorpus, passkeyDocument, type PasskeyOptions } from './data/index.js';
 import { Decoder } from './generate.js';
 import { MemGPT } from './model.js';
 import { Rng } from './random.js';
-import { Trainer, defaultTrainOptions, type StepLog, type TrainOptions } from './train.js';
+import { Trainer, defaultTrainOptions, type TrainOptions } from './train.js';
 
-export interface PasskeyRunResult {
-  memSlots: number;
-  accuracy: number;
-  heldOutKeys: number;
-  finalLoss: number;
-  seconds: number;
-}
-
-export interface PasskeyOptions {
+export interface PasskeyTask extends PasskeyOptions {
   steps: number;
-  seed: number;
-  outDir: string;
-  heldOut: number;
-  onLog?: (memSlots: number, entry: StepLog) => void;
+  batchSize: number;
+  lr: number;
+  /** Fraction of training over which the easy documents fade out (see passkeyCorpus). */
+  curriculum: number;
 }
 
-export const passkeyShape = { segments: 4, segmentLen: 64 };
+/** `memgpt train` with no arguments: the tiny preset as it is (segments of 32 bytes). */
+export const defaultPasskeyTask: PasskeyTask = { segments: 2, segmentLen: 32, steps: 3000, batchSize: 16, lr: 3e-3, curriculum: 0.5 };
 
-export function passkeyConfig(memSlots: number): ModelConfig {
-  return { ...presets.tiny, segmentLen: passkeyShape.segmentLen, memSlots };
+/** The acceptance experiment: 4 segments of 64 bytes. */
+export const longPasskeyTask: PasskeyTask = { segments: 4, segmentLen: 64, steps: 10000, batchSize: 16, lr: 3e-3, curriculum: 0.4 };
+
+export function passkeyModelConfig(task: PasskeyOptions, memSlots: number): ModelConfig {
+  return { ...presets.tiny, segmentLen: task.segmentLen, memSlots };
 }
 
-/** Exact-match accuracy of greedy decoding of the 5 key digits on fresh documents. */
-export function passkeyAccuracy(model: MemGPT, count: number, seed: number): number {
+/**
+ * A fresh tiny model and a Trainer for it on task: a corpus of exactly steps · batchSize
+ * documents taken in order, so the curriculum runs once from easy to normal documents.
+ */
+export function passkeyTrainer(task: PasskeyTask, memSlots: number, seed: number, outDir: string): Trainer {
+  const train = passkeyCorpus(task.steps * task.batchSize, seed, task);
+  const options: TrainOptions = {
+    ...defaultTrainOptions,
+    steps: task.steps, batchSize: task.batchSize, segments: task.segments, lr: task.lr, warmup: Math.min(100, Math.floor(task.steps / 20)),
+    weightDecay: 0.01, order: 'sequential', seed, logEvery: Math.max(1, Math.floor(task.steps / 100)),
+  };
+  const model = MemGPT.init(passkeyModelConfig(task, memSlots), { seed });
+  try {
+    return new Trainer(model, train, null, join(outDir, memSlots > 0 ? 'with-memory' : 'no-memory'), options);
+  } catch (e) {
+    model.dispose();
+    throw e;
+  }
+}
+
+export interface PasskeyScore {
+  /** Fraction of keys whose 5 digits all came out right. */
+  exact: number;
+  /** Fraction of digits right. */
+  digits: number;
+  keys: number;
+}
+
+/** Greedy decoding of the 5 key digits on count fresh (normal, never easy) documents. */
+export function passkeyAccuracy(model: MemGPT, task: PasskeyOptions, count: number, seed: number): PasskeyScore {
   const rng = new Rng(seed);
-  let correct = 0;
+  let exact = 0, digits = 0;
   for (let i = 0; i < count; i++) {
-    const doc = passkeyDocument(rng, passkeyShape);
+    const doc = passkeyDocument(rng, task);
     const decoder = new Decoder(model);
     try {
       for (let p = 0; p < doc.answerStart; p++) decoder.feed(doc.text.charCodeAt(p));
-      let answer = '';
+      let right = 0;
       for (let d = 0; d < doc.key.length; d++) {
         const dist = decoder.distribution();
         let best = 0;
         for (let v = 1; v < dist.length; v++) if (dist[v] > dist[best]) best = v;
-        answer += String.fromCharCode(best);
+        if (best === doc.key.charCodeAt(d)) right++;
         decoder.feed(best);
       }
-      if (answer === doc.key) correct++;
+      digits += right / doc.key.length;
+      if (right === doc.key.length) exact++;
     } finally {
       decoder.dispose();
     }
   }
-  return correct / count;
-}
-
-/** Trains one tiny model on the pass-key task and scores it on held-out keys. */
-export async function runPasskey(memSlots: number, options: PasskeyOptions): Promise<PasskeyRunResult> {
-  const start = performance.now();
-  const train = passkeyCorpus(4096, options.seed, passkeyShape);
-  const trainOptions: TrainOptions = {
-    ...defaultTrainOptions,
-    steps: options.steps, batchSize: 16, segments: passkeyShape.segments, lr: 2e-3, warmup: Math.min(100, Math.floor(options.steps / 10)),
-    weightDecay: 0.01, seed: options.seed, logEvery: Math.max(1, Math.floor(options.steps / 20)),
-  };
-  const model = MemGPT.init(passkeyConfig(memSlots), { seed: options.seed });
-  const dir = join(options.outDir, memSlots > 0 ? 'with-memory' : 'no-memory');
-  mkdirSync(dir, { recursive: true });
-  const trainer = new Trainer(model, train, null, dir, trainOptions);
-  let finalLoss = NaN;
-  try {
-    while (trainer.step < trainOptions.steps) {
-      const logged = trainer.step % trainOptions.logEvery === 0 || trainer.step + 1 === trainOptions.steps;
-      const entry = trainer.trainStep(logged);
-      finalLoss = entry.loss;
-      if (logged) {
-        trainer.log(entry);
-        options.onLog?.(memSlots, entry);
-      }
-      await new Promise<void>((resolve) => setImmediate(resolve));  // lets signals and timers through between steps
-    }
-    trainer.checkpoint();
-    const accuracy = passkeyAccuracy(model, options.heldOut, options.seed + 1_000_003);
-    return { memSlots, accuracy, heldOutKeys: options.heldOut, finalLoss, seconds: (performance.now() - start) / 1000 };
-  } finally {
-    trainer.dispose();
-    model.dispose();
-  }
+  return { exact: exact / count, digits: digits / count, keys: count };
 }

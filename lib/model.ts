@@ -54,8 +54,12 @@ export class MemGPT {
 
   /**
    * Fresh weights: GPT-2-style N(0, 0.02) matrices, residual projections scaled by 1/√(2L),
-   * zero biases, unit norms; the memory read gate starts mostly closed (σ(−2) ≈ 0.12), writes
-   * start gentle (σ(−2)), and the copy head starts mostly generating (σ(2) ≈ 0.88).
+   * zero biases, unit norms, and the copy head starts mostly generating (σ(2) ≈ 0.88). The memory
+   * read and write gates start half open (bias 0): local attention keeps half of each head, and a
+   * write replaces half of a slot. Why not closed: with biases −2 (σ ≈ 0.12) the memory's signal
+   * reaches the loss through both gates, 0.12² of the open path's, and the model learns to close
+   * them before it learns to use them: on an easy pass-key variant (the key fills the first
+   * segment) the answer loss stayed at chance for 1,000 steps with −2 and fell to 0.5 with 0.
    */
   static init(config: Partial<ModelConfig>, options: { seed?: number; device?: Device } = {}): MemGPT {
     const cfg = resolveConfig(config);
@@ -66,7 +70,6 @@ export class MemGPT {
       const n = shape.reduce((a, b) => a * b, 1);
       const values = new Float32Array(n);
       if (/\.(ln\d?|ln_f|mem\.ln|ptr\.ln)\.weight$|^ln_f\.weight$/.test(name)) values.fill(1);
-      else if (name.endsWith('mem.gate.bias') || name.endsWith('mem.update.bias')) values.fill(-2);
       else if (name === 'copy.gen.bias') values.fill(2);
       else if (name.endsWith('.bias')) values.fill(0);
       else rng.fillNormal(values, 0, /attn\.out\.weight$|ffn\.fc2\.weight$/.test(name) ? residualStd : 0.02);

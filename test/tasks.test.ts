@@ -71,6 +71,34 @@ describe('passkeyCorpus', () => {
     expect(corpus.lossMask!.reduce((a, b) => a + b, 0)).toBe(30);
   });
 
+  it('curriculum: early segments are the key digits with a probability that falls to 0 over the first fraction', () => {
+    const count = 200, T = 48;
+    const corpus = passkeyCorpus(count, 3, { ...options, curriculum: 0.5 });
+    const filledAt = [0, 0]; // documents j < 100 with segment 0 / segment 1 filled
+    for (let j = 0; j < count; j++) {
+      const text = byte.decode(corpus.tokens.subarray(j * N, (j + 1) * N + 1));
+      const key = text.slice(N + 1 - 5);
+      expect(key).toMatch(/^[1-9][0-9]{4}$/);
+      expect(text.slice(N + 1 - 5 - 'The pass key is '.length, N + 1 - 5)).toBe('The pass key is ');
+      const segs = [text.slice(1, T), text.slice(T, 2 * T)]; // byte 0 is shared with the previous document
+      segs.forEach((seg, s) => {
+        if (!/^[0-9]+$/.test(seg)) return;
+        expect(key.repeat(12)).toContain(seg); // the key's digits cycled, in order
+        expect(j).toBeLessThan(count / 2);
+        filledAt[s]++;
+      });
+      if (!/^[0-9]+$/.test(segs[0])) expect(segs[0]).toContain(`The pass key is ${key}.`);
+      else expect(text).not.toContain(`The pass key is ${key}.`);
+      if (j >= count / 2) expect(segs[1]).not.toMatch(/[0-9]/); // past the curriculum: a normal document
+    }
+    // Easiness 1 − j/100 for j < 100: about 50 of those documents have each segment filled.
+    for (const n of filledAt) {
+      expect(n).toBeGreaterThan(30);
+      expect(n).toBeLessThan(70);
+    }
+    expect(() => passkeyCorpus(3, 9, { ...options, curriculum: 1.5 })).toThrow(/curriculum must be in \[0, 1\]/);
+  });
+
   it('is determined by its seed', () => {
     expect(passkeyCorpus(3, 9, options).tokens).toEqual(passkeyCorpus(3, 9, options).tokens);
     expect(passkeyCorpus(3, 9, options).tokens).not.toEqual(passkeyCorpus(3, 10, options).tokens);

@@ -7,5 +7,5 @@ export {
 } from './sampler.js';
 export {
   passkeyCorpus, passkeyDocument, segmentedCopyCorpus, segmentedCopyLayout,
-  type CopyOptions, type PasskeyOptions,
+  type CopyOptions, type PasskeyCorpusOptions, type PasskeyOptions,
 } from './tasks.js';

@@ -49,6 +49,7 @@ function passkeyForms(options: PasskeyOptions): typeof LONG {
   throw new MemgptError(`passkey: segmentLen must be at least ${1 + SHORT.key('00000').length}, got ${T}`);
 }
 
+
 /**
  * One document of exactly segments·segmentLen + 1 bytes (ASCII): filler, the key sentence inside
  * segment 0, filler, and at the very end the question and the 5 key digits, which are the last
@@ -65,27 +66,51 @@ export function passkeyDocument(rng: Rng, options: PasskeyOptions): { text: stri
   return { text, answerStart: length - KEY_DIGITS, key };
 }
 
+export interface PasskeyCorpusOptions extends PasskeyOptions {
+  /**
+   * A curriculum over the corpus order (train it with order 'sequential'): document j has the
+   * easiness e = 1 − j / (curriculum · count), clamped to [0, 1], so easy documents fade out over
+   * the first `curriculum` fraction of the corpus (0, the default, means none). At easiness e each
+   * segment but the last is, with probability e, the 5 key digits repeated (from a random phase)
+   * instead of its filler and key sentence. Why: with the key once in 64 bytes of filler and two
+   * segments before the question, the gradient that teaches the memory to read, keep and find the
+   * digits is too weak to be found (measured: the answer loss stays at chance for thousands of
+   * steps); learnt on easier documents first, each skill gives the next its signal
+   * (bench/results/passkey-cpu.json).
+   */
+  curriculum?: number;
+}
+
 /**
  * count pass-key documents as one byte stream in which sample j (SPEC §4, N = segments·segmentLen)
  * is document j. Windows overlap by one token, so byte 0 of document j ≥ 1 is the last answer digit
  * of document j − 1 (byte 0 is filler and never a target of its own sample). lossMask is 1 on the
  * 5 answer digits of each document only.
  */
-export function passkeyCorpus(count: number, seed: number, options: PasskeyOptions): Corpus {
+export function passkeyCorpus(count: number, seed: number, options: PasskeyCorpusOptions): Corpus {
   checkInt(count, 'passkey: count', 1);
   passkeyForms(options);
-  const N = options.segments * options.segmentLen;
+  const curriculum = options.curriculum ?? 0;
+  if (!(curriculum >= 0 && curriculum <= 1)) throw new MemgptError(`passkey: curriculum must be in [0, 1], got ${curriculum}`);
+  const { segments: k, segmentLen: T } = options;
+  const N = k * T;
   const rng = new Rng(seed);
   const tokens = new Int32Array(count * N + 1);
   const lossMask = new Uint8Array(count * N + 1);
   for (let j = 0; j < count; j++) {
-    const { text } = passkeyDocument(rng, options);
+    let { text, key } = passkeyDocument(rng, options);
+    const e = curriculum > 0 ? Math.min(1, Math.max(0, 1 - j / (curriculum * count))) : 0;
+    for (let s = 0; e > 0 && s < k - 1; s++) {
+      if (rng.uniform() >= e) continue;
+      const phase = rng.int(KEY_DIGITS);
+      text = text.slice(0, s * T) + key.repeat(Math.ceil(T / KEY_DIGITS) + 1).slice(phase, phase + T) + text.slice((s + 1) * T);
+    }
     for (let i = j === 0 ? 0 : 1; i <= N; i++) tokens[j * N + i] = text.charCodeAt(i);
     lossMask.fill(1, j * N + N + 1 - KEY_DIGITS, j * N + N + 1);
   }
   return {
     tokens, lossMask, bytes: tokens.length, documents: count,
-    source: `passkey(count ${count}, seed ${seed}, ${options.segments}×${options.segmentLen})`,
+    source: `passkey(count ${count}, seed ${seed}, ${k}×${T}${curriculum > 0 ? `, curriculum ${curriculum}` : ''})`,
   };
 }
 

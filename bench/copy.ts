@@ -11,7 +11,7 @@ import { presets } from '../lib/config.js';
 import { segmentedCopyCorpus, segmentedCopyLayout } from '../lib/data/index.js';
 import { Decoder } from '../lib/generate.js';
 import { MemGPT } from '../lib/model.js';
-import { Rng } from '../lib/random.js';
+import { applyInitOverrides } from './init-overrides.js';
 
 const { values: f } = parseArgs({
   options: {
@@ -26,22 +26,11 @@ const num = (k: keyof typeof f) => Number(f[k]);
 const [memSlots, steps, lr, seed, B] = (['mem-slots', 'steps', 'lr', 'seed', 'batch'] as const).map(num);
 const layout = segmentedCopyLayout({ alphabet: num('alphabet') });
 const { segmentLen: T, segments: K, sampleLen: N } = layout;
-const pairs = (s: string) => s.split(',').filter(Boolean).map((kv) => kv.split('=')).map(([k, v]) => [new RegExp(k), Number(v)] as const);
 const model = MemGPT.init({
   ...presets.tiny, segmentLen: T, memSlots, nHeads: num('heads'), nLayers: num('layers'), dModel: num('dmodel'), dFF: 4 * num('dmodel'),
   positional: f.positional as 'rope' | 'sinusoidal',
 }, { seed });
-const rng = new Rng(seed + 77);
-for (const [name, p] of model.params) {
-  for (const [re, std] of pairs(f.init!)) {
-    if (re.test(name)) {
-      const v = new Float32Array(p.size);
-      rng.fillNormal(v, 0, std);
-      p.storage.backend.copyFromHost(p.handle, 0, v);
-    }
-  }
-  for (const [re, value] of pairs(f.bias!)) if (re.test(name)) p.storage.backend.copyFromHost(p.handle, 0, new Float32Array(p.size).fill(value));
-}
+applyInitOverrides(model, f.init!, f.bias!, seed);
 
 function batchOf(count: number, dataSeed: number): { tokens: Int32Array; mask: Float32Array } {
   const corpus = segmentedCopyCorpus(count, dataSeed, { alphabet: layout.alphabet });

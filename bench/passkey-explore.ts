@@ -14,6 +14,7 @@ import { presets } from '../lib/config.js';
 import { passkeyDocument } from '../lib/data/index.js';
 import { passkeyAccuracy } from '../lib/default-task.js';
 import { MemGPT } from '../lib/model.js';
+import { applyInitOverrides } from './init-overrides.js';
 import { Rng } from '../lib/random.js';
 
 const { values: f } = parseArgs({
@@ -29,19 +30,8 @@ const { values: f } = parseArgs({
 const num = (k: keyof typeof f) => Number(f[k]);
 const [memSlots, steps, lr, segments, fillerWeight, seed, B] = (['mem-slots', 'steps', 'lr', 'segments', 'filler-weight', 'seed', 'batch'] as const).map(num);
 const T = num('seg-len');
-const pairs = (s: string) => s.split(',').filter(Boolean).map((kv) => kv.split('=')).map(([k, v]) => [new RegExp(k), Number(v)] as const);
 const model = MemGPT.init({ ...presets.tiny, segmentLen: T, memSlots, nHeads: num('heads'), nLayers: num('layers'), positional: f.positional as 'rope' | 'sinusoidal' }, { seed });
-const rng = new Rng(seed + 77);
-for (const [name, p] of model.params) {
-  for (const [re, std] of pairs(f.init!)) {
-    if (re.test(name)) {
-      const v = new Float32Array(p.size);
-      rng.fillNormal(v, 0, std);
-      p.storage.backend.copyFromHost(p.handle, 0, v);
-    }
-  }
-  for (const [re, value] of pairs(f.bias!)) if (re.test(name)) p.storage.backend.copyFromHost(p.handle, 0, new Float32Array(p.size).fill(value));
-}
+applyInitOverrides(model, f.init!, f.bias!, seed);
 const params = [...model.params.values()];
 const optimizer = new mg.AdamW(params, { lr, weightDecay: 0.01, betas: [0.9, 0.95] });
 const dataRng = new Rng(seed);

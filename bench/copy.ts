@@ -11,6 +11,7 @@ import { presets } from '../lib/config.js';
 import { segmentedCopyCorpus, segmentedCopyLayout } from '../lib/data/index.js';
 import { Decoder } from '../lib/generate.js';
 import { MemGPT } from '../lib/model.js';
+import { Rng } from '../lib/random.js';
 import { applyInitOverrides } from './init-overrides.js';
 
 const { values: f } = parseArgs({
@@ -19,7 +20,7 @@ const { values: f } = parseArgs({
     positional: { type: 'string', default: 'sinusoidal' }, init: { type: 'string', default: '' }, bias: { type: 'string', default: '' },
     seed: { type: 'string', default: '0' }, batch: { type: 'string', default: '32' }, 'log-every': { type: 'string', default: '100' },
     heads: { type: 'string', default: '2' }, layers: { type: 'string', default: '2' }, dmodel: { type: 'string', default: '64' },
-    alphabet: { type: 'string', default: '16' },
+    alphabet: { type: 'string', default: '16' }, 'easy-until': { type: 'string', default: '0' },
   },
 });
 const num = (k: keyof typeof f) => Number(f[k]);
@@ -32,12 +33,21 @@ const model = MemGPT.init({
 }, { seed });
 applyInitOverrides(model, f.init!, f.bias!, seed);
 
-function batchOf(count: number, dataSeed: number): { tokens: Int32Array; mask: Float32Array } {
+// easiness e in [0, 1]: with probability e a sample is periodic (its 24 symbols are 8 repeated,
+// so the last segment written holds everything the copy needs), a curriculum like the pass key's.
+function batchOf(count: number, dataSeed: number, e = 0): { tokens: Int32Array; mask: Float32Array } {
   const corpus = segmentedCopyCorpus(count, dataSeed, { alphabet: layout.alphabet });
   const tokens = new Int32Array(count * (N + 1));
   const mask = new Float32Array(count * N);
+  const rng = new Rng(dataSeed + 5);
   for (let j = 0; j < count; j++) {
     tokens.set(corpus.tokens.subarray(j * N, j * N + N + 1), j * (N + 1));
+    if (rng.uniform() < e) {
+      const row = tokens.subarray(j * (N + 1), (j + 1) * (N + 1));
+      const s = layout.symbols, p = layout.padding;
+      for (let i = T; i < s; i++) row[p + i] = row[p + (i % T)];
+      for (let i = 0; i < s; i++) row[p + s + 1 + i] = row[p + i];
+    }
     for (let i = 0; i < N; i++) mask[j * N + i] = corpus.lossMask![j * N + i + 1];
   }
   return { tokens, mask };
@@ -70,7 +80,7 @@ const params = [...model.params.values()];
 const optimizer = new mg.AdamW(params, { lr, weightDecay: 0.01, betas: [0.9, 0.95] });
 const start = performance.now();
 for (let step = 1; step <= steps; step++) {
-  const { tokens, mask } = batchOf(B, seed * 1_000_003 + step);
+  const { tokens, mask } = batchOf(B, seed * 1_000_003 + step, Math.max(0, 1 - step / num('easy-until')));
   let loss = 0;
   let diagnostics: unknown;
   mg.tidy(() => {

@@ -3,7 +3,7 @@
 // and with memSlots = 0, through the library's own trainer (lib/default-task.ts), then scores
 // greedy decoding of held-out keys. Writes one JSON report.
 // Usage: npx tsx bench/passkey.ts [--seeds 0,1,2] [--steps N] [--held-out 200] [--out bench/results/passkey-cpu.json]
-//          [--segments 4] [--segment-len 64] [--mem-only]
+//          [--segments 4] [--segment-len 64] [--mem-slots 8,0]
 import { writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { parseArgs } from 'node:util';
@@ -16,7 +16,7 @@ const { values: f } = parseArgs({
   options: {
     seeds: { type: 'string', default: '0,1,2' }, steps: { type: 'string' }, 'held-out': { type: 'string', default: '200' },
     out: { type: 'string', default: 'bench/results/passkey-cpu.json' }, segments: { type: 'string' }, 'segment-len': { type: 'string' },
-    'mem-only': { type: 'boolean' }, 'run-dir': { type: 'string', default: '/tmp/memgpt-passkey' },
+    'mem-slots': { type: 'string', default: '8,0' }, 'run-dir': { type: 'string', default: '/tmp/memgpt-passkey' },
   },
 });
 const task = {
@@ -28,7 +28,7 @@ const task = {
 const heldOut = Number(f['held-out']);
 const runs = [];
 for (const seed of f.seeds!.split(',').map(Number)) {
-  for (const memSlots of f['mem-only'] ? [8] : [8, 0]) {
+  for (const memSlots of f['mem-slots']!.split(',').map(Number)) {
     const start = performance.now();
     const trainer = passkeyTrainer(task, memSlots, seed, `${f['run-dir']}/seed-${seed}`);
     try {

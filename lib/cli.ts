@@ -6,6 +6,7 @@ import { parseArgs } from 'node:util';
 
 import { defaultDevice, packageRoot, parseDevice, setDefaultDevice } from './backend.js';
 import { evalCommand, generateCommand, trainCommand } from './commands.js';
+import { benchCommand } from './bench/command.js';
 import { runDemo } from './demo.js';
 import { MemgptError } from './errors.js';
 
@@ -22,6 +23,9 @@ Usage:
   memgpt eval     --checkpoint CKPT --data PATH [--segments K] [--batch-size B] [--stream] [--json]
   memgpt generate --checkpoint CKPT --prompt TEXT [--max-tokens N] [--temperature X] [--top-k K]
                   [--top-p P] [--seed S]
+  memgpt bench    [kernels|train] [--device cpu|cuda] [--json]
+                  kernels: [--preset small|base|all] [--only SUBSTRING]
+                  train:   [--preset tiny|small|base] [--batch B] [--segments K] [--steps N] [--warmup N]
   memgpt demo     [--steps N] [--lr X] [--seed S] [--device cpu|cuda]
   memgpt --version | --help
 
@@ -87,6 +91,7 @@ export async function main(argv: string[]): Promise<number> {
     if (command === 'train') return await trainCommand(rest);
     if (command === 'eval') return evalCommand(rest);
     if (command === 'generate') return generateCommand(rest);
+    if (command === 'bench') return benchCommand(rest);
     throw new MemgptError(`unknown command '${command}' (run memgpt --help)`);
   } catch (e) {
     const message = e instanceof Error ? e.message : String(e);

@@ -15,17 +15,17 @@ import { MemGPT } from './model.js';
 import { defaultPasskeyTask, passkeyAccuracy, passkeyTrainer } from './default-task.js';
 import { Trainer, defaultTrainOptions, evaluateLoss, loadRunModel, type StepLog, type TrainOptions } from './train.js';
 
-type Flags = Record<string, string | boolean | undefined>;
+export type Flags = Record<string, string | boolean | undefined>;
 
 /** Lets Node run its queued work (timers, signals, FinalizationRegistry callbacks) between steps. */
 export const yieldToEventLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
 
-function parse(argv: string[], spec: Record<string, 'string' | 'boolean'>): Flags {
+export function parse(argv: string[], spec: Record<string, 'string' | 'boolean'>): Flags {
   const options = Object.fromEntries(Object.entries(spec).map(([k, type]) => [k, { type }])) as Record<string, { type: 'string' | 'boolean' }>;
   return parseArgs({ args: argv, options, strict: true, allowPositionals: false }).values as Flags;
 }
 
-function int(flags: Flags, name: string, fallback: number, min = 1): number {
+export function int(flags: Flags, name: string, fallback: number, min = 1): number {
   const v = flags[name];
   if (v === undefined) return fallback;
   const n = Number(v);
@@ -41,7 +41,7 @@ function num(flags: Flags, name: string, fallback: number, ok: (n: number) => bo
   return n;
 }
 
-function choice<T extends string>(flags: Flags, name: string, allowed: readonly T[], fallback: T): T {
+export function choice<T extends string>(flags: Flags, name: string, allowed: readonly T[], fallback: T): T {
   const v = flags[name];
   if (v === undefined) return fallback;
   if (!allowed.includes(v as T)) throw new MemgptError(`--${name} must be ${allowed.join(' or ')} (got '${String(v)}')`);
@@ -54,7 +54,7 @@ function required(flags: Flags, name: string, command: string): string {
   return v;
 }
 
-function useDevice(flags: Flags): void {
+export function useDevice(flags: Flags): void {
   if (typeof flags.device === 'string') setDefaultDevice(parseDevice(flags.device, '--device'));
   defaultDevice();
 }

@@ -1,8 +1,8 @@
 // Benchmark cases of the linear family at the small and base presets' shapes: the token rows
 // x [batch·T, D] through the QKV projection [3D, D], the first FFN layer [F, D] (with and without
 // GELU) and the second [D, F]; forward, and backward (dx, dW, db: twice the forward's FLOPs).
-import * as mg from '../../lib/index.js';
-import { presetShapes, type BenchCase, type Preset } from './types.js';
+import * as mg from '../../index.js';
+import { presetShapes, type BenchCase, type Preset } from '../types.js';
 
 export function cases(preset: Preset): BenchCase[] {
   const { batch, T, D, F } = presetShapes[preset];

@@ -1,4 +1,4 @@
-// What each op family contributes to the kernel benchmark (bench/kernels.ts):
+// What each op family contributes to the kernel benchmark (lib/bench/kernels.ts):
 // cases at a preset's shapes, each with the work it does for the roofline figure.
 
 export type Preset = 'small' | 'base';

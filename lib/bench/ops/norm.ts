@@ -1,9 +1,9 @@
 // Benchmark cases of the "norm" family at the presets' shapes: layer norm forward and
 // backward over [batch·T, D], the token embedding forward and backward, and RoPE over a
 // q-sized [batch, T, D]. All are memory-bound: each case counts the bytes read plus written.
-import * as mg from '../../lib/index.js';
-import type { NormKernels } from '../../lib/ops/norm.js';
-import { presetShapes, type BenchCase, type Preset } from './types.js';
+import * as mg from '../../index.js';
+import type { NormKernels } from '../../ops/norm.js';
+import { presetShapes, type BenchCase, type Preset } from '../types.js';
 
 const F32 = 0; // dtype code of float32 (lib/dtype.ts)
 

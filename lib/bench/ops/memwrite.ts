@@ -1,8 +1,8 @@
 // Benchmark cases of the memory write (memoryWrite) at the small and base presets' shapes: forward alone, and
 // forward + backward. Work is counted as its GEMM flops: per batch item, the pointer scores and the candidates
 // are S×T×D each and the write gate S×2D×D, 2 flops a multiply-add; the backward does each GEMM twice more.
-import * as mg from '../../lib/index.js';
-import { presetShapes, type BenchCase, type Preset } from './types.js';
+import * as mg from '../../index.js';
+import { presetShapes, type BenchCase, type Preset } from '../types.js';
 
 function inputs(B: number, S: number, T: number, D: number): mg.Tensor[] {
   return [

@@ -1,8 +1,8 @@
 // Benchmark cases of the optim family: one AdamW step, the gradient norm and SGD over the parameters
 // of the small and base models (SPEC §2 shapes, one tensor per parameter as in training).
 // Memory-bound: AdamW reads w, g, m, v and writes w, m, v (28 bytes per parameter).
-import * as mg from '../../lib/index.js';
-import { presetShapes, type BenchCase, type Preset } from './types.js';
+import * as mg from '../../index.js';
+import { presetShapes, type BenchCase, type Preset } from '../types.js';
 
 /** The parameter shapes of a preset's model (SPEC §2, copy head on). */
 export function parameterShapes(preset: Preset): number[][] {

@@ -1,7 +1,7 @@
 // Benchmark cases of the fused attention op (SPEC §3 self-attention + gated memory read) at the preset shapes:
 // forward, and forward + backward, with RoPE and memory on as in the presets.
-import * as mg from '../../lib/index.js';
-import { presetShapes, type BenchCase, type Preset } from './types.js';
+import * as mg from '../../index.js';
+import { presetShapes, type BenchCase, type Preset } from '../types.js';
 
 /**
  * Forward flops counted as 4·B·H·(T·T/2 + T·S)·d: two GEMM-like products (q·kᵀ and p·v) of 2 flops per

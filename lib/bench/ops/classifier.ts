@@ -2,8 +2,8 @@
 // forward+backward, with and without the copy head, at a preset's shapes. Flops are the nominal work
 // 2·N·V·D forward and 4·N·V·D more backward (N = B·T; the backward also recomputes the logits, 2·N·V·D
 // not counted), plus the copy scores 2·B·T²·D forward and 4·B·T²·D backward.
-import * as mg from '../../lib/index.js';
-import { presetShapes, type BenchCase, type Preset } from './types.js';
+import * as mg from '../../index.js';
+import { presetShapes, type BenchCase, type Preset } from '../types.js';
 
 export function cases(preset: Preset): BenchCase[] {
   const { batch: B, T, D, V } = presetShapes[preset];

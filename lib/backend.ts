@@ -89,6 +89,8 @@ export interface CudaAddon extends NativeBackend {
   probe(): CudaProbe;
   info(): CudaInfo;
   synchronize(): void;
+  /** Device-to-device copy bandwidth in GB/s (bytes read plus written), best of reps. */
+  probeCopyBandwidth(bytes: number, reps: number): number;
 }
 
 export interface CudaStatus {

@@ -5,7 +5,7 @@
 import { cpus } from 'node:os';
 
 import * as mg from '../index.js';
-import { cpuBackend, synchronize } from '../backend.js';
+import { cpuBackend, cudaBackend, synchronize } from '../backend.js';
 import * as attention from './ops/attention.js';
 import * as classifier from './ops/classifier.js';
 import * as linear from './ops/linear.js';
@@ -113,9 +113,11 @@ export function runKernelBench(options: KernelBenchOptions): KernelBenchResult {
     return samples[samples.length >> 1];
   };
 
+  // On CUDA only the copy ceiling is probed: the matrix-unit peak comes from PyTorch's cuBLAS in the same run
+  // (bench/torch_kernels.py), since this project links no BLAS.
   const ceilings = device === 'cpu'
-    ? { gflops: cpuBackend().probePeakFlops(0.5), gbs: cpuBackend().probeCopyBandwidth(256 << 20, 5) }
-    : { gflops: null as number | null, gbs: null as number | null }; // CUDA ceilings come with the CUDA kernels
+    ? { gflops: cpuBackend().probePeakFlops(0.5) as number | null, gbs: cpuBackend().probeCopyBandwidth(256 << 20, 5) }
+    : { gflops: null, gbs: cudaBackend().probeCopyBandwidth(1 << 30, 10) };
 
   const row = (preset: Row['preset'], c: BenchCase, seconds: number): Row => {
     const unit: Row['unit'] = c.flops ? 'GFLOP/s' : c.bytes ? 'GB/s' : '';

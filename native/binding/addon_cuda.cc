@@ -1,7 +1,8 @@
-// Entry point of the CUDA addon (memgpt_cuda.node): memory, ops, and the device
-// queries. Loading it needs no GPU (the CUDA runtime is linked statically and
+// Entry point of the CUDA addon (memgpt_cuda.node): memory, ops, the device
+// queries and the copy-bandwidth probe. Loading it needs no GPU (the CUDA runtime is linked statically and
 // opens the driver on first use), so `probe()` can say in one line why CUDA is
 // not usable instead of the load failing.
+#include <algorithm>
 #include <string>
 
 #include "../cuda/runtime.h"
@@ -88,6 +89,48 @@ Napi::Value synchronize(const Napi::CallbackInfo& info) {
   });
 }
 
+// (bytes, reps): the device-to-device copy bandwidth in GB/s (bytes read plus written), best of reps
+// copies timed with events on the op stream: the ceiling that memory-bound kernels are measured against.
+Napi::Value probe_copy_bandwidth(const Napi::CallbackInfo& info) {
+  return mg::binding::guarded(info, "probeCopyBandwidth", [&]() -> Napi::Value {
+    mg::binding::Args args(info, "probeCopyBandwidth");
+    const size_t bytes = size_t(args.integer("bytes", 1));
+    const int reps = int(std::min<int64_t>(args.integer("reps", 1), 100));
+    cudaStream_t s = mg::cuda::stream();
+    void *a = nullptr, *b = nullptr;
+    cudaEvent_t start = nullptr, stop = nullptr;
+    float best_ms = 0;
+    auto release = [&] {
+      if (a) cudaFree(a);
+      if (b) cudaFree(b);
+      if (start) cudaEventDestroy(start);
+      if (stop) cudaEventDestroy(stop);
+    };
+    try {
+      mg::cuda::check(cudaMalloc(&a, bytes), "probeCopyBandwidth");
+      mg::cuda::check(cudaMalloc(&b, bytes), "probeCopyBandwidth");
+      mg::cuda::check(cudaMemsetAsync(a, 1, bytes, s), "probeCopyBandwidth");
+      mg::cuda::check(cudaEventCreate(&start), "probeCopyBandwidth");
+      mg::cuda::check(cudaEventCreate(&stop), "probeCopyBandwidth");
+      mg::cuda::check(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, s), "probeCopyBandwidth");  // warm-up
+      for (int r = 0; r < reps; r++) {
+        mg::cuda::check(cudaEventRecord(start, s), "probeCopyBandwidth");
+        mg::cuda::check(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, s), "probeCopyBandwidth");
+        mg::cuda::check(cudaEventRecord(stop, s), "probeCopyBandwidth");
+        mg::cuda::check(cudaEventSynchronize(stop), "probeCopyBandwidth");
+        float ms = 0;
+        mg::cuda::check(cudaEventElapsedTime(&ms, start, stop), "probeCopyBandwidth");
+        if (r == 0 || ms < best_ms) best_ms = ms;
+      }
+    } catch (...) {
+      release();
+      throw;
+    }
+    release();
+    return Napi::Number::New(info.Env(), 2.0 * double(bytes) / (double(best_ms) * 1e6));
+  });
+}
+
 Napi::Object init(Napi::Env env, Napi::Object exports) {
   mg::binding::register_memory(env, exports);
   mg::binding::register_ops(env, exports);
@@ -95,6 +138,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   exports.Set("probe", Napi::Function::New(env, probe, "probe"));
   exports.Set("info", Napi::Function::New(env, info, "info"));
   exports.Set("synchronize", Napi::Function::New(env, synchronize, "synchronize"));
+  exports.Set("probeCopyBandwidth", Napi::Function::New(env, probe_copy_bandwidth, "probeCopyBandwidth"));
   return exports;
 }
 

@@ -2,6 +2,7 @@
 // flag parsing and validation, progress output, and the glue between data,
 // model, trainer, checkpoints and generation. lib/cli.ts dispatches here.
 import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import cliProgress from 'cli-progress';
 
@@ -132,6 +133,10 @@ export async function trainCommand(argv: string[]): Promise<number> {
   const corpus = loadCorpus(data, tokenizer);
   let train: Corpus = corpus, heldOut: Corpus | null = null;
   if (heldOutFraction > 0) ({ train, heldOut } = splitCorpus(corpus, heldOutFraction));
+  if (!flags.resume && (existsSync(join(out, 'model.safetensors')) || existsSync(join(out, 'metrics.jsonl')))) {
+    model.dispose();
+    throw new MemgptError(`train: ${out} already holds a run; continue it with --resume, or give another --out`);
+  }
   const trainer = new Trainer(model, train, heldOut, out, options);
   try {
     if (flags.resume) trainer.resume();

@@ -3,6 +3,7 @@
 // and the question at the end of its last, so no attention window sees both: only the memory can
 // carry the key. A tiny model is trained with its memory and again with memSlots = 0, and both are
 // scored on held-out keys by greedy decoding, which shows what the memory is worth.
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { presets, type ModelConfig } from './config.js';
@@ -41,9 +42,12 @@ export function passkeyTrainer(task: PasskeyTask, memSlots: number, seed: number
     steps: task.steps, batchSize: task.batchSize, segments: task.segments, lr: task.lr, warmup: Math.min(100, Math.floor(task.steps / 20)),
     weightDecay: 0.01, order: 'sequential', seed, logEvery: Math.max(1, Math.floor(task.steps / 100)),
   };
+  // The run folder is this task's own: a new run replaces the last one instead of adding to its metrics.
+  const dir = join(outDir, memSlots > 0 ? 'with-memory' : 'no-memory');
+  rmSync(dir, { recursive: true, force: true });
   const model = MemGPT.init(passkeyModelConfig(task, memSlots), { seed });
   try {
-    return new Trainer(model, train, null, join(outDir, memSlots > 0 ? 'with-memory' : 'no-memory'), options);
+    return new Trainer(model, train, null, dir, options);
   } catch (e) {
     model.dispose();
     throw e;

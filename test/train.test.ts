@@ -54,6 +54,12 @@ describe('memgpt train', () => {
     const metrics = jsonLines(readFileSync(join(out, 'metrics.jsonl'), 'utf8')) as unknown as { memory?: { readGate: number }[]; evalLoss?: number }[];
     expect(metrics[0].memory?.length).toBe(1);
     expect(metrics.filter((m) => m.evalLoss !== undefined).length).toBe(2);
+    // A second run into the same folder without --resume is refused, and the first run is untouched.
+    const before = readFileSync(join(out, 'metrics.jsonl'), 'utf8');
+    const again = memgpt(['train', '--config', join(dir, 'config.json'), '--data', join(dir, 'data.txt'), '--out', out, '--steps', '2']);
+    expect(again.status).toBe(2);
+    expect(again.stderr).toBe(`memgpt: train: ${out} already holds a run; continue it with --resume, or give another --out`);
+    expect(readFileSync(join(out, 'metrics.jsonl'), 'utf8')).toBe(before);
   });
 
   it('resumes after a kill and continues bit for bit', () => {

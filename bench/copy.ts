@@ -1,8 +1,11 @@
 // Segmented-copy experiments (issue 4's acceptance task): 24 random symbols, '|', the same 24
 // again, in segments of 8 tokens; the copied half is 3 segments after its source, so only the
 // memory can carry it. Prints the loss on the copied half and, now and then, greedy token accuracy
-// (teacher-forced) on fresh samples. Fresh samples every step.
-// Usage: npx tsx bench/copy.ts [--mem-slots 8] [--steps 3000] [--lr 3e-3] [--init name=std,...] [--bias name=value,...]
+// (teacher-forced) on fresh samples. Fresh samples every step. --easy-until S: periodic samples
+// (the 24 symbols are 8 repeated) with a probability falling to 0 at step S.
+// Best so far (2026-11-23, seed 0): --positional rope --lr 1e-3 --easy-until 3000 --steps 10000 → 79.6% token
+// accuracy and still rising; sinusoidal or lr 3e-3 stayed at chance.
+// Usage: npx tsx bench/copy.ts [--mem-slots 8] [--steps 3000] [--lr 3e-3] [--positional rope|sinusoidal] [--easy-until S]
 import { parseArgs } from 'node:util';
 
 import * as mg from '../lib/index.js';
@@ -90,7 +93,7 @@ for (let step = 1; step <= steps; step++) {
     r.loss.backward();
   });
   mg.clipGradNorm(params, 1);
-  optimizer.step(step < 50 ? (lr * step) / 50 : lr * 0.5 * (1 + Math.cos((Math.PI * step) / steps)));
+  optimizer.step(step < 50 ? (lr * step) / 50 : lr * (0.1 + 0.45 * (1 + Math.cos((Math.PI * step) / steps))));
   optimizer.zeroGrad();
   if (step % num('log-every') === 0 || step === steps) {
     const acc = step % (num('log-every') * 5) === 0 || step === steps ? { acc: accuracy(50, 999_999 + seed) } : {};

@@ -131,6 +131,26 @@ describe('segmentedCopyCorpus', () => {
     }
   });
 
+  it('curriculum: early samples repeat their first 8 symbols; past the curriculum none do', () => {
+    const count = 200, N = 48;
+    const corpus = segmentedCopyCorpus(count, 4, { curriculum: 0.5 });
+    let periodic = 0;
+    for (let j = 0; j < count; j++) {
+      const text = byte.decode(corpus.tokens.subarray(j * N, (j + 1) * N + 1));
+      const symbols = text.slice(0, 24);
+      expect(text.slice(24)).toBe(`|${symbols}`); // still a copy task
+      const repeats = symbols === symbols.slice(0, 8).repeat(3);
+      if (repeats) {
+        expect(j).toBeLessThan(count / 2);
+        periodic++;
+      }
+    }
+    // Probability 1 − j/100 for j < 100: about 50 periodic samples (a random sample repeats by chance with p ≈ 16^-16).
+    expect(periodic).toBeGreaterThan(30);
+    expect(periodic).toBeLessThan(70);
+    expect(() => segmentedCopyCorpus(3, 1, { curriculum: -0.1 })).toThrow(/curriculum must be in \[0, 1\]/);
+  });
+
   it('is determined by its seed; rejects bad options', () => {
     expect(segmentedCopyCorpus(4, 3).tokens).toEqual(segmentedCopyCorpus(4, 3).tokens);
     expect(segmentedCopyCorpus(4, 3).tokens).not.toEqual(segmentedCopyCorpus(4, 4).tokens);

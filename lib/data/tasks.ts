@@ -121,6 +121,13 @@ export interface CopyOptions {
   alphabet?: number;
   /** Segment length the samples are cut for (default 8). */
   segmentLen?: number;
+  /**
+   * A curriculum over the corpus order (train with order 'sequential'), as in passkeyCorpus: sample j
+   * is periodic with probability 1 − j / (curriculum · count) (clamped to [0, 1]; 0, the default, means
+   * none): its symbols repeat with period segmentLen, so the last segment written holds all the copy
+   * needs. Measured (bench/copy.ts): the read side is learnt on those first, then the real task.
+   */
+  curriculum?: number;
 }
 
 const COPY_SYMBOLS = 'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ';
@@ -149,6 +156,8 @@ export function segmentedCopyLayout(options: CopyOptions = {}): { symbols: numbe
 export function segmentedCopyCorpus(count: number, seed: number, options: CopyOptions = {}): Corpus {
   checkInt(count, 'copy: count', 1);
   const { symbols: s, alphabet, segmentLen, sampleLen: N, padding: p } = segmentedCopyLayout(options);
+  const curriculum = options.curriculum ?? 0;
+  if (!(curriculum >= 0 && curriculum <= 1)) throw new MemgptError(`copy: curriculum must be in [0, 1], got ${curriculum}`);
   const rng = new Rng(seed);
   const tokens = new Int32Array(count * N + 1);
   const lossMask = new Uint8Array(count * N + 1);
@@ -157,13 +166,17 @@ export function segmentedCopyCorpus(count: number, seed: number, options: CopyOp
     // Byte 0 of sample j ≥ 1 is already there: the last byte of sample j − 1.
     if (j === 0) tokens[base] = p > 0 ? COPY_PAD : COPY_SYMBOLS.charCodeAt(rng.int(alphabet));
     for (let i = 1; i < p; i++) tokens[base + i] = COPY_PAD;
-    for (let i = p === 0 ? 1 : 0; i < s; i++) tokens[base + p + i] = COPY_SYMBOLS.charCodeAt(rng.int(alphabet));
+    const e = curriculum > 0 ? Math.min(1, Math.max(0, 1 - j / (curriculum * count))) : 0;
+    const period = e > 0 && rng.uniform() < e ? segmentLen : s;
+    for (let i = p === 0 ? 1 : 0; i < s; i++) {
+      tokens[base + p + i] = i < period ? COPY_SYMBOLS.charCodeAt(rng.int(alphabet)) : tokens[base + p + (i % period)];
+    }
     tokens[base + p + s] = COPY_DELIMITER;
     for (let i = 0; i < s; i++) tokens[base + p + s + 1 + i] = tokens[base + p + i];
     lossMask.fill(1, base + p + s + 1, base + N + 1);
   }
   return {
     tokens, lossMask, bytes: tokens.length, documents: count,
-    source: `copy(count ${count}, seed ${seed}, ${s} symbols of ${alphabet}, segments of ${segmentLen})`,
+    source: `copy(count ${count}, seed ${seed}, ${s} symbols of ${alphabet}, segments of ${segmentLen}${curriculum > 0 ? `, curriculum ${curriculum}` : ''})`,
   };
 }

@@ -1,5 +1,6 @@
-// The embedded default of `memgpt train` (the pass-key task, with and without memory), run
-// end to end with a few steps: both run folders, the report line, and the scorer's arithmetic.
+// The built-in tasks, run end to end with a few steps: the embedded default of `memgpt train`
+// (the pass key, with and without memory: both run folders, the report line), the segmented-copy
+// trainer, and the scorers' arithmetic.
 import { existsSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -8,6 +9,7 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import { readSafetensorsHeader } from '../lib/io/safetensors.js';
 import { defaultTrainCommand } from '../lib/commands.js';
 import { defaultPasskeyTask, passkeyAccuracy, passkeyModelConfig } from '../lib/default-task.js';
+import { copyAccuracy, copyTask, copyTrainer } from '../lib/copy-task.js';
 import { MemGPT } from '../lib/model.js';
 
 afterEach(() => vi.restoreAllMocks());
@@ -48,6 +50,25 @@ describe('passkeyAccuracy', () => {
       expect(Math.abs(a.digits * 5 * 5 - Math.round(a.digits * 5 * 5))).toBeLessThan(1e-9);
     } finally {
       model.dispose();
+    }
+  });
+});
+
+describe('copy task', () => {
+  it('trains through the library trainer and scores the 24 copied tokens of each sample', async () => {
+    const out = mkdtempSync(join(tmpdir(), 'memgpt-copy-'));
+    const trainer = copyTrainer({ ...copyTask, steps: 3, batchSize: 2 }, 8, 0, out);
+    try {
+      expect(trainer.model.config).toMatchObject({ segmentLen: 8, memSlots: 8, positional: 'rope' });
+      for (let i = 0; i < 3; i++) expect(Number.isFinite(trainer.trainStep().loss)).toBe(true);
+      const a = copyAccuracy(trainer.model, 3, 5);
+      expect(a.tokens).toBe(3 * 24);
+      expect(a.accuracy).toBeGreaterThanOrEqual(0);
+      expect(a.accuracy).toBeLessThanOrEqual(1);
+      expect(Math.abs(a.accuracy * 72 - Math.round(a.accuracy * 72))).toBeLessThan(1e-9);
+    } finally {
+      trainer.dispose();
+      trainer.model.dispose();
     }
   });
 });

@@ -71,8 +71,13 @@ export interface CudaProbe {
   ok: boolean;
   deviceCount: number;
   error?: string;
+  /** CUDA versions as 1000·major + 10·minor; the driver's is 0 when no driver is installed. */
   driverVersion: number;
   runtimeVersion: number;
+  /** The GPUs the driver sees, usable or not. */
+  devices: { name: string; computeCapability: string; totalMemory: number }[];
+  /** The CUDA architectures the addon was built for (CMake's words, e.g. "80-real 90a-real 90-virtual"). */
+  architectures: string;
 }
 
 export interface CudaInfo {
@@ -99,6 +104,8 @@ export interface CudaStatus {
   reason: string;
   addonPath?: string;
   info?: CudaInfo;
+  /** What the probe reported, when it ran to the end. */
+  probe?: CudaProbe;
 }
 
 /** The package root: lib/ (tests) and dist/ (installed) both sit one level below it. */
@@ -125,16 +132,16 @@ export function cpuBackend(): CpuAddon {
   return cpuAddon;
 }
 
-function cudaAddonPath(): string | undefined {
+export function cudaAddonPath(): string | undefined {
   const candidates = [
     process.env.MEMGPT_CUDA_ADDON,
     join(packageRoot, 'build-cuda', 'Release', 'memgpt_cuda.node'),
-    join(packageRoot, 'prebuilds', `${process.platform}-${process.arch}`, 'memgpt_cuda.node'),
+    join(packageRoot, 'prebuilds', `${process.platform}-${process.arch}-cuda`, 'memgpt_cuda.node'),
   ];
   return candidates.find((p): p is string => !!p && existsSync(p));
 }
 
-function cudaVersionStr(v: number): string {
+export function cudaVersionStr(v: number): string {
   return `${Math.floor(v / 1000)}.${Math.floor((v % 1000) / 10)}`;
 }
 
@@ -158,17 +165,17 @@ export function cudaStatus(): CudaStatus {
     const how = child.error ? child.error.message : child.signal ? `signal ${child.signal}` : `exit code ${child.status}`;
     cudaState = { available: false, reason: `the CUDA probe failed (${how})`, addonPath };
   } else if (!probe.ok || probe.deviceCount < 1) {
-    const driver = probe.driverVersion > 0 ? `driver ${cudaVersionStr(probe.driverVersion)}` : 'no NVIDIA driver';
+    const driver = probe.driverVersion > 0 ? `driver supports CUDA ${cudaVersionStr(probe.driverVersion)}, ` : '';
     const detail = probe.error ?? 'no CUDA device';
-    cudaState = { available: false, reason: `${detail} (${driver}, runtime ${cudaVersionStr(probe.runtimeVersion)})`, addonPath };
+    cudaState = { available: false, reason: `${detail} (${driver}addon built with CUDA ${cudaVersionStr(probe.runtimeVersion)})`, addonPath, probe };
   } else {
     try {
       cudaAddon = require(addonPath) as CudaAddon;
       const info = cudaAddon.info();
-      cudaState = { available: true, reason: `${info.name}, compute capability ${info.computeCapability}`, addonPath, info };
+      cudaState = { available: true, reason: `${info.name}, compute capability ${info.computeCapability}`, addonPath, info, probe };
     } catch (e) {
       cudaAddon = undefined;
-      cudaState = { available: false, reason: `the CUDA addon failed to start: ${(e as Error).message}`, addonPath };
+      cudaState = { available: false, reason: `the CUDA addon failed to start: ${(e as Error).message}`, addonPath, probe };
     }
   }
   return cudaState;
@@ -208,11 +215,42 @@ export function defaultDevice(): Device {
     defaultDev = device;
     announce(device === 'cuda' ? `using cuda (${cudaStatus().reason}; MEMGPT_DEVICE=cuda)` : 'using cpu (MEMGPT_DEVICE=cpu)');
   } else {
-    const status = cudaStatus();
-    defaultDev = status.available ? 'cuda' : 'cpu';
-    announce(status.available ? `using cuda (${status.reason})` : `using cpu: CUDA not used because ${status.reason}`);
+    const choice = chooseDevice(cudaStatus(), missingCudaKernels());
+    defaultDev = choice.device;
+    announce(choice.device === 'cuda' ? `using cuda (${choice.why})` : `using cpu: ${choice.why}`);
   }
   return defaultDev;
+}
+
+/**
+ * The default device for a CUDA status and the kernels its addon lacks, with why in words:
+ * the announced line is `using cuda (why)` or `using cpu: why`.
+ */
+export function chooseDevice(status: CudaStatus, missingKernels: string[]): { device: Device; why: string } {
+  if (!status.available) return { device: 'cpu', why: `CUDA not used because ${status.reason}` };
+  if (missingKernels.length > 0) {
+    return {
+      device: 'cpu',
+      why: `CUDA (${status.reason}) not used because its addon lacks ${missingKernels.length} of the model's kernels ` +
+        `(${missingKernels.join(', ')}); MEMGPT_DEVICE=cuda forces it`,
+    };
+  }
+  return { device: 'cuda', why: status.reason };
+}
+
+// CPU-addon exports that only make sense on the CPU; every other one is a kernel the model may call.
+const cpuOnlyExports = new Set(['info', 'setNumThreads', 'probePeakFlops', 'probeCopyBandwidth']);
+
+/**
+ * The kernels the CPU addon has and the CUDA addon does not: the CUDA backend is chosen by default
+ * only when this is empty, so a GPU machine never picks a device that cannot train the model.
+ */
+export function missingCudaKernels(): string[] {
+  const status = cudaStatus();
+  // The probe loaded the addon in a child process, so loading it here is safe even without a GPU.
+  if (!status.probe || !status.addonPath) return [];
+  const cuda = (cudaAddon ?? require(status.addonPath)) as Record<string, unknown>;
+  return Object.keys(cpuBackend()).filter((name) => !cpuOnlyExports.has(name) && typeof cuda[name] !== 'function');
 }
 
 export function setDefaultDevice(device: Device): void {

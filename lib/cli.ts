@@ -5,7 +5,8 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 
 import { defaultDevice, packageRoot, parseDevice, setDefaultDevice } from './backend.js';
-import { evalCommand, generateCommand, trainCommand } from './commands.js';
+import { evalCommand, generateCommand, parse, trainCommand } from './commands.js';
+import { doctorReport, formatDoctor } from './doctor.js';
 import { benchCommand } from './bench/command.js';
 import { runDemo } from './demo.js';
 import { MemgptError } from './errors.js';
@@ -27,6 +28,7 @@ Usage:
                   kernels: [--preset small|base|all] [--only SUBSTRING]
                   train:   [--preset tiny|small|base] [--batch B] [--segments K] [--steps N] [--warmup N]
   memgpt demo     [--steps N] [--lr X] [--seed S] [--device cpu|cuda]
+  memgpt doctor   [--json]   (the builds present, GPU, driver and runtime, which backend and why)
   memgpt --version | --help
 
 The device is CUDA when the CUDA addon loads and a GPU is present, else the CPU;
@@ -92,6 +94,12 @@ export async function main(argv: string[]): Promise<number> {
     if (command === 'eval') return evalCommand(rest);
     if (command === 'generate') return generateCommand(rest);
     if (command === 'bench') return benchCommand(rest);
+    if (command === 'doctor') {
+      const flags = parse(rest, { json: 'boolean' });
+      const report = doctorReport();
+      console.log(flags.json ? JSON.stringify(report, null, 2) : formatDoctor(report));
+      return 0;
+    }
     throw new MemgptError(`unknown command '${command}' (run memgpt --help)`);
   } catch (e) {
     const message = e instanceof Error ? e.message : String(e);

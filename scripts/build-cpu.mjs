@@ -1,17 +1,21 @@
 #!/usr/bin/env node
-// Builds the CPU addon with node-gyp against the headers of the running Node.js
-// (never downloaded). With --if-missing (the npm install hook) it does nothing
-// when a prebuilt or already-built addon is present.
+// Builds the CPU addon against the headers of the running Node.js (never downloaded).
+// In a checkout (prebuildify installed) the build lands in prebuilds/linux-x64/ as
+// memgpt.napi.glibc.node, the prebuilt binary `npm pack` ships; elsewhere (a user building
+// from source) plain node-gyp leaves it in build/Release/. node-gyp-build loads either.
+// With --if-missing (the npm install hook) it does nothing when an addon is already present.
 import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const require = createRequire(import.meta.url);
 
-function prebuiltPresent() {
+function addonPresent() {
   const dir = join(root, 'prebuilds', `${process.platform}-${process.arch}`);
-  const prebuilt = existsSync(dir) && readdirSync(dir).some((f) => f.startsWith('memgpt_cpu') && f.endsWith('.node'));
+  const prebuilt = existsSync(dir) && readdirSync(dir).some((f) => f.endsWith('.node'));
   return prebuilt || existsSync(join(root, 'build', 'Release', 'memgpt_cpu.node'));
 }
 
@@ -24,24 +28,40 @@ function nodeDir() {
 
 // npm passes its bundled node-gyp; otherwise look beside npm, then on PATH.
 function nodeGyp() {
-  if (process.env.npm_config_node_gyp) return [process.execPath, process.env.npm_config_node_gyp];
+  if (process.env.npm_config_node_gyp) return process.env.npm_config_node_gyp;
   const bundled = resolve(dirname(process.execPath), '..', 'lib', 'node_modules', 'npm', 'node_modules', 'node-gyp', 'bin', 'node-gyp.js');
-  if (existsSync(bundled)) return [process.execPath, bundled];
-  return ['node-gyp'];
+  return existsSync(bundled) ? bundled : 'node-gyp';
 }
 
-if (process.argv.includes('--if-missing') && prebuiltPresent()) process.exit(0);
+function fail(message) {
+  console.error(`memgpt: ${message}`);
+  process.exit(1);
+}
+
+if (process.argv.includes('--if-missing') && addonPresent()) process.exit(0);
 
 const dir = nodeDir();
-if (!dir) {
-  console.error('memgpt: cannot find Node.js headers (include/node/common.gypi) beside this node binary; set npm_config_nodedir to the Node.js install prefix');
-  process.exit(1);
+if (!dir) fail('cannot find Node.js headers (include/node/common.gypi) beside this node binary; set npm_config_nodedir to the Node.js install prefix');
+// node-gyp reads npm_config_nodedir, so both paths below build against these headers, offline.
+process.env.npm_config_nodedir = dir;
+
+let prebuildify;
+try {
+  prebuildify = require('prebuildify');
+} catch {
+  prebuildify = undefined; // a user's source build: prebuildify is a devDependency
 }
-const [cmd, ...pre] = nodeGyp();
-const args = [...pre, 'rebuild', `--nodedir=${dir}`, '-j', 'max'];
-const result = spawnSync(cmd, args, { cwd: root, stdio: 'inherit' });
-if (result.error) {
-  console.error(`memgpt: could not run node-gyp: ${result.error.message}`);
-  process.exit(1);
+
+if (prebuildify) {
+  // A prebuild that came with a tarball is replaced, not kept beside the new one.
+  const options = { cwd: root, napi: true, tagLibc: true, strip: true, nodeGyp: nodeGyp(), targets: [process.version.slice(1)] };
+  prebuildify(options, (err) => {
+    if (err) fail(`building the CPU addon failed: ${err.message}`);
+  });
+} else {
+  const gyp = nodeGyp();
+  const [cmd, ...pre] = gyp.endsWith('.js') ? [process.execPath, gyp] : [gyp];
+  const result = spawnSync(cmd, [...pre, 'rebuild', `--nodedir=${dir}`, '-j', 'max'], { cwd: root, stdio: 'inherit' });
+  if (result.error) fail(`could not run node-gyp: ${result.error.message}`);
+  process.exit(result.status ?? 1);
 }
-process.exit(result.status ?? 1);

@@ -1,17 +1,22 @@
 #!/usr/bin/env node
 // Builds the optional CUDA addon (build-cuda/Release/memgpt_cuda.node) with
-// cmake-js and nvcc. cmake-js uses the node-api-headers package because
-// package.json declares "binary": {"napi_versions": [...]}, so nothing is
+// cmake-js and nvcc, and puts a stripped copy in prebuilds/linux-x64-cuda/, the
+// prebuilt binary `npm pack` ships (a folder node-gyp-build never looks in, so it
+// cannot mistake it for the CPU addon). cmake-js uses the node-api-headers package
+// because package.json declares "binary": {"napi_versions": [...]}, so nothing is
 // downloaded. With --if-available a machine without nvcc or cmake is not an
-// error: it gets the CPU addon only.
+// error: it gets the CPU addon only. With --if-missing (the npm install hook) a
+// prebuilt CUDA addon already present is kept.
 import { spawnSync } from 'node:child_process';
-import { accessSync, constants, existsSync, statSync } from 'node:fs';
+import { accessSync, constants, copyFileSync, existsSync, mkdirSync, renameSync, statSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { delimiter, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const ifAvailable = process.argv.includes('--if-available');
+const built = join(root, 'build-cuda', 'Release', 'memgpt_cuda.node');
+const prebuilt = join(root, 'prebuilds', `${process.platform}-${process.arch}-cuda`, 'memgpt_cuda.node');
 
 function executable(path) {
   try {
@@ -42,15 +47,14 @@ function unavailable(what) {
   process.exit(ifAvailable ? 0 : 1);
 }
 
+if (process.argv.includes('--if-missing') && existsSync(prebuilt)) process.exit(0);
+
 const nvcc = findNvcc();
 if (!nvcc) unavailable('nvcc');
 if (!onPath('cmake')) unavailable('cmake');
 
 const cmakeJs = join(root, 'node_modules', 'cmake-js', 'bin', 'cmake-js');
-if (!existsSync(cmakeJs)) {
-  console.error('memgpt: node_modules/cmake-js is missing (run npm install); the CUDA addon was not built');
-  process.exit(1);
-}
+if (!existsSync(cmakeJs)) unavailable('node_modules/cmake-js (a devDependency: run npm install in a checkout)');
 
 // `build` configures build-cuda/ on first use and rebuilds incrementally after.
 // (Not build/: node-gyp owns that one and wipes it.)
@@ -67,8 +71,15 @@ if (result.error) {
   console.error(`memgpt: could not run cmake-js: ${result.error.message}`);
   process.exit(1);
 }
-if (result.status === 0 && !existsSync(join(root, 'build-cuda', 'Release', 'memgpt_cuda.node'))) {
+if (result.status !== 0) process.exit(result.status ?? 1);
+if (!existsSync(built)) {
   console.error('memgpt: cmake-js succeeded but build-cuda/Release/memgpt_cuda.node is missing');
   process.exit(1);
 }
-process.exit(result.status ?? 1);
+// Copy, strip, then rename into place: a crash never leaves a half-written prebuild.
+mkdirSync(dirname(prebuilt), { recursive: true });
+const partial = `${prebuilt}.partial`;
+copyFileSync(built, partial);
+const strip = spawnSync('strip', ['--strip-unneeded', partial], { stdio: 'inherit' });
+if (strip.error || strip.status !== 0) console.error('memgpt: strip failed; the CUDA prebuild keeps its symbols');
+renameSync(partial, prebuilt);

@@ -30,6 +30,19 @@ describe('memgpt command', () => {
     expect(memgpt('--version').stdout.trim()).toMatch(/^\d+\.\d+\.\d+$/);
   });
 
+  it('doctor says what it found and which backend runs, as text or JSON', () => {
+    const text = memgpt('doctor');
+    expect(text.status).toBe(0);
+    expect(text.stdout).toMatch(/^memgpt \d+\.\d+\.\d+ on Node\.js v\d+/);
+    expect(text.stdout).toMatch(/^CPU addon: +\S+\.node \(\d+ threads, /m);
+    expect(text.stdout).toMatch(/^CUDA usable: +(yes|no) \(.+\)$/m);
+    expect(text.stdout).toContain('Backend:      cpu — MEMGPT_DEVICE=cpu'); // this harness forces the CPU
+    const json = JSON.parse(memgpt('doctor', '--json').stdout) as { backend: { device: string }; cpu: { threads: number } };
+    expect(json.backend.device).toBe('cpu');
+    expect(json.cpu.threads).toBeGreaterThan(0);
+    expect(memgpt('doctor', '--bogus').status).toBe(2);
+  });
+
   it('rejects unknown commands, unknown flags and bad values with one line', () => {
     for (const [args, pattern] of [
       [['frobnicate'], /^memgpt: unknown command 'frobnicate'/],

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
-import { availableDevices, packageRoot } from '../lib/backend.js';
+import { availableDevices, chooseDevice, missingCudaKernels, packageRoot } from '../lib/backend.js';
 
 const fixture = join(packageRoot, 'test', 'fixtures', 'device-choice.ts');
 
@@ -22,6 +22,8 @@ function run(env: Record<string, string | undefined>) {
 }
 
 const hasCuda = availableDevices().includes('cuda');
+// A usable GPU is the default device only once the CUDA addon has every kernel the model calls.
+const cudaByDefault = hasCuda && missingCudaKernels().length === 0;
 
 describe('device choice', () => {
   it('uses CUDA when it probes well, else the CPU, saying which in one line', () => {
@@ -30,10 +32,21 @@ describe('device choice', () => {
     expect(r.status).toBe(0);
     const out = JSON.parse(r.stdout) as { device: string; total: number };
     expect(out.total).toBe(3);
-    expect(out.device).toBe(hasCuda ? 'cuda' : 'cpu');
+    expect(out.device).toBe(cudaByDefault ? 'cuda' : 'cpu');
     const lines = r.stderr.split('\n').filter((l) => l.startsWith('memgpt:'));
     expect(lines).toHaveLength(1);
-    expect(lines[0]).toMatch(hasCuda ? /^memgpt: using cuda \(/ : /^memgpt: using cpu: CUDA not used because .+/);
+    expect(lines[0]).toMatch(cudaByDefault ? /^memgpt: using cuda \(/ : /^memgpt: using cpu: CUDA .*not used because .+/);
+  });
+
+  it('a GPU whose addon lacks some of the model\'s kernels is not the default; the line names them', () => {
+    const gpu = { available: true, reason: 'NVIDIA H100, compute capability 9.0' };
+    expect(chooseDevice(gpu, [])).toEqual({ device: 'cuda', why: 'NVIDIA H100, compute capability 9.0' });
+    const partial = chooseDevice(gpu, ['attentionForward', 'attentionBackward']);
+    expect(partial.device).toBe('cpu');
+    expect(partial.why).toBe("CUDA (NVIDIA H100, compute capability 9.0) not used because its addon lacks 2 of the model's kernels " +
+      '(attentionForward, attentionBackward); MEMGPT_DEVICE=cuda forces it');
+    expect(chooseDevice({ available: false, reason: 'no CUDA device found' }, []))
+      .toEqual({ device: 'cpu', why: 'CUDA not used because no CUDA device found' });
   });
 
   it('MEMGPT_DEVICE=cpu forces the CPU', () => {

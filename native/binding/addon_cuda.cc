@@ -40,19 +40,36 @@ std::string unusable_reason(int driver, int runtime, int* device_count) {
   return "";
 }
 
-// { ok, deviceCount, error?, driverVersion, runtimeVersion }: whether CUDA can be used here.
+// { ok, deviceCount, error?, driverVersion, runtimeVersion, devices: [{ name, computeCapability, totalMemory }] }:
+// whether CUDA can be used here, and what GPUs there are even when they cannot be used (for `memgpt doctor`).
 Napi::Value probe(const Napi::CallbackInfo& info) {
   int driver = 0, runtime = 0, count = 0;
   if (cudaDriverGetVersion(&driver) != cudaSuccess) driver = 0;  // 0 when no driver is installed
   if (cudaRuntimeGetVersion(&runtime) != cudaSuccess) runtime = 0;
   std::string reason = unusable_reason(driver, runtime, &count);
   cudaGetLastError();
-  Napi::Object o = Napi::Object::New(info.Env());
+  Napi::Env env = info.Env();
+  Napi::Array devices = Napi::Array::New(env);
+  for (int d = 0; d < count; d++) {
+    cudaDeviceProp p;
+    if (cudaGetDeviceProperties(&p, d) != cudaSuccess) {
+      cudaGetLastError();
+      continue;
+    }
+    Napi::Object dev = Napi::Object::New(env);
+    dev.Set("name", p.name);
+    dev.Set("computeCapability", std::to_string(p.major) + "." + std::to_string(p.minor));
+    dev.Set("totalMemory", double(p.totalGlobalMem));
+    devices.Set(devices.Length(), dev);
+  }
+  Napi::Object o = Napi::Object::New(env);
   o.Set("ok", reason.empty());
   o.Set("deviceCount", count);
   if (!reason.empty()) o.Set("error", reason);
   o.Set("driverVersion", driver);
   o.Set("runtimeVersion", runtime);
+  o.Set("devices", devices);
+  o.Set("architectures", MG_CUDA_ARCHITECTURES);  // what this build carries, e.g. "80-real 90a-real 90-virtual"
   return o;
 }
 

@@ -1,0 +1,107 @@
+// The offline install test: packs this package, installs the tarball into a fresh project with no
+// compiler, no CUDA toolkit and no registry reachable, then runs the installed `memgpt`: --help,
+// doctor and a short training run. What users get from `npm install ./memgpt-*.tgz`.
+import { spawnSync, type SpawnSyncReturns } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { delimiter, join, relative } from 'node:path';
+import { describe, expect, it } from 'vitest';
+
+import { packageRoot } from '../lib/backend.js';
+
+const tuple = `${process.platform}-${process.arch}`;
+const compilers = ['cc', 'gcc', 'g++', 'c++', 'clang', 'make', 'cmake', 'nvcc'];
+
+function onPath(name: string, path = process.env.PATH ?? ''): string | undefined {
+  return path.split(delimiter).map((dir) => join(dir, name)).find((p) => existsSync(p));
+}
+
+function run(cmd: string, args: string[], cwd: string, env: NodeJS.ProcessEnv = process.env): SpawnSyncReturns<string> {
+  return spawnSync(cmd, args, { cwd, env, encoding: 'utf8', timeout: 300_000 });
+}
+
+function filesUnder(dir: string): string[] {
+  return readdirSync(dir, { recursive: true, encoding: 'utf8' }).map((f) => join(dir, f)).filter((f) => statSync(f).isFile());
+}
+
+// npm test compiles lib/ first; a stale dist/ would pack yesterday's code.
+function staleDist(): string | undefined {
+  for (const src of filesUnder(join(packageRoot, 'lib')).filter((f) => f.endsWith('.ts'))) {
+    const out = join(packageRoot, 'dist', relative(join(packageRoot, 'lib'), src)).replace(/\.ts$/, '.js');
+    if (!existsSync(out) || statSync(out).mtimeMs < statSync(src).mtimeMs) return relative(packageRoot, src);
+  }
+  return undefined;
+}
+
+describe('npm pack, then an offline install without a compiler', () => {
+  it('installs the tarball, then --help, doctor and a training step work', { timeout: 600_000 }, () => {
+    const stale = staleDist();
+    expect(stale, `dist/ is older than ${stale}: run npm run build:ts`).toBeUndefined();
+    // With nvcc here (as in CI), the package must carry the CUDA addon; without it, a CPU-only package is all we can make.
+    const withCuda = onPath('nvcc') !== undefined || existsSync('/usr/local/cuda/bin/nvcc');
+    const env = { ...process.env, MEMGPT_PACK_CPU_ONLY: withCuda ? undefined : '1' };
+    const prepack = run(process.execPath, ['scripts/prepack.mjs'], packageRoot, env);
+    expect(prepack.status, prepack.stderr).toBe(0);
+
+    const work = mkdtempSync(join(tmpdir(), 'memgpt-install-'));
+    const tarballs = join(work, 'tarballs');
+    mkdirSync(tarballs);
+    // Scripts already ran above (prepack) and before the tests (tsc): packing again must not rebuild dist/ under the other tests.
+    const pack = run('npm', ['pack', '--ignore-scripts', '--json', '--pack-destination', tarballs], packageRoot);
+    expect(pack.status, pack.stderr).toBe(0);
+    const packed = (JSON.parse(pack.stdout) as { filename: string; files: { path: string }[] }[])[0];
+    const shipped = packed.files.map((f) => f.path);
+    expect(shipped).toContain('dist/cli.js');
+    expect(shipped).toContain('bin/memgpt.js');
+    expect(shipped.some((p) => p.startsWith(`prebuilds/${tuple}/`) && p.endsWith('.node'))).toBe(true);
+    expect(shipped.includes(`prebuilds/${tuple}-cuda/memgpt_cuda.node`)).toBe(withCuda);
+    expect(shipped.filter((p) => /^(build|build-cuda|lib|test|node_modules)\//.test(p))).toEqual([]);
+
+    // The runtime dependencies as local tarballs, so the install needs no registry at all.
+    const ls = run('npm', ['ls', '--omit=dev', '--all', '--parseable'], packageRoot);
+    expect(ls.status, ls.stderr).toBe(0);
+    const deps = ls.stdout.trim().split('\n').slice(1);
+    expect(deps.length).toBeGreaterThan(0);
+    for (const dep of deps) {
+      const r = run('npm', ['pack', '--ignore-scripts', '--pack-destination', tarballs], dep);
+      expect(r.status, `${dep}: ${r.stderr}`).toBe(0);
+    }
+
+    // A PATH holding node, npm, npx and sh only: nothing to compile with.
+    const bin = join(work, 'bin');
+    mkdirSync(bin);
+    for (const tool of ['node', 'npm', 'npx']) symlinkSync(onPath(tool) ?? process.execPath, join(bin, tool));
+    symlinkSync('/bin/sh', join(bin, 'sh'));
+    const bare = { ...process.env, PATH: bin, CUDA_HOME: undefined, npm_config_nodedir: undefined, MEMGPT_DEVICE: undefined };
+    for (const tool of compilers) expect(onPath(tool, bin), `${tool} is reachable`).toBeUndefined();
+
+    const project = join(work, 'project');
+    mkdirSync(project);
+    writeFileSync(join(project, 'package.json'), JSON.stringify({ name: 'memgpt-install-check', version: '1.0.0', private: true }));
+    const all = readdirSync(tarballs).map((f) => join(tarballs, f));
+    const install = run('npm', ['install', '--offline', '--registry', 'http://127.0.0.1:9/', '--no-audit', '--no-fund', ...all], project, bare);
+    expect(install.status, install.stderr).toBe(0);
+    const installed = join(project, 'node_modules', 'memgpt');
+    expect(existsSync(join(installed, 'build')), 'the install compiled something').toBe(false);
+
+    const help = run('npx', ['memgpt', '--help'], project, bare);
+    expect(help.status, help.stderr).toBe(0);
+    expect(help.stdout).toMatch(/^memgpt — the Memory-Gated Pointer Transformer/);
+
+    const doctor = run('npx', ['memgpt', 'doctor', '--json'], project, bare);
+    expect(doctor.status, doctor.stderr).toBe(0);
+    const report = JSON.parse(doctor.stdout) as { cpu: { loaded: string }; cuda: { addon: string | null; usable: boolean }; backend: { device: string } };
+    expect(report.cpu.loaded).toMatch(new RegExp(`^prebuilds/${tuple}/.*\\.node$`));
+    expect(report.cuda.addon).toBe(withCuda ? `prebuilds/${tuple}-cuda/memgpt_cuda.node` : null);
+    if (!report.cuda.usable) expect(report.backend.device).toBe('cpu');
+
+    writeFileSync(join(project, 'corpus.txt'), readFileSync(join(packageRoot, 'docs', 'SPEC.md')));
+    const train = run('npx', ['memgpt', 'train', '--preset', 'tiny', '--data', 'corpus.txt', '--out', 'run', '--steps', '3',
+      '--batch-size', '2', '--segments', '2', '--json'], project, bare);
+    expect(train.status, train.stderr).toBe(0);
+    const steps = train.stdout.trim().split('\n').map((l) => JSON.parse(l) as { step: number; loss: number });
+    expect(steps.at(-1)?.step).toBe(3);
+    expect(steps.every((s) => Number.isFinite(s.loss))).toBe(true);
+    expect(existsSync(join(project, 'run', 'model.safetensors'))).toBe(true);
+  });
+});

@@ -20,7 +20,7 @@ Usage:
                   [--weight-decay W] [--grad-clip C] [--warmup N] [--schedule cosine|constant]
                   [--order random|sequential] [--seed S] [--device cpu|cuda] [--resume] [--json]
                   [--grad-accum N] [--eval-every N] [--eval-batches N] [--checkpoint-every N]
-                  [--log-every N] [--held-out FRACTION]
+                  [--log-every N] [--held-out FRACTION] [--precision float32|bfloat16]
   memgpt eval     --checkpoint CKPT --data PATH [--segments K] [--batch-size B] [--stream] [--json]
   memgpt generate --checkpoint CKPT --prompt TEXT [--max-tokens N] [--temperature X] [--top-k K]
                   [--top-p P] [--seed S]

@@ -74,6 +74,7 @@ const trainFlags = {
   segments: 'string', lr: 'string', optimizer: 'string', 'weight-decay': 'string', 'grad-clip': 'string', warmup: 'string',
   schedule: 'string', order: 'string', seed: 'string', device: 'string', resume: 'boolean', json: 'boolean', 'grad-accum': 'string',
   'eval-every': 'string', 'eval-batches': 'string', 'checkpoint-every': 'string', 'log-every': 'string', 'held-out': 'string',
+  precision: 'string',
 } as const;
 
 export function trainOptionsFromFlags(flags: Flags): TrainOptions {
@@ -97,6 +98,7 @@ export function trainOptionsFromFlags(flags: Flags): TrainOptions {
     evalBatches: int(flags, 'eval-batches', d.evalBatches),
     checkpointEvery: int(flags, 'checkpoint-every', 0, 0),
     logEvery: int(flags, 'log-every', d.logEvery),
+    precision: choice(flags, 'precision', ['float32', 'bfloat16'] as const, d.precision),
   };
 }
 

@@ -8,9 +8,9 @@ import { MemgptError, shapeStr } from './errors.js';
 import { Rng } from './random.js';
 import { add, mul, scale } from './ops/elementwise.js';
 import { sum } from './ops/reduce.js';
-import { broadcastTo, reshape } from './ops/shape.js';
+import { broadcastTo, cast, reshape } from './ops/shape.js';
 import { embedding, layerNorm, sinusoidalPositions } from './ops/norm.js';
-import { linear } from './ops/linear.js';
+import { linear, type LinearOptions } from './ops/linear.js';
 import { attention } from './ops/attention.js';
 import { memoryWrite } from './ops/memwrite.js';
 import { tokenNLL } from './ops/classifier.js';
@@ -36,9 +36,19 @@ export interface ForwardResult {
   diagnostics?: LayerDiagnostics[];
 }
 
+/**
+ * How the forward pass computes. 'bfloat16' is mixed precision as autocast does it: every linear
+ * layer takes bf16 inputs, weights and bias (the matmul accumulates in float32 inside the kernel)
+ * and hands float32 back; norms, attention, the memory write, the output head, the residual stream,
+ * the master weights, their gradients and the optimizer state stay float32.
+ */
+export type Precision = 'float32' | 'bfloat16';
+
 export class MemGPT {
   readonly config: ModelConfig;
   readonly params: Map<string, Parameter>;
+  /** Not part of the checkpoint: the same weights run in either precision. */
+  precision: Precision = 'float32';
 
   constructor(config: Partial<ModelConfig>, params: Map<string, Parameter>) {
     this.config = resolveConfig(config);
@@ -101,6 +111,13 @@ export class MemGPT {
     return t;
   }
 
+  /** A linear layer in this model's precision (see Precision); the gradients reach the float32 weights through the casts. */
+  private linear(x: Tensor, weight: Tensor, bias: Tensor | null, options: LinearOptions = {}): Tensor {
+    if (this.precision === 'float32') return linear(x, weight, bias, options);
+    const bf = (t: Tensor) => cast(t, 'bfloat16');
+    return cast(linear(bf(x), bf(weight), bias && bf(bias), options), 'float32');
+  }
+
   /** Each layer's memory at the start of a sample: mem.init broadcast over the batch. */
   initialMemory(batch: number): Tensor[] {
     const { memSlots: S, dModel: D } = this.config;
@@ -122,12 +139,12 @@ export class MemGPT {
     for (let l = 0; l < cfg.nLayers; l++) {
       const P = (n: string) => this.p(`layers.${l}.${n}`);
       const u = layerNorm(h, P('ln1.weight'), P('ln1.bias'));
-      const qkv = linear(u, P('attn.qkv.weight'), P('attn.qkv.bias'));
+      const qkv = this.linear(u, P('attn.qkv.weight'), P('attn.qkv.bias'));
       let o: Tensor;
       if (S > 0) {
         const M = memory[l];
-        const mkv = linear(layerNorm(M, P('mem.ln.weight'), P('mem.ln.bias')), P('mem.kv.weight'), P('mem.kv.bias'));
-        const gateLogits = linear(u, P('mem.gate.weight'), P('mem.gate.bias'));
+        const mkv = this.linear(layerNorm(M, P('mem.ln.weight'), P('mem.ln.bias')), P('mem.kv.weight'), P('mem.kv.bias'));
+        const gateLogits = this.linear(u, P('mem.gate.weight'), P('mem.gate.bias'));
         if (diagnostics) {
           const g = gateLogits.toArray();
           let total = 0;
@@ -138,15 +155,15 @@ export class MemGPT {
       } else {
         o = attention(qkv, { nHeads: H, rope: cfg.positional === 'rope' });
       }
-      h = add(h, linear(o, P('attn.out.weight'), P('attn.out.bias')));
-      const z = linear(layerNorm(h, P('ln2.weight'), P('ln2.bias')), P('ffn.fc1.weight'), P('ffn.fc1.bias'), { activation: 'gelu' });
-      h = add(h, linear(z, P('ffn.fc2.weight'), P('ffn.fc2.bias')));
+      h = add(h, this.linear(o, P('attn.out.weight'), P('attn.out.bias')));
+      const z = this.linear(layerNorm(h, P('ln2.weight'), P('ln2.bias')), P('ffn.fc1.weight'), P('ffn.fc1.bias'), { activation: 'gelu' });
+      h = add(h, this.linear(z, P('ffn.fc2.weight'), P('ffn.fc2.bias')));
       if (S > 0) {
         const M = memory[l];
         const c = layerNorm(h, P('ptr.ln.weight'), P('ptr.ln.bias'));
-        const mq = linear(M, P('ptr.q.weight'), null);
-        const ck = linear(c, P('ptr.k.weight'), null);
-        const cv = linear(c, P('ptr.v.weight'), null);
+        const mq = this.linear(M, P('ptr.q.weight'), null);
+        const ck = this.linear(c, P('ptr.k.weight'), null);
+        const cv = this.linear(c, P('ptr.v.weight'), null);
         if (diagnostics) {
           const w = memoryWrite(M, mq, ck, cv, P('mem.update.weight'), P('mem.update.bias'), { stats: true });
           diagnostics[l].writeGate = w.meanGate;
@@ -164,9 +181,9 @@ export class MemGPT {
   segmentNLL(hf: Tensor, x: Tensor, y: Tensor): Tensor {
     if (!this.config.copyHead) return tokenNLL(hf, this.p('tok_emb'), y);
     const [B, T] = x.shape;
-    const cq = linear(hf, this.p('copy.q.weight'), null);
-    const ck = linear(hf, this.p('copy.k.weight'), null);
-    const genLogit = reshape(linear(hf, this.p('copy.gen.weight'), this.p('copy.gen.bias')), [B, T]);
+    const cq = this.linear(hf, this.p('copy.q.weight'), null);
+    const ck = this.linear(hf, this.p('copy.k.weight'), null);
+    const genLogit = reshape(this.linear(hf, this.p('copy.gen.weight'), this.p('copy.gen.bias')), [B, T]);
     return tokenNLL(hf, this.p('tok_emb'), y, { copy: { cq, ck, genLogit, inputs: x } });
   }
 

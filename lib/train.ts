@@ -12,7 +12,7 @@ import { readSafetensorsHeader } from './io/safetensors.js';
 import { BatchSampler, sequentialBatches, type Corpus, type SamplerState } from './data/index.js';
 import { noGrad } from './autograd.js';
 import { MemgptError } from './errors.js';
-import { MemGPT, type LayerDiagnostics } from './model.js';
+import { MemGPT, type LayerDiagnostics, type Precision } from './model.js';
 import { AdamW, SGD, clipGradNorm, gradNorm } from './ops/optim.js';
 import { lineChart } from './plot.js';
 import { tidy, type Parameter } from './tensor.js';
@@ -44,11 +44,14 @@ export interface TrainOptions {
   /** Write the checkpoint every this many steps (0: only at the end). */
   checkpointEvery: number;
   logEvery: number;
+  /** The forward's precision (see Precision in model.ts); master weights and optimizer state are float32 either way. */
+  precision: Precision;
 }
 
 export const defaultTrainOptions: TrainOptions = {
   steps: 1000, batchSize: 8, segments: 4, lr: 3e-4, minLrRatio: 0.1, warmup: 100, schedule: 'cosine', optimizer: 'adamw',
   weightDecay: 0.1, gradClip: 1, gradAccum: 1, order: 'random', seed: 0, evalEvery: 0, evalBatches: 8, checkpointEvery: 0, logEvery: 10,
+  precision: 'float32',
 };
 
 export interface StepLog {
@@ -90,6 +93,7 @@ export function validateTrainOptions(o: TrainOptions): TrainOptions {
   if (o.schedule !== 'cosine' && o.schedule !== 'constant') throw new MemgptError(`train: schedule must be cosine or constant (got ${o.schedule})`);
   if (o.optimizer !== 'adamw' && o.optimizer !== 'sgd') throw new MemgptError(`train: optimizer must be adamw or sgd (got ${o.optimizer})`);
   if (o.order !== 'random' && o.order !== 'sequential') throw new MemgptError(`train: order must be random or sequential (got ${o.order})`);
+  if (o.precision !== 'float32' && o.precision !== 'bfloat16') throw new MemgptError(`train: precision must be float32 or bfloat16 (got ${o.precision})`);
   return o;
 }
 
@@ -162,7 +166,8 @@ export class Trainer {
     outDir: string,
     options: TrainOptions,
   ) {
-    this.options = validateTrainOptions(options);
+    this.options = validateTrainOptions({ ...options, precision: options.precision ?? 'float32' });
+    model.precision = this.options.precision;
     this.files = runFiles(outDir);
     this.params = [...model.params.values()];
     this.sampler = new BatchSampler(train, {

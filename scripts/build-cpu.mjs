@@ -3,7 +3,9 @@
 // In a checkout (prebuildify installed) the build lands in prebuilds/linux-x64/ as
 // memgpt.napi.glibc.node, the prebuilt binary `npm pack` ships; elsewhere (a user building
 // from source) plain node-gyp leaves it in build/Release/. node-gyp-build loads either.
-// With --if-missing (the npm install hook) it does nothing when an addon is already present.
+// With --if-missing (the npm install hook) it does nothing when an addon is already present and
+// loads here; a prebuilt one that cannot load (a glibc or libstdc++ older than the build machine's)
+// is built from source instead, or the install fails saying why.
 import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -17,6 +19,15 @@ function addonPresent() {
   const dir = join(root, 'prebuilds', `${process.platform}-${process.arch}`);
   const prebuilt = existsSync(dir) && readdirSync(dir).some((f) => f.endsWith('.node'));
   return prebuilt || existsSync(join(root, 'build', 'Release', 'memgpt_cpu.node'));
+}
+
+// Loads the addon node-gyp-build picks, in a child process (a bad binary must not take this one down).
+// Returns undefined when it loads, else the loader's first line.
+function loadError() {
+  const script = `require('node-gyp-build')(${JSON.stringify(root)})`;
+  const child = spawnSync(process.execPath, ['-e', script], { cwd: root, encoding: 'utf8' });
+  if (child.status === 0) return undefined;
+  return (child.stderr.split('\n').find((l) => /Error/.test(l)) ?? `exit code ${child.status}`).trim();
 }
 
 // Node's own headers: npm's nodedir setting, else the prefix of this node binary.
@@ -38,7 +49,11 @@ function fail(message) {
   process.exit(1);
 }
 
-if (process.argv.includes('--if-missing') && addonPresent()) process.exit(0);
+if (process.argv.includes('--if-missing') && addonPresent()) {
+  const error = loadError();
+  if (!error) process.exit(0);
+  console.error(`memgpt: the prebuilt CPU addon does not load here (${error}); building it from source`);
+}
 
 const dir = nodeDir();
 if (!dir) fail('cannot find Node.js headers (include/node/common.gypi) beside this node binary; set npm_config_nodedir to the Node.js install prefix');

@@ -2,7 +2,7 @@
 // compiler, no CUDA toolkit and no registry reachable, then runs the installed `memgpt`: --help,
 // doctor and a short training run. What users get from `npm install ./memgpt-*.tgz`.
 import { spawnSync, type SpawnSyncReturns } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { delimiter, join, relative } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -103,5 +103,32 @@ describe('npm pack, then an offline install without a compiler', () => {
     expect(steps.at(-1)?.step).toBe(3);
     expect(steps.every((s) => Number.isFinite(s.loss))).toBe(true);
     expect(existsSync(join(project, 'run', 'model.safetensors'))).toBe(true);
+  });
+
+  it('the install hook keeps a prebuilt addon that loads, and rebuilds (here: fails saying why) one that does not', () => {
+    const pkg = mkdtempSync(join(tmpdir(), 'memgpt-hook-'));
+    mkdirSync(join(pkg, 'scripts'));
+    copyFileSync(join(packageRoot, 'scripts', 'build-cpu.mjs'), join(pkg, 'scripts', 'build-cpu.mjs'));
+    copyFileSync(join(packageRoot, 'binding.gyp'), join(pkg, 'binding.gyp'));
+    writeFileSync(join(pkg, 'package.json'), JSON.stringify({ name: 'memgpt', version: '0.0.0' }));
+    mkdirSync(join(pkg, 'node_modules'));
+    symlinkSync(join(packageRoot, 'node_modules', 'node-gyp-build'), join(pkg, 'node_modules', 'node-gyp-build'));
+    const prebuilds = join(pkg, 'prebuilds', tuple);
+    mkdirSync(prebuilds, { recursive: true });
+    const bin = mkdtempSync(join(tmpdir(), 'memgpt-bin-'));
+    symlinkSync(process.execPath, join(bin, 'node'));
+    const bare = { ...process.env, PATH: bin };
+    const hook = () => run(process.execPath, ['scripts/build-cpu.mjs', '--if-missing'], pkg, bare);
+
+    const real = readdirSync(join(packageRoot, 'prebuilds', tuple)).find((f) => f.endsWith('.node'))!;
+    copyFileSync(join(packageRoot, 'prebuilds', tuple, real), join(prebuilds, real));
+    const kept = hook();
+    expect(kept.status, kept.stderr).toBe(0);
+    expect(kept.stderr).toBe('');
+
+    writeFileSync(join(prebuilds, real), 'not a shared library'); // as a prebuild for a newer glibc behaves
+    const rebuilt = hook();
+    expect(rebuilt.status).not.toBe(0); // no compiler on this PATH, so the source build cannot succeed
+    expect(rebuilt.stderr).toMatch(/^memgpt: the prebuilt CPU addon does not load here \(.*\); building it from source$/m);
   });
 });

@@ -206,8 +206,8 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], 
 // tile), zeros outside [0, mn_total) x [k0, k_end). Each thread copies kChunks / kTcThreads 16-byte chunks
 // (8 elements along the stored row); neighbouring threads take neighbouring chunks, so a warp reads whole
 // runs of a stored row. kAsync: cp.async, which needs the chunk's 8 elements to be all in or all out and
-// 16-byte aligned (the host checks: base 16-byte aligned, ld a multiple of 8 — then k_end, mn_total and
-// every chunk start are multiples of 8 too). Else element-wise loads, each predicated, then one 16-byte store.
+// 16-byte aligned (the host checks: base 16-byte aligned, ld a multiple of 8 — ld is the stored row's full
+// extent, K or M/N, in every call here, so k_end, mn_total and every chunk start are multiples of 8 too). Else element-wise loads, each predicated, then one 16-byte store.
 template <bool KMajor, int MN, bool kAsync>
 __device__ __forceinline__ void load_tile(uint16_t* dst, const uint16_t* src, int64_t ld, int64_t mn0,
                                           int64_t mn_total, int64_t k0, int64_t k_end) {

@@ -83,6 +83,44 @@ forEachDevice((device) => {
     });
   });
 
+  describe('linear in bfloat16 at tile-aligned shapes (the tensor-core fast path)', () => {
+    // The issue's bar for bf16: at most twice the error of a naive bf16 computation (exact math on the
+    // bf16 inputs, the result rounded to bf16 once), both against float64, here as RMS over the tensor.
+    // Sizes are multiples of 8 and cross 128-wide tiles and 32-deep K steps, so CUDA takes its cp.async path.
+    const [m, n, k] = [136, 144, 264];
+    const toBf16 = (v: ArrayLike<number>) => mg.tensor(Float32Array.from(v), [v.length], { ...opts, dtype: 'bfloat16' }).toArray();
+    const rms = (a: ArrayLike<number>, b: ArrayLike<number>) => {
+      let s = 0;
+      for (let i = 0; i < a.length; i++) s += (a[i] - b[i]) ** 2;
+      return Math.sqrt(s / a.length);
+    };
+    const expectBf16Grade = (got: ArrayLike<number>, ref: ArrayLike<number>, what: string) => {
+      const naive = rms(toBf16(ref), ref);
+      expect(naive, what).toBeGreaterThan(0);
+      expect(rms(got, ref), what).toBeLessThanOrEqual(2 * naive);
+    };
+
+    it('forward with bias and GELU, and dx, dW, db, each within twice a naive bf16 computation\'s error', () => {
+      mg.tidy(() => {
+        const bf = { ...opts, dtype: 'bfloat16' as const };
+        const x = mg.tensor(randomArray(m * k, 31, -1, 1), [m, k], { ...bf, requiresGrad: true });
+        const w = mg.tensor(randomArray(n * k, 32, -0.1, 0.1), [n, k], { ...bf, requiresGrad: true });
+        const b = mg.tensor(randomArray(n, 33), [n], { ...bf, requiresGrad: true });
+        const dy = mg.tensor(randomArray(m * n, 34), [m, n], bf);
+        const [xv, wv, bv, dyv] = [x, w, b, dy].map((t) => t.toArray()); // the bf16 values, exactly
+        const fwd = refLinear(xv, wv, bv, m, n, k, true);
+        expectBf16Grade(mg.linear(x, w, b, { activation: 'gelu' }).toArray(), fwd.y, 'y');
+        // Backward without an activation: dz = dy is exact in bf16, so the naive computation rounds only the results.
+        mg.linear(x, w, b).backward(dy);
+        const ref = refLinearBackward(xv, wv, fwd.z, dyv, m, n, k, false);
+        expectBf16Grade(x.grad!.toArray(), ref.dx, 'dx');
+        expectBf16Grade(w.grad!.toArray(), ref.dw, 'dw');
+        expectBf16Grade(b.grad!.toArray(), ref.db, 'db');
+        for (const t of [x, w, b]) t.zeroGrad();
+      });
+    });
+  });
+
   describe('linear backward', () => {
     for (const activation of ['none', 'gelu'] as const) {
       it(`${activation}: gradients of x, weight and bias by finite differences`, () => {

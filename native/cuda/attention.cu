@@ -1,0 +1,713 @@
+// CUDA kernels of the op family "attention" (native/common/attention.inc): causal self-attention with RoPE, the
+// memory read and its gate, forward and backward, computing what native/cpu/attention.cpp computes.
+//
+// FlashAttention-2 in float32 SIMT arithmetic. Scores exist only as one tile in shared memory and registers at a
+// time, never [T, T] in device memory. Every tile kernel runs 256 threads seen as a 16 × 16 grid (ty, tx):
+// a thread owns the tile rows ty + 16·i and, of a score tile, the columns tx + 16·j, of a head-width tile the
+// columns tx + 16·c. So the 16 threads that share a row are one half of a warp: row max and row sum are shuffles
+// within the half-warp, and every sum runs in a fixed order (deterministic, no atomics anywhere).
+//
+// Forward (one block per batch, head and block of 64 query rows): the online softmax over key tiles of 64, q and
+// k rotated while they are loaded; then, with memory, the same pass over the S memory slots with the unrotated q
+// and no mask; then the gate. It writes lse_self / lse_mem and (nullable) A and R for the backward.
+// Backward: (1) a row kernel computes per (row, head) g, D_a = rowsum(dA ∘ A), D_r = rowsum(dR ∘ R) with
+// dA = (1 − g)·dOut, dR = g·dOut (the gate makes them differ), and d_gate_logits; (2) a kernel over key blocks
+// keeps its K, V tile in shared memory and accumulates dK, dV in registers over the query tiles, for the self
+// part (causal, rope) and, launched again, for the memory slots (dmk, dmv); (3) a kernel over query blocks
+// accumulates dQ in registers over the key tiles, then over the memory slots, and writes
+// dq = Rᵀ·dq_self + dq_mem. Every output element has one writer: gradients are written, never accumulated.
+//
+// The two inner products are dot_tile (S = A·Bᵀ, both operands row-major with the head width contiguous, the
+// layout mma.sync m16n8k16 takes for its A and B fragments) and acc_tile (O += P·V, V row-major, which ldmatrix
+// .trans would feed as the B operand). A later bf16 tensor-core version replaces just these two functions (and
+// stores the tiles as bf16); the softmax bookkeeping around them stays.
+#include <cmath>
+#include <cstdint>
+#include <climits>
+#include <type_traits>
+
+#include "elem.cuh"
+#include "kernels.h"
+
+namespace mg::cuda {
+namespace {
+
+constexpr int kBlock = 256;   // threads of every tile kernel: the 16 × 16 grid above
+static_assert(kBlock == 16 * 16, "the tile kernels map threadIdx.x to (ty, tx) = (x / 16, x % 16)");
+constexpr int kMaxHeadDim = 128;
+
+// Tile sizes. The forward holds Q, one K-or-V tile and P: 83 KB of shared memory at a head width of 128.
+// The backward kernels hold four [rows, head width] tiles, so at a head width of 128 they use 32-row tiles to
+// stay under the 99 KB a block may have on sm_86 / sm_89 (the sm_80 code runs there too).
+constexpr int kFwdQ = 64;  // query rows per forward block
+constexpr int kFwdK = 64;  // keys per forward tile
+template <int DM> struct BwdTiles {
+  static constexpr int kRows = DM <= 64 ? 64 : 32;  // resident rows: keys (dK/dV kernel) or queries (dQ kernel)
+  static constexpr int kCols = 32;                   // streamed rows: queries (dK/dV) or keys (dQ)
+};
+
+__host__ __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+struct FwdParams {
+  int64_t T, H, d, S, D;
+  float scale;
+  const float* qkv;
+  const float* mem_kv;
+  const float* gate_logits;
+  const float* cos_t;  // RoPE table [T, d/2]; nullptr without rope
+  const float* sin_t;
+  float* out;
+  float* lse_self;
+  float* lse_mem;
+  float* save_a;
+  float* save_r;
+};
+
+struct BwdParams {
+  int64_t T, H, d, S, D;
+  float scale;
+  const float* qkv;
+  const float* mem_kv;
+  const float* lse_self;
+  const float* lse_mem;
+  const float* d_out;
+  const float* cos_t;   // RoPE table [T, d/2]; nullptr without rope
+  const float* sin_t;
+  const float* dsum_a;  // [B, H, T]: rowsum(dA ∘ A)
+  const float* dsum_r;  // [B, H, T]: rowsum(dR ∘ R); with memory only
+  const float* g;       // [B, H, T]: sigmoid(gate_logits); with memory only (nullptr: dA = dOut)
+  float* d_qkv;
+  float* d_mem_kv;
+};
+
+// The CPU's gate, in double: σ(x) = 1 / (1 + e^−x), rounded once.
+__device__ __forceinline__ float sigmoid_ref(float x) { return float(1.0 / (1.0 + exp(-double(x)))); }
+
+__device__ __forceinline__ float half_warp_max(float v) {
+  for (int offset = 8; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, offset));
+  return v;
+}
+
+__device__ __forceinline__ float half_warp_sum(float v) {
+  for (int offset = 8; offset > 0; offset >>= 1) v += __shfl_xor_sync(kFullMask, v, offset);
+  return v;
+}
+
+// dst[r·(DM+1) + c] for r < ROWS, c < DM: row r of src (src + r·ld, columns 0 … d−1), zero where r ≥ n or c ≥ d,
+// so the fixed-width loops below may run over the padding. With a RoPE table, row r is rotated at position
+// pos0 + r (rotate-half, as the CPU's rope_rotate). With g (indexed by row), the row is scaled by 1 − g[r]
+// (complement) or g[r]: dA and dR made from dOut on the fly. The odd stride DM + 1 keeps the column reads of
+// dot_tile free of bank conflicts.
+template <int DM, int ROWS>
+__device__ __forceinline__ void load_tile(float* dst, const float* src, int64_t ld, int n, int d, const float* cos_t,
+                                          const float* sin_t, int64_t pos0, const float* g, bool complement) {
+  const int half = d >> 1;
+  for (int idx = threadIdx.x; idx < ROWS * DM; idx += kBlock) {
+    const int r = idx / DM, c = idx % DM;
+    float v = 0.f;
+    if (r < n && c < d) {
+      const float* row = src + r * ld;
+      if (cos_t) {
+        const int i = c < half ? c : c - half;
+        const int64_t at = (pos0 + r) * half + i;
+        const float cs = cos_t[at], sn = sin_t[at];
+        const float a = row[i], b = row[i + half];
+        v = c < half ? a * cs - b * sn : a * sn + b * cs;
+      } else {
+        v = row[c];
+      }
+      if (g) v = (complement ? 1.f - g[r] : g[r]) * v;
+    }
+    dst[r * (DM + 1) + c] = v;
+  }
+}
+
+// s[i][j] = Σ_c A[ty + 16i][c] · B[tx + 16j][c] over the padded width (both tiles of stride DM + 1): a
+// [16·RI, 16·CJ] block of A·Bᵀ. Within a warp, A is read at two addresses (broadcast) and B at 16 rows whose
+// odd stride puts them in 16 different banks. (The mma.sync replacement point: A and B are K-contiguous.)
+template <int DM, int RI, int CJ>
+__device__ __forceinline__ void dot_tile(float (&s)[RI][CJ], const float* A, const float* B) {
+  const int ty = threadIdx.x >> 4, tx = threadIdx.x & 15;
+#pragma unroll
+  for (int i = 0; i < RI; i++)
+#pragma unroll
+    for (int j = 0; j < CJ; j++) s[i][j] = 0.f;
+#pragma unroll 8
+  for (int c = 0; c < DM; c++) {
+    float a[RI], b[CJ];
+#pragma unroll
+    for (int i = 0; i < RI; i++) a[i] = A[(ty + 16 * i) * (DM + 1) + c];
+#pragma unroll
+    for (int j = 0; j < CJ; j++) b[j] = B[(tx + 16 * j) * (DM + 1) + c];
+#pragma unroll
+    for (int i = 0; i < RI; i++)
+#pragma unroll
+      for (int j = 0; j < CJ; j++) s[i][j] = fmaf(a[i], b[j], s[i][j]);
+  }
+}
+
+// acc[i][c] += Σ_{k < n} P[ty + 16i][k] · V[k][tx + 16c] (P of stride PLD, V of stride DM + 1), k in order:
+// P·V, or Pᵀ·dY and dSᵀ·Q in the backward. P is broadcast, V read contiguously.
+template <int DM, int RI, int PLD>
+__device__ __forceinline__ void acc_tile(float (&acc)[RI][DM / 16], const float* P, const float* V, int n) {
+  const int ty = threadIdx.x >> 4, tx = threadIdx.x & 15;
+#pragma unroll 4
+  for (int k = 0; k < n; k++) {
+    float p[RI];
+#pragma unroll
+    for (int i = 0; i < RI; i++) p[i] = P[(ty + 16 * i) * PLD + k];
+#pragma unroll
+    for (int c = 0; c < DM / 16; c++) {
+      const float v = V[k * (DM + 1) + tx + 16 * c];
+#pragma unroll
+      for (int i = 0; i < RI; i++) acc[i][c] = fmaf(p[i], v, acc[i][c]);
+    }
+  }
+}
+
+// dst[r·ld + col] = acc for the rows r < n and columns col < d this thread owns.
+template <int DM, int RI>
+__device__ __forceinline__ void store_rows(float* dst, int64_t ld, const float (&acc)[RI][DM / 16], int n, int d) {
+  const int ty = threadIdx.x >> 4, tx = threadIdx.x & 15;
+#pragma unroll
+  for (int i = 0; i < RI; i++) {
+    const int r = ty + 16 * i;
+    if (r >= n) continue;
+#pragma unroll
+    for (int c = 0; c < DM / 16; c++) {
+      const int col = tx + 16 * c;
+      if (col < d) dst[r * ld + col] = acc[i][c];
+    }
+  }
+}
+
+// acc ← Rᵀ·acc per row (row r at position pos0 + r, r < n): the gradient through the rotation, as the CPU's
+// rope_rotate_back_add. Column i pairs with i + d/2, which another thread may own, so the rows go through buf
+// ([16·RI, DM + 1] floats of shared memory, free on entry).
+template <int DM, int RI>
+__device__ __forceinline__ void rotate_back(float (&acc)[RI][DM / 16], float* buf, int64_t pos0, int n, int d,
+                                            const float* cos_t, const float* sin_t) {
+  const int ty = threadIdx.x >> 4, tx = threadIdx.x & 15, half = d >> 1;
+  __syncthreads();  // buf's earlier readers are done
+#pragma unroll
+  for (int i = 0; i < RI; i++)
+#pragma unroll
+    for (int c = 0; c < DM / 16; c++) buf[(ty + 16 * i) * (DM + 1) + tx + 16 * c] = acc[i][c];
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < RI; i++) {
+    const int r = ty + 16 * i;
+    if (r >= n) continue;
+    const float* row = buf + r * (DM + 1);
+#pragma unroll
+    for (int c = 0; c < DM / 16; c++) {
+      const int col = tx + 16 * c;
+      if (col >= d) continue;
+      const int k = col < half ? col : col - half;
+      const int64_t at = (pos0 + r) * half + k;
+      const float cs = cos_t[at], sn = sin_t[at];
+      acc[i][c] = col < half ? row[col] * cs + row[col + half] * sn : row[col] * cs - row[k] * sn;
+    }
+  }
+}
+
+// ---------------------------------------------------------------- forward
+
+// Online-softmax attention of the query tile qs (rows at positions q0 + r) over nk keys/values (row j at
+// k + j·ld, v + j·ld; keys rotated at position j when cos_t is set). Causal: query p sees keys j ≤ p. Leaves
+// the normalised output in acc and each row's logsumexp in lse. kvs holds the key tile, then the value tile
+// (one buffer: the forward's shared memory stays at 83 KB for a head width of 128); ps holds P.
+// Rows past the segment see zero queries: finite, never stored.
+template <int DM>
+__device__ __forceinline__ void attend(const float* qs, float* kvs, float* ps, const float* k, const float* v,
+                                       int64_t ld, int64_t nk, bool causal, int64_t q0, int d, const float* cos_t,
+                                       const float* sin_t, float scale, float (&acc)[kFwdQ / 16][DM / 16],
+                                       float (&lse)[kFwdQ / 16]) {
+  constexpr int RI = kFwdQ / 16, CJ = kFwdK / 16, NC = DM / 16, PLD = kFwdK + 1;
+  const int ty = threadIdx.x >> 4, tx = threadIdx.x & 15;
+  float m[RI], l[RI];
+#pragma unroll
+  for (int i = 0; i < RI; i++) {
+    m[i] = -INFINITY;
+    l[i] = 0.f;
+#pragma unroll
+    for (int c = 0; c < NC; c++) acc[i][c] = 0.f;
+  }
+  const int64_t k_end = causal ? min64(nk, q0 + kFwdQ) : nk;
+  for (int64_t k0 = 0; k0 < k_end; k0 += kFwdK) {
+    const int n = int(min64(kFwdK, k_end - k0));
+    __syncthreads();  // the previous tile's P·V reads of kvs and ps are done; qs is visible
+    load_tile<DM, kFwdK>(kvs, k + k0 * ld, ld, n, d, cos_t, sin_t, k0, nullptr, false);
+    __syncthreads();
+    float s[RI][CJ];
+    dot_tile<DM, RI, CJ>(s, qs, kvs);
+#pragma unroll
+    for (int i = 0; i < RI; i++) {
+      const int64_t qpos = q0 + ty + 16 * i;
+      float mx = -INFINITY;
+#pragma unroll
+      for (int j = 0; j < CJ; j++) {
+        const int kj = tx + 16 * j;
+        const bool ok = kj < n && (!causal || k0 + kj <= qpos);
+        s[i][j] = ok ? s[i][j] * scale : -INFINITY;
+        mx = fmaxf(mx, s[i][j]);
+      }
+      mx = half_warp_max(mx);
+      const float m_new = fmaxf(m[i], mx);
+      // m_new = −∞ only while a row has seen no key: its acc and l are 0, so any finite factor will do.
+      const float corr = m_new == -INFINITY ? 1.f : expf(m[i] - m_new);
+      float sum = 0.f;
+#pragma unroll
+      for (int j = 0; j < CJ; j++) {
+        s[i][j] = s[i][j] == -INFINITY ? 0.f : expf(s[i][j] - m_new);
+        sum += s[i][j];
+      }
+      sum = half_warp_sum(sum);
+      l[i] = l[i] * corr + sum;
+      m[i] = m_new;
+#pragma unroll
+      for (int c = 0; c < NC; c++) acc[i][c] *= corr;
+    }
+    __syncthreads();  // every thread is done reading the keys: kvs takes the values
+#pragma unroll
+    for (int i = 0; i < RI; i++)
+#pragma unroll
+      for (int j = 0; j < CJ; j++) ps[(ty + 16 * i) * PLD + tx + 16 * j] = s[i][j];
+    load_tile<DM, kFwdK>(kvs, v + k0 * ld, ld, n, d, nullptr, nullptr, 0, nullptr, false);
+    __syncthreads();
+    acc_tile<DM, RI, PLD>(acc, ps, kvs, n);
+  }
+#pragma unroll
+  for (int i = 0; i < RI; i++) {
+    const float inv = 1.f / l[i];
+#pragma unroll
+    for (int c = 0; c < NC; c++) acc[i][c] *= inv;
+    lse[i] = m[i] + logf(l[i]);
+  }
+}
+
+// One block per (batch b, head h, block of kFwdQ query rows), blockIdx.x = (b·H + h)·q_blocks + query block.
+template <int DM>
+__global__ void __launch_bounds__(kBlock) attention_forward_kernel(FwdParams p) {
+  constexpr int RI = kFwdQ / 16, NC = DM / 16, LD = DM + 1;
+  extern __shared__ float smem[];
+  float* qs = smem;              // [kFwdQ, LD]
+  float* kvs = qs + kFwdQ * LD;  // [kFwdK, LD]
+  float* ps = kvs + kFwdK * LD;  // [kFwdQ, kFwdK + 1]
+  const int ty = threadIdx.x >> 4, tx = threadIdx.x & 15;
+  const int64_t T = p.T, D = p.D, q_blocks = (T + kFwdQ - 1) / kFwdQ;
+  const int64_t bh = int64_t(blockIdx.x) / q_blocks, q0 = int64_t(blockIdx.x) % q_blocks * kFwdQ;
+  const int64_t b = bh / p.H, h = bh % p.H;
+  const int d = int(p.d), nq = int(min64(kFwdQ, T - q0));
+  const float* qkv_b = p.qkv + b * T * 3 * D + h * p.d;  // head h's q columns of batch b, rows of stride 3D
+
+  // Self-attention: A and lse_self.
+  load_tile<DM, kFwdQ>(qs, qkv_b + q0 * 3 * D, 3 * D, nq, d, p.cos_t, p.sin_t, q0, nullptr, false);
+  float a[RI][NC], lse_a[RI];
+  attend<DM>(qs, kvs, ps, qkv_b + D, qkv_b + 2 * D, 3 * D, T, true, q0, d, p.cos_t, p.sin_t, p.scale, a, lse_a);
+  const int64_t lse_row = bh * T + q0;
+  if (tx == 0) {
+#pragma unroll
+    for (int i = 0; i < RI; i++)
+      if (ty + 16 * i < nq) p.lse_self[lse_row + ty + 16 * i] = lse_a[i];
+  }
+  float* out = p.out + (b * T + q0) * D + h * p.d;
+  if (p.S == 0) {
+    store_rows<DM, RI>(out, D, a, nq, d);
+    return;
+  }
+
+  // Memory read: the unrotated q over the S slots, no mask.
+  if (p.cos_t) {
+    __syncthreads();  // (attend's barriers already order its reads of qs; this makes it plain)
+    load_tile<DM, kFwdQ>(qs, qkv_b + q0 * 3 * D, 3 * D, nq, d, nullptr, nullptr, 0, nullptr, false);
+  }
+  const float* mem_b = p.mem_kv + b * p.S * 2 * D + h * p.d;
+  float r[RI][NC], lse_r[RI];
+  attend<DM>(qs, kvs, ps, mem_b, mem_b + D, 2 * D, p.S, false, 0, d, nullptr, nullptr, p.scale, r, lse_r);
+  if (tx == 0) {
+#pragma unroll
+    for (int i = 0; i < RI; i++)
+      if (ty + 16 * i < nq) p.lse_mem[lse_row + ty + 16 * i] = lse_r[i];
+  }
+
+  // The gate: out = g·R + (1 − g)·A, g per (token, head).
+#pragma unroll
+  for (int i = 0; i < RI; i++) {
+    const int row = ty + 16 * i;
+    if (row >= nq) continue;
+    const int64_t t = q0 + row;
+    const float g = sigmoid_ref(p.gate_logits[(b * T + t) * p.H + h]);
+    const int64_t at = row * D;
+#pragma unroll
+    for (int c = 0; c < NC; c++) {
+      const int col = tx + 16 * c;
+      if (col >= d) continue;
+      out[at + col] = g * r[i][c] + (1.f - g) * a[i][c];
+      if (p.save_a) p.save_a[(b * T + t) * D + h * p.d + col] = a[i][c];
+      if (p.save_r) p.save_r[(b * T + t) * D + h * p.d + col] = r[i][c];
+    }
+  }
+}
+
+// ---------------------------------------------------------------- backward
+
+// cos(pθ_i), sin(pθ_i) for p < T, i < d/2, θ_i = 10000^(−2i/d): in double, rounded once, as the CPU's RopeTable.
+__global__ void rope_table_kernel(float* cos_t, float* sin_t, int64_t T, int64_t half, int64_t d) {
+  for (int64_t idx = global_thread(); idx < T * half; idx += grid_threads()) {
+    const int64_t pos = idx / half, i = idx % half;
+    const double angle = double(pos) * pow(10000.0, -2.0 * double(i) / double(d));
+    cos_t[idx] = float(cos(angle));
+    sin_t[idx] = float(sin(angle));
+  }
+}
+
+// One warp per (b, t, h) (row j = (b·T + t)·H + h, the gate's layout): g, the D terms and the gate gradient
+// d_gate = Σ dOut·(R − A) · g(1 − g), sums in double as on the CPU. Outputs [B, H, T] (the lse layout).
+__global__ void backward_rows_kernel(int64_t rows, int64_t T, int64_t H, int64_t d, int64_t S, const float* a,
+                                     const float* r, const float* gate_logits, const float* d_out, float* dsum_a,
+                                     float* dsum_r, float* g_out, float* d_gate) {
+  const int lane = threadIdx.x & 31;
+  const int64_t D = H * d;
+  for (int64_t j = global_thread() >> 5; j < rows; j += grid_threads() >> 5) {
+    const int64_t h = j % H, bt = j / H, t = bt % T, b = bt / T;
+    const int64_t row = bt * D + h * d, lse_at = (b * H + h) * T + t;
+    const float* dout = d_out + row;
+    const float* ar = a + row;
+    if (S == 0) {
+      double acc = 0;
+      for (int64_t c = lane; c < d; c += 32) acc += double(dout[c]) * double(ar[c]);
+      acc = warp_sum(acc);
+      if (lane == 0) dsum_a[lse_at] = float(acc);
+      continue;
+    }
+    const float g = sigmoid_ref(gate_logits[j]);
+    const float* rr = r + row;
+    double sa = 0, sr = 0, diff = 0;
+    for (int64_t c = lane; c < d; c += 32) {
+      const float dy = dout[c];
+      sa += double((1.f - g) * dy) * double(ar[c]);
+      sr += double(g * dy) * double(rr[c]);
+      diff += double(dy) * (double(rr[c]) - double(ar[c]));
+    }
+    sa = warp_sum(sa);
+    sr = warp_sum(sr);
+    diff = warp_sum(diff);
+    if (lane == 0) {
+      dsum_a[lse_at] = float(sa);
+      dsum_r[lse_at] = float(sr);
+      g_out[lse_at] = g;
+      d_gate[j] = float(diff * g * (1.0 - g));
+    }
+  }
+}
+
+// dK and dV of one block of kRows keys, over every query tile that sees them:
+// P = exp(q·kᵀ·scale − lse), dP = dY·vᵀ, dS = P ∘ (dP − D)·scale, dV += Pᵀ·dY, dK += dSᵀ·q.
+// `memory` false: the self part (keys and values from qkv, causal, q and k rotated, dY = dA, lse_self, D_a);
+// dK is rotated back and both go to d_qkv. `memory` true: the S slots (no mask, nothing rotated, dY = dR,
+// lse_mem, D_r) into d_mem_kv. One block per (b, h, key block); the thread owning a key row owns its sums.
+template <int DM>
+__global__ void __launch_bounds__(kBlock) attention_dkdv_kernel(BwdParams p, bool memory) {
+  constexpr int BR = BwdTiles<DM>::kRows, BC = BwdTiles<DM>::kCols;
+  constexpr int LD = DM + 1, PLD = BC + 1, RI = BR / 16, CJ = BC / 16, NC = DM / 16;
+  extern __shared__ float smem[];
+  float* ks = smem;             // [BR, LD] keys (rotated for the self part)
+  float* vs = ks + BR * LD;     // [BR, LD] values
+  float* qs = vs + BR * LD;     // [BC, LD] queries
+  float* dys = qs + BC * LD;    // [BC, LD] dA or dR
+  float* ps = dys + BC * LD;    // [BR, PLD] Pᵀ
+  float* dss = ps + BR * PLD;   // [BR, PLD] dSᵀ·scale
+  float* lse_s = dss + BR * PLD;  // [BC]
+  float* dsum_s = lse_s + BC;     // [BC]
+  const int ty = threadIdx.x >> 4, tx = threadIdx.x & 15;
+  const int64_t T = p.T, D = p.D, nk = memory ? p.S : T, k_blocks = (nk + BR - 1) / BR;
+  const int64_t bh = int64_t(blockIdx.x) / k_blocks, k0 = int64_t(blockIdx.x) % k_blocks * BR;
+  const int64_t b = bh / p.H, h = bh % p.H;
+  const int d = int(p.d), nkr = int(min64(BR, nk - k0));
+  const float* qkv_b = p.qkv + b * T * 3 * D + h * p.d;
+  const float* mem_b = memory ? p.mem_kv + b * p.S * 2 * D + h * p.d : nullptr;
+  const float* kb = memory ? mem_b : qkv_b + D;
+  const float* vb = memory ? mem_b + D : qkv_b + 2 * D;
+  const int64_t ld = memory ? 2 * D : 3 * D;
+  const float* cos_t = memory ? nullptr : p.cos_t;
+  const float* sin_t = memory ? nullptr : p.sin_t;
+  const float* lse = (memory ? p.lse_mem : p.lse_self) + bh * T;
+  const float* dsum = (memory ? p.dsum_r : p.dsum_a) + bh * T;
+  const float* g = p.g ? p.g + bh * T : nullptr;
+  const bool causal = !memory;
+
+  load_tile<DM, BR>(ks, kb + k0 * ld, ld, nkr, d, cos_t, sin_t, k0, nullptr, false);
+  load_tile<DM, BR>(vs, vb + k0 * ld, ld, nkr, d, nullptr, nullptr, 0, nullptr, false);
+  float dk[RI][NC], dv[RI][NC];
+#pragma unroll
+  for (int i = 0; i < RI; i++)
+#pragma unroll
+    for (int c = 0; c < NC; c++) dk[i][c] = dv[i][c] = 0.f;
+
+  // Causal: queries before k0 see none of these keys (k0 is a multiple of BC, since BR is).
+  for (int64_t q0 = causal ? k0 / BC * BC : 0; q0 < T; q0 += BC) {
+    const int nq = int(min64(BC, T - q0));
+    __syncthreads();  // the previous tile's readers of qs, dys, ps, dss, lse_s, dsum_s are done
+    load_tile<DM, BC>(qs, qkv_b + q0 * 3 * D, 3 * D, nq, d, cos_t, sin_t, q0, nullptr, false);
+    load_tile<DM, BC>(dys, p.d_out + (b * T + q0) * D + h * p.d, D, nq, d, nullptr, nullptr, 0,
+                      g ? g + q0 : nullptr, !memory);
+    for (int j = threadIdx.x; j < BC; j += kBlock) {
+      lse_s[j] = j < nq ? lse[q0 + j] : 0.f;
+      dsum_s[j] = j < nq ? dsum[q0 + j] : 0.f;
+    }
+    __syncthreads();
+    float s[RI][CJ], dp[RI][CJ];
+    dot_tile<DM, RI, CJ>(s, ks, qs);    // [keys, queries]
+    dot_tile<DM, RI, CJ>(dp, vs, dys);
+#pragma unroll
+    for (int i = 0; i < RI; i++) {
+      const int kr = ty + 16 * i;
+#pragma unroll
+      for (int j = 0; j < CJ; j++) {
+        const int qj = tx + 16 * j;
+        const bool ok = kr < nkr && qj < nq && (!causal || k0 + kr <= q0 + qj);
+        const float pv = ok ? expf(s[i][j] * p.scale - lse_s[qj]) : 0.f;
+        ps[kr * PLD + qj] = pv;
+        dss[kr * PLD + qj] = ok ? pv * (dp[i][j] - dsum_s[qj]) * p.scale : 0.f;
+      }
+    }
+    __syncthreads();
+    acc_tile<DM, RI, PLD>(dv, ps, dys, nq);
+    acc_tile<DM, RI, PLD>(dk, dss, qs, nq);
+  }
+
+  if (memory) {
+    float* dst = p.d_mem_kv + (b * p.S + k0) * 2 * D + h * p.d;
+    store_rows<DM, RI>(dst, 2 * D, dk, nkr, d);
+    store_rows<DM, RI>(dst + D, 2 * D, dv, nkr, d);
+  } else {
+    if (cos_t) rotate_back<DM, RI>(dk, ks, k0, nkr, d, cos_t, sin_t);
+    float* dst = p.d_qkv + (b * T + k0) * 3 * D + h * p.d;
+    store_rows<DM, RI>(dst + D, 3 * D, dk, nkr, d);
+    store_rows<DM, RI>(dst + 2 * D, 3 * D, dv, nkr, d);
+  }
+}
+
+// dq += Σ over the key tiles of dS·k for the query tile in qs (rows q0 + r, r < nq) and its dY tile in dys:
+// keys and values rows j < nk at k + j·ld, v + j·ld (keys rotated at position j when cos_t is set); lse and
+// dsum indexed by query position. ks / vs take one tile of BC keys each, dss the tile of dS·scale.
+template <int DM>
+__device__ __forceinline__ void dq_pass(const float* qs, const float* dys, float* ks, float* vs, float* dss,
+                                        const float* k, const float* v, int64_t ld, int64_t nk, bool causal,
+                                        int64_t q0, int nq, int d, const float* cos_t, const float* sin_t,
+                                        float scale, const float* lse, const float* dsum,
+                                        float (&dq)[BwdTiles<DM>::kRows / 16][DM / 16]) {
+  constexpr int BR = BwdTiles<DM>::kRows, BC = BwdTiles<DM>::kCols;
+  constexpr int PLD = BC + 1, RI = BR / 16, CJ = BC / 16;
+  const int ty = threadIdx.x >> 4, tx = threadIdx.x & 15;
+  float lse_r[RI], dsum_r[RI];
+#pragma unroll
+  for (int i = 0; i < RI; i++) {
+    const int r = ty + 16 * i;
+    lse_r[i] = r < nq ? lse[q0 + r] : 0.f;
+    dsum_r[i] = r < nq ? dsum[q0 + r] : 0.f;
+  }
+  const int64_t k_end = causal ? min64(nk, q0 + BR) : nk;
+  for (int64_t k0 = 0; k0 < k_end; k0 += BC) {
+    const int n = int(min64(BC, k_end - k0));
+    __syncthreads();  // the previous tile's readers of ks and dss are done; qs and dys are visible
+    load_tile<DM, BC>(ks, k + k0 * ld, ld, n, d, cos_t, sin_t, k0, nullptr, false);
+    load_tile<DM, BC>(vs, v + k0 * ld, ld, n, d, nullptr, nullptr, 0, nullptr, false);
+    __syncthreads();
+    float s[RI][CJ], dp[RI][CJ];
+    dot_tile<DM, RI, CJ>(s, qs, ks);  // [queries, keys]
+    dot_tile<DM, RI, CJ>(dp, dys, vs);
+#pragma unroll
+    for (int i = 0; i < RI; i++) {
+      const int r = ty + 16 * i;
+#pragma unroll
+      for (int j = 0; j < CJ; j++) {
+        const int kj = tx + 16 * j;
+        const bool ok = r < nq && kj < n && (!causal || k0 + kj <= q0 + r);
+        const float pv = ok ? expf(s[i][j] * scale - lse_r[i]) : 0.f;
+        dss[r * PLD + kj] = ok ? pv * (dp[i][j] - dsum_r[i]) * scale : 0.f;
+      }
+    }
+    __syncthreads();
+    acc_tile<DM, RI, PLD>(dq, dss, ks, n);
+  }
+}
+
+// dq of one block of kRows queries: the self part over the causal key tiles (q and k rotated, dY = dA),
+// rotated back, plus the memory part over the S slots (q unrotated, dY = dR). One block per (b, h, query block);
+// it alone writes those rows of d_qkv's q columns.
+template <int DM>
+__global__ void __launch_bounds__(kBlock) attention_dq_kernel(BwdParams p) {
+  constexpr int BR = BwdTiles<DM>::kRows, BC = BwdTiles<DM>::kCols;
+  constexpr int LD = DM + 1, RI = BR / 16, NC = DM / 16;
+  extern __shared__ float smem[];
+  float* qs = smem;            // [BR, LD]
+  float* dys = qs + BR * LD;   // [BR, LD]
+  float* ks = dys + BR * LD;   // [BC, LD]
+  float* vs = ks + BC * LD;    // [BC, LD]
+  float* dss = vs + BC * LD;   // [BR, BC + 1]
+  const int64_t T = p.T, D = p.D, q_blocks = (T + BR - 1) / BR;
+  const int64_t bh = int64_t(blockIdx.x) / q_blocks, q0 = int64_t(blockIdx.x) % q_blocks * BR;
+  const int64_t b = bh / p.H, h = bh % p.H;
+  const int d = int(p.d), nq = int(min64(BR, T - q0));
+  const float* qkv_b = p.qkv + b * T * 3 * D + h * p.d;
+  const float* dout = p.d_out + (b * T + q0) * D + h * p.d;
+  const float* g = p.g ? p.g + bh * T + q0 : nullptr;
+
+  load_tile<DM, BR>(qs, qkv_b + q0 * 3 * D, 3 * D, nq, d, p.cos_t, p.sin_t, q0, nullptr, false);
+  load_tile<DM, BR>(dys, dout, D, nq, d, nullptr, nullptr, 0, g, true);
+  float dq[RI][NC];
+#pragma unroll
+  for (int i = 0; i < RI; i++)
+#pragma unroll
+    for (int c = 0; c < NC; c++) dq[i][c] = 0.f;
+  dq_pass<DM>(qs, dys, ks, vs, dss, qkv_b + D, qkv_b + 2 * D, 3 * D, T, true, q0, nq, d, p.cos_t, p.sin_t,
+              p.scale, p.lse_self + bh * T, p.dsum_a + bh * T, dq);
+  if (p.cos_t) rotate_back<DM, RI>(dq, qs, q0, nq, d, p.cos_t, p.sin_t);
+
+  if (p.S > 0) {
+    __syncthreads();  // every thread is done with qs and dys (rotate_back's reads of qs included)
+    load_tile<DM, BR>(qs, qkv_b + q0 * 3 * D, 3 * D, nq, d, nullptr, nullptr, 0, nullptr, false);
+    load_tile<DM, BR>(dys, dout, D, nq, d, nullptr, nullptr, 0, g, false);
+    float dq_mem[RI][NC];
+#pragma unroll
+    for (int i = 0; i < RI; i++)
+#pragma unroll
+      for (int c = 0; c < NC; c++) dq_mem[i][c] = 0.f;
+    const float* mem_b = p.mem_kv + b * p.S * 2 * D + h * p.d;
+    dq_pass<DM>(qs, dys, ks, vs, dss, mem_b, mem_b + D, 2 * D, p.S, false, q0, nq, d, nullptr, nullptr, p.scale,
+                p.lse_mem + bh * T, p.dsum_r + bh * T, dq_mem);
+#pragma unroll
+    for (int i = 0; i < RI; i++)
+#pragma unroll
+      for (int c = 0; c < NC; c++) dq[i][c] += dq_mem[i][c];  // the CPU's order: rotated self part, then memory
+  }
+  store_rows<DM, RI>(p.d_qkv + (b * T + q0) * 3 * D + h * p.d, 3 * D, dq, nq, d);
+}
+
+// ---------------------------------------------------------------- host side
+
+void check_dims(int64_t H, int64_t d, bool rope) {
+  if (H < 1 || d < 1) fail("attention: %lld heads of width %lld", (long long)H, (long long)d);
+  if (rope && d % 2) fail("attention: rope needs an even head width, got d = %lld", (long long)d);
+  if (d > kMaxHeadDim)
+    fail("attention: head width d = %lld is over %d, the most the CUDA kernels support", (long long)d, kMaxHeadDim);
+}
+
+// fn(std::integral_constant<int, DM>) with DM the padded head width the kernels are compiled for.
+template <typename Fn>
+void with_head_dim(int64_t d, Fn&& fn) {
+  if (d <= 32) fn(std::integral_constant<int, 32>{});
+  else if (d <= 64) fn(std::integral_constant<int, 64>{});
+  else fn(std::integral_constant<int, 128>{});
+}
+
+unsigned grid_of(int64_t blocks, const char* op) {
+  if (blocks > INT_MAX) fail("%s: %lld blocks are more than one launch can have", op, (long long)blocks);
+  return unsigned(blocks);
+}
+
+// Lets `kernel` have `bytes` of dynamic shared memory (over the default 48 KB): once per kernel, before its first
+// launch (the static in each caller's instantiation).
+template <typename Kernel>
+bool allow_shared(Kernel kernel, size_t bytes, const char* op) {
+  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)), op);
+  return true;
+}
+
+constexpr int64_t kAlign = 64;  // floats: each scratch array starts on a 256-byte boundary
+int64_t aligned(int64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+// The RoPE table [T, d/2] (cos, then sin) at the start of `scratch`, or nullptrs without rope.
+void fill_rope_table(float* scratch, int64_t T, int64_t d, const char* op, const float** cos_t,
+                     const float** sin_t) {
+  const int64_t half = d / 2;
+  float* c = scratch;
+  float* s = scratch + aligned(T * half);
+  rope_table_kernel<<<blocks_for(T * half), kThreads, 0, stream()>>>(c, s, T, half, d);
+  check_launch(op);
+  *cos_t = c;
+  *sin_t = s;
+}
+
+template <int DM>
+void launch_forward(const FwdParams& p, int64_t B) {
+  constexpr size_t bytes = size_t(kFwdQ * (DM + 1) + kFwdK * (DM + 1) + kFwdQ * (kFwdK + 1)) * sizeof(float);
+  static const bool ready = allow_shared(attention_forward_kernel<DM>, bytes, "attention_forward");
+  (void)ready;
+  const unsigned grid = grid_of(B * p.H * ((p.T + kFwdQ - 1) / kFwdQ), "attention_forward");
+  attention_forward_kernel<DM><<<grid, kBlock, bytes, stream()>>>(p);
+  check_launch("attention_forward");
+}
+
+template <int DM>
+void launch_backward(const BwdParams& p, int64_t B) {
+  constexpr int BR = BwdTiles<DM>::kRows, BC = BwdTiles<DM>::kCols, LD = DM + 1;
+  constexpr size_t dkdv_bytes = size_t(2 * BR * LD + 2 * BC * LD + 2 * BR * (BC + 1) + 2 * BC) * sizeof(float);
+  constexpr size_t dq_bytes = size_t(2 * BR * LD + 2 * BC * LD + BR * (BC + 1)) * sizeof(float);
+  static const bool ready = allow_shared(attention_dkdv_kernel<DM>, dkdv_bytes, "attention_backward") &&
+                            allow_shared(attention_dq_kernel<DM>, dq_bytes, "attention_backward");
+  (void)ready;
+  const int64_t BH = B * p.H;
+  attention_dkdv_kernel<DM><<<grid_of(BH * ((p.T + BR - 1) / BR), "attention_backward"), kBlock, dkdv_bytes,
+                              stream()>>>(p, false);
+  check_launch("attention_backward");
+  if (p.S > 0) {
+    attention_dkdv_kernel<DM><<<grid_of(BH * ((p.S + BR - 1) / BR), "attention_backward"), kBlock, dkdv_bytes,
+                                stream()>>>(p, true);
+    check_launch("attention_backward");
+  }
+  attention_dq_kernel<DM><<<grid_of(BH * ((p.T + BR - 1) / BR), "attention_backward"), kBlock, dq_bytes,
+                            stream()>>>(p);
+  check_launch("attention_backward");
+}
+
+}  // namespace
+
+void attention_forward(int64_t B, int64_t T, int64_t H, int64_t d, int64_t S, bool rope, const float* qkv,
+                       const float* mem_kv, const float* gate_logits, float* out, float* lse_self, float* lse_mem,
+                       float* save_a, float* save_r) {
+  check_dims(H, d, rope);
+  if (B == 0 || T == 0) return;
+  FwdParams p{T, H, d, S, H * d, float(1.0 / std::sqrt(double(d))), qkv, mem_kv, gate_logits, nullptr, nullptr,
+              out, lse_self, lse_mem, save_a, save_r};
+  if (rope) {
+    float* scratch = static_cast<float*>(reduction_scratch(size_t(2 * aligned(T * (d / 2))) * sizeof(float)));
+    fill_rope_table(scratch, T, d, "attention_forward", &p.cos_t, &p.sin_t);
+  }
+  with_head_dim(d, [&](auto dm) { launch_forward<decltype(dm)::value>(p, B); });
+}
+
+void attention_backward(int64_t B, int64_t T, int64_t H, int64_t d, int64_t S, bool rope, const float* qkv,
+                        const float* mem_kv, const float* gate_logits, const float* a_saved, const float* r_saved,
+                        const float* lse_self, const float* lse_mem, const float* d_out, float* d_qkv,
+                        float* d_mem_kv, float* d_gate_logits) {
+  check_dims(H, d, rope);
+  if (B == 0) return;
+  if (T == 0) {  // the memory gets no gradient from an empty segment
+    if (S) {
+      check(cudaMemsetAsync(d_mem_kv, 0, size_t(B * S * 2 * H * d) * sizeof(float), stream()),
+            "attention_backward");
+    }
+    return;
+  }
+  // Scratch: the RoPE table (cos, sin), then D_a, D_r and g, each [B, H, T].
+  const int64_t rope_floats = rope ? 2 * aligned(T * (d / 2)) : 0, rows = aligned(B * H * T);
+  float* scratch =
+      static_cast<float*>(reduction_scratch(size_t(rope_floats + (S ? 3 : 1) * rows) * sizeof(float)));
+  float* dsum_a = scratch + rope_floats;
+  float* dsum_r = S ? dsum_a + rows : nullptr;
+  float* g = S ? dsum_a + 2 * rows : nullptr;
+  BwdParams p{T, H, d, S, H * d, float(1.0 / std::sqrt(double(d))), qkv, mem_kv, lse_self, lse_mem, d_out,
+              nullptr, nullptr, dsum_a, dsum_r, g, d_qkv, d_mem_kv};
+  if (rope) fill_rope_table(scratch, T, d, "attention_backward", &p.cos_t, &p.sin_t);
+
+  const int64_t n_rows = B * T * H;
+  backward_rows_kernel<<<blocks_for(n_rows, kThreads / 32), kThreads, 0, stream()>>>(
+      n_rows, T, H, d, S, a_saved, r_saved, gate_logits, d_out, dsum_a, dsum_r, g, d_gate_logits);
+  check_launch("attention_backward");
+  with_head_dim(d, [&](auto dm) { launch_backward<decltype(dm)::value>(p, B); });
+}
+
+}  // namespace mg::cuda

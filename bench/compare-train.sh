@@ -9,9 +9,10 @@ cd "$(dirname "$0")/.."
 preset=${1:-small} batch=${2:-8} segments=${3:-4} steps=${4:-5} device=${5:-cpu}
 python=${PYTHON:-/usr/bin/python3}
 threads=$(node -e "console.log(require('os').availableParallelism())")
-ours=$(MEMGPT_QUIET=1 npx --no-install tsx bench/train.ts --preset "$preset" --batch "$batch" --segments "$segments" --steps "$steps" --device "$device" --json)
-extra=()
-[ "$device" = cuda ] && extra+=(--bf16)
+# On the GPU both sides train in mixed precision: bf16 matmuls, fp32 master weights (autocast for PyTorch).
+precision=float32 extra=()
+[ "$device" = cuda ] && precision=bfloat16 && extra+=(--bf16)
+ours=$(MEMGPT_QUIET=1 node bin/memgpt.js bench train --preset "$preset" --batch "$batch" --segments "$segments" --steps "$steps" --device "$device" --precision "$precision" --json)
 theirs=$("$python" bench/torch_memgpt.py --preset "$preset" --batch "$batch" --segments "$segments" --steps "$steps" --device "$device" --threads "$threads" --json "${extra[@]}")
 node -e '
 const [ours, theirs] = process.argv.slice(1).map((s) => JSON.parse(s));

@@ -27,6 +27,7 @@ Usage:
   memgpt bench    [kernels|train] [--device cpu|cuda] [--json]
                   kernels: [--preset small|base|all] [--only SUBSTRING]
                   train:   [--preset tiny|small|base] [--batch B] [--segments K] [--steps N] [--warmup N]
+                           [--precision float32|bfloat16]
   memgpt demo     [--steps N] [--lr X] [--seed S] [--device cpu|cuda]
   memgpt doctor   [--json]   (the builds present, GPU, driver and runtime, which backend and why)
   memgpt --version | --help

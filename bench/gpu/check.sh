@@ -3,7 +3,7 @@
 # CUDA op tests against the CPU reference, compute-sanitizer memcheck and racecheck on them, the
 # kernel benchmarks beside PyTorch's, tiny-preset CPU/GPU loss parity and base-preset training.
 # Here, first: npm install && npm run build:cuda && bash ../shared/gpu/pack.sh
-# Device call: carry [".gpu", "build", "build-cuda", "dist"], command:
+# Device call: carry [".gpu", "prebuilds", "build-cuda", "dist"], command:
 #   source .gpu/env.sh && bash bench/gpu/check.sh
 # Logs land in $OUT (the raw outputs to commit under bench/results/ with the GPU's name and driver).
 set -uo pipefail
@@ -32,22 +32,28 @@ MEMGPT_QUIET=1 node bin/memgpt.js bench kernels --device cuda --preset base --js
 python3 bench/torch_kernels.py --json > "$out/torch-kernels.json" 2> "$out/torch-kernels.err"
 tail -n 3 "$out/kernels-cuda.err" "$out/torch-kernels.err" | tee -a "$out/summary.txt"
 
-step "tiny preset: the same training on cpu and cuda (losses must agree to bf16 tolerance)"
+step "tiny preset: the same training on cpu (float32) and cuda (float32, then bfloat16)"
 printf 'The quick brown fox jumps over the lazy dog. %.0s' $(seq 1 400) > /tmp/parity.txt
-for dev in cpu cuda; do
-  node bin/memgpt.js train --preset tiny --data /tmp/parity.txt --out "/tmp/parity-$dev" --steps 50 --device "$dev" \
-    --order sequential --json > "$out/parity-$dev.jsonl" 2> "$out/parity-$dev.err"
+for run in cpu:float32 cuda:float32 cuda:bfloat16; do
+  dev=${run%%:*} prec=${run##*:}
+  node bin/memgpt.js train --preset tiny --data /tmp/parity.txt --out "/tmp/parity-$dev-$prec" --steps 50 --device "$dev" \
+    --precision "$prec" --order sequential --log-every 1 --json > "$out/parity-$dev-$prec.jsonl" 2> "$out/parity-$dev-$prec.err"
 done
 node -e '
 const fs = require("fs"), out = process.argv[1];
-const read = (d) => fs.readFileSync(`${out}/parity-${d}.jsonl`, "utf8").trim().split("\n").map((l) => JSON.parse(l)).filter((r) => r.loss !== undefined);
-const [c, g] = [read("cpu"), read("cuda")];
-const worst = c.reduce((w, r, i) => Math.max(w, Math.abs(r.loss - g[i].loss) / Math.abs(r.loss)), 0);
-console.log(`steps ${c.length}; worst relative loss difference cpu vs cuda: ${worst.toExponential(2)}`);
+const read = (r) => fs.readFileSync(`${out}/parity-${r}.jsonl`, "utf8").trim().split("\n").map((l) => JSON.parse(l)).filter((r) => r.loss !== undefined);
+const cpu = read("cpu-float32");
+for (const r of ["cuda-float32", "cuda-bfloat16"]) {
+  const g = read(r);
+  const worst = cpu.reduce((w, c, i) => Math.max(w, Math.abs(c.loss - g[i].loss) / Math.abs(c.loss)), 0);
+  console.log(`${r} vs cpu-float32: steps ${g.length}/${cpu.length}, worst relative loss difference ${worst.toExponential(2)}`);
+}
 ' "$out" | tee -a "$out/summary.txt"
 
 step "base preset training: memgpt vs PyTorch (bf16 autocast + SDPA), same run"
 bash bench/compare-train.sh base 16 2 10 cuda > "$out/train-base-cuda.json" 2> "$out/train-base-cuda.err"
-grep -E '"speedup"|tokensPerSecond' "$out/train-base-cuda.json" | tee -a "$out/summary.txt"
+grep -E '"speedup"|tokensPerSecond|achievedTflops' "$out/train-base-cuda.json" | tee -a "$out/summary.txt"
+# MFU against the H100/H200 SXM dense bf16 peak (989.4 TFLOP/s).
+node -e 'const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")); console.log(`MFU ${(100 * r.memgpt.achievedTflops / 989.4).toFixed(1)}% of 989.4 TFLOP/s`)' "$out/train-base-cuda.json" | tee -a "$out/summary.txt"
 
 cat "$out/summary.txt"

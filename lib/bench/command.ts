@@ -9,7 +9,9 @@ import { formatTrainBench, runTrainBench, type TrainBenchResult } from './train.
 import type { Preset } from './types.js';
 
 const kernelFlags = { preset: 'string', only: 'string', device: 'string', json: 'boolean' } as const;
-const trainFlags = { preset: 'string', batch: 'string', segments: 'string', steps: 'string', warmup: 'string', device: 'string', json: 'boolean' } as const;
+const trainFlags = {
+  preset: 'string', batch: 'string', segments: 'string', steps: 'string', warmup: 'string', device: 'string', json: 'boolean', precision: 'string',
+} as const;
 
 function kernels(argv: string[]): { json: boolean; result: KernelBenchResult } {
   const flags = parse(argv, kernelFlags);
@@ -30,6 +32,7 @@ function train(argv: string[]): { json: boolean; result: TrainBenchResult } {
   const result = runTrainBench({
     device: defaultDevice(), preset, batch: int(flags, 'batch', 8), segments: int(flags, 'segments', 4),
     steps: int(flags, 'steps', 5), warmup: int(flags, 'warmup', 1, 0),
+    precision: choice(flags, 'precision', ['float32', 'bfloat16'] as const, 'float32'),
   });
   return { json: flags.json === true, result };
 }

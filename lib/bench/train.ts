@@ -5,7 +5,7 @@ import { cpus } from 'node:os';
 
 import * as mg from '../index.js';
 import { presets, type PresetName } from '../config.js';
-import { MemGPT } from '../model.js';
+import { MemGPT, type Precision } from '../model.js';
 import { synchronize } from '../backend.js';
 
 export interface TrainBenchOptions {
@@ -16,6 +16,8 @@ export interface TrainBenchOptions {
   /** Timed steps (the median is reported) after `warmup` untimed ones. */
   steps: number;
   warmup: number;
+  /** The forward's precision (MemGPT.precision); default float32. */
+  precision?: Precision;
 }
 
 export interface TrainBenchResult {
@@ -25,7 +27,12 @@ export interface TrainBenchResult {
   preset: PresetName;
   batch: number;
   segments: number;
+  precision: Precision;
   parameters: number;
+  /** Model FLOPs per trained token (forward + backward, PaLM-style: 6·weights + the attention's score and mix terms). */
+  flopsPerToken: number;
+  /** flopsPerToken · tokensPerSecond: divide by the device's peak for MFU. */
+  achievedTflops: number;
   medianStepSeconds: number;
   tokensPerSecond: number;
   peakBytes: number;
@@ -36,6 +43,7 @@ export function runTrainBench(o: TrainBenchOptions): TrainBenchResult {
   const cfg = presets[o.preset];
   const { device, batch, segments } = o;
   const model = MemGPT.init(cfg, { seed: 0, device });
+  model.precision = o.precision ?? 'float32';
   const params = [...model.params.values()];
   const optimizer = new mg.AdamW(params, { lr: 3e-4, weightDecay: 0.1 });
   try {
@@ -66,10 +74,15 @@ export function runTrainBench(o: TrainBenchOptions): TrainBenchResult {
     }
     times.sort((a, b) => a - b);
     const median = times[times.length >> 1];
+    // Weights used in matmuls (the embedding counts once: the tied output head), times 6; attention's QKᵀ
+    // and PV over the causal segment (T/2 keys on average) and over the S memory slots, times 3 for backward.
+    const { nLayers: L, dModel: D, segmentLen: T, memSlots: S } = cfg;
+    const flopsPerToken = 6 * model.parameterCount() + 3 * L * 4 * D * (T / 2 + S);
     return {
       impl: 'memgpt', device,
       machine: device === 'cpu' ? `${cpus()[0]?.model ?? 'unknown CPU'}, ${mg.numThreads()} threads` : mg.cudaStatus().reason,
-      preset: o.preset, batch, segments, parameters: model.parameterCount(), medianStepSeconds: median,
+      preset: o.preset, batch, segments, precision: model.precision, parameters: model.parameterCount(), flopsPerToken,
+      achievedTflops: (flopsPerToken * batch * N) / median / 1e12, medianStepSeconds: median,
       tokensPerSecond: (batch * N) / median, peakBytes: mg.memory(device).peakBytes, losses,
     };
   } finally {

@@ -198,7 +198,8 @@ __global__ void __launch_bounds__(kThreads) ln_forward_uncached(const T* x, cons
     group_sum<kThreads>(var, red);
     const float rs = float(1.0 / sqrt(var[0] / double(d) + double(eps)));
     T* yr = y + r * d;
-    for (int64_t j = threadIdx.x; j < d; j += kThreads) store(yr + j, ln_out(load(xr + j), mu, rs, load(w + j), load(b + j)));
+    for (int64_t j = threadIdx.x; j < d; j += kThreads)
+      store(yr + j, ln_out(load(xr + j), mu, rs, load(w + j), load(b + j)));
     if (threadIdx.x == 0) {
       mean[r] = mu;
       rstd[r] = rs;
@@ -597,7 +598,8 @@ void layernorm_backward(DType dt, const void* x, const void* w, const float* mea
     T* dxp = static_cast<T*>(dx);
     // rows == 0: no parts, and the second pass writes zeros, as the CPU does.
     const int64_t parts = rows > 0 ? ln_parts(rows) : 0;
-    float* partial = static_cast<float*>(reduction_scratch(size_t(std::max<int64_t>(parts, 1) * 2 * d) * sizeof(float)));
+    const size_t partial_bytes = size_t(std::max<int64_t>(parts, 1) * 2 * d) * sizeof(float);
+    float* partial = static_cast<float*>(reduction_scratch(partial_bytes));
     if (parts > 0) {
       const LnPlan plan = ln_plan<T>(d, aligned16(x) && aligned16(w) && aligned16(dy) && aligned16(dx));
       const unsigned blocks = unsigned(parts);

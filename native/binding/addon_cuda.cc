@@ -153,6 +153,9 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   mg::binding::register_ops(env, exports);
   mg::binding::register_linear(env, exports);
   mg::binding::register_attention(env, exports);
+  mg::binding::register_norm(env, exports);
+  mg::binding::register_classifier(env, exports);
+  mg::binding::register_memwrite(env, exports);
   mg::binding::register_optim(env, exports);
   exports.Set("probe", Napi::Function::New(env, probe, "probe"));
   exports.Set("info", Napi::Function::New(env, info, "info"));

@@ -1,4 +1,5 @@
-// N-API bindings of the op family "classifier" (CPU addon): argument parsing and size checks, no math.
+// N-API bindings of the op family "classifier" (shared by the CPU and CUDA addons): argument parsing and
+// size checks, no math.
 #include "backend_kernels.h"
 #include "binding.h"
 

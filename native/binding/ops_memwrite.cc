@@ -1,4 +1,5 @@
-// N-API bindings of the op family "memwrite" (CPU addon): memwriteForward, memwriteBackward, memwriteStats.
+// N-API bindings of the op family "memwrite" (shared by the CPU and CUDA addons): memwriteForward,
+// memwriteBackward, memwriteStats.
 // Sizes first, then (handle, element offset) per tensor, each checked against its storage; float32 only.
 #include "backend_kernels.h"
 #include "binding.h"

@@ -1,4 +1,4 @@
-// N-API bindings of the op family "norm" (CPU addon): argument checks, no math.
+// N-API bindings of the op family "norm" (shared by the CPU and CUDA addons): argument checks, no math.
 // Sizes come first, then (handle, element offset) per tensor, as in ops.cc.
 #include <cmath>
 
@@ -31,7 +31,7 @@ MG_OP(layerNormForward) {
     void* y = args.tensor("y", dt, n);
     float* mean = static_cast<float*>(args.tensor("mean", DType::F32, rows));
     float* rstd = static_cast<float*>(args.tensor("rstd", DType::F32, rows));
-    if (n) cpu::layernorm_forward(dt, x, w, b, y, mean, rstd, rows, d, float(eps));
+    if (n) K::layernorm_forward(dt, x, w, b, y, mean, rstd, rows, d, float(eps));
     return info.Env().Undefined();
   });
 }
@@ -51,7 +51,7 @@ MG_OP(layerNormBackward) {
     void* dx = args.tensor("dx", dt, n);
     void* dw = args.tensor("dweight", dt, d);
     void* db = args.tensor("dbias", dt, d);
-    cpu::layernorm_backward(dt, x, w, mean, rstd, dy, dx, dw, db, rows, d);
+    K::layernorm_backward(dt, x, w, mean, rstd, dy, dx, dw, db, rows, d);
     return info.Env().Undefined();
   });
 }
@@ -65,7 +65,7 @@ MG_OP(embeddingForward) {
     const int32_t* ids = static_cast<const int32_t*>(args.tensor("ids", DType::I32, n));
     const void* table = args.tensor("table", dt, checked_mul(vocab, d, "embedding"));
     void* out = args.tensor("out", dt, checked_mul(n, d, "embedding"));
-    if (n && d) cpu::embedding_forward(dt, ids, table, out, n, vocab, d);
+    if (n && d) K::embedding_forward(dt, ids, table, out, n, vocab, d);
     return info.Env().Undefined();
   });
 }
@@ -79,7 +79,7 @@ MG_OP(embeddingBackward) {
     const int32_t* ids = static_cast<const int32_t*>(args.tensor("ids", DType::I32, n));
     const void* dout = args.tensor("dout", dt, checked_mul(n, d, "embeddingBackward"));
     void* dtable = args.tensor("dtable", dt, checked_mul(vocab, d, "embeddingBackward"));
-    if (vocab && d) cpu::embedding_backward(dt, ids, dout, dtable, n, vocab, d);
+    if (vocab && d) K::embedding_backward(dt, ids, dout, dtable, n, vocab, d);
     return info.Env().Undefined();
   });
 }
@@ -100,7 +100,7 @@ MG_OP(rope) {
     int64_t n = checked_mul(checked_mul(batch, t, "rope"), d_model, "rope");
     const void* x = args.tensor("x", dt, n);
     void* y = args.tensor("y", dt, n);
-    if (n) cpu::rope(dt, x, y, batch, t, d_model, heads, offset, inverse);
+    if (n) K::rope(dt, x, y, batch, t, d_model, heads, offset, inverse);
     return info.Env().Undefined();
   });
 }
@@ -113,7 +113,7 @@ MG_OP(sinusoidalPositions) {
     int64_t t = args.integer("t"), d = args.integer("d"), offset = args.integer("positionOffset");
     if (d % 2 != 0) fail("sinusoidalPositions: the width %lld must be even", (long long)d);
     void* out = args.tensor("out", dt, checked_mul(t, d, "sinusoidalPositions"));
-    if (t && d) cpu::sinusoidal_positions(dt, out, t, d, offset);
+    if (t && d) K::sinusoidal_positions(dt, out, t, d, offset);
     return info.Env().Undefined();
   });
 }

@@ -223,16 +223,30 @@ export function defaultDevice(): Device {
 }
 
 /**
+ * Whether the CUDA kernels have passed their parity tests against the CPU on a GPU (bench/gpu/check.sh).
+ * Until they have, a GPU is never the default: a user opts in with MEMGPT_DEVICE=cuda or --device cuda.
+ * Flip this with the check's logs committed under bench/results/.
+ */
+export const cudaKernelsVerified = false;
+
+/**
  * The default device for a CUDA status and the kernels its addon lacks, with why in words:
  * the announced line is `using cuda (why)` or `using cpu: why`.
  */
-export function chooseDevice(status: CudaStatus, missingKernels: string[]): { device: Device; why: string } {
+export function chooseDevice(status: CudaStatus, missingKernels: string[], verified = cudaKernelsVerified): { device: Device; why: string } {
   if (!status.available) return { device: 'cpu', why: `CUDA not used because ${status.reason}` };
   if (missingKernels.length > 0) {
     return {
       device: 'cpu',
       why: `CUDA (${status.reason}) not used because its addon lacks ${missingKernels.length} of the model's kernels ` +
         `(${missingKernels.join(', ')}); MEMGPT_DEVICE=cuda forces it`,
+    };
+  }
+  if (!verified) {
+    return {
+      device: 'cpu',
+      why: `CUDA (${status.reason}) not used by default: this release's CUDA kernels have not yet passed their GPU parity ` +
+        'checks; MEMGPT_DEVICE=cuda or --device cuda opts in',
     };
   }
   return { device: 'cuda', why: status.reason };

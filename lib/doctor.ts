@@ -6,7 +6,7 @@ import { createRequire } from 'node:module';
 import { join, relative } from 'node:path';
 
 import {
-  chooseDevice, cpuBackend, cudaAddonPath, cudaStatus, cudaVersionStr, missingCudaKernels, packageRoot, parseDevice,
+  chooseDevice, cpuBackend, cudaAddonPath, cudaKernelsVerified, cudaStatus, cudaVersionStr, missingCudaKernels, packageRoot, parseDevice,
   type CudaProbe, type Device,
 } from './backend.js';
 
@@ -22,6 +22,8 @@ export interface DoctorReport {
     addon: string | null; builds: string[]; architectures?: string; runtime?: string;
     driver?: string; driverCuda?: string; gpus: { name: string; computeCapability: string; memoryGiB: number }[];
     usable: boolean; reason: string; missingKernels: string[];
+    /** Whether this release's CUDA kernels passed their GPU parity checks (else CUDA is opt-in). */
+    verified: boolean;
   };
   /** The device a plain run uses, and the line that says why. */
   backend: { device: Device | null; why: string };
@@ -81,6 +83,7 @@ export function doctorReport(): DoctorReport {
     usable: status.available,
     reason: status.reason,
     missingKernels: missingCudaKernels(),
+    verified: cudaKernelsVerified,
   };
 
   let backend: DoctorReport['backend'];
@@ -124,7 +127,8 @@ export function formatDoctor(r: DoctorReport): string {
     `CUDA usable:  ${r.cuda.usable ? 'yes' : 'no'} (${r.cuda.reason})`,
   ];
   if (r.cuda.addon && r.cuda.runtime) {
-    lines.push(`CUDA kernels: ${r.cuda.missingKernels.length ? `${r.cuda.missingKernels.length} of the model's missing (${r.cuda.missingKernels.join(', ')})` : 'all the model uses'}`);
+    lines.push(`CUDA kernels: ${r.cuda.missingKernels.length ? `${r.cuda.missingKernels.length} of the model's missing (${r.cuda.missingKernels.join(', ')})` : 'all the model uses'}` +
+      `${r.cuda.verified ? '' : ', not yet verified on a GPU (opt in with MEMGPT_DEVICE=cuda)'}`);
   }
   lines.push(`Backend:      ${r.backend.device ?? 'none'} — ${r.backend.why}`);
   return lines.join('\n');

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
-import { availableDevices, chooseDevice, missingCudaKernels, packageRoot } from '../lib/backend.js';
+import { availableDevices, chooseDevice, cudaKernelsVerified, missingCudaKernels, packageRoot } from '../lib/backend.js';
 
 const fixture = join(packageRoot, 'test', 'fixtures', 'device-choice.ts');
 
@@ -22,8 +22,8 @@ function run(env: Record<string, string | undefined>) {
 }
 
 const hasCuda = availableDevices().includes('cuda');
-// A usable GPU is the default device only once the CUDA addon has every kernel the model calls.
-const cudaByDefault = hasCuda && missingCudaKernels().length === 0;
+// A usable GPU is the default device only once the CUDA addon has every kernel the model calls, verified.
+const cudaByDefault = hasCuda && missingCudaKernels().length === 0 && cudaKernelsVerified;
 
 describe('device choice', () => {
   it('uses CUDA when it probes well, else the CPU, saying which in one line', () => {
@@ -40,7 +40,9 @@ describe('device choice', () => {
 
   it('a GPU whose addon lacks some of the model\'s kernels is not the default; the line names them', () => {
     const gpu = { available: true, reason: 'NVIDIA H100, compute capability 9.0' };
-    expect(chooseDevice(gpu, [])).toEqual({ device: 'cuda', why: 'NVIDIA H100, compute capability 9.0' });
+    expect(chooseDevice(gpu, [], true)).toEqual({ device: 'cuda', why: 'NVIDIA H100, compute capability 9.0' });
+    expect(chooseDevice(gpu, [], false).device).toBe('cpu'); // complete but not yet verified on a GPU: opt-in only
+    expect(chooseDevice(gpu, [], false).why).toMatch(/not used by default: .* MEMGPT_DEVICE=cuda or --device cuda opts in$/);
     const partial = chooseDevice(gpu, ['attentionForward', 'attentionBackward']);
     expect(partial.device).toBe('cpu');
     expect(partial.why).toBe("CUDA (NVIDIA H100, compute capability 9.0) not used because its addon lacks 2 of the model's kernels " +

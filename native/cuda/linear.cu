@@ -2,11 +2,14 @@
 // the saved pre-activation z and GELU applied to each C tile in registers as the GEMM finishes it, and the
 // backward dz = dy·gelu'(z), db = column sums of dz (two-pass, fixed order), dx = dz·w, dw = dzᵀ·x.
 //
-// Two GEMMs, both templated on the operand layouts so that no transpose is ever materialized:
-//  * bfloat16: tensor cores (mma.sync m16n8k16, bf16 in, fp32 accumulate), ldmatrix fragments, a 4-stage
-//    cp.async pipeline into padded shared memory. A shape or pointer that cp.async cannot copy in 16-byte
-//    chunks (a leading dimension not a multiple of 8 elements, a base not 16-byte aligned) takes the same
-//    kernel with element-wise predicated loads instead (kAsync = false): slower, same results.
+// Three GEMMs, all templated on the operand layouts so that no transpose is ever materialized:
+//  * bfloat16 on Hopper (compute capability 9.0, sm_90a build): a warp-specialized persistent wgmma GEMM
+//    fed by TMA through an mbarrier ring (gemm_bf16_wgmma_kernel), when TMA can address the operands
+//    (16-byte aligned bases and row strides).
+//  * bfloat16 elsewhere: tensor cores (mma.sync m16n8k16, bf16 in, fp32 accumulate), ldmatrix fragments, a
+//    4-stage cp.async pipeline into padded shared memory. A shape or pointer that cp.async cannot copy in
+//    16-byte chunks (a leading dimension not a multiple of 8 elements, a base not 16-byte aligned) takes the
+//    same kernel with element-wise predicated loads instead (kAsync = false): slower, same results.
 //  * float32: a register-blocked SIMT GEMM (8x8 outputs per thread, fp32 FMA): parity with the CPU first.
 // When a GEMM has too few C tiles to fill the GPU (the weight gradient of a small layer), K is split across
 // blocks that write fp32 partial tiles; a second kernel adds them in split order and runs the epilogue.
@@ -135,8 +138,8 @@ __global__ void splitk_finish_kernel(Epilogue<T> ep, int splits) {
 // (160 KiB: fits A100's 164 KiB and H100's 228 KiB), 8 warps an SM to hide latency.
 // Expected efficiency: on A100 this is the CUTLASS sm80 128x128x32 configuration, typically 80-90% of cuBLAS.
 // On H100 mma.sync issues at roughly 2/3 of the wgmma rate that cuBLAS uses, so at the base preset's
-// shapes (small enough that cuBLAS is itself well below peak) expect about 55-75% of cuBLAS; the 70% target
-// may need the sm_90a wgmma + TMA path. Measured numbers: none yet (written without a GPU).
+// shapes (small enough that cuBLAS is itself well below peak) expect about 55-75% of cuBLAS, which is why
+// Hopper takes the wgmma + TMA path below instead. Measured numbers: none yet (written without a GPU).
 constexpr int kBM = 128, kBN = 128, kBK = 32;
 constexpr int kStages = 4;
 constexpr int kWarpsM = 2, kWarpsN = 2;
@@ -404,6 +407,10 @@ __global__ void __launch_bounds__(kTcThreads, 2)
 //             K (16 = 2 chunks) contiguous inside the row. LBO is unused with swizzling (set to 1 = 16 B).
 //   MN-major: ((8, m), (8, 2)) : ((1, LBO), (8, SBO))   64 M/N elements (8 chunks) contiguous, then the
 //             next 64 at LBO; 8 K rows 128 bytes apart, then the next 8 K rows at SBO.
+// (PTX ISA, "Leading/Stride Dimension Byte Offset", swizzled layouts: K-major LBO unused (assumed 1), SBO
+// = the offset between groups of 8 rows; MN-major LBO = the offset between groups of swizzle-bytes / 16
+// 16-byte rows along M/N, SBO = the offset between groups of 8 along K. Base offset 0 holds when the
+// swizzle pattern starts on a 1024-byte boundary, as every stage and box here does.)
 // Hence for the layouts above:
 //   K-major:  SBO = 8 rows · 128 B = 1024, LBO = 16 (ignored). The k-th k16 step starts 32·k bytes into
 //             the row: start address + 32·k. That stays inside the first 128-byte row of the 1024-byte

@@ -474,7 +474,6 @@ __device__ __forceinline__ HopperUnit hopper_unit(int u, int tiles_m, int tiles_
   return r;
 }
 
-
 __device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
 }
@@ -502,10 +501,11 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
 }
 
 // TMA: the box at element coordinates (c0 along the contiguous dimension, c1 along rows) into shared
-// memory at dst, completing `bytes` transactions on the mbarrier.
+// memory at dst; its bytes (the whole box, zero-filled parts included) complete on the mbarrier `bar`.
 __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map, uint32_t bar, int c0, int c1) {
   asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n"
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2, %3}], [%4];\n"
       ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
       : "memory");
 }
@@ -700,13 +700,15 @@ __global__ void __launch_bounds__(kHThreads, 1)
             tma_load_2d(stage_a(stage), &map_a, full, k0, m0);
           } else {
 #pragma unroll
-            for (int j = 0; j < kHBM / 64; j++) tma_load_2d(stage_a(stage) + j * kHBoxBytes, &map_a, full, m0 + 64 * j, k0);
+            for (int j = 0; j < kHBM / 64; j++)
+              tma_load_2d(stage_a(stage) + j * kHBoxBytes, &map_a, full, m0 + 64 * j, k0);
           }
           if constexpr (BK) {
             tma_load_2d(stage_b(stage), &map_b, full, k0, n0);
           } else {
 #pragma unroll
-            for (int j = 0; j < BN / 64; j++) tma_load_2d(stage_b(stage) + j * kHBoxBytes, &map_b, full, n0 + 64 * j, k0);
+            for (int j = 0; j < BN / 64; j++)
+              tma_load_2d(stage_b(stage) + j * kHBoxBytes, &map_b, full, n0 + 64 * j, k0);
           }
           if (++stage == kStages) {
             stage = 0;
@@ -1129,9 +1131,15 @@ bool gemm_wgmma(const uint16_t* a, int64_t lda, const uint16_t* b, int64_t ldb, 
   if (plan.splits > 1)
     tile_ep.partial = static_cast<float*>(reduction_scratch(size_t(plan.splits * M * N) * sizeof(float)));
   switch (plan.bn) {
-    case 128: launch_wgmma<AK, BK, 128>(grid, s, map_a, map_b, K, plan.k_chunk, tiles_m, tiles_n, units, tile_ep); break;
-    case 192: launch_wgmma<AK, BK, 192>(grid, s, map_a, map_b, K, plan.k_chunk, tiles_m, tiles_n, units, tile_ep); break;
-    default: launch_wgmma<AK, BK, 256>(grid, s, map_a, map_b, K, plan.k_chunk, tiles_m, tiles_n, units, tile_ep); break;
+    case 128:
+      launch_wgmma<AK, BK, 128>(grid, s, map_a, map_b, K, plan.k_chunk, tiles_m, tiles_n, units, tile_ep);
+      break;
+    case 192:
+      launch_wgmma<AK, BK, 192>(grid, s, map_a, map_b, K, plan.k_chunk, tiles_m, tiles_n, units, tile_ep);
+      break;
+    default:
+      launch_wgmma<AK, BK, 256>(grid, s, map_a, map_b, K, plan.k_chunk, tiles_m, tiles_n, units, tile_ep);
+      break;
   }
   check_launch(op);
   if (plan.splits > 1) {

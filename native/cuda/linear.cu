@@ -2,17 +2,23 @@
 // the saved pre-activation z and GELU applied to each C tile in registers as the GEMM finishes it, and the
 // backward dz = dy·gelu'(z), db = column sums of dz (two-pass, fixed order), dx = dz·w, dw = dzᵀ·x.
 //
-// Two GEMMs, both templated on the operand layouts so that no transpose is ever materialized:
-//  * bfloat16: tensor cores (mma.sync m16n8k16, bf16 in, fp32 accumulate), ldmatrix fragments, a 4-stage
-//    cp.async pipeline into padded shared memory. A shape or pointer that cp.async cannot copy in 16-byte
-//    chunks (a leading dimension not a multiple of 8 elements, a base not 16-byte aligned) takes the same
-//    kernel with element-wise predicated loads instead (kAsync = false): slower, same results.
+// Three GEMMs, all templated on the operand layouts so that no transpose is ever materialized:
+//  * bfloat16 on Hopper (compute capability 9.0, sm_90a build): a warp-specialized persistent wgmma GEMM
+//    fed by TMA through an mbarrier ring (gemm_bf16_wgmma_kernel), when TMA can address the operands
+//    (16-byte aligned bases and row strides).
+//  * bfloat16 elsewhere: tensor cores (mma.sync m16n8k16, bf16 in, fp32 accumulate), ldmatrix fragments, a
+//    4-stage cp.async pipeline into padded shared memory. A shape or pointer that cp.async cannot copy in
+//    16-byte chunks (a leading dimension not a multiple of 8 elements, a base not 16-byte aligned) takes the
+//    same kernel with element-wise predicated loads instead (kAsync = false): slower, same results.
 //  * float32: a register-blocked SIMT GEMM (8x8 outputs per thread, fp32 FMA): parity with the CPU first.
 // When a GEMM has too few C tiles to fill the GPU (the weight gradient of a small layer), K is split across
 // blocks that write fp32 partial tiles; a second kernel adds them in split order and runs the epilogue.
 // Nothing uses atomics: every result is the same bits run to run.
+#include <cuda.h>  // CUtensorMap and its enums only: the driver's encoder is looked up at run time
+
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 
 #include "elem.cuh"
 #include "kernels.h"
@@ -132,8 +138,8 @@ __global__ void splitk_finish_kernel(Epilogue<T> ep, int splits) {
 // (160 KiB: fits A100's 164 KiB and H100's 228 KiB), 8 warps an SM to hide latency.
 // Expected efficiency: on A100 this is the CUTLASS sm80 128x128x32 configuration, typically 80-90% of cuBLAS.
 // On H100 mma.sync issues at roughly 2/3 of the wgmma rate that cuBLAS uses, so at the base preset's
-// shapes (small enough that cuBLAS is itself well below peak) expect about 55-75% of cuBLAS; the 70% target
-// may need the sm_90a wgmma + TMA path. Measured numbers: none yet (written without a GPU).
+// shapes (small enough that cuBLAS is itself well below peak) expect about 55-75% of cuBLAS, which is why
+// Hopper takes the wgmma + TMA path below instead. Measured numbers: none yet (written without a GPU).
 constexpr int kBM = 128, kBN = 128, kBK = 32;
 constexpr int kStages = 4;
 constexpr int kWarpsM = 2, kWarpsN = 2;
@@ -353,6 +359,433 @@ __global__ void __launch_bounds__(kTcThreads, 2)
   }
 }
 
+// ---- bfloat16 on Hopper (sm_90a): TMA + wgmma, warp-specialized, persistent ----
+//
+// The same C = A·B with the same three operand layouts and the same epilogue as gemm_bf16_kernel, for
+// compute capability 9.0 when the sm_90a machine code is in the binary (the host checks; see
+// wgmma_usable). mma.sync reaches only about two thirds of Hopper's tensor-core rate; wgmma reaches it.
+//
+// Block: 384 threads = 3 warpgroups. Warpgroup 0 is the producer: one thread issues the TMA (bulk tensor)
+// copies of each K step's A and B tiles into a ring of kStages shared-memory stages. Warpgroups 1 and 2
+// are the consumers: consumer c owns rows [64c, 64c + 64) of the 128 x BN C tile and, per K step of 64,
+// issues 4 wgmma.mma_async m64nBNk16 (bf16 in, fp32 accumulate in registers: BN / 2 floats a thread),
+// reading A and B straight from the swizzled stages. Each stage has two mbarriers: `full` (the producer
+// arms it with the stage's byte count; the TMA completes it) and `empty` (one arrival per consumer warp
+// once its wgmmas reading the stage are done; the producer waits on it before refilling the stage).
+// setmaxnreg moves registers from the producer (40) to the consumers (232).
+//
+// Persistent: the grid is at most one block per SM; block b takes work units b, b + grid, … Each unit is
+// one C tile and one K split (split-K, as in the mma.sync path, when the tiles alone cannot fill the
+// GPU). Producer and consumers walk the same unit sequence, so the ring simply continues from unit to
+// unit: while the consumers run the epilogue of one unit, the producer already fills the stages of the next.
+//
+// Tile 128 x BN x 64, BN in {128, 192, 256} (chosen per shape on the host to fill the SMs evenly): the
+// K step of 64 bf16 is one 128-byte row of the 128-byte swizzle, the widest TMA box that swizzle allows.
+// Stages: 4 (BN 256, 48 KiB each), 5 (192, 40 KiB), 6 (128, 32 KiB): 192-200 KiB of the 227 KiB.
+//
+// Edges: TMA fills out-of-range rows/columns of a box (M, N and K tails, whole boxes past the end) with
+// zeros, and still counts them in the bytes it reports to the mbarrier, so the consumers need no special
+// case; the epilogue (emit_pair) writes only in-range elements. Nothing is accumulated into outputs.
+//
+// Shared-memory layouts (all stage bases 1024-byte aligned: the 128-byte swizzle repeats every 8 rows of
+// 128 bytes and both TMA and wgmma apply it to absolute shared addresses, XOR of address bits [4, 7) with
+// bits [7, 10): the 16-byte chunk c of 128-byte row r is stored at chunk c ^ (r % 8)):
+//   K-major operand (A = x or dz [M, K]; B = w [N, K]): one TMA box {64 of K, rows} per stage, stored as
+//     rows of 128 bytes (64 K elements): row r at byte 128·r. A: 128 rows (16 KiB); B: BN rows.
+//   MN-major operand (B = w as [K, N] for dx; A = dz as [K, M] and B = x as [K, N] for dw): boxes
+//     {64 of M/N, 64 of K}: 64 rows (one per k) of 128 bytes (64 M/N elements), 8 KiB a box, box j
+//     (M/N columns [64j, 64j + 64)) at byte 8192·j. A: 2 boxes; B: BN / 64 boxes.
+//
+// wgmma shared-memory matrix descriptor (64 bits; PTX ISA "Matrix Descriptor Format", CUTLASS
+// GmmaDescriptor):
+//   bits  0-13  start address >> 4           bits 16-29  leading-dimension byte offset (LBO) >> 4
+//   bits 32-45  stride-dimension byte offset (SBO) >> 4
+//   bits 49-51  base offset (0: every start below is 1024-aligned or a row-internal offset, see below)
+//   bits 62-63  layout: 0 none, 1 = 128-byte swizzle, 2 = 64-byte, 3 = 32-byte
+// In units of 16 bytes ("core matrix" rows of 8 bf16), the canonical 128-byte-swizzle layouts are
+//   K-major:  ((8, m), 2) : ((8, SBO), 1)        8 rows 128 bytes apart, then groups of 8 rows SBO apart;
+//             K (16 = 2 chunks) contiguous inside the row. LBO is unused with swizzling (set to 1 = 16 B).
+//   MN-major: ((8, m), (8, 2)) : ((1, LBO), (8, SBO))   64 M/N elements (8 chunks) contiguous, then the
+//             next 64 at LBO; 8 K rows 128 bytes apart, then the next 8 K rows at SBO.
+// (PTX ISA, "Leading/Stride Dimension Byte Offset", swizzled layouts: K-major LBO unused (assumed 1), SBO
+// = the offset between groups of 8 rows; MN-major LBO = the offset between groups of swizzle-bytes / 16
+// 16-byte rows along M/N, SBO = the offset between groups of 8 along K. Base offset 0 holds when the
+// swizzle pattern starts on a 1024-byte boundary, as every stage and box here does.)
+// Hence for the layouts above:
+//   K-major:  SBO = 8 rows · 128 B = 1024, LBO = 16 (ignored). The k-th k16 step starts 32·k bytes into
+//             the row: start address + 32·k. That stays inside the first 128-byte row of the 1024-byte
+//             swizzle block, so address bits [7, 10) of the start are still 0 and base offset stays 0:
+//             the hardware forms the address of (row r, chunk c) as start + 128·r + 16·c and XORs its bits
+//             [4, 7) with r, exactly where TMA put logical chunk 2k + c of row r.
+//   MN-major: LBO = 8192 (the next box of 64 M/N columns; only B with BN > 64 crosses it), SBO = 8 k rows
+//             · 128 B = 1024. The k-th k16 step starts 16 rows further: start address + 2048·k (still
+//             1024-aligned). Consumer c's A (M-major) is box c: start + 8192·c.
+//   Consumer c's A (K-major) starts at row 64c: + 8192·c (1024-aligned).
+// The wgmma transpose bits: 0 = K-major, 1 = MN-major (bf16 allows both for A and B from shared memory).
+//
+// Accumulator layout of m64nNk16 (the mma.m16n8 layout, one m16 slab per warp): warp w of the warpgroup
+// holds rows 16w + g and 16w + g + 8, g = lane / 4; float 4j + {0, 1} is row 16w + g, columns 8j + 2·(lane
+// % 4) + {0, 1}; 4j + {2, 3} the same columns of row 16w + g + 8.
+constexpr int kHBM = 128, kHBK = 64;
+constexpr int kHThreads = 384;       // producer warpgroup + 2 consumer warpgroups
+
+template <int BN>
+struct HopperCfg {
+  static constexpr int kStages = BN == 256 ? 4 : BN == 192 ? 5 : 6;
+  static constexpr int kABytes = kHBM * kHBK * 2;  // 16 KiB
+  static constexpr int kBBytes = BN * kHBK * 2;
+  static constexpr int kStageBytes = kABytes + kBBytes;
+  // 1024 of slack to align the ring by hand (the dynamic shared memory base is only 16-byte aligned by
+  // contract), the ring, then the 2·kStages mbarriers.
+  static constexpr int kSmemBytes = 1024 + kStages * kStageBytes + 2 * kStages * 8;
+  static_assert(kStageBytes % 1024 == 0, "stages stay 1024-byte aligned");
+  static_assert(kSmemBytes <= 227 * 1024, "fits the opt-in shared memory of one block on sm_90");
+  static_assert(BN % 64 == 0 && BN <= 256, "B boxes: 64 columns (MN-major), at most 256 rows (K-major)");
+};
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// Only the sm_90a compilation sees these (wgmma and setmaxnreg exist nowhere else; TMA and mbarrier
+// try_wait need sm_90): compute_90 PTX and sm_80 code get an empty kernel, which the host never launches.
+
+constexpr int kHConsumerWarps = 8;    // arrivals that free a stage
+constexpr int kHBoxBytes = 64 * 128;  // one MN-major box, and one consumer's 64 rows of a K-major A tile
+constexpr int kHProducerRegs = 40, kHConsumerRegs = 232;  // 128·40 + 256·232 = 64512 ≤ 65536
+
+// One work unit: a C tile (grouped order, as gemm_bf16_kernel) and a K range [k0, k0 + 64·ktiles) ∩ [0, K).
+struct HopperUnit {
+  int64_t m0, n0;
+  int k0, ktiles, split;
+};
+
+__device__ __forceinline__ HopperUnit hopper_unit(int u, int tiles_m, int tiles_n, int bn, int K, int k_chunk) {
+  HopperUnit r;
+  const int tiles = tiles_m * tiles_n;
+  r.split = u / tiles;
+  const int t = u - r.split * tiles;
+  constexpr int kGroup = 8;
+  const int group = t / (kGroup * tiles_n), first_m = group * kGroup;
+  const int group_m = min(kGroup, tiles_m - first_m);
+  const int within = t - group * kGroup * tiles_n;
+  r.m0 = int64_t(first_m + within % group_m) * kHBM;
+  r.n0 = int64_t(within / group_m) * bn;
+  r.k0 = r.split * k_chunk;
+  const int k_end = min(K, r.k0 + k_chunk);
+  r.ktiles = (k_end - r.k0 + kHBK - 1) / kHBK;  // ≥ 1: the host makes every split non-empty
+  return r;
+}
+
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+// Arrives once and adds `bytes` to the transactions the current phase waits for.
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+// Waits until the phase of parity `parity` has completed (acquire: the TMA's data is visible after it).
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  uint32_t done;
+  do {
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+        "selp.u32 %0, 1, 0, p;\n"
+        "}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+
+// TMA: the box at element coordinates (c0 along the contiguous dimension, c1 along rows) into shared
+// memory at dst; its bytes (the whole box, zero-filled parts included) complete on the mbarrier `bar`.
+__device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map, uint32_t bar, int c0, int c1) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2, %3}], [%4];\n"
+      ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
+      : "memory");
+}
+__device__ __forceinline__ void tma_prefetch_map(const CUtensorMap* map) {
+  asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
+}
+
+template <int N>
+__device__ __forceinline__ void setmaxnreg_inc() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+template <int N>
+__device__ __forceinline__ void setmaxnreg_dec() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// Keeps the compiler from moving accesses of an accumulator across the asynchronous wgmma region.
+__device__ __forceinline__ void fence_operand(float& r) { asm volatile("" : "+f"(r)::"memory"); }
+
+// The descriptor of a 128-byte-swizzled operand at shared address `addr` (see the derivation above).
+__device__ __forceinline__ uint64_t smem_desc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
+  return uint64_t((addr & 0x3FFFF) >> 4) | (uint64_t((lbo & 0x3FFFF) >> 4) << 16) |
+         (uint64_t((sbo & 0x3FFFF) >> 4) << 32) | (uint64_t(1) << 62);
+}
+
+// wgmma.mma_async m64nNk16, D (fp32, += always: the accumulators are zeroed per unit) += A·B with A and B
+// described by da / db; TA / TB: the transpose bits (1 = MN-major). Mechanical operand lists follow.
+template <bool TA, bool TB>
+__device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t da, uint64_t db) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16\n"
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,\n"
+      " %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,\n"
+      " %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,\n"
+      " %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63},\n"
+      " %64, %65, p, 1, 1, %67, %68;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+        "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
+        "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
+        "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),
+        "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
+        "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]),
+        "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),
+        "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(da), "l"(db), "r"(1), "n"(int(TA)), "n"(int(TB)));
+}
+
+template <bool TA, bool TB>
+__device__ __forceinline__ void wgmma_m64n192k16(float (&d)[96], uint64_t da, uint64_t db) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %98, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n192k16.f32.bf16.bf16\n"
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,\n"
+      " %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,\n"
+      " %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,\n"
+      " %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63,\n"
+      " %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79,\n"
+      " %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95},\n"
+      " %96, %97, p, 1, 1, %99, %100;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+        "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
+        "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
+        "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),
+        "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
+        "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]),
+        "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),
+        "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]),
+        "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+        "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]),
+        "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]),
+        "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]),
+        "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95])
+      : "l"(da), "l"(db), "r"(1), "n"(int(TA)), "n"(int(TB)));
+}
+
+template <bool TA, bool TB>
+__device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t da, uint64_t db) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %130, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16\n"
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,\n"
+      " %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,\n"
+      " %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,\n"
+      " %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63,\n"
+      " %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79,\n"
+      " %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95,\n"
+      " %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111,\n"
+      " %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127},\n"
+      " %128, %129, p, 1, 1, %131, %132;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+        "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
+        "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
+        "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),
+        "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
+        "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]),
+        "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),
+        "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]),
+        "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+        "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]),
+        "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]),
+        "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]),
+        "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+        "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]),
+        "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]),
+        "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]),
+        "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+        "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]),
+        "+f"(d[126]), "+f"(d[127])
+      : "l"(da), "l"(db), "r"(1), "n"(int(TA)), "n"(int(TB)));
+}
+template <int BN, bool TA, bool TB>
+__device__ __forceinline__ void wgmma_bf16(float (&d)[BN / 2], uint64_t da, uint64_t db) {
+  if constexpr (BN == 128) wgmma_m64n128k16<TA, TB>(d, da, db);
+  else if constexpr (BN == 192) wgmma_m64n192k16<TA, TB>(d, da, db);
+  else wgmma_m64n256k16<TA, TB>(d, da, db);
+}
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL
+
+// map_a / map_b: TMA maps of A and B (K-major: {K, rows}, box {64, 128 or BN}; MN-major: {M or N, K},
+// box {64, 64}), 128-byte swizzle, zero fill. units = tiles_m · tiles_n · splits.
+template <bool AK, bool BK, int BN>
+__global__ void __launch_bounds__(kHThreads, 1)
+    gemm_bf16_wgmma_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
+                           int K, int k_chunk, int tiles_m, int tiles_n, int units, Epilogue<uint16_t> ep) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using Cfg = HopperCfg<BN>;
+  constexpr int kStages = Cfg::kStages;
+  extern __shared__ uint8_t hopper_smem[];
+  const uint32_t ring = (smem_u32(hopper_smem) + 1023u) & ~1023u;
+  const uint32_t bars = ring + kStages * Cfg::kStageBytes;
+  auto stage_a = [&](int s) { return ring + uint32_t(s * Cfg::kStageBytes); };
+  auto stage_b = [&](int s) { return ring + uint32_t(s * Cfg::kStageBytes + Cfg::kABytes); };
+  auto full_bar = [&](int s) { return bars + uint32_t(8 * s); };
+  auto empty_bar = [&](int s) { return bars + uint32_t(8 * (kStages + s)); };
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; s++) {
+      mbar_init(full_bar(s), 1);                  // the producer's arrive.expect_tx (+ the TMA bytes)
+      mbar_init(empty_bar(s), kHConsumerWarps);  // one arrival per consumer warp
+    }
+    // Make the initialized barriers visible to the other threads and to the TMA unit (async proxy).
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+  }
+  __syncthreads();  // the only block-wide barrier: from here the warpgroups synchronize through mbarriers
+
+  const int warpgroup = threadIdx.x / 128;
+  if (warpgroup == 0) {
+    // ---- producer ----
+    setmaxnreg_dec<kHProducerRegs>();
+    if (threadIdx.x == 0) {
+      tma_prefetch_map(&map_a);
+      tma_prefetch_map(&map_b);
+      int stage = 0;
+      uint32_t phase = 0;  // parity of the ring's current lap
+      for (int u = blockIdx.x; u < units; u += gridDim.x) {
+        const HopperUnit w = hopper_unit(u, tiles_m, tiles_n, BN, K, k_chunk);
+        const int m0 = int(w.m0), n0 = int(w.n0);
+        for (int kt = 0; kt < w.ktiles; kt++) {
+          // Lap 0 waits on parity 1, which a fresh barrier reports complete; lap L > 0 waits until the
+          // consumers freed the stage in lap L - 1 (that phase has parity (L - 1) & 1 = phase ^ 1).
+          mbar_wait(empty_bar(stage), phase ^ 1);
+          const uint32_t full = full_bar(stage);
+          mbar_arrive_expect_tx(full, Cfg::kStageBytes);
+          const int k0 = w.k0 + kt * kHBK;
+          if constexpr (AK) {
+            tma_load_2d(stage_a(stage), &map_a, full, k0, m0);
+          } else {
+#pragma unroll
+            for (int j = 0; j < kHBM / 64; j++)
+              tma_load_2d(stage_a(stage) + j * kHBoxBytes, &map_a, full, m0 + 64 * j, k0);
+          }
+          if constexpr (BK) {
+            tma_load_2d(stage_b(stage), &map_b, full, k0, n0);
+          } else {
+#pragma unroll
+            for (int j = 0; j < BN / 64; j++)
+              tma_load_2d(stage_b(stage) + j * kHBoxBytes, &map_b, full, n0 + 64 * j, k0);
+          }
+          if (++stage == kStages) {
+            stage = 0;
+            phase ^= 1;
+          }
+        }
+      }
+    }
+  } else {
+    // ---- consumers ----
+    setmaxnreg_inc<kHConsumerRegs>();
+    const int consumer = warpgroup - 1;
+    const int lane = threadIdx.x & 31, warp = (threadIdx.x & 127) >> 5;
+    // Per-stage descriptor parts (see the derivation above): this consumer's A rows and all of B.
+    constexpr uint32_t kALbo = AK ? 16 : kHBoxBytes, kBLbo = BK ? 16 : kHBoxBytes, kSbo = 1024;
+    constexpr uint32_t kAStep = AK ? 32 : 2048, kBStep = BK ? 32 : 2048;  // bytes per k16 step
+    const uint32_t a_off = uint32_t(consumer) * kHBoxBytes;
+
+    float acc[BN / 2];
+    int stage = 0;
+    uint32_t phase = 0;
+    for (int u = blockIdx.x; u < units; u += gridDim.x) {
+      const HopperUnit w = hopper_unit(u, tiles_m, tiles_n, BN, K, k_chunk);
+#pragma unroll
+      for (int i = 0; i < BN / 2; i++) acc[i] = 0.f;
+      int prev = -1;  // the stage whose wgmmas may still be running
+      for (int kt = 0; kt < w.ktiles; kt++) {
+        mbar_wait(full_bar(stage), phase);
+#pragma unroll
+        for (int i = 0; i < BN / 2; i++) fence_operand(acc[i]);
+        wgmma_fence();  // the accumulators were last written by ordinary instructions or earlier wgmmas
+        const uint64_t da = smem_desc(stage_a(stage) + a_off, kALbo, kSbo);
+        const uint64_t db = smem_desc(stage_b(stage), kBLbo, kSbo);
+#pragma unroll
+        for (int kk = 0; kk < kHBK / 16; kk++)  // the start address is bits 0-13: add (bytes >> 4) there
+          wgmma_bf16<BN, !AK, !BK>(acc, da + (kk * kAStep >> 4), db + (kk * kBStep >> 4));
+        wgmma_commit();
+        // Keep this step's wgmmas in flight; the previous step's are done after this wait, so its stage
+        // can go back to the producer (each warp signals for itself once its wait returned).
+        wgmma_wait<1>();
+#pragma unroll
+        for (int i = 0; i < BN / 2; i++) fence_operand(acc[i]);
+        if (prev >= 0 && lane == 0) mbar_arrive(empty_bar(prev));
+        prev = stage;
+        if (++stage == kStages) {
+          stage = 0;
+          phase ^= 1;
+        }
+      }
+      wgmma_wait<0>();
+#pragma unroll
+      for (int i = 0; i < BN / 2; i++) fence_operand(acc[i]);
+      if (prev >= 0 && lane == 0) mbar_arrive(empty_bar(prev));
+
+      // Epilogue straight from the registers (the producer is already loading the next unit).
+      const int64_t row = w.m0 + consumer * 64 + warp * 16 + (lane >> 2);
+      const int64_t col = w.n0 + 2 * (lane & 3);
+#pragma unroll
+      for (int j = 0; j < BN / 8; j++) {
+        emit_pair(ep, w.split, row, col + 8 * j, acc[4 * j], acc[4 * j + 1]);
+        emit_pair(ep, w.split, row + 8, col + 8 * j, acc[4 * j + 2], acc[4 * j + 3]);
+      }
+    }
+  }
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL
+}
+
+// 1 when this binary's code for the running device is the sm_90a build (the only one with the kernel
+// above); 0 when it is sm_80 machine code or PTX compiled by the driver.
+__global__ void wgmma_probe_kernel(int* out) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  *out = 1;
+#else
+  *out = 0;
+#endif
+}
+
 // ---- float32: SIMT GEMM ----
 //
 // Block tile 128 x 128, K in steps of 8, 256 threads in 16 x 16, each owning an 8 x 8 block of C: rows
@@ -523,12 +956,208 @@ void launch_f32(dim3 grid, cudaStream_t s, const float* a, int64_t lda, const fl
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
+// ---- host side of the Hopper path ----
+
+// cuTensorMapEncodeTiled, from the driver through the runtime's entry-point lookup: nothing links libcuda
+// (the addon must load on machines without a driver). Null when the driver lacks it or is absent.
+using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                   const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                                   CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+EncodeTiledFn encode_tiled() {
+  static const EncodeTiledFn fn = []() -> EncodeTiledFn {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &found) !=
+            cudaSuccess ||
+        found != cudaDriverEntryPointSuccess || !p) {
+      cudaGetLastError();  // not an error of any op: leave nothing pending
+      return nullptr;
+    }
+    return reinterpret_cast<EncodeTiledFn>(p);
+  }();
+  return fn;
+}
+
+// MEMGPT_LINEAR_WGMMA, for A/B timing and parity checks on a GPU: "0" turns the Hopper path off (the
+// mma.sync path runs everywhere); "128", "192" or "256" fixes its tile width; "<width>x<splits>" (e.g.
+// "192x4") also fixes the K splits (capped at kMaxSplits and at one K step each); unset or anything else:
+// both chosen per shape.
+struct WgmmaSetting {
+  bool off = false;
+  int bn = 0;          // 0: chosen per shape
+  int64_t splits = 0;  // 0: chosen per shape
+};
+
+const WgmmaSetting& wgmma_setting() {
+  static const WgmmaSetting setting = [] {
+    WgmmaSetting r;
+    const char* s = std::getenv("MEMGPT_LINEAR_WGMMA");
+    if (!s) return r;
+    if (s[0] == '0' && s[1] == 0) {
+      r.off = true;
+      return r;
+    }
+    char* end = nullptr;
+    const long bn = std::strtol(s, &end, 10);
+    if (bn != 128 && bn != 192 && bn != 256) return r;
+    r.bn = int(bn);
+    if (*end == 'x') {
+      const long splits = std::strtol(end + 1, nullptr, 10);
+      if (splits >= 1) r.splits = std::min<int64_t>(splits, kMaxSplits);
+    }
+    return r;
+  }();
+  return setting;
+}
+
+// Whether gemm_bf16_wgmma_kernel can run here: a compute capability 9.0 device with enough shared memory,
+// the driver's tensor-map encoder, and the sm_90a build of this file being the code the device runs (a
+// probe kernel says so once; the answer is cached for the process).
+bool wgmma_usable() {
+  static const bool usable = [] {
+    if (wgmma_setting().off) return false;
+    int device = 0, major = 0, minor = 0, smem = 0;
+    check(cudaGetDevice(&device), "linear");
+    check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "linear");
+    check(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device), "linear");
+    check(cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "linear");
+    const int need = std::max({HopperCfg<128>::kSmemBytes, HopperCfg<192>::kSmemBytes, HopperCfg<256>::kSmemBytes});
+    if (major != 9 || minor != 0 || smem < need || !encode_tiled()) return false;
+    cudaStream_t s = stream();
+    int* flag = static_cast<int*>(reduction_scratch(sizeof(int)));
+    wgmma_probe_kernel<<<1, 1, 0, s>>>(flag);
+    if (cudaGetLastError() != cudaSuccess) return false;  // no code for this device: the other path
+    int host = 0;
+    check(cudaMemcpyAsync(&host, flag, sizeof(int), cudaMemcpyDeviceToHost, s), "linear");
+    check(cudaStreamSynchronize(s), "linear");
+    return host == 1;
+  }();
+  return usable;
+}
+
+// A TMA map of a row-major bf16 matrix [rows, inner] (row stride ld elements), boxes of box_inner x box_rows
+// with the 128-byte swizzle; out-of-range elements read as zeros. False when the driver refuses it.
+bool make_tensor_map(CUtensorMap* map, const uint16_t* base, int64_t inner, int64_t rows, int64_t ld,
+                     uint32_t box_inner, uint32_t box_rows) {
+  const cuuint64_t dims[2] = {cuuint64_t(inner), cuuint64_t(rows)};
+  const cuuint64_t strides[1] = {cuuint64_t(ld) * 2};  // bytes between rows (dimension 0 is contiguous)
+  const cuuint32_t box[2] = {box_inner, box_rows};
+  const cuuint32_t element_strides[2] = {1, 1};
+  return encode_tiled()(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<uint16_t*>(base), dims, strides, box,
+                        element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                        CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+struct HopperPlan {
+  int bn;
+  int64_t splits, k_chunk;
+};
+
+// Tile width and K splits by a small cost model, in units of one 128 x 128 x 64 step of one SM (about
+// 0.4 µs): a work unit costs its K steps scaled by BN / 128 and by the tile's relative wgmma efficiency
+// (wider B tiles read A from shared memory fewer times per flop), plus an epilogue/ramp overhead (doubled
+// for fp32 partials); units run in rounds of one per SM; split-K adds the finish pass over the fp32
+// partials (about 1 MB a step) and its launch. The point is wave quantization: at the preset shapes the
+// tile counts 128 · {96, 128, 384, 512} of BN 192 fill the 132 SMs of an H100/H200 far better than 128
+// or 256 alone would.
+HopperPlan plan_wgmma(int64_t M, int64_t N, int64_t K) {
+  const WgmmaSetting& forced = wgmma_setting();
+  const int64_t sms = sm_count(), steps = (K + kHBK - 1) / kHBK, tiles_m = (M + kHBM - 1) / kHBM;
+  if (forced.splits > 0) {
+    const int64_t per = (steps + std::min(forced.splits, steps) - 1) / std::min(forced.splits, steps);
+    return {forced.bn, (steps + per - 1) / per, per * kHBK};  // every split non-empty
+  }
+  HopperPlan best{0, 1, steps * kHBK};
+  double best_cost = 0;
+  for (int bn : {256, 192, 128}) {
+    if (forced.bn > 0 && bn != forced.bn) continue;
+    const double width = bn / 128.0, efficiency = bn == 256 ? 1.0 : bn == 192 ? 0.96 : 0.88;
+    const int64_t tiles = tiles_m * ((N + bn - 1) / bn);
+    for (int64_t s = 1; s <= kMaxSplits && s <= steps; s++) {
+      const int64_t per = (steps + s - 1) / s;
+      if ((steps + per - 1) / per != s) continue;  // some split would be empty: a smaller s does the same
+      if (s > 1 && s * M * N * int64_t(sizeof(float)) > kSplitWorkspaceBytes) break;
+      if (tiles * s > INT32_MAX) break;
+      const int64_t rounds = (tiles * s + sms - 1) / sms;
+      const double unit = per * width / efficiency + 1.5 * width * (s > 1 ? 2 : 1);
+      const double finish = s > 1 ? double(s * M * N * 4 + M * N * 2) / 1.07e6 + 5 : 0;
+      const double cost = double(rounds) * unit + finish;
+      if (best.bn == 0 || cost < 0.98 * best_cost) {  // ties: the wider tile, the fewer splits
+        best = {bn, s, per * kHBK};
+        best_cost = cost;
+      }
+    }
+  }
+  return best;
+}
+
+template <bool AK, bool BK, int BN>
+void launch_wgmma(int grid, cudaStream_t s, const CUtensorMap& map_a, const CUtensorMap& map_b, int64_t K,
+                  int64_t k_chunk, int64_t tiles_m, int64_t tiles_n, int64_t units, const Epilogue<uint16_t>& ep) {
+  constexpr int bytes = HopperCfg<BN>::kSmemBytes;
+  static const bool prepared = (allow_big_smem(gemm_bf16_wgmma_kernel<AK, BK, BN>, bytes), true);  // once
+  (void)prepared;
+  gemm_bf16_wgmma_kernel<AK, BK, BN><<<grid, kHThreads, bytes, s>>>(map_a, map_b, int(K), int(k_chunk), int(tiles_m),
+                                                                   int(tiles_n), int(units), ep);
+}
+
+// The Hopper path of gemm() (same arguments). False, having done nothing, when it does not apply: not an
+// sm_90a-capable setup, or operands TMA cannot address (bases 16-byte aligned and row strides a multiple of
+// 16 bytes, i.e. ld % 8 == 0; extents below 2^30 so coordinates fit TMA's int32).
+template <bool AK, bool BK>
+bool gemm_wgmma(const uint16_t* a, int64_t lda, const uint16_t* b, int64_t ldb, int64_t M, int64_t N, int64_t K,
+                const Epilogue<uint16_t>& ep, const char* op) {
+  constexpr int64_t kLimit = int64_t(1) << 30;
+  if (M < 1 || N < 1 || K < 1 || M >= kLimit || N >= kLimit || K >= kLimit) return false;
+  if (!aligned16(a) || !aligned16(b) || lda % 8 != 0 || ldb % 8 != 0) return false;
+  if (!wgmma_usable()) return false;
+  const HopperPlan plan = plan_wgmma(M, N, K);
+  const int64_t tiles_m = (M + kHBM - 1) / kHBM, tiles_n = plan.bn ? (N + plan.bn - 1) / plan.bn : 0;
+  const int64_t units = tiles_m * tiles_n * plan.splits;
+  if (units < 1 || units > INT32_MAX) return false;  // no plan (too many tiles for int32 unit numbers)
+  // A: K-major [M, K] → map {K, M}, box {64, 128}; M-major [K, M] → map {M, K}, box {64, 64}.
+  // B: K-major [N, K] → map {K, N}, box {64, BN}; N-major [K, N] → map {N, K}, box {64, 64}.
+  CUtensorMap map_a, map_b;
+  const bool mapped =
+      (AK ? make_tensor_map(&map_a, a, K, M, lda, kHBK, kHBM) : make_tensor_map(&map_a, a, M, K, lda, 64, kHBK)) &&
+      (BK ? make_tensor_map(&map_b, b, K, N, ldb, kHBK, uint32_t(plan.bn))
+          : make_tensor_map(&map_b, b, N, K, ldb, 64, kHBK));
+  if (!mapped) return false;
+
+  const int grid = int(std::min<int64_t>(units, sm_count()));
+  cudaStream_t s = stream();
+  Epilogue<uint16_t> tile_ep = ep;
+  if (plan.splits > 1)
+    tile_ep.partial = static_cast<float*>(reduction_scratch(size_t(plan.splits * M * N) * sizeof(float)));
+  switch (plan.bn) {
+    case 128:
+      launch_wgmma<AK, BK, 128>(grid, s, map_a, map_b, K, plan.k_chunk, tiles_m, tiles_n, units, tile_ep);
+      break;
+    case 192:
+      launch_wgmma<AK, BK, 192>(grid, s, map_a, map_b, K, plan.k_chunk, tiles_m, tiles_n, units, tile_ep);
+      break;
+    default:
+      launch_wgmma<AK, BK, 256>(grid, s, map_a, map_b, K, plan.k_chunk, tiles_m, tiles_n, units, tile_ep);
+      break;
+  }
+  check_launch(op);
+  if (plan.splits > 1) {
+    splitk_finish_kernel<uint16_t><<<blocks_for(M * ((N + 1) / 2)), kThreads, 0, s>>>(tile_ep, int(plan.splits));
+    check_launch(op);
+  }
+  return true;
+}
+
 // C [M, N] = A·B with the epilogue `ep` (ep.rows = M, ep.cols = N, ep.partial unset). AK / BK: operand
 // storage, K-major or MN-major (see the bf16 kernel); lda / ldb: the stored row lengths.
 template <bool AK, bool BK, typename T>
 void gemm(const T* a, int64_t lda, const T* b, int64_t ldb, int64_t M, int64_t N, int64_t K, Epilogue<T> ep,
           const char* op) {
   constexpr bool bf16 = sizeof(T) == 2;
+  if constexpr (bf16) {
+    if (gemm_wgmma<AK, BK>(a, lda, b, ldb, M, N, K, ep, op)) return;  // Hopper: TMA + wgmma
+  }
   const int64_t bm = bf16 ? kBM : kFBM, bn = bf16 ? kBN : kFBN, step = bf16 ? kBK : kFBK;
   const int64_t tiles_m = (M + bm - 1) / bm, tiles_n = (N + bn - 1) / bn, tiles = tiles_m * tiles_n;
   MG_CHECK(tiles <= INT32_MAX, "%s: the GEMM [%lld, %lld] has too many tiles", op, (long long)M, (long long)N);

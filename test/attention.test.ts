@@ -1,12 +1,14 @@
 // The fused attention op (causal self-attention, RoPE, gated memory read) against the float64 loops of
 // test/reference_attention.ts: structured inputs first, then random ones at shapes that are not multiples of
 // the kernel's blocks (32 query rows, 64 keys); gradients of qkv, memKV and gateLogits by finite differences;
-// causality, determinism across thread counts, bad input and leaks.
+// causality, determinism across thread counts, bad input and leaks. bfloat16: forward and every gradient against
+// float64 computed from the bf16 inputs (test/reference_attention.ts's closed-form backward, itself checked
+// against the float32 kernels here), held to twice the error of a naive bf16 computation.
 import { describe, expect, it } from 'vitest';
 
 import * as mg from '../lib/index.js';
 import { expectClose, expectNoLeaks, forEachDevice, randomArray } from './helpers.js';
-import { refAttention } from './reference_attention.js';
+import { refAttention, refAttentionBackward } from './reference_attention.js';
 
 forEachDevice((device) => {
   const opts = { device };
@@ -175,6 +177,119 @@ forEachDevice((device) => {
     });
   });
 
+  describe('attention backward against float64 (checks the reference the bf16 cases use)', () => {
+    for (const [rope, S, T, H, d] of [[false, 0, 9, 2, 4], [true, 5, 37, 2, 6]] as const) {
+      it(`float32 gradients match refAttentionBackward: rope=${rope} S=${S} B=2 T=${T} H=${H} d=${d}`, () => {
+        mg.tidy(() => {
+          const B = 2, D = H * d;
+          const c = makeCase(B, T, H, d, S, 123 + T);
+          for (const t of [c.qkv, c.memKV, c.gateLogits]) if (t) t.requiresGrad = true;
+          const dOutHost = randomArray(B * T * D, 321);
+          mg.attention(c.qkv, { nHeads: H, rope, memKV: c.memKV, gateLogits: c.gateLogits }).backward(mg.tensor(dOutHost, [B, T, D], opts));
+          const ref = refAttentionBackward({ qkv: c.qkvHost, B, T, H, d, rope, memKV: c.memHost, gateLogits: c.gateHost, S }, dOutHost);
+          expectClose(c.qkv.grad!.toArray(), ref.dQkv, 1e-5, 1e-3);
+          if (S) {
+            expectClose(c.memKV!.grad!.toArray(), ref.dMemKV, 1e-5, 1e-3);
+            expectClose(c.gateLogits!.grad!.toArray(), ref.dGateLogits, 1e-5, 1e-3);
+          }
+        });
+      });
+    }
+  });
+
+  describe('attention in bfloat16', () => {
+    // The bar for bf16: RMS error at most twice that of a naive bf16 computation (exact math on the bf16 inputs,
+    // each result rounded to bf16 once), both against float64 computed from the bf16 inputs. Shapes cross the
+    // CPU's blocks (32 queries, 64 keys) and the CUDA tiles; head widths of 16 and 32 take the tensor-core path
+    // there, 6 and 8 the SIMT one. Every checked tensor has enough elements for its RMS to be a stable statistic.
+    const bf = { ...opts, dtype: 'bfloat16' as const };
+    const toBf16 = (v: ArrayLike<number>) => mg.tensor(Float32Array.from(v), [v.length], bf).toArray();
+    const rms = (a: ArrayLike<number>, b: ArrayLike<number>) => {
+      let s = 0;
+      for (let i = 0; i < a.length; i++) s += (a[i] - b[i]) ** 2;
+      return Math.sqrt(s / a.length);
+    };
+    const expectBf16Grade = (got: mg.Tensor, ref: ArrayLike<number>, what: string) => {
+      expect(got.dtype, what).toBe('bfloat16');
+      const values = got.toArray();
+      const naive = rms(toBf16(ref), ref);
+      expect(naive, what).toBeGreaterThan(0);
+      expect(rms(values, ref), what).toBeLessThanOrEqual(2 * naive);
+    };
+
+    const cases = [
+      { rope: false, S: 0, B: 2, T: 37, H: 2, d: 16 },
+      { rope: true, S: 0, B: 2, T: 70, H: 3, d: 8 },
+      { rope: true, S: 5, B: 2, T: 33, H: 2, d: 6 },
+      { rope: false, S: 3, B: 2, T: 40, H: 2, d: 16 },
+      { rope: true, S: 70, B: 1, T: 130, H: 2, d: 32 },
+    ];
+    for (const { rope, S, B, T, H, d } of cases) {
+      it(`forward and gradients within twice a naive bf16 computation's error: rope=${rope} S=${S} B=${B} T=${T} H=${H} d=${d}`, () => {
+        mg.tidy(() => {
+          const D = H * d, seed = 500 + T + S;
+          const qkv = mg.tensor(randomArray(B * T * 3 * D, seed), [B, T, 3 * D], { ...bf, requiresGrad: true });
+          const memKV = S ? mg.tensor(randomArray(B * S * 2 * D, seed + 1), [B, S, 2 * D], { ...bf, requiresGrad: true }) : undefined;
+          const gateLogits = S ? mg.tensor(randomArray(B * T * H, seed + 2, -3, 3), [B, T, H], { ...bf, requiresGrad: true }) : undefined;
+          const dOut = mg.tensor(randomArray(B * T * D, seed + 3), [B, T, D], bf);
+          // The bf16 values, exactly, as the float64 reference's inputs.
+          const args = { qkv: qkv.toArray(), B, T, H, d, rope, memKV: memKV?.toArray(), gateLogits: gateLogits?.toArray(), S };
+          const out = mg.attention(qkv, { nHeads: H, rope, memKV, gateLogits });
+          expect(out.shape).toEqual([B, T, D]);
+          expectBf16Grade(out, refAttention(args), 'out');
+          out.backward(dOut);
+          const ref = refAttentionBackward(args, dOut.toArray());
+          expectBf16Grade(qkv.grad!, ref.dQkv, 'dQkv');
+          if (S) {
+            expectBf16Grade(memKV!.grad!, ref.dMemKV, 'dMemKV');
+            expectBf16Grade(gateLogits!.grad!, ref.dGateLogits, 'dGateLogits');
+          }
+        });
+      });
+    }
+
+    it('T = 1 and one memory slot: finite and close to float64', () => {
+      mg.tidy(() => {
+        const B = 3, T = 1, H = 4, d = 16, D = H * d, S = 1;
+        const qkv = mg.tensor(randomArray(B * T * 3 * D, 61), [B, T, 3 * D], { ...bf, requiresGrad: true });
+        const memKV = mg.tensor(randomArray(B * S * 2 * D, 62), [B, S, 2 * D], { ...bf, requiresGrad: true });
+        const gateLogits = mg.tensor(randomArray(B * T * H, 63, -3, 3), [B, T, H], { ...bf, requiresGrad: true });
+        const dOut = mg.tensor(randomArray(B * T * D, 64), [B, T, D], bf);
+        const args = { qkv: qkv.toArray(), B, T, H, d, rope: true, memKV: memKV.toArray(), gateLogits: gateLogits.toArray(), S };
+        const out = mg.attention(qkv, { nHeads: H, rope: true, memKV, gateLogits });
+        // One key and one slot: the softmaxes are exactly 1, so O = g·mv + (1 − g)·v rounded once.
+        expectClose(out.toArray(), refAttention(args), 0, 2 ** -8);
+        out.backward(dOut);
+        const ref = refAttentionBackward(args, dOut.toArray());
+        // Gradients are bf16 and O(1): within a few bf16 ulps (D terms read the bf16-rounded A and R).
+        expectClose(qkv.grad!.toArray(), ref.dQkv, 1e-2, 2 ** -7);
+        expectClose(memKV.grad!.toArray(), ref.dMemKV, 1e-2, 2 ** -7);
+        expectClose(gateLogits.grad!.toArray(), ref.dGateLogits, 1e-2, 2 ** -7);
+      });
+    });
+
+    it('is deterministic and frees everything after forward and backward', () => {
+      const run = () => mg.tidy(() => {
+        const c = { B: 2, T: 37, H: 2, d: 16, S: 5 };
+        const D = c.H * c.d;
+        const qkv = mg.tensor(randomArray(c.B * c.T * 3 * D, 71), [c.B, c.T, 3 * D], { ...bf, requiresGrad: true });
+        const memKV = mg.tensor(randomArray(c.B * c.S * 2 * D, 72), [c.B, c.S, 2 * D], { ...bf, requiresGrad: true });
+        const gateLogits = mg.tensor(randomArray(c.B * c.T * c.H, 73), [c.B, c.T, c.H], { ...bf, requiresGrad: true });
+        const out = mg.attention(qkv, { nHeads: c.H, rope: true, memKV, gateLogits });
+        expect(out.dtype).toBe('bfloat16');
+        mg.sum(mg.mul(out, out)).backward();
+        const got = [out, qkv.grad!, memKV.grad!, gateLogits.grad!].map((t) => Array.from(t.toArray()));
+        for (const t of [qkv, memKV, gateLogits]) t.zeroGrad();
+        return got;
+      });
+      let first: number[][] = [];
+      expectNoLeaks(device, () => {
+        first = run();
+      });
+      expect(run()).toEqual(first);
+    });
+  });
+
   describe('attention errors and memory', () => {
     it('rejects bad shapes with clear errors', () => {
       mg.tidy(() => {
@@ -189,7 +304,10 @@ forEachDevice((device) => {
         expect(() => mg.attention(qkv, { nHeads: 3, rope: false, gateLogits: gate })).toThrow(/attention: gateLogits \[2,5,3\] given without memKV/);
         expect(() => mg.attention(qkv, { nHeads: 3, rope: false, memKV: mem })).toThrow(/attention: memKV \[2,3,24\] given without gateLogits/);
         expect(() => mg.attention(qkv, { nHeads: 3, rope: false, memKV: mem, gateLogits: mg.zeros([2, 5, 2], opts) })).toThrow(/gateLogits must be \[B, T, H\] = \[2, 5, 3\], got \[2,5,2\]/);
-        expect(() => mg.attention(mg.zeros([2, 5, 36], { ...opts, dtype: 'bfloat16' }), { nHeads: 3, rope: false })).toThrow(/attention: tensor 'qkv' has dtype bfloat16; expected float32/);
+        expect(() => mg.attention(mg.zeros([2, 5, 36], { ...opts, dtype: 'int32' }), { nHeads: 3, rope: false })).toThrow(/attention: tensor 'qkv' has dtype int32; expected float32 or bfloat16/);
+        const bf = { ...opts, dtype: 'bfloat16' as const };
+        expect(() => mg.attention(qkv, { nHeads: 3, rope: false, memKV: mg.zeros([2, 3, 24], bf), gateLogits: gate })).toThrow(/attention: dtypes differ \(float32 and bfloat16\)/);
+        expect(() => mg.attention(mg.zeros([2, 5, 36], bf), { nHeads: 3, rope: false, memKV: mg.zeros([2, 3, 24], bf), gateLogits: gate })).toThrow(/attention: dtypes differ \(bfloat16 and float32\)/);
       });
     });
 

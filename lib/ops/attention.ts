@@ -1,21 +1,24 @@
 // Ops of the family "attention": fused causal self-attention with RoPE, the memory read and its gate.
 // One op computes SPEC §3 from `q, k, v = split(...)` to `O = g·R + (1 − g)·A`; its backward gives the
 // gradients of qkv, memKV and gateLogits in one native call (native/cpu/attention.cpp has the design).
+// float32 or bfloat16: the inputs share one dtype, which the output, the saved A and R and the gradients take;
+// the per-row logsumexps are float32 either way, and the native math is float32 (bfloat16 rounded once per output).
 import { isGradEnabled, record } from '../autograd.js';
+import { dtypeCode } from '../dtype.js';
 import { MemgptError, shapeStr } from '../errors.js';
 import { empty, type Tensor } from '../tensor.js';
 import type { StorageHandle } from '../backend.js';
-import { callNative, checkTensors } from './util.js';
+import { callNative, checkTensors, sameDtype } from './util.js';
 
 type Ref = [StorageHandle | null, number];
 
 interface AttentionKernels {
   attentionForward?(
-    B: number, T: number, H: number, d: number, S: number, rope: boolean,
+    dtype: number, B: number, T: number, H: number, d: number, S: number, rope: boolean,
     ...tensors: (StorageHandle | number | null)[]
   ): void;
   attentionBackward?(
-    B: number, T: number, H: number, d: number, S: number, rope: boolean,
+    dtype: number, B: number, T: number, H: number, d: number, S: number, rope: boolean,
     ...tensors: (StorageHandle | number | null)[]
   ): void;
 }
@@ -49,7 +52,11 @@ export function attention(qkv: Tensor, options: AttentionOptions): Tensor {
   if (memKV !== undefined && gateLogits === undefined) throw new MemgptError(`${op}: memKV ${shapeStr(memKV.shape)} given without gateLogits (they come together)`);
   const mem = memKV !== undefined;
   const named: Record<string, Tensor> = mem ? { qkv, memKV: memKV!, gateLogits: gateLogits! } : { qkv };
-  checkTensors(op, named, ['float32']);
+  checkTensors(op, named, ['float32', 'bfloat16']);
+  if (mem) {
+    sameDtype(op, qkv, memKV!);
+    sameDtype(op, qkv, gateLogits!);
+  }
   if (qkv.rank !== 3 || qkv.shape[2] % 3 !== 0) throw new MemgptError(`${op}: qkv must be [B, T, 3D], got ${shapeStr(qkv.shape)}`);
   const [B, T, threeD] = qkv.shape;
   const D = threeD / 3;
@@ -72,17 +79,19 @@ export function attention(qkv: Tensor, options: AttentionOptions): Tensor {
   const k = kernels(op, qkv);
   const inputs = mem ? [qkv, memKV!, gateLogits!] : [qkv];
   const wantsGrad = isGradEnabled() && inputs.some((t) => t.requiresGrad);
-  const opts = { device: qkv.device, dtype: 'float32' as const };
+  const dt = qkv.dtype;
+  const opts = { device: qkv.device, dtype: dt };
+  const f32 = { device: qkv.device, dtype: 'float32' as const };
   const out = empty([B, T, D], opts);
-  const lseSelf = empty([B, H, T], opts);
-  const lseMem = mem ? empty([B, H, T], opts) : null;
+  const lseSelf = empty([B, H, T], f32);
+  const lseMem = mem ? empty([B, H, T], f32) : null;
   // A and R are saved only with memory and only when a backward can come; without memory A is the output itself.
   const saveA = mem && wantsGrad ? empty([B, T, D], opts) : null;
   const saveR = mem && wantsGrad ? empty([B, T, D], opts) : null;
   try {
     callNative(op, named, () =>
       k.attentionForward!(
-        B, T, H, d, S, rope,
+        dtypeCode[dt], B, T, H, d, S, rope,
         ...ref(qkv), ...ref(memKV), ...ref(gateLogits), ...ref(out), ...ref(lseSelf), ...ref(lseMem), ...ref(saveA), ...ref(saveR),
       ),
     );
@@ -94,7 +103,7 @@ export function attention(qkv: Tensor, options: AttentionOptions): Tensor {
       const dGate = mem ? empty(gateLogits!.shape, opts) : null;
       callNative('attention backward', { qkv: sq, dOut }, () =>
         k.attentionBackward!(
-          B, T, H, d, S, rope,
+          dtypeCode[dt], B, T, H, d, S, rope,
           ...ref(sq), ...ref(sm), ...ref(sg), ...ref(sa), ...ref(sr), ...ref(sls), ...ref(slm), ...ref(dOut),
           ...ref(dQkv), ...ref(dMem), ...ref(dGate),
         ),

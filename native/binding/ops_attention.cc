@@ -1,6 +1,7 @@
-// N-API bindings of the op family "attention" (CPU addon).
-// Sizes first (B, T, H, d, S, rope), then (handle, element offset) per tensor; a tensor that is absent (no
-// memory, or nothing to save) is passed as (null, 0). S = 0 means no memory.
+// N-API bindings of the op family "attention" (shared by the CPU and CUDA addons): argument checks, no math.
+// The dtype code first (float32 or bfloat16: every tensor but the logsumexps, which are float32), then the sizes
+// (B, T, H, d, S, rope), then (handle, element offset) per tensor; a tensor that is absent (no memory, or nothing
+// to save) is passed as (null, 0). S = 0 means no memory.
 #include "backend_kernels.h"
 #include "binding.h"
 
@@ -12,6 +13,12 @@ struct Sizes {
   bool rope;
   int64_t D() const { return H * d; }
 };
+
+DType float_dtype(Args& args, const char* op) {
+  DType dt = args.dtype("dtype");
+  if (dt == DType::I32) fail("%s: dtype int32 is not supported (float32 or bfloat16)", op);
+  return dt;
+}
 
 Sizes read_sizes(Args& args, const char* op) {
   Sizes s{};
@@ -27,35 +34,42 @@ Sizes read_sizes(Args& args, const char* op) {
   return s;
 }
 
-// A float32 tensor argument of `count` elements, or nullptr when the handle is null and the tensor is optional.
-float* tensor_arg(Args& args, const char* name, int64_t count, bool required) {
+// A tensor argument of `count` elements of dt, or nullptr when the handle is null and the tensor is optional.
+void* tensor_arg(Args& args, const char* name, DType dt, int64_t count, bool required) {
   Napi::Value handle = args.next(name);
   int64_t offset = args.integer(name);
   if (handle.IsNull() || handle.IsUndefined()) {
     if (required) fail("missing tensor '%s'", name);
     return nullptr;
   }
-  return static_cast<float*>(storage_ptr(handle, offset * 4, count * 4, name));
+  const int64_t size = int64_t(dtype_size(dt));
+  return storage_ptr(handle, offset * size, count * size, name);
+}
+
+// A float32 tensor argument (the logsumexps, float32 whatever dt is).
+float* f32_arg(Args& args, const char* name, int64_t count, bool required) {
+  return static_cast<float*>(tensor_arg(args, name, DType::F32, count, required));
 }
 
 Napi::Value attentionForward(const Napi::CallbackInfo& info) {
   return guarded(info, "attentionForward", [&] {
     Args args(info, "attentionForward");
+    const DType dt = float_dtype(args, "attentionForward");
     Sizes s = read_sizes(args, "attentionForward");
     const bool mem = s.S > 0;
     const int64_t BT = s.B * s.T, D = s.D();
-    const float* qkv = tensor_arg(args, "qkv", BT * 3 * D, true);
-    const float* mem_kv = tensor_arg(args, "memKV", s.B * s.S * 2 * D, mem);
-    const float* gate = tensor_arg(args, "gateLogits", BT * s.H, mem);
-    float* out = tensor_arg(args, "out", BT * D, true);
-    float* lse_self = tensor_arg(args, "lseSelf", BT * s.H, true);
-    float* lse_mem = tensor_arg(args, "lseMem", BT * s.H, mem);
-    float* save_a = tensor_arg(args, "saveA", BT * D, false);
-    float* save_r = tensor_arg(args, "saveR", BT * D, false);
+    const void* qkv = tensor_arg(args, "qkv", dt, BT * 3 * D, true);
+    const void* mem_kv = tensor_arg(args, "memKV", dt, s.B * s.S * 2 * D, mem);
+    const void* gate = tensor_arg(args, "gateLogits", dt, BT * s.H, mem);
+    void* out = tensor_arg(args, "out", dt, BT * D, true);
+    float* lse_self = f32_arg(args, "lseSelf", BT * s.H, true);
+    float* lse_mem = f32_arg(args, "lseMem", BT * s.H, mem);
+    void* save_a = tensor_arg(args, "saveA", dt, BT * D, false);
+    void* save_r = tensor_arg(args, "saveR", dt, BT * D, false);
     if (!mem && (mem_kv || gate)) fail("attentionForward: memKV and gateLogits need S > 0");
     if (save_a && !save_r && mem) fail("attentionForward: saveA and saveR come together");
-    K::attention_forward(s.B, s.T, s.H, s.d, s.S, s.rope, qkv, mem_kv, gate, out, lse_self, lse_mem, save_a,
-                               save_r);
+    K::attention_forward(dt, s.B, s.T, s.H, s.d, s.S, s.rope, qkv, mem_kv, gate, out, lse_self, lse_mem, save_a,
+                         save_r);
     return info.Env().Undefined();
   });
 }
@@ -63,22 +77,23 @@ Napi::Value attentionForward(const Napi::CallbackInfo& info) {
 Napi::Value attentionBackward(const Napi::CallbackInfo& info) {
   return guarded(info, "attentionBackward", [&] {
     Args args(info, "attentionBackward");
+    const DType dt = float_dtype(args, "attentionBackward");
     Sizes s = read_sizes(args, "attentionBackward");
     const bool mem = s.S > 0;
     const int64_t BT = s.B * s.T, D = s.D();
-    const float* qkv = tensor_arg(args, "qkv", BT * 3 * D, true);
-    const float* mem_kv = tensor_arg(args, "memKV", s.B * s.S * 2 * D, mem);
-    const float* gate = tensor_arg(args, "gateLogits", BT * s.H, mem);
-    const float* a = tensor_arg(args, "a", BT * D, true);
-    const float* r = tensor_arg(args, "r", BT * D, mem);
-    const float* lse_self = tensor_arg(args, "lseSelf", BT * s.H, true);
-    const float* lse_mem = tensor_arg(args, "lseMem", BT * s.H, mem);
-    const float* d_out = tensor_arg(args, "dOut", BT * D, true);
-    float* d_qkv = tensor_arg(args, "dQkv", BT * 3 * D, true);
-    float* d_mem_kv = tensor_arg(args, "dMemKV", s.B * s.S * 2 * D, mem);
-    float* d_gate = tensor_arg(args, "dGateLogits", BT * s.H, mem);
-    K::attention_backward(s.B, s.T, s.H, s.d, s.S, s.rope, qkv, mem_kv, gate, a, r, lse_self, lse_mem, d_out,
-                                d_qkv, d_mem_kv, d_gate);
+    const void* qkv = tensor_arg(args, "qkv", dt, BT * 3 * D, true);
+    const void* mem_kv = tensor_arg(args, "memKV", dt, s.B * s.S * 2 * D, mem);
+    const void* gate = tensor_arg(args, "gateLogits", dt, BT * s.H, mem);
+    const void* a = tensor_arg(args, "a", dt, BT * D, true);
+    const void* r = tensor_arg(args, "r", dt, BT * D, mem);
+    const float* lse_self = f32_arg(args, "lseSelf", BT * s.H, true);
+    const float* lse_mem = f32_arg(args, "lseMem", BT * s.H, mem);
+    const void* d_out = tensor_arg(args, "dOut", dt, BT * D, true);
+    void* d_qkv = tensor_arg(args, "dQkv", dt, BT * 3 * D, true);
+    void* d_mem_kv = tensor_arg(args, "dMemKV", dt, s.B * s.S * 2 * D, mem);
+    void* d_gate = tensor_arg(args, "dGateLogits", dt, BT * s.H, mem);
+    K::attention_backward(dt, s.B, s.T, s.H, s.d, s.S, s.rope, qkv, mem_kv, gate, a, r, lse_self, lse_mem, d_out,
+                          d_qkv, d_mem_kv, d_gate);
     return info.Env().Undefined();
   });
 }

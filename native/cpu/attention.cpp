@@ -10,13 +10,19 @@
 // (deterministic whatever the thread count). Tiles are stored key-major-transposed so the inner loops run
 // contiguously over keys (or over the head width) and vectorise without reassociating sums; each task body is
 // compiled twice, for AVX2+FMA and for plain x86-64, and picked at run time.
+// Storage is float32 or bfloat16 (the task bodies are templates on the element type T); the math is float32
+// either way. bfloat16 rows are widened as they are read (into the tiles, or a head's rows into a float scratch
+// where the float32 code reads storage in place), and every output is rounded once, from its final float32 value.
 #include <immintrin.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "../common/threadpool.h"
+#include "elem.h"
 #include "kernels.h"
 #include "simd.h"
 
@@ -54,13 +60,14 @@ struct RopeTable {
   }
 };
 
-// Rotate-half RoPE of one head row z at position p.
-MG_INLINE void rope_rotate(const float* __restrict z, float* __restrict out, const RopeTable& rt, int64_t p) {
+// Rotate-half RoPE of one head row z (float32 or bfloat16 storage) at position p, into float32 out.
+template <typename T>
+MG_INLINE void rope_rotate(const T* __restrict z, float* __restrict out, const RopeTable& rt, int64_t p) {
   const float* c = rt.cos.data() + p * rt.half;
   const float* s = rt.sin.data() + p * rt.half;
   const int64_t h = rt.half;
   for (int64_t i = 0; i < h; i++) {
-    float a = z[i], b = z[i + h];
+    float a = load(z + i), b = load(z + i + h);
     out[i] = a * c[i] - b * s[i];
     out[i + h] = a * s[i] + b * c[i];
   }
@@ -75,6 +82,31 @@ MG_INLINE void rope_rotate_back_add(const float* __restrict dz, float* __restric
     float da = dz[i], db = dz[i + h];
     out[i] += da * c[i] + db * s[i];
     out[i + h] += db * c[i] - da * s[i];
+  }
+}
+
+// n rows of width d (row j at src + j·ld) as float32: src itself for float32 storage (*ld_out = ld), else the
+// rows widened into buf, contiguous (*ld_out = d). Either way the float32 code reads the same values.
+template <typename T>
+MG_INLINE const float* widen_rows(const T* src, int64_t ld, int64_t n, int64_t d, float* buf, int64_t* ld_out) {
+  if constexpr (std::is_same_v<T, float>) {
+    *ld_out = ld;
+    return src;
+  } else {
+    for (int64_t j = 0; j < n; j++)
+      for (int64_t i = 0; i < d; i++) buf[j * d + i] = load(src + j * ld + i);
+    *ld_out = d;
+    return buf;
+  }
+}
+
+// dst[i] = src[i] for i < n, rounded to dst's storage type.
+template <typename T>
+MG_INLINE void store_row(T* __restrict dst, const float* __restrict src, int64_t n) {
+  if constexpr (std::is_same_v<T, float>) {
+    std::copy(src, src + n, dst);
+  } else {
+    for (int64_t i = 0; i < n; i++) store(dst + i, src[i]);
   }
 }
 
@@ -165,29 +197,36 @@ MG_INLINE void score_tile(const float* q, int64_t ldq, int64_t rows, const float
   }
 }
 
-// Copies nk rows (row j at src + j·ld, optionally rotated at position pos0 + j) into a transposed [d, kKB] tile.
-MG_INLINE void load_tile_t(const float* src, int64_t ld, int64_t nk, int64_t d, const RopeTable* rt, int64_t pos0,
+// Copies nk rows (row j at src + j·ld, optionally rotated at position pos0 + j) into a transposed [d, kKB] float32
+// tile, widening bfloat16 on the way.
+template <typename T>
+MG_INLINE void load_tile_t(const T* src, int64_t ld, int64_t nk, int64_t d, const RopeTable* rt, int64_t pos0,
                            float* tmp, float* tile) {
   for (int64_t j = 0; j < nk; j++) {
-    const float* row = src + j * ld;
+    const T* row = src + j * ld;
     if (rt) {
       rope_rotate(row, tmp, *rt, pos0 + j);
-      row = tmp;
+      for (int64_t i = 0; i < d; i++) tile[i * kKB + j] = tmp[i];
+    } else {
+      for (int64_t i = 0; i < d; i++) tile[i * kKB + j] = load(row + i);
     }
-    for (int64_t i = 0; i < d; i++) tile[i * kKB + j] = row[i];
   }
 }
 
+// q: the block's query rows as float32 (rotated, or widened); q0: its unrotated rows widened for the memory read
+// (bfloat16 with rope only); vrows: one tile of value rows widened (bfloat16 only).
 struct ForwardScratch {
-  std::vector<float> q, kt, s, tmp, m, l;
+  std::vector<float> q, q0, kt, vrows, s, tmp, m, l;
   explicit ForwardScratch(int64_t d)
-      : q(size_t(kQB * d)), kt(size_t(d * kKB)), s(size_t(kQB * kKB)), tmp(size_t(d)), m(kQB), l(kQB) {}
+      : q(size_t(kQB * d)), q0(q.size()), kt(size_t(d * kKB)), vrows(kt.size()), s(size_t(kQB * kKB)),
+        tmp(size_t(d)), m(kQB), l(kQB) {}
 };
 
 // Online-softmax attention of `rows` query rows (q, leading dim ldq; query r is at position qpos0 + r) over nk
 // keys/values (row j at k + j·ld, v + j·ld). Causal: query p sees keys j ≤ p. Keys are rotated when rt is set.
 // Writes out (rows × d, normalised) and lse (rows).
-MG_INLINE void attend_rows(const float* q, int64_t ldq, int64_t rows, int64_t qpos0, const float* k, const float* v,
+template <typename T>
+MG_INLINE void attend_rows(const float* q, int64_t ldq, int64_t rows, int64_t qpos0, const T* k, const T* v,
                            int64_t ld, int64_t nk, bool causal, const RopeTable* rt, int64_t d, float scale,
                            ForwardScratch& w, float* out, float* lse) {
   float* m = w.m.data();
@@ -202,6 +241,8 @@ MG_INLINE void attend_rows(const float* q, int64_t ldq, int64_t rows, int64_t qp
     int64_t n = std::min(kKB, k_end - k0);
     load_tile_t(k + k0 * ld, ld, n, d, rt, k0, w.tmp.data(), w.kt.data());
     score_tile(q, ldq, rows, w.kt.data(), n, d, scale, w.s.data());
+    int64_t ldv;
+    const float* vt = widen_rows(v + k0 * ld, ld, n, d, w.vrows.data(), &ldv);
     for (int64_t r = 0; r < rows; r++) {
       int64_t valid = causal ? std::min(n, qpos0 + r - k0 + 1) : n;
       if (valid <= 0) continue;
@@ -216,7 +257,7 @@ MG_INLINE void attend_rows(const float* q, int64_t ldq, int64_t rows, int64_t qp
       }
       m[r] = mx;
       l[r] += exp_row(sr, valid, mx);
-      for (int64_t j = 0; j < valid; j++) axpy(sr[j], v + (k0 + j) * ld, o, d);
+      for (int64_t j = 0; j < valid; j++) axpy(sr[j], vt + j * ldv, o, d);
     }
   }
   for (int64_t r = 0; r < rows; r++) {
@@ -227,74 +268,89 @@ MG_INLINE void attend_rows(const float* q, int64_t ldq, int64_t rows, int64_t qp
 }
 
 // One forward task: batch b, head h, query rows [t0, t0 + rows).
-MG_INLINE void forward_task(const Dims& s, const RopeTable& rt, const float* qkv, const float* mem_kv,
-                            const float* gate_logits, float* out, float* lse_self, float* lse_mem, float* save_a,
-                            float* save_r, int64_t b, int64_t h, int64_t t0, ForwardScratch& w, float* a_blk,
-                            float* r_blk) {
+template <typename T>
+struct ForwardArgs {
+  const Dims* s;
+  const RopeTable* rt;
+  const T *qkv, *mem_kv, *gate_logits;
+  T* out;
+  float *lse_self, *lse_mem;
+  T *save_a, *save_r;
+};
+
+template <typename T>
+MG_INLINE void forward_task(const ForwardArgs<T>& a, int64_t b, int64_t h, int64_t t0, ForwardScratch& w,
+                            float* a_blk, float* r_blk) {
+  const Dims& s = *a.s;
+  const RopeTable& rt = *a.rt;
   const int64_t D = s.D(), d = s.d, rows = std::min(kQB, s.T - t0);
   const float scale = s.scale();
-  const float* qsrc = qkv + (b * s.T + t0) * 3 * D + h * d;  // unrotated q rows, leading dim 3D
-  const float* q = qsrc;
-  int64_t ldq = 3 * D;
+  const T* qsrc = a.qkv + (b * s.T + t0) * 3 * D + h * d;  // unrotated q rows, leading dim 3D
+  // q0: the unrotated rows as float32, which the memory read takes; q: the rows the self part takes (rotated).
+  int64_t ldq0;
+  const float* q0 = widen_rows(qsrc, 3 * D, rows, d, (s.rope ? w.q0 : w.q).data(), &ldq0);
+  const float* q = q0;
+  int64_t ldq = ldq0;
   if (s.rope) {
     for (int64_t r = 0; r < rows; r++) rope_rotate(qsrc + r * 3 * D, w.q.data() + r * d, rt, t0 + r);
     q = w.q.data();
     ldq = d;
   }
-  const float* kbase = qkv + b * s.T * 3 * D + D + h * d;
-  const float* vbase = kbase + D;
+  const T* kbase = a.qkv + b * s.T * 3 * D + D + h * d;
+  const T* vbase = kbase + D;
   const int64_t lse_row = (b * s.H + h) * s.T + t0;
   attend_rows(q, ldq, rows, t0, kbase, vbase, 3 * D, s.T, true, s.rope ? &rt : nullptr, d, scale, w, a_blk,
-              lse_self + lse_row);
+              a.lse_self + lse_row);
   if (s.S == 0) {
-    for (int64_t r = 0; r < rows; r++) std::copy(a_blk + r * d, a_blk + (r + 1) * d, out + (b * s.T + t0 + r) * D + h * d);
+    for (int64_t r = 0; r < rows; r++) store_row(a.out + (b * s.T + t0 + r) * D + h * d, a_blk + r * d, d);
     return;
   }
-  const float* mk = mem_kv + b * s.S * 2 * D + h * d;
-  attend_rows(qsrc, 3 * D, rows, 0, mk, mk + D, 2 * D, s.S, false, nullptr, d, scale, w, r_blk, lse_mem + lse_row);
+  const T* mk = a.mem_kv + b * s.S * 2 * D + h * d;
+  attend_rows(q0, ldq0, rows, 0, mk, mk + D, 2 * D, s.S, false, nullptr, d, scale, w, r_blk, a.lse_mem + lse_row);
   for (int64_t r = 0; r < rows; r++) {
     int64_t t = t0 + r;
-    float g = sigmoid(gate_logits[(b * s.T + t) * s.H + h]);
+    float g = sigmoid(load(a.gate_logits + (b * s.T + t) * s.H + h));
     const float* ar = a_blk + r * d;
     const float* rr = r_blk + r * d;
-    float* o = out + (b * s.T + t) * D + h * d;
+    float* o = w.tmp.data();
     for (int64_t i = 0; i < d; i++) o[i] = g * rr[i] + (1.f - g) * ar[i];
-    if (save_a) std::copy(ar, ar + d, save_a + (b * s.T + t) * D + h * d);
-    if (save_r) std::copy(rr, rr + d, save_r + (b * s.T + t) * D + h * d);
+    store_row(a.out + (b * s.T + t) * D + h * d, o, d);
+    if (a.save_a) store_row(a.save_a + (b * s.T + t) * D + h * d, ar, d);
+    if (a.save_r) store_row(a.save_r + (b * s.T + t) * D + h * d, rr, d);
   }
 }
 
-struct ForwardArgs {
-  const Dims* s;
-  const RopeTable* rt;
-  const float *qkv, *mem_kv, *gate_logits;
-  float *out, *lse_self, *lse_mem, *save_a, *save_r;
-};
-
-MG_INLINE void forward_range(const ForwardArgs& a, size_t lo, size_t hi) {
+template <typename T>
+MG_INLINE void forward_range(const ForwardArgs<T>& a, size_t lo, size_t hi) {
   const Dims& s = *a.s;
   ForwardScratch w(s.d);
   std::vector<float> a_blk(size_t(kQB * s.d)), r_blk(size_t(kQB * s.d));
   const int64_t blocks = (s.T + kQB - 1) / kQB;
   for (size_t task = lo; task < hi; task++) {
     int64_t qb = int64_t(task) % blocks, bh = int64_t(task) / blocks;
-    forward_task(s, *a.rt, a.qkv, a.mem_kv, a.gate_logits, a.out, a.lse_self, a.lse_mem, a.save_a, a.save_r,
-                 bh / s.H, bh % s.H, qb * kQB, w, a_blk.data(), r_blk.data());
+    forward_task(a, bh / s.H, bh % s.H, qb * kQB, w, a_blk.data(), r_blk.data());
   }
 }
 
-__attribute__((target("avx2,fma"))) void forward_range_avx2(const ForwardArgs& a, size_t lo, size_t hi) {
+template <typename T>
+__attribute__((target("avx2,fma"))) void forward_range_avx2(const ForwardArgs<T>& a, size_t lo, size_t hi) {
   forward_range(a, lo, hi);
 }
-void forward_range_generic(const ForwardArgs& a, size_t lo, size_t hi) { forward_range(a, lo, hi); }
+template <typename T>
+void forward_range_generic(const ForwardArgs<T>& a, size_t lo, size_t hi) {
+  forward_range(a, lo, hi);
+}
 
 // ---------------------------------------------------------------- backward
 
+template <typename T>
 struct BackwardArgs {
   const Dims* s;
   const RopeTable* rt;
-  const float *qkv, *mem_kv, *gate_logits, *a, *r, *lse_self, *lse_mem, *d_out;
-  float *d_qkv, *d_mem_kv, *d_gate;
+  const T *qkv, *mem_kv, *gate_logits, *a, *r;
+  const float *lse_self, *lse_mem;
+  const T* d_out;
+  T *d_qkv, *d_mem_kv, *d_gate;
 };
 
 // Gradient of one attention (self or memory) of head rows, recomputing the probabilities tile by tile:
@@ -338,50 +394,63 @@ MG_INLINE void attend_rows_backward(const float* q, int64_t ldq, int64_t nq, con
   }
 }
 
+// qr, kr: a head's rotated q and k rows; qw, kw, vw, mkw, mvw: its unrotated q, k, v and memory rows widened to
+// float32 (bfloat16 storage only; float32 is read in place); row_*: one row of d_out, A, R, or a gradient row.
 struct BackwardScratch {
-  std::vector<float> qr, kr, dy_a, dy_r, sum_a, sum_r, dq, dk, dv, dq0, dmk, dmv, kt, vt, p, dp;
-  BackwardScratch(const Dims& s)
-      : qr(s.rope ? size_t(s.T * s.d) : 0), kr(qr.size()), dy_a(size_t(s.T * s.d)), dy_r(s.S ? dy_a.size() : 0),
-        sum_a(size_t(s.T)), sum_r(size_t(s.T)), dq(dy_a.size()), dk(dy_a.size()), dv(dy_a.size()), dq0(dy_r.size()),
-        dmk(size_t(s.S * s.d)), dmv(dmk.size()), kt(size_t(s.d * kKB)), vt(kt.size()), p(size_t(kQB * kKB)),
-        dp(p.size()) {}
+  std::vector<float> qr, kr, qw, kw, vw, mkw, mvw, dy_a, dy_r, sum_a, sum_r, dq, dk, dv, dq0, dmk, dmv, kt, vt, p, dp,
+      row_o, row_a, row_r, row_g;
+  BackwardScratch(const Dims& s, bool widen)
+      : qr(s.rope ? size_t(s.T * s.d) : 0), kr(qr.size()), qw(widen ? size_t(s.T * s.d) : 0),
+        kw(widen && !s.rope ? qw.size() : 0), vw(qw.size()), mkw(widen ? size_t(s.S * s.d) : 0), mvw(mkw.size()),
+        dy_a(size_t(s.T * s.d)), dy_r(s.S ? dy_a.size() : 0), sum_a(size_t(s.T)), sum_r(size_t(s.T)),
+        dq(dy_a.size()), dk(dy_a.size()), dv(dy_a.size()), dq0(dy_r.size()), dmk(size_t(s.S * s.d)), dmv(dmk.size()),
+        kt(size_t(s.d * kKB)), vt(kt.size()), p(size_t(kQB * kKB)), dp(p.size()), row_o(size_t(s.d)),
+        row_a(row_o.size()), row_r(row_o.size()), row_g(row_o.size()) {}
 };
 
 // The whole backward of batch b, head h: this task alone writes that head's columns of every gradient.
-MG_INLINE void backward_head(const BackwardArgs& a, int64_t b, int64_t h, BackwardScratch& w) {
+template <typename T>
+MG_INLINE void backward_head(const BackwardArgs<T>& a, int64_t b, int64_t h, BackwardScratch& w) {
   const Dims& s = *a.s;
   const RopeTable& rt = *a.rt;
-  const int64_t T = s.T, S = s.S, d = s.d, D = s.D();
+  const int64_t T_ = s.T, S = s.S, d = s.d, D = s.D();
   const float scale = s.scale();
-  const float* qsrc = a.qkv + b * T * 3 * D + h * d;  // rows of ld 3D
-  const float* ksrc = qsrc + D;
-  const float* vsrc = qsrc + 2 * D;
-  const float* q = qsrc;
-  const float* k = ksrc;
-  int64_t ldqk = 3 * D;
+  const T* qsrc = a.qkv + b * T_ * 3 * D + h * d;  // rows of ld 3D
+  const T* ksrc = qsrc + D;
+  const T* vsrc = qsrc + 2 * D;
+  // The head's rows as float32: q0 unrotated (the memory read's), q and k as the self part takes them.
+  int64_t ldq0, ldv, ldq, ldk;
+  const float* q0 = widen_rows(qsrc, 3 * D, T_, d, w.qw.data(), &ldq0);
+  const float* v = widen_rows(vsrc, 3 * D, T_, d, w.vw.data(), &ldv);
+  const float* q = q0;
+  const float* k;
+  ldq = ldq0;
   if (s.rope) {
-    for (int64_t t = 0; t < T; t++) {
+    for (int64_t t = 0; t < T_; t++) {
       rope_rotate(qsrc + t * 3 * D, w.qr.data() + t * d, rt, t);
       rope_rotate(ksrc + t * 3 * D, w.kr.data() + t * d, rt, t);
     }
     q = w.qr.data();
     k = w.kr.data();
-    ldqk = d;
+    ldq = ldk = d;
+  } else {
+    k = widen_rows(ksrc, 3 * D, T_, d, w.kw.data(), &ldk);
   }
   // Split dO between the two attentions; D_i terms; the gate gradient dO·(R − A)·g(1 − g).
-  for (int64_t t = 0; t < T; t++) {
-    const int64_t row = (b * T + t) * D + h * d;
-    const float* dout = a.d_out + row;
-    const float* ar = a.a + row;
+  int64_t unused;
+  for (int64_t t = 0; t < T_; t++) {
+    const int64_t row = (b * T_ + t) * D + h * d;
+    const float* dout = widen_rows(a.d_out + row, 0, 1, d, w.row_o.data(), &unused);
+    const float* ar = widen_rows(a.a + row, 0, 1, d, w.row_a.data(), &unused);
     float* dya = w.dy_a.data() + t * d;
     if (S == 0) {
       std::copy(dout, dout + d, dya);
       w.sum_a[t] = dot(dya, ar, d);
       continue;
     }
-    const int64_t gi = (b * T + t) * s.H + h;
-    const float g = sigmoid(a.gate_logits[gi]);
-    const float* rr = a.r + row;
+    const int64_t gi = (b * T_ + t) * s.H + h;
+    const float g = sigmoid(load(a.gate_logits + gi));
+    const float* rr = widen_rows(a.r + row, 0, 1, d, w.row_r.data(), &unused);
     float* dyr = w.dy_r.data() + t * d;
     double diff = 0;
     for (int64_t i = 0; i < d; i++) {
@@ -391,55 +460,69 @@ MG_INLINE void backward_head(const BackwardArgs& a, int64_t b, int64_t h, Backwa
     }
     w.sum_a[t] = dot(dya, ar, d);
     w.sum_r[t] = dot(dyr, rr, d);
-    a.d_gate[gi] = float(diff * g * (1.0 - g));
+    store(a.d_gate + gi, float(diff * g * (1.0 - g)));
   }
   std::fill(w.dq.begin(), w.dq.end(), 0.f);
   std::fill(w.dk.begin(), w.dk.end(), 0.f);
   std::fill(w.dv.begin(), w.dv.end(), 0.f);
-  const float* lse_self = a.lse_self + (b * s.H + h) * T;
-  attend_rows_backward(q, ldqk, T, k, ldqk, vsrc, 3 * D, T, true, d, scale, w.dy_a.data(), w.sum_a.data(), lse_self,
+  const float* lse_self = a.lse_self + (b * s.H + h) * T_;
+  attend_rows_backward(q, ldq, T_, k, ldk, v, ldv, T_, true, d, scale, w.dy_a.data(), w.sum_a.data(), lse_self,
                        w.dq.data(), w.dk.data(), w.dv.data(), w.kt.data(), w.vt.data(), w.p.data(), w.dp.data());
   if (S > 0) {
     std::fill(w.dq0.begin(), w.dq0.end(), 0.f);
     std::fill(w.dmk.begin(), w.dmk.end(), 0.f);
     std::fill(w.dmv.begin(), w.dmv.end(), 0.f);
-    const float* mk = a.mem_kv + b * S * 2 * D + h * d;
-    attend_rows_backward(qsrc, 3 * D, T, mk, 2 * D, mk + D, 2 * D, S, false, d, scale, w.dy_r.data(), w.sum_r.data(),
-                         a.lse_mem + (b * s.H + h) * T, w.dq0.data(), w.dmk.data(), w.dmv.data(), w.kt.data(),
+    const T* msrc = a.mem_kv + b * S * 2 * D + h * d;
+    int64_t ldmk, ldmv;
+    const float* mk = widen_rows(msrc, 2 * D, S, d, w.mkw.data(), &ldmk);
+    const float* mv = widen_rows(msrc + D, 2 * D, S, d, w.mvw.data(), &ldmv);
+    attend_rows_backward(q0, ldq0, T_, mk, ldmk, mv, ldmv, S, false, d, scale, w.dy_r.data(), w.sum_r.data(),
+                         a.lse_mem + (b * s.H + h) * T_, w.dq0.data(), w.dmk.data(), w.dmv.data(), w.kt.data(),
                          w.vt.data(), w.p.data(), w.dp.data());
     for (int64_t j = 0; j < S; j++) {
-      float* dst = a.d_mem_kv + (b * S + j) * 2 * D + h * d;
-      std::copy(w.dmk.data() + j * d, w.dmk.data() + (j + 1) * d, dst);
-      std::copy(w.dmv.data() + j * d, w.dmv.data() + (j + 1) * d, dst + D);
+      T* dst = a.d_mem_kv + (b * S + j) * 2 * D + h * d;
+      store_row(dst, w.dmk.data() + j * d, d);
+      store_row(dst + D, w.dmv.data() + j * d, d);
     }
   }
-  for (int64_t t = 0; t < T; t++) {
-    float* dst = a.d_qkv + (b * T + t) * 3 * D + h * d;
+  // Each gradient row is finished in float32 (rotated back, plus the memory part), then stored once.
+  float* gq = w.row_g.data();
+  for (int64_t t = 0; t < T_; t++) {
+    T* dst = a.d_qkv + (b * T_ + t) * 3 * D + h * d;
     const float* dq = w.dq.data() + t * d;
     const float* dk = w.dk.data() + t * d;
     if (s.rope) {
-      std::fill(dst, dst + d, 0.f);
-      std::fill(dst + D, dst + D + d, 0.f);
-      rope_rotate_back_add(dq, dst, rt, t);
-      rope_rotate_back_add(dk, dst + D, rt, t);
+      std::fill(gq, gq + d, 0.f);
+      rope_rotate_back_add(dq, gq, rt, t);
+      if (S > 0) axpy(1.f, w.dq0.data() + t * d, gq, d);
+      store_row(dst, gq, d);
+      std::fill(gq, gq + d, 0.f);
+      rope_rotate_back_add(dk, gq, rt, t);
+      store_row(dst + D, gq, d);
     } else {
-      std::copy(dq, dq + d, dst);
-      std::copy(dk, dk + d, dst + D);
+      std::copy(dq, dq + d, gq);
+      if (S > 0) axpy(1.f, w.dq0.data() + t * d, gq, d);
+      store_row(dst, gq, d);
+      store_row(dst + D, dk, d);
     }
-    if (S > 0) axpy(1.f, w.dq0.data() + t * d, dst, d);
-    std::copy(w.dv.data() + t * d, w.dv.data() + (t + 1) * d, dst + 2 * D);
+    store_row(dst + 2 * D, w.dv.data() + t * d, d);
   }
 }
 
-MG_INLINE void backward_range(const BackwardArgs& a, size_t lo, size_t hi) {
-  BackwardScratch w(*a.s);
+template <typename T>
+MG_INLINE void backward_range(const BackwardArgs<T>& a, size_t lo, size_t hi) {
+  BackwardScratch w(*a.s, !std::is_same_v<T, float>);
   for (size_t bh = lo; bh < hi; bh++) backward_head(a, int64_t(bh) / a.s->H, int64_t(bh) % a.s->H, w);
 }
 
-__attribute__((target("avx2,fma"))) void backward_range_avx2(const BackwardArgs& a, size_t lo, size_t hi) {
+template <typename T>
+__attribute__((target("avx2,fma"))) void backward_range_avx2(const BackwardArgs<T>& a, size_t lo, size_t hi) {
   backward_range(a, lo, hi);
 }
-void backward_range_generic(const BackwardArgs& a, size_t lo, size_t hi) { backward_range(a, lo, hi); }
+template <typename T>
+void backward_range_generic(const BackwardArgs<T>& a, size_t lo, size_t hi) {
+  backward_range(a, lo, hi);
+}
 
 bool use_avx2() {
   static const bool yes = [] {
@@ -456,40 +539,66 @@ void check_dims(const Dims& s) {
 
 }  // namespace
 
-void attention_forward(int64_t B, int64_t T, int64_t H, int64_t d, int64_t S, bool rope, const float* qkv,
-                       const float* mem_kv, const float* gate_logits, float* out, float* lse_self, float* lse_mem,
-                       float* save_a, float* save_r) {
+void attention_forward(DType dt, int64_t B, int64_t T, int64_t H, int64_t d, int64_t S, bool rope, const void* qkv,
+                       const void* mem_kv, const void* gate_logits, void* out, float* lse_self, float* lse_mem,
+                       void* save_a, void* save_r) {
   const Dims s{B, T, H, d, S, rope};
   check_dims(s);
-  if (B == 0 || T == 0) return;
-  const RopeTable rt(s);
-  const ForwardArgs a{&s, &rt, qkv, mem_kv, gate_logits, out, lse_self, lse_mem, save_a, save_r};
-  const size_t tasks = size_t(B * H * ((T + kQB - 1) / kQB));
-  const bool avx2 = use_avx2();
-  parallel_for(0, tasks, 1, [&](size_t lo, size_t hi) {
-    if (avx2) forward_range_avx2(a, lo, hi);
-    else forward_range_generic(a, lo, hi);
+  dispatch_float(dt, "attention", [&](auto tag) {
+    using E = decltype(tag);
+    if (B == 0 || T == 0) return;
+    const RopeTable rt(s);
+    const ForwardArgs<E> a{&s,
+                           &rt,
+                           static_cast<const E*>(qkv),
+                           static_cast<const E*>(mem_kv),
+                           static_cast<const E*>(gate_logits),
+                           static_cast<E*>(out),
+                           lse_self,
+                           lse_mem,
+                           static_cast<E*>(save_a),
+                           static_cast<E*>(save_r)};
+    const size_t tasks = size_t(B * H * ((T + kQB - 1) / kQB));
+    const bool avx2 = use_avx2();
+    parallel_for(0, tasks, 1, [&](size_t lo, size_t hi) {
+      if (avx2) forward_range_avx2(a, lo, hi);
+      else forward_range_generic(a, lo, hi);
+    });
   });
 }
 
-void attention_backward(int64_t B, int64_t T, int64_t H, int64_t d, int64_t S, bool rope, const float* qkv,
-                        const float* mem_kv, const float* gate_logits, const float* a_saved, const float* r_saved,
-                        const float* lse_self, const float* lse_mem, const float* d_out, float* d_qkv,
-                        float* d_mem_kv, float* d_gate_logits) {
+void attention_backward(DType dt, int64_t B, int64_t T, int64_t H, int64_t d, int64_t S, bool rope, const void* qkv,
+                        const void* mem_kv, const void* gate_logits, const void* a_saved, const void* r_saved,
+                        const float* lse_self, const float* lse_mem, const void* d_out, void* d_qkv, void* d_mem_kv,
+                        void* d_gate_logits) {
   const Dims s{B, T, H, d, S, rope};
   check_dims(s);
-  if (B == 0) return;
-  if (T == 0) {  // the memory gets no gradient from an empty segment
-    if (S) std::fill(d_mem_kv, d_mem_kv + B * S * 2 * H * d, 0.f);
-    return;
-  }
-  const RopeTable rt(s);
-  const BackwardArgs a{&s, &rt, qkv, mem_kv, gate_logits, a_saved, r_saved, lse_self, lse_mem, d_out,
-                       d_qkv, d_mem_kv, d_gate_logits};
-  const bool avx2 = use_avx2();
-  parallel_for(0, size_t(B * H), 1, [&](size_t lo, size_t hi) {
-    if (avx2) backward_range_avx2(a, lo, hi);
-    else backward_range_generic(a, lo, hi);
+  dispatch_float(dt, "attention", [&](auto tag) {
+    using E = decltype(tag);
+    if (B == 0) return;
+    if (T == 0) {  // the memory gets no gradient from an empty segment (+0 is all-zero bits in either dtype)
+      if (S) std::memset(d_mem_kv, 0, size_t(B * S * 2 * H * d) * sizeof(E));
+      return;
+    }
+    const RopeTable rt(s);
+    const BackwardArgs<E> a{&s,
+                            &rt,
+                            static_cast<const E*>(qkv),
+                            static_cast<const E*>(mem_kv),
+                            static_cast<const E*>(gate_logits),
+                            static_cast<const E*>(a_saved),
+                            static_cast<const E*>(r_saved),
+                            lse_self,
+                            lse_mem,
+                            static_cast<const E*>(d_out),
+                            static_cast<E*>(d_qkv),
+                            static_cast<E*>(d_mem_kv),
+                            static_cast<E*>(d_gate_logits)};
+    const bool avx2 = use_avx2();
+    parallel_for(0, size_t(B * H), 1, [&](size_t lo, size_t hi) {
+      if (avx2) backward_range_avx2(a, lo, hi);
+      else backward_range_generic(a, lo, hi);
+    });
   });
 }
 

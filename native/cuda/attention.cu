@@ -1,6 +1,9 @@
 // CUDA kernels of the op family "attention" (native/common/attention.inc): causal self-attention with RoPE, the
 // memory read and its gate, forward and backward, computing what native/cpu/attention.cpp computes.
 //
+// Storage is float32 or bfloat16 (the kernels are templates on the element type E); the math is float32 either way:
+// bfloat16 is widened as the tiles are loaded, and each output is rounded once, as it is stored.
+//
 // FlashAttention-2 in float32 SIMT arithmetic. Scores exist only as one tile in shared memory and registers at a
 // time, never [T, T] in device memory. Every tile kernel runs 256 threads seen as a 16 × 16 grid (ty, tx):
 // a thread owns the tile rows ty + 16·i and, of a score tile, the columns tx + 16·j, of a head-width tile the
@@ -48,36 +51,40 @@ template <int DM> struct BwdTiles {
 
 __host__ __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
+// E is the storage type of the op's tensors (float for float32, uint16_t for bfloat16); the logsumexps, the RoPE
+// table and the backward's row scratch are float32 whatever E is.
+template <typename E>
 struct FwdParams {
   int64_t T, H, d, S, D;
   float scale;
-  const float* qkv;
-  const float* mem_kv;
-  const float* gate_logits;
+  const E* qkv;
+  const E* mem_kv;
+  const E* gate_logits;
   const float* cos_t;  // RoPE table [T, d/2]; nullptr without rope
   const float* sin_t;
-  float* out;
+  E* out;
   float* lse_self;
   float* lse_mem;
-  float* save_a;
-  float* save_r;
+  E* save_a;
+  E* save_r;
 };
 
+template <typename E>
 struct BwdParams {
   int64_t T, H, d, S, D;
   float scale;
-  const float* qkv;
-  const float* mem_kv;
+  const E* qkv;
+  const E* mem_kv;
   const float* lse_self;
   const float* lse_mem;
-  const float* d_out;
+  const E* d_out;
   const float* cos_t;   // RoPE table [T, d/2]; nullptr without rope
   const float* sin_t;
   const float* dsum_a;  // [B, H, T]: rowsum(dA ∘ A)
   const float* dsum_r;  // [B, H, T]: rowsum(dR ∘ R); with memory only
   const float* g;       // [B, H, T]: sigmoid(gate_logits); with memory only (nullptr: dA = dOut)
-  float* d_qkv;
-  float* d_mem_kv;
+  E* d_qkv;
+  E* d_mem_kv;
 };
 
 // The CPU's gate, in double: σ(x) = 1 / (1 + e^−x), rounded once.
@@ -93,28 +100,29 @@ __device__ __forceinline__ float half_warp_sum(float v) {
   return v;
 }
 
-// dst[r·(DM+1) + c] for r < ROWS, c < DM: row r of src (src + r·ld, columns 0 … d−1), zero where r ≥ n or c ≥ d,
+// dst[r·(DM+1) + c] for r < ROWS, c < DM: row r of src (src + r·ld, columns 0 … d−1; float32 or bfloat16, widened
+// here), zero where r ≥ n or c ≥ d,
 // so the fixed-width loops below may run over the padding. With a RoPE table, row r is rotated at position
 // pos0 + r (rotate-half, as the CPU's rope_rotate). With g (indexed by row), the row is scaled by 1 − g[r]
 // (complement) or g[r]: dA and dR made from dOut on the fly. The odd stride DM + 1 keeps the column reads of
 // dot_tile free of bank conflicts.
-template <int DM, int ROWS>
-__device__ __forceinline__ void load_tile(float* dst, const float* src, int64_t ld, int n, int d, const float* cos_t,
+template <int DM, int ROWS, typename E>
+__device__ __forceinline__ void load_tile(float* dst, const E* src, int64_t ld, int n, int d, const float* cos_t,
                                           const float* sin_t, int64_t pos0, const float* g, bool complement) {
   const int half = d >> 1;
   for (int idx = threadIdx.x; idx < ROWS * DM; idx += kBlock) {
     const int r = idx / DM, c = idx % DM;
     float v = 0.f;
     if (r < n && c < d) {
-      const float* row = src + r * ld;
+      const E* row = src + r * ld;
       if (cos_t) {
         const int i = c < half ? c : c - half;
         const int64_t at = (pos0 + r) * half + i;
         const float cs = cos_t[at], sn = sin_t[at];
-        const float a = row[i], b = row[i + half];
+        const float a = load(row + i), b = load(row + i + half);
         v = c < half ? a * cs - b * sn : a * sn + b * cs;
       } else {
-        v = row[c];
+        v = load(row + c);
       }
       if (g) v = (complement ? 1.f - g[r] : g[r]) * v;
     }
@@ -165,9 +173,9 @@ __device__ __forceinline__ void acc_tile(float (&acc)[RI][DM / 16], const float*
   }
 }
 
-// dst[r·ld + col] = acc for the rows r < n and columns col < d this thread owns.
-template <int DM, int RI>
-__device__ __forceinline__ void store_rows(float* dst, int64_t ld, const float (&acc)[RI][DM / 16], int n, int d) {
+// dst[r·ld + col] = acc (rounded to E) for the rows r < n and columns col < d this thread owns.
+template <int DM, int RI, typename E>
+__device__ __forceinline__ void store_rows(E* dst, int64_t ld, const float (&acc)[RI][DM / 16], int n, int d) {
   const int ty = threadIdx.x >> 4, tx = threadIdx.x & 15;
 #pragma unroll
   for (int i = 0; i < RI; i++) {
@@ -176,7 +184,7 @@ __device__ __forceinline__ void store_rows(float* dst, int64_t ld, const float (
 #pragma unroll
     for (int c = 0; c < DM / 16; c++) {
       const int col = tx + 16 * c;
-      if (col < d) dst[r * ld + col] = acc[i][c];
+      if (col < d) store(dst + r * ld + col, acc[i][c]);
     }
   }
 }
@@ -218,8 +226,8 @@ __device__ __forceinline__ void rotate_back(float (&acc)[RI][DM / 16], float* bu
 // the normalised output in acc and each row's logsumexp in lse. kvs holds the key tile, then the value tile
 // (one buffer: the forward's shared memory stays at 83 KB for a head width of 128); ps holds P.
 // Rows past the segment see zero queries: finite, never stored.
-template <int DM>
-__device__ __forceinline__ void attend(const float* qs, float* kvs, float* ps, const float* k, const float* v,
+template <int DM, typename E>
+__device__ __forceinline__ void attend(const float* qs, float* kvs, float* ps, const E* k, const E* v,
                                        int64_t ld, int64_t nk, bool causal, int64_t q0, int d, const float* cos_t,
                                        const float* sin_t, float scale, float (&acc)[kFwdQ / 16][DM / 16],
                                        float (&lse)[kFwdQ / 16]) {
@@ -287,8 +295,8 @@ __device__ __forceinline__ void attend(const float* qs, float* kvs, float* ps, c
 }
 
 // One block per (batch b, head h, block of kFwdQ query rows), blockIdx.x = (b·H + h)·q_blocks + query block.
-template <int DM>
-__global__ void __launch_bounds__(kBlock) attention_forward_kernel(FwdParams p) {
+template <int DM, typename E>
+__global__ void __launch_bounds__(kBlock) attention_forward_kernel(FwdParams<E> p) {
   constexpr int RI = kFwdQ / 16, NC = DM / 16, LD = DM + 1;
   extern __shared__ float smem[];
   float* qs = smem;              // [kFwdQ, LD]
@@ -299,7 +307,7 @@ __global__ void __launch_bounds__(kBlock) attention_forward_kernel(FwdParams p) 
   const int64_t bh = int64_t(blockIdx.x) / q_blocks, q0 = int64_t(blockIdx.x) % q_blocks * kFwdQ;
   const int64_t b = bh / p.H, h = bh % p.H;
   const int d = int(p.d), nq = int(min64(kFwdQ, T - q0));
-  const float* qkv_b = p.qkv + b * T * 3 * D + h * p.d;  // head h's q columns of batch b, rows of stride 3D
+  const E* qkv_b = p.qkv + b * T * 3 * D + h * p.d;  // head h's q columns of batch b, rows of stride 3D
 
   // Self-attention: A and lse_self.
   load_tile<DM, kFwdQ>(qs, qkv_b + q0 * 3 * D, 3 * D, nq, d, p.cos_t, p.sin_t, q0, nullptr, false);
@@ -311,7 +319,7 @@ __global__ void __launch_bounds__(kBlock) attention_forward_kernel(FwdParams p) 
     for (int i = 0; i < RI; i++)
       if (ty + 16 * i < nq) p.lse_self[lse_row + ty + 16 * i] = lse_a[i];
   }
-  float* out = p.out + (b * T + q0) * D + h * p.d;
+  E* out = p.out + (b * T + q0) * D + h * p.d;
   if (p.S == 0) {
     store_rows<DM, RI>(out, D, a, nq, d);
     return;
@@ -322,7 +330,7 @@ __global__ void __launch_bounds__(kBlock) attention_forward_kernel(FwdParams p) 
     __syncthreads();  // (attend's barriers already order its reads of qs; this makes it plain)
     load_tile<DM, kFwdQ>(qs, qkv_b + q0 * 3 * D, 3 * D, nq, d, nullptr, nullptr, 0, nullptr, false);
   }
-  const float* mem_b = p.mem_kv + b * p.S * 2 * D + h * p.d;
+  const E* mem_b = p.mem_kv + b * p.S * 2 * D + h * p.d;
   float r[RI][NC], lse_r[RI];
   attend<DM>(qs, kvs, ps, mem_b, mem_b + D, 2 * D, p.S, false, 0, d, nullptr, nullptr, p.scale, r, lse_r);
   if (tx == 0) {
@@ -337,15 +345,15 @@ __global__ void __launch_bounds__(kBlock) attention_forward_kernel(FwdParams p) 
     const int row = ty + 16 * i;
     if (row >= nq) continue;
     const int64_t t = q0 + row;
-    const float g = sigmoid_ref(p.gate_logits[(b * T + t) * p.H + h]);
+    const float g = sigmoid_ref(load(p.gate_logits + (b * T + t) * p.H + h));
     const int64_t at = row * D;
 #pragma unroll
     for (int c = 0; c < NC; c++) {
       const int col = tx + 16 * c;
       if (col >= d) continue;
-      out[at + col] = g * r[i][c] + (1.f - g) * a[i][c];
-      if (p.save_a) p.save_a[(b * T + t) * D + h * p.d + col] = a[i][c];
-      if (p.save_r) p.save_r[(b * T + t) * D + h * p.d + col] = r[i][c];
+      store(out + at + col, g * r[i][c] + (1.f - g) * a[i][c]);
+      if (p.save_a) store(p.save_a + (b * T + t) * D + h * p.d + col, a[i][c]);
+      if (p.save_r) store(p.save_r + (b * T + t) * D + h * p.d + col, r[i][c]);
     }
   }
 }
@@ -364,31 +372,32 @@ __global__ void rope_table_kernel(float* cos_t, float* sin_t, int64_t T, int64_t
 
 // One warp per (b, t, h) (row j = (b·T + t)·H + h, the gate's layout): g, the D terms and the gate gradient
 // d_gate = Σ dOut·(R − A) · g(1 − g), sums in double as on the CPU. Outputs [B, H, T] (the lse layout).
-__global__ void backward_rows_kernel(int64_t rows, int64_t T, int64_t H, int64_t d, int64_t S, const float* a,
-                                     const float* r, const float* gate_logits, const float* d_out, float* dsum_a,
-                                     float* dsum_r, float* g_out, float* d_gate) {
+template <typename E>
+__global__ void backward_rows_kernel(int64_t rows, int64_t T, int64_t H, int64_t d, int64_t S, const E* a,
+                                     const E* r, const E* gate_logits, const E* d_out, float* dsum_a,
+                                     float* dsum_r, float* g_out, E* d_gate) {
   const int lane = threadIdx.x & 31;
   const int64_t D = H * d;
   for (int64_t j = global_thread() >> 5; j < rows; j += grid_threads() >> 5) {
     const int64_t h = j % H, bt = j / H, t = bt % T, b = bt / T;
     const int64_t row = bt * D + h * d, lse_at = (b * H + h) * T + t;
-    const float* dout = d_out + row;
-    const float* ar = a + row;
+    const E* dout = d_out + row;
+    const E* ar = a + row;
     if (S == 0) {
       double acc = 0;
-      for (int64_t c = lane; c < d; c += 32) acc += double(dout[c]) * double(ar[c]);
+      for (int64_t c = lane; c < d; c += 32) acc += double(load(dout + c)) * double(load(ar + c));
       acc = warp_sum(acc);
       if (lane == 0) dsum_a[lse_at] = float(acc);
       continue;
     }
-    const float g = sigmoid_ref(gate_logits[j]);
-    const float* rr = r + row;
+    const float g = sigmoid_ref(load(gate_logits + j));
+    const E* rr = r + row;
     double sa = 0, sr = 0, diff = 0;
     for (int64_t c = lane; c < d; c += 32) {
-      const float dy = dout[c];
-      sa += double((1.f - g) * dy) * double(ar[c]);
-      sr += double(g * dy) * double(rr[c]);
-      diff += double(dy) * (double(rr[c]) - double(ar[c]));
+      const float dy = load(dout + c), av = load(ar + c), rv = load(rr + c);
+      sa += double((1.f - g) * dy) * double(av);
+      sr += double(g * dy) * double(rv);
+      diff += double(dy) * (double(rv) - double(av));
     }
     sa = warp_sum(sa);
     sr = warp_sum(sr);
@@ -397,7 +406,7 @@ __global__ void backward_rows_kernel(int64_t rows, int64_t T, int64_t H, int64_t
       dsum_a[lse_at] = float(sa);
       dsum_r[lse_at] = float(sr);
       g_out[lse_at] = g;
-      d_gate[j] = float(diff * g * (1.0 - g));
+      store(d_gate + j, float(diff * g * (1.0 - g)));
     }
   }
 }
@@ -407,8 +416,8 @@ __global__ void backward_rows_kernel(int64_t rows, int64_t T, int64_t H, int64_t
 // `memory` false: the self part (keys and values from qkv, causal, q and k rotated, dY = dA, lse_self, D_a);
 // dK is rotated back and both go to d_qkv. `memory` true: the S slots (no mask, nothing rotated, dY = dR,
 // lse_mem, D_r) into d_mem_kv. One block per (b, h, key block); the thread owning a key row owns its sums.
-template <int DM>
-__global__ void __launch_bounds__(kBlock) attention_dkdv_kernel(BwdParams p, bool memory) {
+template <int DM, typename E>
+__global__ void __launch_bounds__(kBlock) attention_dkdv_kernel(BwdParams<E> p, bool memory) {
   constexpr int BR = BwdTiles<DM>::kRows, BC = BwdTiles<DM>::kCols;
   constexpr int LD = DM + 1, PLD = BC + 1, RI = BR / 16, CJ = BC / 16, NC = DM / 16;
   extern __shared__ float smem[];
@@ -425,10 +434,10 @@ __global__ void __launch_bounds__(kBlock) attention_dkdv_kernel(BwdParams p, boo
   const int64_t bh = int64_t(blockIdx.x) / k_blocks, k0 = int64_t(blockIdx.x) % k_blocks * BR;
   const int64_t b = bh / p.H, h = bh % p.H;
   const int d = int(p.d), nkr = int(min64(BR, nk - k0));
-  const float* qkv_b = p.qkv + b * T * 3 * D + h * p.d;
-  const float* mem_b = memory ? p.mem_kv + b * p.S * 2 * D + h * p.d : nullptr;
-  const float* kb = memory ? mem_b : qkv_b + D;
-  const float* vb = memory ? mem_b + D : qkv_b + 2 * D;
+  const E* qkv_b = p.qkv + b * T * 3 * D + h * p.d;
+  const E* mem_b = memory ? p.mem_kv + b * p.S * 2 * D + h * p.d : nullptr;
+  const E* kb = memory ? mem_b : qkv_b + D;
+  const E* vb = memory ? mem_b + D : qkv_b + 2 * D;
   const int64_t ld = memory ? 2 * D : 3 * D;
   const float* cos_t = memory ? nullptr : p.cos_t;
   const float* sin_t = memory ? nullptr : p.sin_t;
@@ -478,12 +487,12 @@ __global__ void __launch_bounds__(kBlock) attention_dkdv_kernel(BwdParams p, boo
   }
 
   if (memory) {
-    float* dst = p.d_mem_kv + (b * p.S + k0) * 2 * D + h * p.d;
+    E* dst = p.d_mem_kv + (b * p.S + k0) * 2 * D + h * p.d;
     store_rows<DM, RI>(dst, 2 * D, dk, nkr, d);
     store_rows<DM, RI>(dst + D, 2 * D, dv, nkr, d);
   } else {
     if (cos_t) rotate_back<DM, RI>(dk, ks, k0, nkr, d, cos_t, sin_t);
-    float* dst = p.d_qkv + (b * T + k0) * 3 * D + h * p.d;
+    E* dst = p.d_qkv + (b * T + k0) * 3 * D + h * p.d;
     store_rows<DM, RI>(dst + D, 3 * D, dk, nkr, d);
     store_rows<DM, RI>(dst + 2 * D, 3 * D, dv, nkr, d);
   }
@@ -492,9 +501,9 @@ __global__ void __launch_bounds__(kBlock) attention_dkdv_kernel(BwdParams p, boo
 // dq += Σ over the key tiles of dS·k for the query tile in qs (rows q0 + r, r < nq) and its dY tile in dys:
 // keys and values rows j < nk at k + j·ld, v + j·ld (keys rotated at position j when cos_t is set); lse and
 // dsum indexed by query position. ks / vs take one tile of BC keys each, dss the tile of dS·scale.
-template <int DM>
+template <int DM, typename E>
 __device__ __forceinline__ void dq_pass(const float* qs, const float* dys, float* ks, float* vs, float* dss,
-                                        const float* k, const float* v, int64_t ld, int64_t nk, bool causal,
+                                        const E* k, const E* v, int64_t ld, int64_t nk, bool causal,
                                         int64_t q0, int nq, int d, const float* cos_t, const float* sin_t,
                                         float scale, const float* lse, const float* dsum,
                                         float (&dq)[BwdTiles<DM>::kRows / 16][DM / 16]) {
@@ -537,8 +546,8 @@ __device__ __forceinline__ void dq_pass(const float* qs, const float* dys, float
 // dq of one block of kRows queries: the self part over the causal key tiles (q and k rotated, dY = dA),
 // rotated back, plus the memory part over the S slots (q unrotated, dY = dR). One block per (b, h, query block);
 // it alone writes those rows of d_qkv's q columns.
-template <int DM>
-__global__ void __launch_bounds__(kBlock) attention_dq_kernel(BwdParams p) {
+template <int DM, typename E>
+__global__ void __launch_bounds__(kBlock) attention_dq_kernel(BwdParams<E> p) {
   constexpr int BR = BwdTiles<DM>::kRows, BC = BwdTiles<DM>::kCols;
   constexpr int LD = DM + 1, RI = BR / 16, NC = DM / 16;
   extern __shared__ float smem[];
@@ -551,8 +560,8 @@ __global__ void __launch_bounds__(kBlock) attention_dq_kernel(BwdParams p) {
   const int64_t bh = int64_t(blockIdx.x) / q_blocks, q0 = int64_t(blockIdx.x) % q_blocks * BR;
   const int64_t b = bh / p.H, h = bh % p.H;
   const int d = int(p.d), nq = int(min64(BR, T - q0));
-  const float* qkv_b = p.qkv + b * T * 3 * D + h * p.d;
-  const float* dout = p.d_out + (b * T + q0) * D + h * p.d;
+  const E* qkv_b = p.qkv + b * T * 3 * D + h * p.d;
+  const E* dout = p.d_out + (b * T + q0) * D + h * p.d;
   const float* g = p.g ? p.g + bh * T + q0 : nullptr;
 
   load_tile<DM, BR>(qs, qkv_b + q0 * 3 * D, 3 * D, nq, d, p.cos_t, p.sin_t, q0, nullptr, false);
@@ -575,7 +584,7 @@ __global__ void __launch_bounds__(kBlock) attention_dq_kernel(BwdParams p) {
     for (int i = 0; i < RI; i++)
 #pragma unroll
       for (int c = 0; c < NC; c++) dq_mem[i][c] = 0.f;
-    const float* mem_b = p.mem_kv + b * p.S * 2 * D + h * p.d;
+    const E* mem_b = p.mem_kv + b * p.S * 2 * D + h * p.d;
     dq_pass<DM>(qs, dys, ks, vs, dss, mem_b, mem_b + D, 2 * D, p.S, false, q0, nq, d, nullptr, nullptr, p.scale,
                 p.lse_mem + bh * T, p.dsum_r + bh * T, dq_mem);
 #pragma unroll
@@ -631,83 +640,120 @@ void fill_rope_table(float* scratch, int64_t T, int64_t d, const char* op, const
   *sin_t = s;
 }
 
-template <int DM>
-void launch_forward(const FwdParams& p, int64_t B) {
+template <int DM, typename E>
+void launch_forward(const FwdParams<E>& p, int64_t B) {
   constexpr size_t bytes = size_t(kFwdQ * (DM + 1) + kFwdK * (DM + 1) + kFwdQ * (kFwdK + 1)) * sizeof(float);
-  static const bool ready = allow_shared(attention_forward_kernel<DM>, bytes, "attention_forward");
+  static const bool ready = allow_shared(attention_forward_kernel<DM, E>, bytes, "attention_forward");
   (void)ready;
   const unsigned grid = grid_of(B * p.H * ((p.T + kFwdQ - 1) / kFwdQ), "attention_forward");
-  attention_forward_kernel<DM><<<grid, kBlock, bytes, stream()>>>(p);
+  attention_forward_kernel<DM, E><<<grid, kBlock, bytes, stream()>>>(p);
   check_launch("attention_forward");
 }
 
-template <int DM>
-void launch_backward(const BwdParams& p, int64_t B) {
+template <int DM, typename E>
+void launch_backward(const BwdParams<E>& p, int64_t B) {
   constexpr int BR = BwdTiles<DM>::kRows, BC = BwdTiles<DM>::kCols, LD = DM + 1;
   constexpr size_t dkdv_bytes = size_t(2 * BR * LD + 2 * BC * LD + 2 * BR * (BC + 1) + 2 * BC) * sizeof(float);
   constexpr size_t dq_bytes = size_t(2 * BR * LD + 2 * BC * LD + BR * (BC + 1)) * sizeof(float);
-  static const bool ready = allow_shared(attention_dkdv_kernel<DM>, dkdv_bytes, "attention_backward") &&
-                            allow_shared(attention_dq_kernel<DM>, dq_bytes, "attention_backward");
+  static const bool ready = allow_shared(attention_dkdv_kernel<DM, E>, dkdv_bytes, "attention_backward") &&
+                            allow_shared(attention_dq_kernel<DM, E>, dq_bytes, "attention_backward");
   (void)ready;
   const int64_t BH = B * p.H;
-  attention_dkdv_kernel<DM><<<grid_of(BH * ((p.T + BR - 1) / BR), "attention_backward"), kBlock, dkdv_bytes,
-                              stream()>>>(p, false);
+  attention_dkdv_kernel<DM, E><<<grid_of(BH * ((p.T + BR - 1) / BR), "attention_backward"), kBlock, dkdv_bytes,
+                                 stream()>>>(p, false);
   check_launch("attention_backward");
   if (p.S > 0) {
-    attention_dkdv_kernel<DM><<<grid_of(BH * ((p.S + BR - 1) / BR), "attention_backward"), kBlock, dkdv_bytes,
-                                stream()>>>(p, true);
+    attention_dkdv_kernel<DM, E><<<grid_of(BH * ((p.S + BR - 1) / BR), "attention_backward"), kBlock, dkdv_bytes,
+                                   stream()>>>(p, true);
     check_launch("attention_backward");
   }
-  attention_dq_kernel<DM><<<grid_of(BH * ((p.T + BR - 1) / BR), "attention_backward"), kBlock, dq_bytes,
-                            stream()>>>(p);
+  attention_dq_kernel<DM, E><<<grid_of(BH * ((p.T + BR - 1) / BR), "attention_backward"), kBlock, dq_bytes,
+                               stream()>>>(p);
   check_launch("attention_backward");
 }
 
 }  // namespace
 
-void attention_forward(int64_t B, int64_t T, int64_t H, int64_t d, int64_t S, bool rope, const float* qkv,
-                       const float* mem_kv, const float* gate_logits, float* out, float* lse_self, float* lse_mem,
-                       float* save_a, float* save_r) {
+void attention_forward(DType dt, int64_t B, int64_t T, int64_t H, int64_t d, int64_t S, bool rope, const void* qkv,
+                       const void* mem_kv, const void* gate_logits, void* out, float* lse_self, float* lse_mem,
+                       void* save_a, void* save_r) {
   check_dims(H, d, rope);
-  if (B == 0 || T == 0) return;
-  FwdParams p{T, H, d, S, H * d, float(1.0 / std::sqrt(double(d))), qkv, mem_kv, gate_logits, nullptr, nullptr,
-              out, lse_self, lse_mem, save_a, save_r};
-  if (rope) {
-    float* scratch = static_cast<float*>(reduction_scratch(size_t(2 * aligned(T * (d / 2))) * sizeof(float)));
-    fill_rope_table(scratch, T, d, "attention_forward", &p.cos_t, &p.sin_t);
-  }
-  with_head_dim(d, [&](auto dm) { launch_forward<decltype(dm)::value>(p, B); });
+  dispatch_float(dt, "attention_forward", [&](auto tag) {
+    using E = decltype(tag);
+    if (B == 0 || T == 0) return;
+    FwdParams<E> p{T,
+                   H,
+                   d,
+                   S,
+                   H * d,
+                   float(1.0 / std::sqrt(double(d))),
+                   static_cast<const E*>(qkv),
+                   static_cast<const E*>(mem_kv),
+                   static_cast<const E*>(gate_logits),
+                   nullptr,
+                   nullptr,
+                   static_cast<E*>(out),
+                   lse_self,
+                   lse_mem,
+                   static_cast<E*>(save_a),
+                   static_cast<E*>(save_r)};
+    if (rope) {
+      float* scratch = static_cast<float*>(reduction_scratch(size_t(2 * aligned(T * (d / 2))) * sizeof(float)));
+      fill_rope_table(scratch, T, d, "attention_forward", &p.cos_t, &p.sin_t);
+    }
+    with_head_dim(d, [&](auto dm) { launch_forward<decltype(dm)::value>(p, B); });
+  });
 }
 
-void attention_backward(int64_t B, int64_t T, int64_t H, int64_t d, int64_t S, bool rope, const float* qkv,
-                        const float* mem_kv, const float* gate_logits, const float* a_saved, const float* r_saved,
-                        const float* lse_self, const float* lse_mem, const float* d_out, float* d_qkv,
-                        float* d_mem_kv, float* d_gate_logits) {
+void attention_backward(DType dt, int64_t B, int64_t T, int64_t H, int64_t d, int64_t S, bool rope, const void* qkv,
+                        const void* mem_kv, const void* gate_logits, const void* a_saved, const void* r_saved,
+                        const float* lse_self, const float* lse_mem, const void* d_out, void* d_qkv, void* d_mem_kv,
+                        void* d_gate_logits) {
   check_dims(H, d, rope);
-  if (B == 0) return;
-  if (T == 0) {  // the memory gets no gradient from an empty segment
-    if (S) {
-      check(cudaMemsetAsync(d_mem_kv, 0, size_t(B * S * 2 * H * d) * sizeof(float), stream()),
-            "attention_backward");
+  dispatch_float(dt, "attention_backward", [&](auto tag) {
+    using E = decltype(tag);
+    if (B == 0) return;
+    if (T == 0) {  // the memory gets no gradient from an empty segment (+0 is all-zero bits in either dtype)
+      if (S) {
+        check(cudaMemsetAsync(d_mem_kv, 0, size_t(B * S * 2 * H * d) * sizeof(E), stream()), "attention_backward");
+      }
+      return;
     }
-    return;
-  }
-  // Scratch: the RoPE table (cos, sin), then D_a, D_r and g, each [B, H, T].
-  const int64_t rope_floats = rope ? 2 * aligned(T * (d / 2)) : 0, rows = aligned(B * H * T);
-  float* scratch =
-      static_cast<float*>(reduction_scratch(size_t(rope_floats + (S ? 3 : 1) * rows) * sizeof(float)));
-  float* dsum_a = scratch + rope_floats;
-  float* dsum_r = S ? dsum_a + rows : nullptr;
-  float* g = S ? dsum_a + 2 * rows : nullptr;
-  BwdParams p{T, H, d, S, H * d, float(1.0 / std::sqrt(double(d))), qkv, mem_kv, lse_self, lse_mem, d_out,
-              nullptr, nullptr, dsum_a, dsum_r, g, d_qkv, d_mem_kv};
-  if (rope) fill_rope_table(scratch, T, d, "attention_backward", &p.cos_t, &p.sin_t);
+    // Scratch: the RoPE table (cos, sin), then D_a, D_r and g, each [B, H, T].
+    const int64_t rope_floats = rope ? 2 * aligned(T * (d / 2)) : 0, rows = aligned(B * H * T);
+    float* scratch =
+        static_cast<float*>(reduction_scratch(size_t(rope_floats + (S ? 3 : 1) * rows) * sizeof(float)));
+    float* dsum_a = scratch + rope_floats;
+    float* dsum_r = S ? dsum_a + rows : nullptr;
+    float* g = S ? dsum_a + 2 * rows : nullptr;
+    BwdParams<E> p{T,
+                   H,
+                   d,
+                   S,
+                   H * d,
+                   float(1.0 / std::sqrt(double(d))),
+                   static_cast<const E*>(qkv),
+                   static_cast<const E*>(mem_kv),
+                   lse_self,
+                   lse_mem,
+                   static_cast<const E*>(d_out),
+                   nullptr,
+                   nullptr,
+                   dsum_a,
+                   dsum_r,
+                   g,
+                   static_cast<E*>(d_qkv),
+                   static_cast<E*>(d_mem_kv)};
+    if (rope) fill_rope_table(scratch, T, d, "attention_backward", &p.cos_t, &p.sin_t);
 
-  const int64_t n_rows = B * T * H;
-  backward_rows_kernel<<<blocks_for(n_rows, kThreads / 32), kThreads, 0, stream()>>>(
-      n_rows, T, H, d, S, a_saved, r_saved, gate_logits, d_out, dsum_a, dsum_r, g, d_gate_logits);
-  check_launch("attention_backward");
-  with_head_dim(d, [&](auto dm) { launch_backward<decltype(dm)::value>(p, B); });
+    const int64_t n_rows = B * T * H;
+    backward_rows_kernel<E><<<blocks_for(n_rows, kThreads / 32), kThreads, 0, stream()>>>(
+        n_rows, T, H, d, S, static_cast<const E*>(a_saved), static_cast<const E*>(r_saved),
+        static_cast<const E*>(gate_logits), static_cast<const E*>(d_out), dsum_a, dsum_r, g,
+        static_cast<E*>(d_gate_logits));
+    check_launch("attention_backward");
+    with_head_dim(d, [&](auto dm) { launch_backward<decltype(dm)::value>(p, B); });
+  });
 }
 
 }  // namespace mg::cuda

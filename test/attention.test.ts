@@ -200,8 +200,9 @@ forEachDevice((device) => {
   describe('attention in bfloat16', () => {
     // The bar for bf16: RMS error at most twice that of a naive bf16 computation (exact math on the bf16 inputs,
     // each result rounded to bf16 once), both against float64 computed from the bf16 inputs. Shapes cross the
-    // CPU's blocks (32 queries, 64 keys) and the CUDA tiles; head widths of 16 and 32 take the tensor-core path
-    // there, 6 and 8 the SIMT one. Every checked tensor has enough elements for its RMS to be a stable statistic.
+    // CPU's blocks (32 queries, 64 keys) and the CUDA tiles; on CUDA head widths that are multiples of 16 take the
+    // tensor-core path (16, 32, 48, 64 and 128: each padded width and both backward tile heights), 6 and 8 the
+    // SIMT one. Every checked tensor has enough elements for its RMS to be a stable statistic.
     const bf = { ...opts, dtype: 'bfloat16' as const };
     const toBf16 = (v: ArrayLike<number>) => mg.tensor(Float32Array.from(v), [v.length], bf).toArray();
     const rms = (a: ArrayLike<number>, b: ArrayLike<number>) => {
@@ -223,6 +224,9 @@ forEachDevice((device) => {
       { rope: true, S: 5, B: 2, T: 33, H: 2, d: 6 },
       { rope: false, S: 3, B: 2, T: 40, H: 2, d: 16 },
       { rope: true, S: 70, B: 1, T: 130, H: 2, d: 32 },
+      { rope: true, S: 3, B: 1, T: 70, H: 1, d: 48 },
+      { rope: true, S: 0, B: 1, T: 65, H: 2, d: 64 },
+      { rope: false, S: 2, B: 1, T: 40, H: 2, d: 128 },
     ];
     for (const { rope, S, B, T, H, d } of cases) {
       it(`forward and gradients within twice a naive bf16 computation's error: rope=${rope} S=${S} B=${B} T=${T} H=${H} d=${d}`, () => {

@@ -21,13 +21,17 @@
 // dq = Rᵀ·dq_self + dq_mem. Every output element has one writer: gradients are written, never accumulated.
 //
 // The two inner products are dot_tile (S = A·Bᵀ, both operands row-major with the head width contiguous, the
-// layout mma.sync m16n8k16 takes for its A and B fragments) and acc_tile (O += P·V, V row-major, which ldmatrix
-// .trans would feed as the B operand). A later bf16 tensor-core version replaces just these two functions (and
-// stores the tiles as bf16); the softmax bookkeeping around them stays.
+// layout mma.sync m16n8k16 takes for its A and B fragments) and acc_tile (O += P·V, V row-major). For bfloat16
+// with a head width that is a multiple of 16, the kernels' TC instantiation replaces them with tensor-core
+// products (tc_abt, tc_acc_av: mma.sync m16n8k16, bf16 operands, fp32 accumulation; see "tensor cores" below):
+// the float32 tiles, the barriers and the softmax bookkeeping around them stay; the accumulators that are only
+// summed into (O, dK, dV, dQ) live in mma fragments and cross to the 16 × 16 layout through shared memory.
 #include <cmath>
 #include <cstdint>
 #include <climits>
 #include <type_traits>
+
+#include <cuda_bf16.h>
 
 #include "elem.cuh"
 #include "kernels.h"
@@ -219,7 +223,224 @@ __device__ __forceinline__ void rotate_back(float (&acc)[RI][DM / 16], float* bu
   }
 }
 
+// ---------------------------------------------------------------- tensor cores (bfloat16, d % 16 == 0)
+//
+// The bf16 instantiation replaces dot_tile and acc_tile with mma.sync.m16n8k16 (bf16 operands, fp32
+// accumulation) where the head width is a multiple of 16; everything else — the float32 tiles in shared memory,
+// the 16 × 16 thread layout of the softmax bookkeeping, the barriers — stays. Operand fragments are read from the
+// float32 tiles and converted as they are loaded (cvt.rn.bf16x2.f32: round to nearest even). Fragment layouts
+// (PTX ISA, mma.m16n8k16 .bf16), with g = lane / 4 and t = lane % 4:
+//   A (16 × 16, row-major): a[0] = (g, 2t..2t+1), a[1] = (g+8, 2t..2t+1), a[2] = (g, 2t+8..2t+9),
+//                           a[3] = (g+8, 2t+8..2t+9), the lower column in the low half of each register;
+//   B (16 × 8, k × n):      b[0] = (k 2t..2t+1, n g), b[1] = (k 2t+8..2t+9, n g), the lower k in the low half;
+//   C (16 × 8, fp32):       c[0..1] = (g, 2t..2t+1), c[2..3] = (g+8, 2t..2t+1).
+// The eight warps split an [R, C] result as R/16 row blocks × 128/R column groups: warp w takes rows
+// 16·(w % (R/16)) + 0..15 and a run of C·R/128 columns (n tiles of 8), so no two warps write one element and each
+// element's sum runs over k in a fixed order (deterministic; no atomics).
+//
+// Precision. A value that is already bf16 (q, k, v, dOut and the memory as stored) is exact as an operand. One
+// that is not — q and k after RoPE, dY = (1 − g)·dOut or g·dOut, P, dS — is split into hi = bf16(x) and
+// lo = bf16(x − hi) (x − hi is exact in fp32), and the product sums hi·hi + hi·lo + lo·hi: about 2^-17 relative
+// per operand, so the bf16 path keeps the float32 path's accuracy (its outputs are within the bf16 rounding they
+// get once). FlashAttention-2 instead rounds P (and dS) to bf16 for the P·V (dS·K) products; that is standard,
+// and it is what kRoundP = true does for P. Simulated on the tests' shapes it gives the output about 1.3× and the
+// gate gradient up to 2× the error of a naive bf16 computation (the tests' bar is 2×), hence false.
+constexpr bool kRoundP = false;
+
+// Two floats as a bf16x2 register, lo in the low half (round to nearest even, as f32_to_bf16).
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return uint32_t(__bfloat16_as_ushort(v.x)) | (uint32_t(__bfloat16_as_ushort(v.y)) << 16);
+}
+
+// The hi and (when split) lo parts of the pair (x0, x1): hi = bf16(x), lo = bf16(x − hi).
+__device__ __forceinline__ void split_bf16(float x0, float x1, bool split, uint32_t& hi, uint32_t& lo) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(x0, x1);
+  hi = uint32_t(__bfloat16_as_ushort(h.x)) | (uint32_t(__bfloat16_as_ushort(h.y)) << 16);
+  lo = split ? pack_bf16(x0 - __low2float(h), x1 - __high2float(h)) : 0u;
+}
+
+// c += a·b for one m16n8k16 tile.
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// c += a·b with the split parts: hi·hi, then hi·lo and lo·hi where an operand is split (lo·lo is below them).
+__device__ __forceinline__ void mma_split(float (&c)[4], const uint32_t (&a_hi)[4], const uint32_t (&a_lo)[4],
+                                          bool a_split, const uint32_t (&b_hi)[2], const uint32_t (&b_lo)[2],
+                                          bool b_split) {
+  mma_bf16(c, a_hi, b_hi);
+  if (b_split) mma_bf16(c, a_hi, b_lo);
+  if (a_split) mma_bf16(c, a_lo, b_hi);
+}
+
+// The A fragment at rows r0.., columns k0.. of a row-major float tile of stride ld.
+__device__ __forceinline__ void load_a(uint32_t (&hi)[4], uint32_t (&lo)[4], const float* A, int ld, int r0, int k0,
+                                       bool split) {
+  const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+  const float* p0 = A + (r0 + g) * ld + k0 + 2 * t;
+  const float* p1 = p0 + 8 * ld;
+  split_bf16(p0[0], p0[1], split, hi[0], lo[0]);
+  split_bf16(p1[0], p1[1], split, hi[1], lo[1]);
+  split_bf16(p0[8], p0[9], split, hi[2], lo[2]);
+  split_bf16(p1[8], p1[9], split, hi[3], lo[3]);
+}
+
+// The B fragment for A·Bᵀ: B's rows n0.. are the n index, its columns k0.. the k index (B row-major, stride ld).
+__device__ __forceinline__ void load_b_nk(uint32_t (&hi)[2], uint32_t (&lo)[2], const float* B, int ld, int n0,
+                                          int k0, bool split) {
+  const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+  const float* p = B + (n0 + g) * ld + k0 + 2 * t;
+  split_bf16(p[0], p[1], split, hi[0], lo[0]);
+  split_bf16(p[8], p[9], split, hi[1], lo[1]);
+}
+
+// The B fragment for A·V: V's rows k0.. are the k index, its columns n0.. the n index (V row-major, stride ld).
+__device__ __forceinline__ void load_b_kn(uint32_t (&hi)[2], uint32_t (&lo)[2], const float* V, int ld, int k0,
+                                          int n0, bool split) {
+  const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+  const float* p = V + (k0 + 2 * t) * ld + n0 + g;
+  split_bf16(p[0], p[ld], split, hi[0], lo[0]);
+  split_bf16(p[8 * ld], p[9 * ld], split, hi[1], lo[1]);
+}
+
+// This warp's part of an [R, C] result in the split described above.
+template <int R, int C>
+struct WarpTile {
+  static_assert(R == 32 || R == 64, "16-row blocks that divide the eight warps");
+  static constexpr int kRowBlocks = R / 16, kColGroups = kBlock / 32 / kRowBlocks, kCols = C / kColGroups;
+  static constexpr int kTiles = kCols / 8;  // n tiles of 8 columns
+  static_assert(kCols % 8 == 0 && kTiles >= 1, "whole n tiles per warp");
+  __device__ static int row0() { return 16 * ((threadIdx.x >> 5) % kRowBlocks); }
+  __device__ static int col0() { return kCols * ((threadIdx.x >> 5) / kRowBlocks); }
+};
+
+// An [R, C] float accumulator held in mma C fragments (this warp's WarpTile part): the tensor-core counterpart of
+// the 16 × 16 layout's acc arrays. It crosses to that layout through shared memory (store), after a barrier.
+template <int R, int C>
+struct FragAcc {
+  using W = WarpTile<R, C>;
+  float c[W::kTiles][4];
+
+  __device__ __forceinline__ void zero() {
+#pragma unroll
+    for (int nt = 0; nt < W::kTiles; nt++) c[nt][0] = c[nt][1] = c[nt][2] = c[nt][3] = 0.f;
+  }
+  // Row r scaled by f[r] (shared memory).
+  __device__ __forceinline__ void scale_rows(const float* f) {
+    const int g = (threadIdx.x & 31) >> 2;
+    const float f0 = f[W::row0() + g], f1 = f[W::row0() + g + 8];
+#pragma unroll
+    for (int nt = 0; nt < W::kTiles; nt++) {
+      c[nt][0] *= f0;
+      c[nt][1] *= f0;
+      c[nt][2] *= f1;
+      c[nt][3] *= f1;
+    }
+  }
+  // buf[r·ld + col] = the accumulator, every element of [R, C].
+  __device__ __forceinline__ void store(float* buf, int ld) const {
+    const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+    const int r = W::row0() + g;
+#pragma unroll
+    for (int nt = 0; nt < W::kTiles; nt++) {
+      const int col = W::col0() + 8 * nt + 2 * t;
+      buf[r * ld + col] = c[nt][0];
+      buf[r * ld + col + 1] = c[nt][1];
+      buf[(r + 8) * ld + col] = c[nt][2];
+      buf[(r + 8) * ld + col + 1] = c[nt][3];
+    }
+  }
+};
+
+// out[r·out_ld + c] = Σ_{k < kd} A[r][k]·B[c][k] for r < R, c < C (A: [R, ≥ kd], B: [C, ≥ kd], both row-major of
+// stride ld): the tensor-core dot_tile, written to shared memory (every element; the n tiles at or past n_cols,
+// whose B rows are the tile's zero padding, are skipped and written as 0). kd is the head width, a multiple of
+// 16. The caller puts a barrier between this and the reads of out, and before it if out had readers.
+template <int R, int C>
+__device__ __forceinline__ void tc_abt(float* out, int out_ld, const float* A, bool a_split, const float* B,
+                                       bool b_split, int ld, int kd, int n_cols) {
+  using W = WarpTile<R, C>;
+  FragAcc<R, C> acc;
+  acc.zero();
+  const int r0 = W::row0(), c0 = W::col0();
+  for (int k0 = 0; k0 < kd; k0 += 16) {
+    uint32_t a_hi[4], a_lo[4];
+    load_a(a_hi, a_lo, A, ld, r0, k0, a_split);
+#pragma unroll
+    for (int nt = 0; nt < W::kTiles; nt++) {
+      const int n0 = c0 + 8 * nt;
+      if (n0 >= n_cols) break;  // uniform within the warp, as mma.sync needs
+      uint32_t b_hi[2], b_lo[2];
+      load_b_nk(b_hi, b_lo, B, ld, n0, k0, b_split);
+      mma_split(acc.c[nt], a_hi, a_lo, a_split, b_hi, b_lo, b_split);
+    }
+  }
+  acc.store(out, out_ld);
+}
+
+// acc += Σ_{k < nk} P[r][k]·V[k][c] (P: [R, ≥ nk] of stride pld, V: [≥ nk, C] of stride vld), the tensor-core
+// acc_tile. k runs in steps of 16 up to nk rounded up: P's columns and V's rows past nk must be zero there (the
+// masks write P = 0, load_tile zero-fills V's rows). The n tiles at or past n_cols (the head width; columns the
+// store never writes) are skipped.
+template <int R, int C>
+__device__ __forceinline__ void tc_acc_av(FragAcc<R, C>& acc, const float* P, int pld, bool p_split, const float* V,
+                                          int vld, bool v_split, int nk, int n_cols) {
+  using W = WarpTile<R, C>;
+  const int r0 = W::row0(), c0 = W::col0();
+  for (int k0 = 0; k0 < nk; k0 += 16) {
+    uint32_t a_hi[4], a_lo[4];
+    load_a(a_hi, a_lo, P, pld, r0, k0, p_split);
+#pragma unroll
+    for (int nt = 0; nt < W::kTiles; nt++) {
+      const int n0 = c0 + 8 * nt;
+      if (n0 >= n_cols) break;
+      uint32_t b_hi[2], b_lo[2];
+      load_b_kn(b_hi, b_lo, V, vld, k0, n0, v_split);
+      mma_split(acc.c[nt], a_hi, a_lo, p_split, b_hi, b_lo, v_split);
+    }
+  }
+}
+
 // ---------------------------------------------------------------- forward
+
+// One key tile of the online softmax, for the rows this thread owns: masks s (query p sees keys j ≤ p when causal,
+// keys j < n of the tile at k0), scales it, and turns it into the numerators exp(s − m_new); updates the row
+// maxima m and sums l, and gives each row's factor corr = exp(m_old − m_new) by which its output must be scaled.
+template <int RI, int CJ>
+__device__ __forceinline__ void softmax_tile(float (&s)[RI][CJ], float (&m)[RI], float (&l)[RI], float (&corr)[RI],
+                                             int n, bool causal, int64_t k0, int64_t q0, float scale) {
+  const int ty = threadIdx.x >> 4, tx = threadIdx.x & 15;
+#pragma unroll
+  for (int i = 0; i < RI; i++) {
+    const int64_t qpos = q0 + ty + 16 * i;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < CJ; j++) {
+      const int kj = tx + 16 * j;
+      const bool ok = kj < n && (!causal || k0 + kj <= qpos);
+      s[i][j] = ok ? s[i][j] * scale : -INFINITY;
+      mx = fmaxf(mx, s[i][j]);
+    }
+    mx = half_warp_max(mx);
+    const float m_new = fmaxf(m[i], mx);
+    // m_new = −∞ only while a row has seen no key: its acc and l are 0, so any finite factor will do.
+    corr[i] = m_new == -INFINITY ? 1.f : expf(m[i] - m_new);
+    float sum = 0.f;
+#pragma unroll
+    for (int j = 0; j < CJ; j++) {
+      s[i][j] = s[i][j] == -INFINITY ? 0.f : expf(s[i][j] - m_new);
+      sum += s[i][j];
+    }
+    sum = half_warp_sum(sum);
+    l[i] = l[i] * corr[i] + sum;
+    m[i] = m_new;
+  }
+}
 
 // Online-softmax attention of the query tile qs (rows at positions q0 + r) over nk keys/values (row j at
 // k + j·ld, v + j·ld; keys rotated at position j when cos_t is set). Causal: query p sees keys j ≤ p. Leaves
@@ -247,35 +468,13 @@ __device__ __forceinline__ void attend(const float* qs, float* kvs, float* ps, c
     __syncthreads();  // the previous tile's P·V reads of kvs and ps are done; qs is visible
     load_tile<DM, kFwdK>(kvs, k + k0 * ld, ld, n, d, cos_t, sin_t, k0, nullptr, false);
     __syncthreads();
-    float s[RI][CJ];
+    float s[RI][CJ], corr[RI];
     dot_tile<DM, RI, CJ>(s, qs, kvs);
+    softmax_tile<RI, CJ>(s, m, l, corr, n, causal, k0, q0, scale);
 #pragma unroll
-    for (int i = 0; i < RI; i++) {
-      const int64_t qpos = q0 + ty + 16 * i;
-      float mx = -INFINITY;
+    for (int i = 0; i < RI; i++)
 #pragma unroll
-      for (int j = 0; j < CJ; j++) {
-        const int kj = tx + 16 * j;
-        const bool ok = kj < n && (!causal || k0 + kj <= qpos);
-        s[i][j] = ok ? s[i][j] * scale : -INFINITY;
-        mx = fmaxf(mx, s[i][j]);
-      }
-      mx = half_warp_max(mx);
-      const float m_new = fmaxf(m[i], mx);
-      // m_new = −∞ only while a row has seen no key: its acc and l are 0, so any finite factor will do.
-      const float corr = m_new == -INFINITY ? 1.f : expf(m[i] - m_new);
-      float sum = 0.f;
-#pragma unroll
-      for (int j = 0; j < CJ; j++) {
-        s[i][j] = s[i][j] == -INFINITY ? 0.f : expf(s[i][j] - m_new);
-        sum += s[i][j];
-      }
-      sum = half_warp_sum(sum);
-      l[i] = l[i] * corr + sum;
-      m[i] = m_new;
-#pragma unroll
-      for (int c = 0; c < NC; c++) acc[i][c] *= corr;
-    }
+      for (int c = 0; c < NC; c++) acc[i][c] *= corr[i];
     __syncthreads();  // every thread is done reading the keys: kvs takes the values
 #pragma unroll
     for (int i = 0; i < RI; i++)
@@ -294,14 +493,78 @@ __device__ __forceinline__ void attend(const float* qs, float* kvs, float* ps, c
   }
 }
 
-// One block per (batch b, head h, block of kFwdQ query rows), blockIdx.x = (b·H + h)·q_blocks + query block.
+// attend on tensor cores (bfloat16, d a multiple of 16): the same tiles, barriers and softmax bookkeeping, with
+// S = Q·Kᵀ staged through ps (tc_abt) and the output accumulated in mma fragments (o) instead of the 16 × 16
+// layout. Each row's rescale factor reaches the fragments through corr_s ([kFwdQ] floats of shared memory):
+// written before the barrier that precedes the P and V stores, read after the one that follows them, and not
+// written again before the next tile's first barrier. Rotated q and k (rope: the self part) are split into
+// hi + lo bf16 parts; so is P (see kRoundP).
 template <int DM, typename E>
+__device__ __forceinline__ void attend_tc(const float* qs, float* kvs, float* ps, float* corr_s, const E* k,
+                                          const E* v, int64_t ld, int64_t nk, bool causal, int64_t q0, int d,
+                                          const float* cos_t, const float* sin_t, float scale,
+                                          float (&acc)[kFwdQ / 16][DM / 16], float (&lse)[kFwdQ / 16]) {
+  constexpr int RI = kFwdQ / 16, CJ = kFwdK / 16, NC = DM / 16, PLD = kFwdK + 1, LD = DM + 1;
+  const int ty = threadIdx.x >> 4, tx = threadIdx.x & 15;
+  const bool qk_split = cos_t != nullptr;
+  float m[RI], l[RI];
+#pragma unroll
+  for (int i = 0; i < RI; i++) {
+    m[i] = -INFINITY;
+    l[i] = 0.f;
+  }
+  FragAcc<kFwdQ, DM> o;
+  o.zero();
+  const int64_t k_end = causal ? min64(nk, q0 + kFwdQ) : nk;
+  for (int64_t k0 = 0; k0 < k_end; k0 += kFwdK) {
+    const int n = int(min64(kFwdK, k_end - k0));
+    __syncthreads();  // the previous tile's P·V reads of kvs, ps and corr_s are done; qs is visible
+    load_tile<DM, kFwdK>(kvs, k + k0 * ld, ld, n, d, cos_t, sin_t, k0, nullptr, false);
+    __syncthreads();
+    tc_abt<kFwdQ, kFwdK>(ps, PLD, qs, qk_split, kvs, qk_split, LD, d, n);
+    __syncthreads();  // the score tile is in ps
+    float s[RI][CJ], corr[RI];
+#pragma unroll
+    for (int i = 0; i < RI; i++)
+#pragma unroll
+      for (int j = 0; j < CJ; j++) s[i][j] = ps[(ty + 16 * i) * PLD + tx + 16 * j];
+    softmax_tile<RI, CJ>(s, m, l, corr, n, causal, k0, q0, scale);
+    if (tx == 0) {
+#pragma unroll
+      for (int i = 0; i < RI; i++) corr_s[ty + 16 * i] = corr[i];
+    }
+    __syncthreads();  // every thread is done reading the keys and the scores: kvs takes the values, ps P
+#pragma unroll
+    for (int i = 0; i < RI; i++)
+#pragma unroll
+      for (int j = 0; j < CJ; j++) ps[(ty + 16 * i) * PLD + tx + 16 * j] = s[i][j];
+    load_tile<DM, kFwdK>(kvs, v + k0 * ld, ld, n, d, nullptr, nullptr, 0, nullptr, false);
+    __syncthreads();
+    o.scale_rows(corr_s);
+    tc_acc_av(o, ps, PLD, !kRoundP, kvs, LD, false, n, d);
+  }
+  __syncthreads();  // every warp's last P·V is done with kvs: it takes the output, to hand it to the 16 × 16 layout
+  o.store(kvs, LD);
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < RI; i++) {
+    const float inv = 1.f / l[i];
+#pragma unroll
+    for (int c = 0; c < NC; c++) acc[i][c] = kvs[(ty + 16 * i) * LD + tx + 16 * c] * inv;
+    lse[i] = m[i] + logf(l[i]);
+  }
+}
+
+// One block per (batch b, head h, block of kFwdQ query rows), blockIdx.x = (b·H + h)·q_blocks + query block.
+// TC: the tensor-core products (attend_tc), for bfloat16 with d a multiple of 16.
+template <int DM, typename E, bool TC>
 __global__ void __launch_bounds__(kBlock) attention_forward_kernel(FwdParams<E> p) {
   constexpr int RI = kFwdQ / 16, NC = DM / 16, LD = DM + 1;
   extern __shared__ float smem[];
   float* qs = smem;              // [kFwdQ, LD]
   float* kvs = qs + kFwdQ * LD;  // [kFwdK, LD]
   float* ps = kvs + kFwdK * LD;  // [kFwdQ, kFwdK + 1]
+  float* corr_s = ps + kFwdQ * (kFwdK + 1);  // [kFwdQ], TC only
   const int ty = threadIdx.x >> 4, tx = threadIdx.x & 15;
   const int64_t T = p.T, D = p.D, q_blocks = (T + kFwdQ - 1) / kFwdQ;
   const int64_t bh = int64_t(blockIdx.x) / q_blocks, q0 = int64_t(blockIdx.x) % q_blocks * kFwdQ;
@@ -312,7 +575,12 @@ __global__ void __launch_bounds__(kBlock) attention_forward_kernel(FwdParams<E> 
   // Self-attention: A and lse_self.
   load_tile<DM, kFwdQ>(qs, qkv_b + q0 * 3 * D, 3 * D, nq, d, p.cos_t, p.sin_t, q0, nullptr, false);
   float a[RI][NC], lse_a[RI];
-  attend<DM>(qs, kvs, ps, qkv_b + D, qkv_b + 2 * D, 3 * D, T, true, q0, d, p.cos_t, p.sin_t, p.scale, a, lse_a);
+  if constexpr (TC) {
+    attend_tc<DM>(qs, kvs, ps, corr_s, qkv_b + D, qkv_b + 2 * D, 3 * D, T, true, q0, d, p.cos_t, p.sin_t, p.scale,
+                  a, lse_a);
+  } else {
+    attend<DM>(qs, kvs, ps, qkv_b + D, qkv_b + 2 * D, 3 * D, T, true, q0, d, p.cos_t, p.sin_t, p.scale, a, lse_a);
+  }
   const int64_t lse_row = bh * T + q0;
   if (tx == 0) {
 #pragma unroll
@@ -332,7 +600,12 @@ __global__ void __launch_bounds__(kBlock) attention_forward_kernel(FwdParams<E> 
   }
   const E* mem_b = p.mem_kv + b * p.S * 2 * D + h * p.d;
   float r[RI][NC], lse_r[RI];
-  attend<DM>(qs, kvs, ps, mem_b, mem_b + D, 2 * D, p.S, false, 0, d, nullptr, nullptr, p.scale, r, lse_r);
+  if constexpr (TC) {
+    attend_tc<DM>(qs, kvs, ps, corr_s, mem_b, mem_b + D, 2 * D, p.S, false, 0, d, nullptr, nullptr, p.scale, r,
+                  lse_r);
+  } else {
+    attend<DM>(qs, kvs, ps, mem_b, mem_b + D, 2 * D, p.S, false, 0, d, nullptr, nullptr, p.scale, r, lse_r);
+  }
   if (tx == 0) {
 #pragma unroll
     for (int i = 0; i < RI; i++)
@@ -416,7 +689,9 @@ __global__ void backward_rows_kernel(int64_t rows, int64_t T, int64_t H, int64_t
 // `memory` false: the self part (keys and values from qkv, causal, q and k rotated, dY = dA, lse_self, D_a);
 // dK is rotated back and both go to d_qkv. `memory` true: the S slots (no mask, nothing rotated, dY = dR,
 // lse_mem, D_r) into d_mem_kv. One block per (b, h, key block); the thread owning a key row owns its sums.
-template <int DM, typename E>
+// TC: the four products on tensor cores (bfloat16, d a multiple of 16); dK and dV then live in mma fragments
+// until the end, where they cross to the 16 × 16 layout through ks and vs.
+template <int DM, typename E, bool TC>
 __global__ void __launch_bounds__(kBlock) attention_dkdv_kernel(BwdParams<E> p, bool memory) {
   constexpr int BR = BwdTiles<DM>::kRows, BC = BwdTiles<DM>::kCols;
   constexpr int LD = DM + 1, PLD = BC + 1, RI = BR / 16, CJ = BC / 16, NC = DM / 16;
@@ -449,41 +724,92 @@ __global__ void __launch_bounds__(kBlock) attention_dkdv_kernel(BwdParams<E> p, 
   load_tile<DM, BR>(ks, kb + k0 * ld, ld, nkr, d, cos_t, sin_t, k0, nullptr, false);
   load_tile<DM, BR>(vs, vb + k0 * ld, ld, nkr, d, nullptr, nullptr, 0, nullptr, false);
   float dk[RI][NC], dv[RI][NC];
-#pragma unroll
-  for (int i = 0; i < RI; i++)
-#pragma unroll
-    for (int c = 0; c < NC; c++) dk[i][c] = dv[i][c] = 0.f;
-
-  // Causal: queries before k0 see none of these keys (k0 is a multiple of BC, since BR is).
-  for (int64_t q0 = causal ? k0 / BC * BC : 0; q0 < T; q0 += BC) {
-    const int nq = int(min64(BC, T - q0));
-    __syncthreads();  // the previous tile's readers of qs, dys, ps, dss, lse_s, dsum_s are done
-    load_tile<DM, BC>(qs, qkv_b + q0 * 3 * D, 3 * D, nq, d, cos_t, sin_t, q0, nullptr, false);
-    load_tile<DM, BC>(dys, p.d_out + (b * T + q0) * D + h * p.d, D, nq, d, nullptr, nullptr, 0,
-                      g ? g + q0 : nullptr, !memory);
-    for (int j = threadIdx.x; j < BC; j += kBlock) {
-      lse_s[j] = j < nq ? lse[q0 + j] : 0.f;
-      dsum_s[j] = j < nq ? dsum[q0 + j] : 0.f;
-    }
-    __syncthreads();
-    float s[RI][CJ], dp[RI][CJ];
-    dot_tile<DM, RI, CJ>(s, ks, qs);    // [keys, queries]
-    dot_tile<DM, RI, CJ>(dp, vs, dys);
-#pragma unroll
-    for (int i = 0; i < RI; i++) {
-      const int kr = ty + 16 * i;
-#pragma unroll
-      for (int j = 0; j < CJ; j++) {
-        const int qj = tx + 16 * j;
-        const bool ok = kr < nkr && qj < nq && (!causal || k0 + kr <= q0 + qj);
-        const float pv = ok ? expf(s[i][j] * p.scale - lse_s[qj]) : 0.f;
-        ps[kr * PLD + qj] = pv;
-        dss[kr * PLD + qj] = ok ? pv * (dp[i][j] - dsum_s[qj]) * p.scale : 0.f;
+  if constexpr (TC) {
+    // Rotated q and k, and dY scaled by the gate, are not bf16 values: their fragments are split.
+    const bool qk_split = cos_t != nullptr, dy_split = g != nullptr;
+    FragAcc<BR, DM> dk_f, dv_f;
+    dk_f.zero();
+    dv_f.zero();
+    for (int64_t q0 = causal ? k0 / BC * BC : 0; q0 < T; q0 += BC) {
+      const int nq = int(min64(BC, T - q0));
+      __syncthreads();  // the previous tile's readers of qs, dys, ps, dss, lse_s, dsum_s are done
+      load_tile<DM, BC>(qs, qkv_b + q0 * 3 * D, 3 * D, nq, d, cos_t, sin_t, q0, nullptr, false);
+      load_tile<DM, BC>(dys, p.d_out + (b * T + q0) * D + h * p.d, D, nq, d, nullptr, nullptr, 0,
+                        g ? g + q0 : nullptr, !memory);
+      for (int j = threadIdx.x; j < BC; j += kBlock) {
+        lse_s[j] = j < nq ? lse[q0 + j] : 0.f;
+        dsum_s[j] = j < nq ? dsum[q0 + j] : 0.f;
       }
+      __syncthreads();
+      tc_abt<BR, BC>(ps, PLD, ks, qk_split, qs, qk_split, LD, d, nq);  // Sᵀ [keys, queries]
+      tc_abt<BR, BC>(dss, PLD, vs, false, dys, dy_split, LD, d, nq);   // dPᵀ
+      __syncthreads();
+      // Each thread reads its elements of Sᵀ and dPᵀ and overwrites the same ones with Pᵀ and dSᵀ·scale.
+#pragma unroll
+      for (int i = 0; i < RI; i++) {
+        const int kr = ty + 16 * i;
+#pragma unroll
+        for (int j = 0; j < CJ; j++) {
+          const int qj = tx + 16 * j;
+          const bool ok = kr < nkr && qj < nq && (!causal || k0 + kr <= q0 + qj);
+          const float pv = ok ? expf(ps[kr * PLD + qj] * p.scale - lse_s[qj]) : 0.f;
+          const float ds = ok ? pv * (dss[kr * PLD + qj] - dsum_s[qj]) * p.scale : 0.f;
+          ps[kr * PLD + qj] = pv;
+          dss[kr * PLD + qj] = ds;
+        }
+      }
+      __syncthreads();
+      tc_acc_av(dv_f, ps, PLD, !kRoundP, dys, LD, dy_split, nq, d);
+      tc_acc_av(dk_f, dss, PLD, true, qs, LD, qk_split, nq, d);
     }
+    __syncthreads();  // every warp's last products are done: ks and vs take dK and dV
+    dk_f.store(ks, LD);
+    dv_f.store(vs, LD);
     __syncthreads();
-    acc_tile<DM, RI, PLD>(dv, ps, dys, nq);
-    acc_tile<DM, RI, PLD>(dk, dss, qs, nq);
+#pragma unroll
+    for (int i = 0; i < RI; i++)
+#pragma unroll
+      for (int c = 0; c < NC; c++) {
+        dk[i][c] = ks[(ty + 16 * i) * LD + tx + 16 * c];
+        dv[i][c] = vs[(ty + 16 * i) * LD + tx + 16 * c];
+      }
+  } else {
+#pragma unroll
+    for (int i = 0; i < RI; i++)
+#pragma unroll
+      for (int c = 0; c < NC; c++) dk[i][c] = dv[i][c] = 0.f;
+
+    // Causal: queries before k0 see none of these keys (k0 is a multiple of BC, since BR is).
+    for (int64_t q0 = causal ? k0 / BC * BC : 0; q0 < T; q0 += BC) {
+      const int nq = int(min64(BC, T - q0));
+      __syncthreads();  // the previous tile's readers of qs, dys, ps, dss, lse_s, dsum_s are done
+      load_tile<DM, BC>(qs, qkv_b + q0 * 3 * D, 3 * D, nq, d, cos_t, sin_t, q0, nullptr, false);
+      load_tile<DM, BC>(dys, p.d_out + (b * T + q0) * D + h * p.d, D, nq, d, nullptr, nullptr, 0,
+                        g ? g + q0 : nullptr, !memory);
+      for (int j = threadIdx.x; j < BC; j += kBlock) {
+        lse_s[j] = j < nq ? lse[q0 + j] : 0.f;
+        dsum_s[j] = j < nq ? dsum[q0 + j] : 0.f;
+      }
+      __syncthreads();
+      float s[RI][CJ], dp[RI][CJ];
+      dot_tile<DM, RI, CJ>(s, ks, qs);    // [keys, queries]
+      dot_tile<DM, RI, CJ>(dp, vs, dys);
+#pragma unroll
+      for (int i = 0; i < RI; i++) {
+        const int kr = ty + 16 * i;
+#pragma unroll
+        for (int j = 0; j < CJ; j++) {
+          const int qj = tx + 16 * j;
+          const bool ok = kr < nkr && qj < nq && (!causal || k0 + kr <= q0 + qj);
+          const float pv = ok ? expf(s[i][j] * p.scale - lse_s[qj]) : 0.f;
+          ps[kr * PLD + qj] = pv;
+          dss[kr * PLD + qj] = ok ? pv * (dp[i][j] - dsum_s[qj]) * p.scale : 0.f;
+        }
+      }
+      __syncthreads();
+      acc_tile<DM, RI, PLD>(dv, ps, dys, nq);
+      acc_tile<DM, RI, PLD>(dk, dss, qs, nq);
+    }
   }
 
   if (memory) {
@@ -543,10 +869,67 @@ __device__ __forceinline__ void dq_pass(const float* qs, const float* dys, float
   }
 }
 
+// dq_pass on tensor cores (bfloat16, d a multiple of 16), writing dq (not accumulating): S and dP staged through
+// dss and ps, dS·scale back into dss, dq accumulated in mma fragments and handed to the 16 × 16 layout through
+// dys at the end (dys is free then: the caller reloads it, after a barrier, before reading it again).
+// qk_split: q and k are rotated (not bf16 values); dy_split: dY is scaled by the gate.
+template <int DM, typename E>
+__device__ __forceinline__ void dq_pass_tc(const float* qs, float* dys, float* ks, float* vs, float* dss, float* ps,
+                                           const E* k, const E* v, int64_t ld, int64_t nk, bool causal, int64_t q0,
+                                           int nq, int d, const float* cos_t, const float* sin_t, float scale,
+                                           const float* lse, const float* dsum, bool dy_split,
+                                           float (&dq)[BwdTiles<DM>::kRows / 16][DM / 16]) {
+  constexpr int BR = BwdTiles<DM>::kRows, BC = BwdTiles<DM>::kCols;
+  constexpr int LD = DM + 1, PLD = BC + 1, RI = BR / 16, CJ = BC / 16, NC = DM / 16;
+  const int ty = threadIdx.x >> 4, tx = threadIdx.x & 15;
+  const bool qk_split = cos_t != nullptr;
+  float lse_r[RI], dsum_r[RI];
+#pragma unroll
+  for (int i = 0; i < RI; i++) {
+    const int r = ty + 16 * i;
+    lse_r[i] = r < nq ? lse[q0 + r] : 0.f;
+    dsum_r[i] = r < nq ? dsum[q0 + r] : 0.f;
+  }
+  FragAcc<BR, DM> acc;
+  acc.zero();
+  const int64_t k_end = causal ? min64(nk, q0 + BR) : nk;
+  for (int64_t k0 = 0; k0 < k_end; k0 += BC) {
+    const int n = int(min64(BC, k_end - k0));
+    __syncthreads();  // the previous tile's readers of ks, ps and dss are done; qs and dys are visible
+    load_tile<DM, BC>(ks, k + k0 * ld, ld, n, d, cos_t, sin_t, k0, nullptr, false);
+    load_tile<DM, BC>(vs, v + k0 * ld, ld, n, d, nullptr, nullptr, 0, nullptr, false);
+    __syncthreads();
+    tc_abt<BR, BC>(dss, PLD, qs, qk_split, ks, qk_split, LD, d, n);  // S [queries, keys]
+    tc_abt<BR, BC>(ps, PLD, dys, dy_split, vs, false, LD, d, n);     // dP
+    __syncthreads();
+    // Each thread reads its elements of S and dP and overwrites the same ones of dss with dS·scale.
+#pragma unroll
+    for (int i = 0; i < RI; i++) {
+      const int r = ty + 16 * i;
+#pragma unroll
+      for (int j = 0; j < CJ; j++) {
+        const int kj = tx + 16 * j;
+        const bool ok = r < nq && kj < n && (!causal || k0 + kj <= q0 + r);
+        const float pv = ok ? expf(dss[r * PLD + kj] * scale - lse_r[i]) : 0.f;
+        dss[r * PLD + kj] = ok ? pv * (ps[r * PLD + kj] - dsum_r[i]) * scale : 0.f;
+      }
+    }
+    __syncthreads();
+    tc_acc_av(acc, dss, PLD, true, ks, LD, qk_split, n, d);
+  }
+  __syncthreads();  // every warp's last dS·K is done, and nobody reads dys any more: it takes dq
+  acc.store(dys, LD);
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < RI; i++)
+#pragma unroll
+    for (int c = 0; c < NC; c++) dq[i][c] = dys[(ty + 16 * i) * LD + tx + 16 * c];
+}
+
 // dq of one block of kRows queries: the self part over the causal key tiles (q and k rotated, dY = dA),
 // rotated back, plus the memory part over the S slots (q unrotated, dY = dR). One block per (b, h, query block);
-// it alone writes those rows of d_qkv's q columns.
-template <int DM, typename E>
+// it alone writes those rows of d_qkv's q columns. TC: dq_pass_tc (bfloat16, d a multiple of 16).
+template <int DM, typename E, bool TC>
 __global__ void __launch_bounds__(kBlock) attention_dq_kernel(BwdParams<E> p) {
   constexpr int BR = BwdTiles<DM>::kRows, BC = BwdTiles<DM>::kCols;
   constexpr int LD = DM + 1, RI = BR / 16, NC = DM / 16;
@@ -556,6 +939,7 @@ __global__ void __launch_bounds__(kBlock) attention_dq_kernel(BwdParams<E> p) {
   float* ks = dys + BR * LD;   // [BC, LD]
   float* vs = ks + BC * LD;    // [BC, LD]
   float* dss = vs + BC * LD;   // [BR, BC + 1]
+  float* ps = dss + BR * (BC + 1);  // [BR, BC + 1], TC only: dP
   const int64_t T = p.T, D = p.D, q_blocks = (T + BR - 1) / BR;
   const int64_t bh = int64_t(blockIdx.x) / q_blocks, q0 = int64_t(blockIdx.x) % q_blocks * BR;
   const int64_t b = bh / p.H, h = bh % p.H;
@@ -567,12 +951,17 @@ __global__ void __launch_bounds__(kBlock) attention_dq_kernel(BwdParams<E> p) {
   load_tile<DM, BR>(qs, qkv_b + q0 * 3 * D, 3 * D, nq, d, p.cos_t, p.sin_t, q0, nullptr, false);
   load_tile<DM, BR>(dys, dout, D, nq, d, nullptr, nullptr, 0, g, true);
   float dq[RI][NC];
+  if constexpr (TC) {
+    dq_pass_tc<DM>(qs, dys, ks, vs, dss, ps, qkv_b + D, qkv_b + 2 * D, 3 * D, T, true, q0, nq, d, p.cos_t,
+                   p.sin_t, p.scale, p.lse_self + bh * T, p.dsum_a + bh * T, g != nullptr, dq);
+  } else {
 #pragma unroll
-  for (int i = 0; i < RI; i++)
+    for (int i = 0; i < RI; i++)
 #pragma unroll
-    for (int c = 0; c < NC; c++) dq[i][c] = 0.f;
-  dq_pass<DM>(qs, dys, ks, vs, dss, qkv_b + D, qkv_b + 2 * D, 3 * D, T, true, q0, nq, d, p.cos_t, p.sin_t,
-              p.scale, p.lse_self + bh * T, p.dsum_a + bh * T, dq);
+      for (int c = 0; c < NC; c++) dq[i][c] = 0.f;
+    dq_pass<DM>(qs, dys, ks, vs, dss, qkv_b + D, qkv_b + 2 * D, 3 * D, T, true, q0, nq, d, p.cos_t, p.sin_t,
+                p.scale, p.lse_self + bh * T, p.dsum_a + bh * T, dq);
+  }
   if (p.cos_t) rotate_back<DM, RI>(dq, qs, q0, nq, d, p.cos_t, p.sin_t);
 
   if (p.S > 0) {
@@ -580,13 +969,18 @@ __global__ void __launch_bounds__(kBlock) attention_dq_kernel(BwdParams<E> p) {
     load_tile<DM, BR>(qs, qkv_b + q0 * 3 * D, 3 * D, nq, d, nullptr, nullptr, 0, nullptr, false);
     load_tile<DM, BR>(dys, dout, D, nq, d, nullptr, nullptr, 0, g, false);
     float dq_mem[RI][NC];
-#pragma unroll
-    for (int i = 0; i < RI; i++)
-#pragma unroll
-      for (int c = 0; c < NC; c++) dq_mem[i][c] = 0.f;
     const E* mem_b = p.mem_kv + b * p.S * 2 * D + h * p.d;
-    dq_pass<DM>(qs, dys, ks, vs, dss, mem_b, mem_b + D, 2 * D, p.S, false, q0, nq, d, nullptr, nullptr, p.scale,
-                p.lse_mem + bh * T, p.dsum_r + bh * T, dq_mem);
+    if constexpr (TC) {
+      dq_pass_tc<DM>(qs, dys, ks, vs, dss, ps, mem_b, mem_b + D, 2 * D, p.S, false, q0, nq, d, nullptr, nullptr,
+                     p.scale, p.lse_mem + bh * T, p.dsum_r + bh * T, true, dq_mem);
+    } else {
+#pragma unroll
+      for (int i = 0; i < RI; i++)
+#pragma unroll
+        for (int c = 0; c < NC; c++) dq_mem[i][c] = 0.f;
+      dq_pass<DM>(qs, dys, ks, vs, dss, mem_b, mem_b + D, 2 * D, p.S, false, q0, nq, d, nullptr, nullptr, p.scale,
+                  p.lse_mem + bh * T, p.dsum_r + bh * T, dq_mem);
+    }
 #pragma unroll
     for (int i = 0; i < RI; i++)
 #pragma unroll
@@ -640,36 +1034,60 @@ void fill_rope_table(float* scratch, int64_t T, int64_t d, const char* op, const
   *sin_t = s;
 }
 
-template <int DM, typename E>
+template <int DM, typename E, bool TC>
 void launch_forward(const FwdParams<E>& p, int64_t B) {
-  constexpr size_t bytes = size_t(kFwdQ * (DM + 1) + kFwdK * (DM + 1) + kFwdQ * (kFwdK + 1)) * sizeof(float);
-  static const bool ready = allow_shared(attention_forward_kernel<DM, E>, bytes, "attention_forward");
+  constexpr size_t bytes =
+      size_t(kFwdQ * (DM + 1) + kFwdK * (DM + 1) + kFwdQ * (kFwdK + 1) + (TC ? kFwdQ : 0)) * sizeof(float);
+  static const bool ready = allow_shared(attention_forward_kernel<DM, E, TC>, bytes, "attention_forward");
   (void)ready;
   const unsigned grid = grid_of(B * p.H * ((p.T + kFwdQ - 1) / kFwdQ), "attention_forward");
-  attention_forward_kernel<DM, E><<<grid, kBlock, bytes, stream()>>>(p);
+  attention_forward_kernel<DM, E, TC><<<grid, kBlock, bytes, stream()>>>(p);
   check_launch("attention_forward");
 }
 
-template <int DM, typename E>
+template <int DM, typename E, bool TC>
 void launch_backward(const BwdParams<E>& p, int64_t B) {
   constexpr int BR = BwdTiles<DM>::kRows, BC = BwdTiles<DM>::kCols, LD = DM + 1;
   constexpr size_t dkdv_bytes = size_t(2 * BR * LD + 2 * BC * LD + 2 * BR * (BC + 1) + 2 * BC) * sizeof(float);
-  constexpr size_t dq_bytes = size_t(2 * BR * LD + 2 * BC * LD + BR * (BC + 1)) * sizeof(float);
-  static const bool ready = allow_shared(attention_dkdv_kernel<DM, E>, dkdv_bytes, "attention_backward") &&
-                            allow_shared(attention_dq_kernel<DM, E>, dq_bytes, "attention_backward");
+  constexpr size_t dq_bytes = size_t(2 * BR * LD + 2 * BC * LD + (TC ? 2 : 1) * BR * (BC + 1)) * sizeof(float);
+  static const bool ready = allow_shared(attention_dkdv_kernel<DM, E, TC>, dkdv_bytes, "attention_backward") &&
+                            allow_shared(attention_dq_kernel<DM, E, TC>, dq_bytes, "attention_backward");
   (void)ready;
   const int64_t BH = B * p.H;
-  attention_dkdv_kernel<DM, E><<<grid_of(BH * ((p.T + BR - 1) / BR), "attention_backward"), kBlock, dkdv_bytes,
-                                 stream()>>>(p, false);
+  attention_dkdv_kernel<DM, E, TC><<<grid_of(BH * ((p.T + BR - 1) / BR), "attention_backward"), kBlock,
+                                     dkdv_bytes, stream()>>>(p, false);
   check_launch("attention_backward");
   if (p.S > 0) {
-    attention_dkdv_kernel<DM, E><<<grid_of(BH * ((p.S + BR - 1) / BR), "attention_backward"), kBlock, dkdv_bytes,
-                                   stream()>>>(p, true);
+    attention_dkdv_kernel<DM, E, TC><<<grid_of(BH * ((p.S + BR - 1) / BR), "attention_backward"), kBlock,
+                                       dkdv_bytes, stream()>>>(p, true);
     check_launch("attention_backward");
   }
-  attention_dq_kernel<DM, E><<<grid_of(BH * ((p.T + BR - 1) / BR), "attention_backward"), kBlock, dq_bytes,
-                               stream()>>>(p);
+  attention_dq_kernel<DM, E, TC><<<grid_of(BH * ((p.T + BR - 1) / BR), "attention_backward"), kBlock, dq_bytes,
+                                   stream()>>>(p);
   check_launch("attention_backward");
+}
+
+// Tensor cores for bfloat16 when the head width is a multiple of 16 (whole k steps of mma.m16n8k16); float32, and
+// bfloat16 at other widths, take the SIMT kernels.
+template <typename E>
+bool use_tensor_cores(int64_t d) {
+  return std::is_same_v<E, uint16_t> && d % 16 == 0;
+}
+
+template <int DM, typename E>
+void launch_forward_for(const FwdParams<E>& p, int64_t B) {
+  if constexpr (std::is_same_v<E, uint16_t>) {
+    if (use_tensor_cores<E>(p.d)) return launch_forward<DM, E, true>(p, B);
+  }
+  launch_forward<DM, E, false>(p, B);
+}
+
+template <int DM, typename E>
+void launch_backward_for(const BwdParams<E>& p, int64_t B) {
+  if constexpr (std::is_same_v<E, uint16_t>) {
+    if (use_tensor_cores<E>(p.d)) return launch_backward<DM, E, true>(p, B);
+  }
+  launch_backward<DM, E, false>(p, B);
 }
 
 }  // namespace
@@ -701,7 +1119,7 @@ void attention_forward(DType dt, int64_t B, int64_t T, int64_t H, int64_t d, int
       float* scratch = static_cast<float*>(reduction_scratch(size_t(2 * aligned(T * (d / 2))) * sizeof(float)));
       fill_rope_table(scratch, T, d, "attention_forward", &p.cos_t, &p.sin_t);
     }
-    with_head_dim(d, [&](auto dm) { launch_forward<decltype(dm)::value>(p, B); });
+    with_head_dim(d, [&](auto dm) { launch_forward_for<decltype(dm)::value>(p, B); });
   });
 }
 
@@ -752,7 +1170,7 @@ void attention_backward(DType dt, int64_t B, int64_t T, int64_t H, int64_t d, in
         static_cast<const E*>(gate_logits), static_cast<const E*>(d_out), dsum_a, dsum_r, g,
         static_cast<E*>(d_gate_logits));
     check_launch("attention_backward");
-    with_head_dim(d, [&](auto dm) { launch_backward<decltype(dm)::value>(p, B); });
+    with_head_dim(d, [&](auto dm) { launch_backward_for<decltype(dm)::value>(p, B); });
   });
 }
 

@@ -38,9 +38,10 @@ export interface ForwardResult {
 
 /**
  * How the forward pass computes. 'bfloat16' is mixed precision as autocast does it: every linear
- * layer takes bf16 inputs, weights and bias (the matmul accumulates in float32 inside the kernel)
- * and hands float32 back; norms, attention, the memory write, the output head, the residual stream,
- * the master weights, their gradients and the optimizer state stay float32.
+ * layer takes bf16 inputs, weights and bias (the matmul accumulates in float32 inside the kernel);
+ * the attention reads the bf16 q/k/v, memory keys/values and gate logits and writes bf16 (softmax
+ * statistics in float32); norms, the memory write, the output head, the residual stream, the master
+ * weights, their gradients and the optimizer state stay float32.
  */
 export type Precision = 'float32' | 'bfloat16';
 
@@ -112,10 +113,11 @@ export class MemGPT {
   }
 
   /** A linear layer in this model's precision (see Precision); the gradients reach the float32 weights through the casts. */
-  private linear(x: Tensor, weight: Tensor, bias: Tensor | null, options: LinearOptions = {}): Tensor {
+  private linear(x: Tensor, weight: Tensor, bias: Tensor | null, options: LinearOptions = {}, keepBf16 = false): Tensor {
     if (this.precision === 'float32') return linear(x, weight, bias, options);
-    const bf = (t: Tensor) => cast(t, 'bfloat16');
-    return cast(linear(bf(x), bf(weight), bias && bf(bias), options), 'float32');
+    const bf = (t: Tensor) => (t.dtype === 'bfloat16' ? t : cast(t, 'bfloat16'));
+    const y = linear(bf(x), bf(weight), bias && bf(bias), options);
+    return keepBf16 ? y : cast(y, 'float32');
   }
 
   /** Each layer's memory at the start of a sample: mem.init broadcast over the batch. */
@@ -139,12 +141,13 @@ export class MemGPT {
     for (let l = 0; l < cfg.nLayers; l++) {
       const P = (n: string) => this.p(`layers.${l}.${n}`);
       const u = layerNorm(h, P('ln1.weight'), P('ln1.bias'));
-      const qkv = this.linear(u, P('attn.qkv.weight'), P('attn.qkv.bias'));
+      // In bfloat16 precision the attention's inputs and output stay bf16 (its softmax statistics are float32).
+      const qkv = this.linear(u, P('attn.qkv.weight'), P('attn.qkv.bias'), {}, true);
       let o: Tensor;
       if (S > 0) {
         const M = memory[l];
-        const mkv = this.linear(layerNorm(M, P('mem.ln.weight'), P('mem.ln.bias')), P('mem.kv.weight'), P('mem.kv.bias'));
-        const gateLogits = this.linear(u, P('mem.gate.weight'), P('mem.gate.bias'));
+        const mkv = this.linear(layerNorm(M, P('mem.ln.weight'), P('mem.ln.bias')), P('mem.kv.weight'), P('mem.kv.bias'), {}, true);
+        const gateLogits = this.linear(u, P('mem.gate.weight'), P('mem.gate.bias'), {}, true);
         if (diagnostics) {
           const g = gateLogits.toArray();
           let total = 0;

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
-import { availableDevices, chooseDevice, cudaKernelsVerified, missingCudaKernels, packageRoot } from '../lib/backend.js';
+import { availableDevices, chooseDevice, cudaAddonPath, cudaKernelsVerified, missingCudaKernels, packageRoot } from '../lib/backend.js';
 
 const fixture = join(packageRoot, 'test', 'fixtures', 'device-choice.ts');
 
@@ -81,6 +81,12 @@ describe('device choice', () => {
     const out = JSON.parse(r.stdout) as { device: string; status: { available: boolean; reason: string } };
     expect(out.device).toBe('cpu');
     expect(out.status.reason).toMatch(/the CUDA probe failed \(exit code 1\)/);
+  });
+
+  // Loading the addon needs no GPU, so this runs wherever it is built (CI builds it): a CPU op added
+  // without its CUDA version fails here, not on a user's GPU.
+  it.skipIf(!cudaAddonPath())('the CUDA addon exports every kernel the model calls', () => {
+    expect(missingCudaKernels()).toEqual([]);
   });
 
   const builtCuda = join(packageRoot, 'build-cuda', 'Release', 'memgpt_cuda.node');

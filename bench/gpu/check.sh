@@ -3,7 +3,7 @@
 # CUDA op tests against the CPU reference, compute-sanitizer memcheck and racecheck on them, the
 # kernel benchmarks beside PyTorch's, tiny-preset CPU/GPU loss parity and base-preset training.
 # Here, first: npm install && npm run build:cuda && bash ../shared/gpu/pack.sh
-# Device call: carry [".gpu", "prebuilds", "build-cuda", "dist"], command:
+# Device call: carry [".gpu", "prebuilds", "dist"] (prebuilds/ holds both addons; build-cuda/ is too big to carry), command:
 #   source .gpu/env.sh && bash bench/gpu/check.sh
 # Logs land in $OUT (the raw outputs to commit under bench/results/ with the GPU's name and driver).
 set -uo pipefail

@@ -4,7 +4,7 @@
 # each way and with it off (MEMGPT_LINEAR_WGMMA, see linear.cu), compute-sanitizer on it, and bf16 timings of
 # linear forward/backward at the base preset's shapes, wgmma vs mma.sync, beside torch.matmul (cuBLAS).
 # (`memgpt bench kernels` times linear in float32 only, so it does not reach this path.)
-# Needs node_modules and the CUDA addon (npm run build:cuda); PyTorch only for the cuBLAS column.
+# Needs node_modules and the CUDA addon (npm run build:cuda; carry prebuilds/, not build-cuda/); PyTorch only for the cuBLAS column.
 #   bash bench/gpu/linear-wgmma.sh      (logs and a summary under $OUT, else /tmp/linear-wgmma)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -15,7 +15,7 @@ step() { echo "== $1" | tee -a "$out/summary.txt"; }
 step "GPU"
 nvidia-smi --query-gpu=name,driver_version,compute_cap --format=csv,noheader | tee -a "$out/summary.txt"
 command -v cuobjdump > /dev/null &&
-  cuobjdump --dump-sass build-cuda/Release/memgpt_cuda.node 2> /dev/null | grep -c HGMMA | sed 's/^/HGMMA instructions in the addon: /' |
+  cuobjdump --dump-sass prebuilds/linux-x64-cuda/memgpt_cuda.node 2> /dev/null | grep -c HGMMA | sed 's/^/HGMMA instructions in the addon: /' |
   tee -a "$out/summary.txt"
 
 # "" = automatic; 128/192/256 = tile width; WxS = width and K splits; 0 = the mma.sync path.

@@ -3,7 +3,7 @@
 # H100/H200, in one device call: parity of test/linear.test.ts with the path's tile width and split-K forced
 # each way and with it off (MEMGPT_LINEAR_WGMMA, see linear.cu), compute-sanitizer on it, and bf16 timings of
 # linear forward/backward at the base preset's shapes, wgmma vs mma.sync, beside torch.matmul (cuBLAS).
-# (`memgpt bench kernels` times linear in float32 only, so it does not reach this path.)
+# (`memgpt bench kernels --device cuda` times bf16 linear too, with the automatic plan only.)
 # Needs node_modules and the CUDA addon (npm run build:cuda; carry prebuilds/, not build-cuda/); PyTorch only for the cuBLAS column.
 #   bash bench/gpu/linear-wgmma.sh      (logs and a summary under $OUT, else /tmp/linear-wgmma)
 set -uo pipefail

@@ -32,22 +32,36 @@ function rotate(z: number[], p: number, d: number): number[] {
   return out;
 }
 
+/**
+ * Head h of sample b as rows of d: q and k rotated when x.rope (the positions are 0…T−1), v, the unrotated
+ * query q0 that reads the memory, and the memory's keys and values.
+ */
+function headRows(x: RefAttentionArgs, b: number, h: number): { q: number[][]; q0: number[][]; k: number[][]; v: number[][]; mk: number[][]; mv: number[][] } {
+  const { qkv, T, H, d, rope } = x;
+  const D = H * d, S = x.S ?? 0;
+  const row = (src: ArrayLike<number>, start: number) => Array.from({ length: d }, (_, i) => src[start + i]);
+  const rows = (n: number, src: ArrayLike<number>, stride: number, offset: number) =>
+    Array.from({ length: n }, (_, t) => row(src, (b * n + t) * stride + offset + h * d));
+  const q0 = rows(T, qkv, 3 * D, 0), k0 = rows(T, qkv, 3 * D, D);
+  return {
+    q: rope ? q0.map((z, p) => rotate(z, p, d)) : q0,
+    q0,
+    k: rope ? k0.map((z, p) => rotate(z, p, d)) : k0,
+    v: rows(T, qkv, 3 * D, 2 * D),
+    mk: S > 0 ? rows(S, x.memKV!, 2 * D, 0) : [],
+    mv: S > 0 ? rows(S, x.memKV!, 2 * D, D) : [],
+  };
+}
+
 /** O [B, T, D] of SPEC §3 (A alone without memory). */
 export function refAttention(x: RefAttentionArgs): Float64Array {
-  const { qkv, B, T, H, d, rope } = x;
+  const { B, T, H, d } = x;
   const D = H * d, S = x.S ?? 0;
   const out = new Float64Array(B * T * D);
-  const row = (src: ArrayLike<number>, start: number) => Array.from({ length: d }, (_, i) => src[start + i]);
   const dot = (a: number[], b: number[]) => a.reduce((acc, v, i) => acc + v * b[i], 0);
   for (let b = 0; b < B; b++) {
     for (let h = 0; h < H; h++) {
-      const q0 = Array.from({ length: T }, (_, t) => row(qkv, (b * T + t) * 3 * D + h * d));
-      const k0 = Array.from({ length: T }, (_, t) => row(qkv, (b * T + t) * 3 * D + D + h * d));
-      const v = Array.from({ length: T }, (_, t) => row(qkv, (b * T + t) * 3 * D + 2 * D + h * d));
-      const q = rope ? q0.map((z, p) => rotate(z, p, d)) : q0;
-      const k = rope ? k0.map((z, p) => rotate(z, p, d)) : k0;
-      const mk = Array.from({ length: S }, (_, s) => row(x.memKV!, (b * S + s) * 2 * D + h * d));
-      const mv = Array.from({ length: S }, (_, s) => row(x.memKV!, (b * S + s) * 2 * D + D + h * d));
+      const { q, q0, k, v, mk, mv } = headRows(x, b, h);
       for (let t = 0; t < T; t++) {
         const p = softmaxWeights(k.slice(0, t + 1).map((kj) => dot(q[t], kj) / Math.sqrt(d)));
         const A = Array.from({ length: d }, (_, i) => p.reduce((acc, pj, j) => acc + pj * v[j][i], 0));
@@ -91,7 +105,7 @@ function rotateBack(z: number[], p: number, d: number): number[] {
  * for R and gets Σ dO·(R − A)·g(1 − g); RoPE's gradient rotates back.
  */
 export function refAttentionBackward(x: RefAttentionArgs, dOut: ArrayLike<number>): RefAttentionGrads {
-  const { qkv, B, T, H, d, rope } = x;
+  const { B, T, H, d, rope } = x;
   const D = H * d, S = x.S ?? 0;
   const dQkv = new Float64Array(B * T * 3 * D);
   const dMemKV = new Float64Array(B * S * 2 * D);
@@ -121,13 +135,7 @@ export function refAttentionBackward(x: RefAttentionArgs, dOut: ArrayLike<number
   };
   for (let b = 0; b < B; b++) {
     for (let h = 0; h < H; h++) {
-      const q0 = Array.from({ length: T }, (_, t) => row(qkv, (b * T + t) * 3 * D + h * d));
-      const k0 = Array.from({ length: T }, (_, t) => row(qkv, (b * T + t) * 3 * D + D + h * d));
-      const v = Array.from({ length: T }, (_, t) => row(qkv, (b * T + t) * 3 * D + 2 * D + h * d));
-      const q = rope ? q0.map((z, p) => rotate(z, p, d)) : q0;
-      const k = rope ? k0.map((z, p) => rotate(z, p, d)) : k0;
-      const mk = Array.from({ length: S }, (_, s) => row(x.memKV!, (b * S + s) * 2 * D + h * d));
-      const mv = Array.from({ length: S }, (_, s) => row(x.memKV!, (b * S + s) * 2 * D + D + h * d));
+      const { q, q0, k, v, mk, mv } = headRows(x, b, h);
       const dO = Array.from({ length: T }, (_, t) => row(dOut, (b * T + t) * D + h * d));
       const g = Array.from({ length: T }, (_, t) => (S > 0 ? 1 / (1 + Math.exp(-x.gateLogits![(b * T + t) * H + h])) : 0));
       const dA = dO.map((r, t) => r.map((e) => (1 - g[t]) * e));

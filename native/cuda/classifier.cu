@@ -577,18 +577,24 @@ __global__ void __launch_bounds__(kGemmThreads, 2) copy_de_kernel(Operand cq, Op
 // The most floats of GEMM-fed scratch (dlogits, dE) kept at once: 64 MiB.
 constexpr int64_t kScratchFloats = int64_t(1) << 24;
 
+// Fails with the CPU's message when an id of `what` ("input", "target") lies outside [0, vocab); waits for the
+// stream, so nothing is written first.
+void require_in_vocab(const int32_t* ids, int64_t rows, int64_t vocab, const char* what, const char* op) {
+  int32_t bad = 0;
+  const int64_t at = first_bad_id(ids, rows, vocab, &bad, op);
+  if (at >= 0) {
+    fail("tokenNLL: %s id %d at flat position %lld is outside the vocabulary [0, %lld)", what, int(bad), (long long)at,
+         (long long)vocab);
+  }
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------- logits + cross-entropy
 
 void token_nll_forward(const float* hf, const float* tok_emb, const int32_t* targets, float* nll, float* lse,
                        int64_t rows, int64_t vocab, int64_t dim, int64_t row_chunk, int64_t vocab_chunk) {
-  int32_t bad = 0;
-  int64_t at = first_bad_id(targets, rows, vocab, &bad, "tokenNLL");
-  if (at >= 0) {
-    fail("tokenNLL: target id %d at flat position %lld is outside the vocabulary [0, %lld)", int(bad), (long long)at,
-         (long long)vocab);
-  }
+  require_in_vocab(targets, rows, vocab, "target", "tokenNLL");
   if (rows == 0) return;
   MG_CHECK(dim < INT32_MAX, "tokenNLL: the width %lld is too large", (long long)dim);
   cudaStream_t s = stream();
@@ -616,12 +622,7 @@ void token_nll_forward(const float* hf, const float* tok_emb, const int32_t* tar
 void token_nll_backward(const float* hf, const float* tok_emb, const int32_t* targets, const float* lse,
                         const float* coef, float* dhf, float* dtok_emb, int64_t rows, int64_t vocab, int64_t dim,
                         int64_t row_chunk, int64_t vocab_chunk) {
-  int32_t bad = 0;
-  int64_t at = first_bad_id(targets, rows, vocab, &bad, "tokenNLL backward");
-  if (at >= 0) {
-    fail("tokenNLL: target id %d at flat position %lld is outside the vocabulary [0, %lld)", int(bad), (long long)at,
-         (long long)vocab);
-  }
+  require_in_vocab(targets, rows, vocab, "target", "tokenNLL backward");
   cudaStream_t s = stream();
   if (rows == 0) {
     if (vocab * dim > 0) {
@@ -663,17 +664,8 @@ void copy_mix_forward(const float* cq, const float* ck, const float* gen_logit, 
                       const int32_t* targets, float* nll, float* stats, int64_t batch, int64_t len, int64_t dim,
                       int64_t vocab) {
   const int64_t rows = batch * len;
-  int32_t bad = 0;
-  int64_t at = first_bad_id(inputs, rows, vocab, &bad, "tokenNLL");
-  if (at >= 0) {
-    fail("tokenNLL: input id %d at flat position %lld is outside the vocabulary [0, %lld)", int(bad), (long long)at,
-         (long long)vocab);
-  }
-  at = first_bad_id(targets, rows, vocab, &bad, "tokenNLL");
-  if (at >= 0) {
-    fail("tokenNLL: target id %d at flat position %lld is outside the vocabulary [0, %lld)", int(bad), (long long)at,
-         (long long)vocab);
-  }
+  require_in_vocab(inputs, rows, vocab, "input", "tokenNLL");
+  require_in_vocab(targets, rows, vocab, "target", "tokenNLL");
   if (rows == 0) return;
   MG_CHECK(dim < INT32_MAX, "tokenNLL: the width %lld is too large", (long long)dim);
   cudaStream_t s = stream();

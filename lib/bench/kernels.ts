@@ -152,7 +152,7 @@ export function formatKernelBench(r: KernelBenchResult): string {
   for (const row of r.rows) {
     const pct = row.percentOfCeiling === null ? '    -' : `${row.percentOfCeiling.toFixed(0).padStart(4)}%`;
     const rate = row.rate === null ? '' : `${row.rate.toFixed(1).padStart(8)} ${row.unit}`;
-    lines.push(`${row.preset.padEnd(6)} ${row.op.padEnd(28)} ${row.shape.padEnd(30)} ${row.microseconds.toFixed(1).padStart(11)} us ${rate.padEnd(17)} ${pct}`);
+    lines.push(`${row.preset.padEnd(6)} ${row.op.padEnd(34)} ${row.shape.padEnd(30)} ${row.microseconds.toFixed(1).padStart(11)} us ${rate.padEnd(17)} ${pct}`);
   }
   return lines.join('\n');
 }

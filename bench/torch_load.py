@@ -56,6 +56,8 @@ def torch_name(spec_name):
         leaf = parts[-1]
         if spec_name.endswith("mem.init"):
             return f"layers.{parts[1]}.mem_init"
+        if spec_name.endswith("ptr.pos"):
+            return f"layers.{parts[1]}.ptr_pos"
         mapped = {"attn.qkv": "qkv", "attn.out": "out", "ffn.fc1": "fc1", "ffn.fc2": "fc2"}.get(group, group.replace(".", "_"))
         return f"layers.{parts[1]}.{mapped}.{leaf}"
     if parts[0] == "copy":
@@ -69,10 +71,12 @@ def main():
     ap.add_argument("--tokens", help="JSON list of k*T+1 token ids")
     a = ap.parse_args()
     tensors, stored, metadata = read_safetensors(a.checkpoint)
-    if metadata.get("memgpt.format") != "1":
-        sys.exit(f"{a.checkpoint}: not a memgpt checkpoint of format 1")
+    fmt = metadata.get("memgpt.format")
+    if fmt not in ("1", "2"):
+        sys.exit(f"{a.checkpoint}: not a memgpt checkpoint of format 1 or 2")
     config = json.loads(metadata["memgpt.config"])
     config.setdefault("dFF", 4 * config["dModel"])
+    config.setdefault("specVersion", 1)  # format "1" predates the key: its models compute SPEC v1
     if not a.tokens:
         for name, t in tensors.items():
             print(f"{name}\t{stored[name]}\t{list(t.shape)}")

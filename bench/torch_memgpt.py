@@ -19,17 +19,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 PRESETS = {
-    "tiny": dict(vocabSize=256, dModel=64, nLayers=2, nHeads=2, dFF=256, segmentLen=32, memSlots=8, copyHead=True, positional="rope"),
-    "small": dict(vocabSize=256, dModel=256, nLayers=4, nHeads=4, dFF=1024, segmentLen=128, memSlots=16, copyHead=True, positional="rope"),
-    "base": dict(vocabSize=50257, dModel=768, nLayers=12, nHeads=12, dFF=3072, segmentLen=512, memSlots=64, copyHead=True, positional="rope"),
+    "tiny": dict(vocabSize=256, dModel=64, nLayers=2, nHeads=2, dFF=256, segmentLen=32, memSlots=8, copyHead=True, positional="rope", specVersion=2),
+    "small": dict(vocabSize=256, dModel=256, nLayers=4, nHeads=4, dFF=1024, segmentLen=128, memSlots=16, copyHead=True, positional="rope", specVersion=2),
+    "base": dict(vocabSize=50257, dModel=768, nLayers=12, nHeads=12, dFF=3072, segmentLen=512, memSlots=64, copyHead=True, positional="rope", specVersion=2),
 }
 
 HAS_SDPA = hasattr(F, "scaled_dot_product_attention")
 
 
-def rope_tables(T, d, device):
+def rope_tables(T, d, device, start=0):
     inv = 10000.0 ** (-torch.arange(0, d // 2, dtype=torch.float64) * 2 / d)
-    angles = torch.arange(T, dtype=torch.float64)[:, None] * inv[None, :]
+    angles = torch.arange(start, start + T, dtype=torch.float64)[:, None] * inv[None, :]
     return angles.cos().float().to(device), angles.sin().float().to(device)
 
 
@@ -42,12 +42,17 @@ def apply_rope(z, cos, sin):  # z [B,H,T,d], rotate-half form
 def attend(q, k, v, causal):
     if HAS_SDPA:
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    return attend_lse(q, k, v, causal)[0]
+
+
+def attend_lse(q, k, v, causal):
+    """softmax(q·kᵀ/√d)·v and the scores' logsumexp per query row (what SPEC v2's read gate needs)."""
     scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
     if causal:
         T = q.shape[-2]
         mask = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
         scores = scores.masked_fill(mask, float("-inf"))
-    return scores.softmax(-1) @ v
+    return scores.softmax(-1) @ v, scores.logsumexp(-1, keepdim=True)
 
 
 class Layer(nn.Module):
@@ -67,6 +72,13 @@ class Layer(nn.Module):
             self.ptr_q = nn.Linear(D, D, bias=False)
             self.ptr_k = nn.Linear(D, D, bias=False)
             self.ptr_v = nn.Linear(D, D, bias=False)
+            if c.get("specVersion", 1) >= 2:
+                # SPEC v2: the pointer's positional bias, starting as memgpt's does (slot j prefers token T − S + j).
+                pos = torch.zeros(S, c["segmentLen"])
+                for j in range(S):
+                    if c["segmentLen"] - S + j >= 0:
+                        pos[j, c["segmentLen"] - S + j] = 4.0
+                self.ptr_pos = nn.Parameter(pos)
             self.mem_update = nn.Linear(2 * D, D)
         self.ln2 = nn.LayerNorm(D)
         self.fc1 = nn.Linear(D, Fd)
@@ -82,19 +94,35 @@ class Layer(nn.Module):
         q0 = q
         if c["positional"] == "rope":
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        A = attend(q, k, v, causal=True)
-        if c["memSlots"] > 0:
+        v2 = c.get("specVersion", 1) >= 2
+        if c["memSlots"] > 0 and v2:
+            # SPEC v2: slot j sits at position j − S, just before the segment; the rotated query reads it (with rope),
+            # and the gate logit moves the memory's share of one softmax over the slots and the segment's keys.
+            S = c["memSlots"]
+            mk, mv = (t.view(B, -1, H, d).transpose(1, 2) for t in self.mem_kv(self.mem_ln(M)).split(D, dim=-1))
+            qm = q0
+            if c["positional"] == "rope":
+                mcos, msin = rope_tables(S, d, h.device, start=-S)
+                mk, qm = apply_rope(mk, mcos, msin), q
+            A, lse_a = attend_lse(q, k, v, causal=True)
+            R, lse_r = attend_lse(qm, mk, mv, causal=False)
+            g = torch.sigmoid(self.mem_gate(u).transpose(1, 2).unsqueeze(-1) + lse_r - lse_a)  # [B,H,T,1]
+            O = g * R + (1 - g) * A
+        elif c["memSlots"] > 0:
+            A = attend(q, k, v, causal=True)
             mk, mv = (t.view(B, -1, H, d).transpose(1, 2) for t in self.mem_kv(self.mem_ln(M)).split(D, dim=-1))
             R = attend(q0, mk, mv, causal=False)
             g = torch.sigmoid(self.mem_gate(u)).transpose(1, 2).unsqueeze(-1)  # [B,H,T,1]
             O = g * R + (1 - g) * A
         else:
-            O = A
+            O = attend(q, k, v, causal=True)
         h = h + self.out(O.transpose(1, 2).reshape(B, T, D))
         h = h + self.fc2(F.gelu(self.fc1(self.ln2(h)), approximate="tanh"))
         if c["memSlots"] > 0:
             cn = self.ptr_ln(h)
             P = self.ptr_q(M) @ self.ptr_k(cn).transpose(1, 2) / math.sqrt(D)
+            if v2:
+                P = P + self.ptr_pos[:, self.ptr_pos.shape[1] - T:]  # end-aligned for a shorter segment
             Z = P.softmax(-1) @ self.ptr_v(cn)
             U = torch.sigmoid(self.mem_update(torch.cat([M, Z], dim=-1)))
             M = (1 - U) * M + U * Z

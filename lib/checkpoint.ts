@@ -2,7 +2,7 @@
 // in the metadata) and, beside it, the training state (optimizer moments and step counts, and the
 // trainer's own JSON state), restored bit for bit so that a resumed run continues exactly.
 import type { Device } from './backend.js';
-import { parameterShapes, resolveConfig, type ModelConfig } from './config.js';
+import { parameterShapes, resolveConfig, type ModelConfig, type SpecVersion } from './config.js';
 import { MemgptError, shapeStr } from './errors.js';
 import { MemGPT } from './model.js';
 import { AdamW, SGD } from './ops/optim.js';
@@ -12,8 +12,13 @@ import {
   type StoredTensor,
 } from './io/safetensors.js';
 
-/** The checkpoint format this code writes and reads ("memgpt.format"). */
-export const CHECKPOINT_FORMAT = '1';
+/**
+ * The checkpoint format ("memgpt.format") this code writes for training states and models of SPEC v2; a model of
+ * SPEC v1 is written as format "1", as before. Both formats are read.
+ */
+export const CHECKPOINT_FORMAT = '2';
+const MODEL_FORMATS: Record<SpecVersion, string> = { 1: '1', 2: '2' };
+const READ_FORMATS = ['1', '2'];
 
 const CONFIG_KEY = 'memgpt.config';
 const FORMAT_KEY = 'memgpt.format';
@@ -60,7 +65,7 @@ export function saveModel(path: string, model: MemGPT, options: SaveModelOptions
     if (!p) throw new MemgptError(`${path}: the model has no parameter ${name}`);
     return [name, lazyStored(p, stored)];
   });
-  writeSafetensors(path, tensors, { ...extra, [CONFIG_KEY]: JSON.stringify(model.config), [FORMAT_KEY]: CHECKPOINT_FORMAT });
+  writeSafetensors(path, tensors, { ...extra, [CONFIG_KEY]: JSON.stringify(model.config), [FORMAT_KEY]: MODEL_FORMATS[model.config.specVersion] });
 }
 
 /** The config of a checkpoint, from its metadata (checked by resolveConfig); reads only the header. */
@@ -71,7 +76,7 @@ export function readModelConfig(path: string): ModelConfig {
 function configFromMetadata(path: string, metadata: Record<string, string>): ModelConfig {
   const format = metadata[FORMAT_KEY];
   if (format === undefined) throw new MemgptError(`${path}: not a memgpt checkpoint (no "${FORMAT_KEY}" in its metadata)`);
-  if (format !== CHECKPOINT_FORMAT) throw new MemgptError(`${path}: checkpoint format ${JSON.stringify(format)} is not supported (this version reads format ${CHECKPOINT_FORMAT})`);
+  if (!READ_FORMATS.includes(format)) throw new MemgptError(`${path}: checkpoint format ${JSON.stringify(format)} is not supported (this version reads formats ${READ_FORMATS.join(' and ')})`);
   const text = metadata[CONFIG_KEY];
   if (text === undefined) throw new MemgptError(`${path}: not a memgpt checkpoint (no "${CONFIG_KEY}" in its metadata)`);
   let parsed: unknown;
@@ -84,8 +89,16 @@ function configFromMetadata(path: string, metadata: Record<string, string>): Mod
   // Only dFF has a default in SPEC §1; every other key must be spelled out for the checkpoint to be portable.
   const required: (keyof ModelConfig)[] = ['vocabSize', 'dModel', 'nLayers', 'nHeads', 'segmentLen', 'memSlots', 'positional', 'copyHead', 'tokenizer'];
   for (const key of required) if (!(key in parsed)) throw new MemgptError(`${path}: "${CONFIG_KEY}" has no ${key}`);
+  // Format "1" predates specVersion: its models compute SPEC v1. Format "2" names the version.
+  const config = parsed as Partial<ModelConfig>;
+  if (format === '1') {
+    if (config.specVersion !== undefined && config.specVersion !== 1) throw new MemgptError(`${path}: a format "1" checkpoint cannot hold specVersion ${JSON.stringify(config.specVersion)}`);
+    config.specVersion = 1;
+  } else if (config.specVersion === undefined) {
+    throw new MemgptError(`${path}: "${CONFIG_KEY}" has no specVersion`);
+  }
   try {
-    return resolveConfig(parsed as Partial<ModelConfig>);
+    return resolveConfig(config);
   } catch (err) {
     throw new MemgptError(`${path}: ${(err as Error).message}`, { cause: err });
   }
@@ -207,7 +220,7 @@ export function loadTrainingState(path: string, model: MemGPT, optimizer: Optimi
     }
   };
   const format = metadata[FORMAT_KEY];
-  if (format !== undefined && format !== CHECKPOINT_FORMAT) throw new MemgptError(`${path}: training-state format ${JSON.stringify(format)} is not supported (this version reads format ${CHECKPOINT_FORMAT})`);
+  if (format !== undefined && !READ_FORMATS.includes(format)) throw new MemgptError(`${path}: training-state format ${JSON.stringify(format)} is not supported (this version reads formats ${READ_FORMATS.join(' and ')})`);
   const trainer = parseJson(TRAINER_KEY);
   if (typeof trainer !== 'object' || trainer === null || Array.isArray(trainer)) throw new MemgptError(`${path}: "${TRAINER_KEY}" is not a JSON object`);
   const record = parseJson(OPTIMIZER_KEY) as OptimizerRecord;

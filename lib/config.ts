@@ -1,5 +1,7 @@
 // The model's configuration (SPEC.md §1), the named presets (§6), and the
 // parameter names and shapes (§2) that every backend and checkpoint uses.
+// specVersion says which version of SPEC.md's function the model computes: 2 for new models; 1 is what
+// checkpoints of format "1" hold (they load, evaluate and train as they were).
 import { MemgptError } from './errors.js';
 
 export interface ModelConfig {
@@ -13,14 +15,20 @@ export interface ModelConfig {
   positional: 'rope' | 'sinusoidal';
   copyHead: boolean;
   tokenizer: 'byte' | 'gpt2';
+  /** The version of SPEC.md's model function: 2 (positional memory, the default) or 1. */
+  specVersion: SpecVersion;
 }
+
+export type SpecVersion = 1 | 2;
+/** The version of the model function that new models compute. */
+export const CURRENT_SPEC_VERSION: SpecVersion = 2;
 
 export type PresetName = 'tiny' | 'small' | 'base';
 
 export const presets: Record<PresetName, ModelConfig> = {
-  tiny: { tokenizer: 'byte', vocabSize: 256, dModel: 64, nLayers: 2, nHeads: 2, dFF: 256, segmentLen: 32, memSlots: 8, copyHead: true, positional: 'rope' },
-  small: { tokenizer: 'byte', vocabSize: 256, dModel: 256, nLayers: 4, nHeads: 4, dFF: 1024, segmentLen: 128, memSlots: 16, copyHead: true, positional: 'rope' },
-  base: { tokenizer: 'gpt2', vocabSize: 50257, dModel: 768, nLayers: 12, nHeads: 12, dFF: 3072, segmentLen: 512, memSlots: 64, copyHead: true, positional: 'rope' },
+  tiny: { tokenizer: 'byte', vocabSize: 256, dModel: 64, nLayers: 2, nHeads: 2, dFF: 256, segmentLen: 32, memSlots: 8, copyHead: true, positional: 'rope', specVersion: 2 },
+  small: { tokenizer: 'byte', vocabSize: 256, dModel: 256, nLayers: 4, nHeads: 4, dFF: 1024, segmentLen: 128, memSlots: 16, copyHead: true, positional: 'rope', specVersion: 2 },
+  base: { tokenizer: 'gpt2', vocabSize: 50257, dModel: 768, nLayers: 12, nHeads: 12, dFF: 3072, segmentLen: 512, memSlots: 64, copyHead: true, positional: 'rope', specVersion: 2 },
 };
 
 /** Fills defaults (dFF = 4·dModel, vocabSize from the tokenizer) and checks every key; throws one clear error. */
@@ -39,6 +47,7 @@ export function resolveConfig(partial: Partial<ModelConfig>): ModelConfig {
     memSlots: partial.memSlots ?? 8,
     positional: partial.positional ?? 'rope',
     copyHead: partial.copyHead ?? true,
+    specVersion: partial.specVersion ?? CURRENT_SPEC_VERSION,
   };
   const positive = ['vocabSize', 'dModel', 'nLayers', 'nHeads', 'dFF', 'segmentLen'] as const;
   for (const key of positive) {
@@ -51,6 +60,7 @@ export function resolveConfig(partial: Partial<ModelConfig>): ModelConfig {
   if (cfg.positional === 'rope' && headDim % 2 !== 0) throw new MemgptError(`config: RoPE needs an even head width (dModel/nHeads = ${headDim})`);
   if (cfg.positional === 'sinusoidal' && cfg.dModel % 2 !== 0) throw new MemgptError(`config: sinusoidal positions need an even dModel (got ${cfg.dModel})`);
   if (typeof cfg.copyHead !== 'boolean') throw new MemgptError('config: copyHead must be true or false');
+  if (cfg.specVersion !== 1 && cfg.specVersion !== 2) throw new MemgptError(`config: specVersion must be 1 or 2 (got ${JSON.stringify(cfg.specVersion)})`);
   if (tokenizer === 'byte' && cfg.vocabSize < 256) throw new MemgptError(`config: the byte tokenizer needs vocabSize ≥ 256 (got ${cfg.vocabSize})`);
   if (tokenizer === 'gpt2' && cfg.vocabSize < 50257) throw new MemgptError(`config: the gpt2 tokenizer needs vocabSize ≥ 50257 (got ${cfg.vocabSize})`);
   const known = new Set<string>(Object.keys(cfg));
@@ -77,8 +87,9 @@ export function parameterShapes(cfg: ModelConfig): [name: string, shape: number[
         [`${p}mem.gate.weight`, [H, D]], [`${p}mem.gate.bias`, [H]],
         [`${p}ptr.ln.weight`, [D]], [`${p}ptr.ln.bias`, [D]],
         [`${p}ptr.q.weight`, [D, D]], [`${p}ptr.k.weight`, [D, D]], [`${p}ptr.v.weight`, [D, D]],
-        [`${p}mem.update.weight`, [D, 2 * D]], [`${p}mem.update.bias`, [D]],
       );
+      if (cfg.specVersion >= 2) out.push([`${p}ptr.pos`, [S, cfg.segmentLen]]);
+      out.push([`${p}mem.update.weight`, [D, 2 * D]], [`${p}mem.update.bias`, [D]]);
     }
     out.push(
       [`${p}ln2.weight`, [D]], [`${p}ln2.bias`, [D]],

@@ -95,9 +95,32 @@ export class Decoder {
     const M = this.layers[l].memory;
     if (!M) return;
     const P = (n: string) => this.param(`layers.${l}.${n}`);
-    this.layers[l].memKV = noGrad(() =>
+    const kv = noGrad(() =>
       tidy(() => linear(layerNorm(M, P('mem.ln.weight'), P('mem.ln.bias')), P('mem.kv.weight'), P('mem.kv.bias')).toArray() as Float32Array),
     );
+    // SPEC v2 with RoPE: slot j's key is rotated at position j (the slots sit at −S … −1 before the segment,
+    // and the query at p is rotated at p + S: only the distance counts).
+    if (this.positionalRead) {
+      const { dModel: D, nHeads: H, memSlots: S } = this.cfg;
+      const d = D / H;
+      for (let j = 0; j < S; j++) for (let hd = 0; hd < H; hd++) this.rotate(kv, j * 2 * D + hd * d, j);
+    }
+    this.layers[l].memKV = kv;
+  }
+
+  /** Whether the memory is read by position (SPEC v2 with RoPE): rotated queries against rotated slot keys. */
+  private get positionalRead(): boolean {
+    return this.cfg.specVersion >= 2 && this.cfg.positional === 'rope';
+  }
+
+  /** Rotate-half RoPE in place of the head row z[at … at + d) at position p. */
+  private rotate(z: Float32Array | Float64Array, at: number, p: number): void {
+    const half = this.ropeTheta.length;
+    for (let i = 0; i < half; i++) {
+      const c = Math.cos(p * this.ropeTheta[i]), s = Math.sin(p * this.ropeTheta[i]);
+      const a = at + i, b = a + half;
+      [z[a], z[b]] = [z[a] * c - z[b] * s, z[a] * s + z[b] * c];
+    }
   }
 
   /** Processes one token at the next position of the current segment. */
@@ -159,8 +182,9 @@ export class Decoder {
     const out = new Float32Array(D);
     const scores = new Float64Array(Math.max(p + 1, S));
     const scale = 1 / Math.sqrt(d);
-    // softmax(scores[0..n)) · rows of `table` (row stride `stride`, columns hd·d … from `col`) into acc.
-    const weighted = (n: number, table: Float32Array, stride: number, col: number, acc: Float64Array) => {
+    // softmax(scores[0..n)) · rows of `table` (row stride `stride`, columns hd·d … from `col`) into acc; returns
+    // the scores' logsumexp.
+    const weighted = (n: number, table: Float32Array, stride: number, col: number, acc: Float64Array): number => {
       let mx = -Infinity;
       for (let j = 0; j < n; j++) mx = Math.max(mx, scores[j]);
       let total = 0;
@@ -169,7 +193,12 @@ export class Decoder {
         const w = scores[j] / total;
         for (let i = 0; i < d; i++) acc[i] += w * table[j * stride + col + i];
       }
+      return mx + Math.log(total);
     };
+    // The query that reads the memory: unrotated (SPEC v1, or sinusoidal positions), or rotated at p + S (v2).
+    const qm = Float64Array.from(q0);
+    if (this.positionalRead) for (let hd = 0; hd < H; hd++) this.rotate(qm, hd * d, p + S);
+    const joint = this.cfg.specVersion >= 2;
     for (let hd = 0; hd < H; hd++) {
       const off = hd * d;
       for (let j = 0; j <= p; j++) {
@@ -178,17 +207,18 @@ export class Decoder {
         scores[j] = dot * scale;
       }
       const A = new Float64Array(d);
-      weighted(p + 1, cache.values, D, off, A);
+      const lseSelf = weighted(p + 1, cache.values, D, off, A);
       if (S > 0 && gateLogits) {
         const mkv = cache.memKV;
         for (let s = 0; s < S; s++) {
           let dot = 0;
-          for (let i = 0; i < d; i++) dot += q0[off + i] * mkv[s * 2 * D + off + i];
+          for (let i = 0; i < d; i++) dot += qm[off + i] * mkv[s * 2 * D + off + i];
           scores[s] = dot * scale;
         }
         const R = new Float64Array(d);
-        weighted(S, mkv, 2 * D, D + off, R);
-        const g = 1 / (1 + Math.exp(-gateLogits[hd]));
+        const lseMem = weighted(S, mkv, 2 * D, D + off, R);
+        // v2: the joint softmax's share of the memory, moved by the gate logit; v1: the gate alone.
+        const g = 1 / (1 + Math.exp(-(gateLogits[hd] + (joint ? lseMem - lseSelf : 0))));
         for (let i = 0; i < d; i++) out[off + i] = g * R[i] + (1 - g) * A[i];
       } else {
         for (let i = 0; i < d; i++) out[off + i] = A[i];
@@ -209,7 +239,8 @@ export class Decoder {
           tidy(() => {
             const c = layerNorm(tensor(cache.outputs, [1, T, D], { device: M.device }), P('ptr.ln.weight'), P('ptr.ln.bias'));
             const mq = linear(M, P('ptr.q.weight'), null);
-            return memoryWrite(M, mq, linear(c, P('ptr.k.weight'), null), linear(c, P('ptr.v.weight'), null), P('mem.update.weight'), P('mem.update.bias'));
+            const pointerBias = this.cfg.specVersion >= 2 ? P('ptr.pos') : undefined;
+            return memoryWrite(M, mq, linear(c, P('ptr.k.weight'), null), linear(c, P('ptr.v.weight'), null), P('mem.update.weight'), P('mem.update.bias'), { pointerBias });
           }),
         );
         cache.memory = keep(next);

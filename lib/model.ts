@@ -8,13 +8,13 @@ import { MemgptError, shapeStr } from './errors.js';
 import { Rng } from './random.js';
 import { add, mul, scale } from './ops/elementwise.js';
 import { sum } from './ops/reduce.js';
-import { broadcastTo, cast, reshape } from './ops/shape.js';
+import { broadcastTo, cast, detach, reshape } from './ops/shape.js';
 import { embedding, layerNorm, sinusoidalPositions } from './ops/norm.js';
 import { linear, type LinearOptions } from './ops/linear.js';
-import { attention } from './ops/attention.js';
+import { attention, type MemoryRead } from './ops/attention.js';
 import { memoryWrite } from './ops/memwrite.js';
 import { tokenNLL } from './ops/classifier.js';
-import { parameter, tensor, tidy, type Parameter, type Tensor } from './tensor.js';
+import { keep, parameter, tensor, tidy, type Parameter, type Tensor } from './tensor.js';
 
 /** What a layer's memory did during a forward pass (means over the batch and the segments). */
 export interface LayerDiagnostics {
@@ -26,6 +26,22 @@ export interface LayerDiagnostics {
   pointerEntropy: number;
 }
 
+/** Options of MemGPT.forward. */
+export interface ForwardOptions {
+  /** Also measure each layer's gates and pointer entropy (see LayerDiagnostics). */
+  diagnostics?: boolean;
+  /**
+   * Each layer's memory at the start of the sample, [B, S, D]: the memory a stream carries over from its previous
+   * sample (SPEC §4, stream training). No gradient flows into it (backpropagation is truncated at the sample's
+   * start). Default: mem.init for every row.
+   */
+  memory?: readonly Tensor[];
+  /** With memory: true for the rows whose sample starts a new document, whose memory starts from mem.init instead. */
+  reset?: readonly boolean[];
+  /** Return each layer's memory after the last segment (detached; the caller disposes it). */
+  returnMemory?: boolean;
+}
+
 export interface ForwardResult {
   /** Mean −log P(y) over the predicted tokens whose mask is 1 (a scalar, differentiable). */
   loss: Tensor;
@@ -34,6 +50,8 @@ export interface ForwardResult {
   tokens: number;
   /** Per layer, when asked for (memSlots > 0). */
   diagnostics?: LayerDiagnostics[];
+  /** Each layer's memory after the sample, when asked for (returnMemory, memSlots > 0). */
+  memory?: Tensor[];
 }
 
 /**
@@ -82,11 +100,17 @@ export class MemGPT {
       const values = new Float32Array(n);
       if (/\.(ln\d?|ln_f|mem\.ln|ptr\.ln)\.weight$|^ln_f\.weight$/.test(name)) values.fill(1);
       else if (name === 'copy.gen.bias') values.fill(2);
+      else if (name.endsWith('ptr.pos')) fillShiftRegister(values, cfg.memSlots, cfg.segmentLen);
       else if (name.endsWith('.bias')) values.fill(0);
       else rng.fillNormal(values, 0, /attn\.out\.weight$|ffn\.fc2\.weight$/.test(name) ? residualStd : 0.02);
       params.set(name, parameter(tensor(values, shape, { device: options.device }), name));
     }
     return new MemGPT(cfg, params);
+  }
+
+  /** How this model's attention reads the memory: SPEC v2's positional joint read, or v1's gated read. */
+  get memoryRead(): MemoryRead {
+    return this.config.specVersion >= 2 ? 'positional' : 'gated';
   }
 
   get device(): Device {
@@ -128,6 +152,27 @@ export class MemGPT {
   }
 
   /**
+   * The memory a sample starts from when a stream carries `carried` over from its previous sample: the carried
+   * memory, detached, except in the rows marked in `reset` (a new document), which start from mem.init.
+   */
+  startMemory(batch: number, carried: readonly Tensor[], reset: readonly boolean[] = []): Tensor[] {
+    const { memSlots: S, dModel: D, nLayers: L } = this.config;
+    if (S === 0) return [];
+    if (carried.length !== L) throw new MemgptError(`forward: memory has ${carried.length} layers; the model has ${L}`);
+    for (const m of carried) {
+      if (m.shape.join() !== [batch, S, D].join()) throw new MemgptError(`forward: a carried memory is ${shapeStr(m.shape)}; expected ${shapeStr([batch, S, D])}`);
+    }
+    if (reset.length !== 0 && reset.length !== batch) throw new MemgptError(`forward: reset has ${reset.length} entries for a batch of ${batch}`);
+    const resets = reset.filter(Boolean).length;
+    if (resets === batch) return this.initialMemory(batch);
+    if (resets === 0) return carried.map((m) => detach(m));
+    const device = this.device;
+    const fresh = tensor(Float32Array.from(reset, (r) => (r ? 1 : 0)), [batch, 1, 1], { device });
+    const kept = tensor(Float32Array.from(reset, (r) => (r ? 0 : 1)), [batch, 1, 1], { device });
+    return carried.map((m, l) => add(mul(detach(m), kept), mul(this.p(`layers.${l}.mem.init`), fresh)));
+  }
+
+  /**
    * One segment: x [B, T] int32 input ids → hf [B, T, D] (the final-normed hidden states),
    * and each layer's memory after this segment's write.
    */
@@ -154,7 +199,7 @@ export class MemGPT {
           for (const z of g) total += 1 / (1 + Math.exp(-z));
           diagnostics[l] = { readGate: total / g.length, writeGate: NaN, pointerEntropy: NaN };
         }
-        o = attention(qkv, { nHeads: H, rope: cfg.positional === 'rope', memKV: mkv, gateLogits });
+        o = attention(qkv, { nHeads: H, rope: cfg.positional === 'rope', memKV: mkv, gateLogits, memoryRead: this.memoryRead });
       } else {
         o = attention(qkv, { nHeads: H, rope: cfg.positional === 'rope' });
       }
@@ -167,13 +212,14 @@ export class MemGPT {
         const mq = this.linear(M, P('ptr.q.weight'), null);
         const ck = this.linear(c, P('ptr.k.weight'), null);
         const cv = this.linear(c, P('ptr.v.weight'), null);
+        const pointerBias = cfg.specVersion >= 2 ? P('ptr.pos') : undefined;
         if (diagnostics) {
-          const w = memoryWrite(M, mq, ck, cv, P('mem.update.weight'), P('mem.update.bias'), { stats: true });
+          const w = memoryWrite(M, mq, ck, cv, P('mem.update.weight'), P('mem.update.bias'), { stats: true, pointerBias });
           diagnostics[l].writeGate = w.meanGate;
           diagnostics[l].pointerEntropy = w.pointerEntropy;
           next.push(w.M);
         } else {
-          next.push(memoryWrite(M, mq, ck, cv, P('mem.update.weight'), P('mem.update.bias')));
+          next.push(memoryWrite(M, mq, ck, cv, P('mem.update.weight'), P('mem.update.bias'), { pointerBias }));
         }
       }
     }
@@ -194,7 +240,7 @@ export class MemGPT {
    * The loss of a batch: `tokens` holds B samples of N + 1 ids each (N = segments · T),
    * row-major; `mask` (B·N of 0/1, optional) selects the predicted tokens that count.
    */
-  forward(tokens: Int32Array, batch: number, segments: number, mask?: Float32Array, options: { diagnostics?: boolean } = {}): ForwardResult {
+  forward(tokens: Int32Array, batch: number, segments: number, mask?: Float32Array, options: ForwardOptions = {}): ForwardResult {
     const T = this.config.segmentLen, N = segments * T, V = this.config.vocabSize;
     if (!Number.isSafeInteger(batch) || batch < 1 || !Number.isSafeInteger(segments) || segments < 1) {
       throw new MemgptError(`forward: batch (${batch}) and segments (${segments}) must be positive integers`);
@@ -216,8 +262,9 @@ export class MemGPT {
     if (count === 0) throw new MemgptError('forward: the mask selects no token');
     const wantDiagnostics = options.diagnostics === true && this.config.memSlots > 0;
     const perSegment: LayerDiagnostics[][] = [];
+    let finalMemory: Tensor[] | undefined;
     const result = tidy(() => {
-      let memory = this.initialMemory(batch);
+      let memory = options.memory ? this.startMemory(batch, options.memory, options.reset) : this.initialMemory(batch);
       let total: Tensor | null = null;
       for (let seg = 0; seg < segments; seg++) {
         const x = slice(seg, 0), y = slice(seg, 1);
@@ -234,6 +281,7 @@ export class MemGPT {
         const s = sum(nll);
         total = total ? add(total, s) : s;
       }
+      if (options.returnMemory) finalMemory = memory.map((m) => keep(detach(m)));
       return total!;
     });
     const nllSum = result.item();
@@ -245,6 +293,19 @@ export class MemGPT {
           return { readGate: mean('readGate'), writeGate: mean('writeGate'), pointerEntropy: mean('pointerEntropy') };
         })
       : undefined;
-    return { loss, nllSum, tokens: count, diagnostics };
+    return { loss, nllSum, tokens: count, diagnostics, memory: finalMemory };
+  }
+}
+
+/**
+ * SPEC v2's pointer bias at initialisation: a shift register, slot j preferring token T − S + j (the segment's last
+ * S tokens, the last one in slot S − 1, which the next segment reads as its nearest position) by 4 nats over the
+ * rest, so that from the first step the memory hands the next segment what the previous one ended with.
+ */
+export function fillShiftRegister(values: Float32Array, S: number, T: number, strength = 4): void {
+  values.fill(0);
+  for (let j = 0; j < S; j++) {
+    const t = T - S + j;
+    if (t >= 0) values[j * T + t] = strength;
   }
 }

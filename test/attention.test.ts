@@ -8,7 +8,7 @@ import { describe, expect, it } from 'vitest';
 
 import * as mg from '../lib/index.js';
 import { expectClose, expectNoLeaks, forEachDevice, randomArray } from './helpers.js';
-import { refAttention, refAttentionBackward } from './reference_attention.js';
+import { refAttention, refAttentionBackward, refAttentionGradientsNumeric } from './reference_attention.js';
 
 forEachDevice((device) => {
   const opts = { device };
@@ -122,6 +122,92 @@ forEachDevice((device) => {
             else if (t === p) expect(z).not.toEqual(a);
           }
         }
+      });
+    });
+  });
+
+  describe('the SPEC v2 memory read (positional slots, one softmax with the segment)', () => {
+    it('with a zero gate logit it is one causal softmax over the slots (at positions −S … −1) and the segment (structured)', () => {
+      mg.tidy(() => {
+        const B = 1, T = 6, H = 2, d = 4, D = H * d, S = 3;
+        const c = makeCase(B, T, H, d, S, 123);
+        const out = mg.attention(c.qkv, { nHeads: H, rope: true, memKV: c.memKV, gateLogits: mg.zeros([B, T, H], opts), memoryRead: 'positional' }).toArray();
+        // The slots as S extra tokens before the segment: keys and values in one sequence, positions −S … T−1.
+        const rot = (z: number[], p: number) => {
+          const o = z.slice();
+          for (let i = 0; i < d / 2; i++) {
+            const th = Math.pow(10000, (-2 * i) / d), a = z[i], b = z[i + d / 2];
+            o[i] = a * Math.cos(p * th) - b * Math.sin(p * th);
+            o[i + d / 2] = a * Math.sin(p * th) + b * Math.cos(p * th);
+          }
+          return o;
+        };
+        const expected = new Float64Array(B * T * D);
+        for (let h = 0; h < H; h++) {
+          const row = (src: ArrayLike<number>, at: number) => Array.from({ length: d }, (_, i) => src[at + h * d + i]);
+          const keys = [...Array.from({ length: S }, (_, j) => rot(row(c.memHost!, j * 2 * D), j - S)), ...Array.from({ length: T }, (_, t) => rot(row(c.qkvHost, t * 3 * D + D), t))];
+          const vals = [...Array.from({ length: S }, (_, j) => row(c.memHost!, j * 2 * D + D)), ...Array.from({ length: T }, (_, t) => row(c.qkvHost, t * 3 * D + 2 * D))];
+          for (let t = 0; t < T; t++) {
+            const q = rot(row(c.qkvHost, t * 3 * D), t);
+            const scores = keys.slice(0, S + t + 1).map((k) => k.reduce((a, v, i) => a + v * q[i], 0) / Math.sqrt(d));
+            const mx = Math.max(...scores);
+            const w = scores.map((x) => Math.exp(x - mx));
+            const total = w.reduce((a, b) => a + b, 0);
+            for (let i = 0; i < d; i++) expected[t * D + h * d + i] = w.reduce((a, wj, j) => a + wj * vals[j][i], 0) / total;
+          }
+        }
+        expectClose(out, expected, 1e-5, 1e-5);
+      });
+    });
+
+    let seed = 500;
+    for (const memoryRead of ['positional', 'joint'] as const) {
+      for (const rope of [true, false]) {
+        for (const [T, S, H, d] of [[1, 1, 1, 4], [7, 5, 3, 6], [33, 2, 2, 4], [130, 70, 2, 8]]) {
+          const s = seed++;
+          it(`forward: ${memoryRead}, rope=${rope}, B=2 T=${T} S=${S} H=${H} d=${d}`, () => {
+            mg.tidy(() => {
+              const c = makeCase(2, T, H, d, S, s);
+              const out = mg.attention(c.qkv, { nHeads: H, rope, memKV: c.memKV, gateLogits: c.gateLogits, memoryRead });
+              const ref = refAttention({ qkv: c.qkvHost, B: 2, T, H, d, rope, memKV: c.memHost, gateLogits: c.gateHost, S, memoryRead });
+              expectClose(out.toArray(), ref, 1e-5, 1e-4);
+            });
+          });
+        }
+        it(`gradients: ${memoryRead}, rope=${rope}: finite differences in float32, and the float64 reference's`, () => {
+          mg.tidy(() => {
+            const [B, T, H, d, S] = [2, 5, 2, 4, 3];
+            const c = makeCase(B, T, H, d, S, 60);
+            const fn = (q: mg.Tensor, m: mg.Tensor, g: mg.Tensor) => mg.attention(q, { nHeads: H, rope, memKV: m, gateLogits: g, memoryRead });
+            mg.assertGradients(fn, [c.qkv, c.memKV!, c.gateLogits!]);
+            const dOut = randomArray(B * T * H * d, 61);
+            const inputs = [c.qkv, c.memKV!, c.gateLogits!].map((t) => mg.parameter(mg.tensor(t.toArray() as Float32Array, t.shape, opts)));
+            mg.sum(mg.mul(fn(inputs[0], inputs[1], inputs[2]), mg.tensor(dOut, [B, T, H * d], opts))).backward();
+            const ref = refAttentionGradientsNumeric({ qkv: c.qkvHost, B, T, H, d, rope, memKV: c.memHost, gateLogits: c.gateHost, S, memoryRead }, dOut);
+            expectClose(inputs[0].grad!.toArray(), ref.dQkv, 1e-4, 1e-3);
+            expectClose(inputs[1].grad!.toArray(), ref.dMemKV, 1e-4, 1e-3);
+            expectClose(inputs[2].grad!.toArray(), ref.dGateLogits, 1e-4, 1e-3);
+            for (const p of inputs) p.dispose();
+          });
+        });
+      }
+    }
+
+    it('gradients across a query-block boundary and a key tile: T=70, S=66, H=1, d=6, positional', () => {
+      mg.tidy(() => {
+        const c = makeCase(1, 70, 1, 6, 66, 78);
+        mg.assertGradients(
+          (q, m, g) => mg.attention(q, { nHeads: 1, rope: true, memKV: m, gateLogits: g, memoryRead: 'positional' }),
+          [c.qkv, c.memKV!, c.gateLogits!],
+          { maxElements: 300 },
+        );
+      });
+    });
+
+    it('rejects an unknown memory read', () => {
+      mg.tidy(() => {
+        const c = makeCase(1, 3, 1, 4, 2, 1);
+        expect(() => mg.attention(c.qkv, { nHeads: 1, rope: true, memKV: c.memKV, gateLogits: c.gateLogits, memoryRead: 'sideways' as mg.MemoryRead })).toThrow(/memoryRead must be/);
       });
     });
   });

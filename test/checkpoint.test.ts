@@ -53,7 +53,7 @@ describe('model checkpoints', () => {
       saveModel(path, model, { metadata: { note: 'first run' } });
       const { tensors, metadata } = readSafetensors(path);
       expect(JSON.parse(metadata['memgpt.config'])).toEqual(resolveConfig(small));
-      expect(metadata['memgpt.format']).toBe('1');
+      expect(metadata['memgpt.format']).toBe('2');
       expect(metadata.note).toBe('first run');
       expect([...tensors.keys()]).toEqual(mg.parameterShapes(model.config).map(([n]) => n));
       expect(readModelConfig(path)).toEqual(model.config);
@@ -67,6 +67,46 @@ describe('model checkpoints', () => {
       } finally {
         loaded.dispose();
         model.dispose();
+      }
+    });
+  });
+
+  it('a SPEC v1 checkpoint (format "1", no specVersion, no ptr.pos) loads, evaluates as v1, trains and is written back as v1', () => {
+    expectNoLeaks('cpu', () => {
+      const v1 = randomModel({ ...small, specVersion: 1 }, 4);
+      const path = freshPath('v1');
+      // As the writer of format "1" wrote it: no specVersion in the config.
+      const { specVersion: _v, ...oldConfig } = v1.config;
+      const tensors = mg.parameterShapes(v1.config).map(([name]): [string, StoredTensor] => [name, { dtype: 'F32', shape: [...v1.params.get(name)!.shape], data: new Uint8Array((v1.params.get(name)!.toArray() as Float32Array).buffer.slice(0)) }]);
+      expect(tensors.some(([n]) => n.endsWith('ptr.pos'))).toBe(false);
+      writeSafetensors(path, tensors, { 'memgpt.config': JSON.stringify(oldConfig), 'memgpt.format': '1' });
+      const loaded = loadModel(path);
+      try {
+        expect(loaded.config.specVersion).toBe(1);
+        const tokens = randomTokens(2 * (3 * 5 + 1), 4);
+        expect(lossOf(loaded, tokens, 2, 3)).toBe(lossOf(v1, tokens, 2, 3));
+        // The same weights read as SPEC v2 would be a different function (v2 needs ptr.pos, so it is not even loadable).
+        const asV2 = freshPath('v1-as-v2');
+        writeSafetensors(asV2, tensors, { 'memgpt.config': JSON.stringify({ ...oldConfig, specVersion: 2 }), 'memgpt.format': '2' });
+        expect(errorOf(() => loadModel(asV2))).toMatch(/tensor layers\.0\.ptr\.pos is missing/);
+        // It trains: a few AdamW steps on one batch lower its loss.
+        const params = [...loaded.params.values()];
+        const opt = new mg.AdamW(params, { lr: 1e-2 });
+        const before = lossOf(loaded, tokens, 2, 3);
+        for (let i = 0; i < 5; i++) {
+          mg.tidy(() => loaded.forward(tokens, 2, 3).loss.backward());
+          opt.step();
+          opt.zeroGrad();
+        }
+        expect(lossOf(loaded, tokens, 2, 3)).toBeLessThan(before);
+        opt.dispose();
+        const again = freshPath('v1-again');
+        saveModel(again, loaded);
+        expect(readSafetensors(again).metadata['memgpt.format']).toBe('1');
+        expect(readModelConfig(again).specVersion).toBe(1);
+      } finally {
+        loaded.dispose();
+        v1.dispose();
       }
     });
   });
@@ -212,9 +252,18 @@ describe('broken or mismatched checkpoints: one clear MemgptError each', () => {
     });
     expect(errorOf(() => loadModel(noConfig))).toBe(`${noConfig}: not a memgpt checkpoint (no "memgpt.config" in its metadata)`);
     const newer = variant((_, md) => {
-      md['memgpt.format'] = '2';
+      md['memgpt.format'] = '3';
     });
-    expect(errorOf(() => readModelConfig(newer))).toBe(`${newer}: checkpoint format "2" is not supported (this version reads format 1)`);
+    expect(errorOf(() => readModelConfig(newer))).toBe(`${newer}: checkpoint format "3" is not supported (this version reads formats 1 and 2)`);
+    const unversioned = variant((_, md) => {
+      const { specVersion: _v, ...rest } = resolveConfig(small);
+      md['memgpt.config'] = JSON.stringify(rest);
+    });
+    expect(errorOf(() => readModelConfig(unversioned))).toBe(`${unversioned}: "memgpt.config" has no specVersion`);
+    const mislabelled = variant((_, md) => {
+      md['memgpt.format'] = '1';
+    });
+    expect(errorOf(() => readModelConfig(mislabelled))).toBe(`${mislabelled}: a format "1" checkpoint cannot hold specVersion 2`);
     const plain = freshPath('plain');
     writeSafetensors(plain, goodTensors());
     expect(errorOf(() => loadModel(plain))).toBe(`${plain}: not a memgpt checkpoint (no "memgpt.format" in its metadata)`);

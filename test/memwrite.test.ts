@@ -135,6 +135,49 @@ forEachDevice((device) => {
       }
     }
 
+    // SPEC v2's positional bias of the pointer, end-aligned to shorter segments (cols ≥ T).
+    for (const [B, S, T, D, cols] of [[1, 1, 1, 4, 1], [2, 3, 5, 4, 5], [2, 8, 17, 6, 17], [2, 3, 5, 6, 9], [1, 4, 1, 4, 6]]) {
+      it(`pointer bias: B ${B} S ${S} T ${T} D ${D} over ${cols} columns: values and all seven gradients (random)`, () => {
+        mg.tidy(() => {
+          const inputs = { ...randomInputs(B, S, T, D, 3 * (B + S + T + D + cols)), pb: randomArray(S * cols, 77, -3, 3), pbCols: cols };
+          const leaves = [...tensorsOf(inputs), mg.tensor(inputs.pb, [S, cols], opts)];
+          leaves.forEach((t) => (t.requiresGrad = true));
+          const out = mg.memoryWrite(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], leaves[5], { pointerBias: leaves[6] });
+          const ref = refMemoryWrite(inputs);
+          expectClose(out.toArray(), ref.out, 1e-5, 1e-5);
+          const proj = randomArray(B * S * D, 98);
+          mg.sum(mg.mul(out, mg.tensor(proj, [B, S, D], opts))).backward();
+          const grads = refMemoryWriteGradients(inputs, proj);
+          (['M', 'mq', 'ck', 'cv', 'w', 'b', 'pb'] as const).forEach((name, i) => expectClose(leaves[i].grad!.toArray(), grads[name], 2e-5, 1e-4));
+          // The columns before cols − T are not used: their gradient is exactly 0.
+          const g = leaves[6].grad!.toArray();
+          for (let s = 0; s < S; s++) for (let c = 0; c < cols - T; c++) expect(g[s * cols + c]).toBe(0);
+          leaves.forEach((t) => t.zeroGrad());
+        });
+      });
+    }
+
+    it('a strong pointer bias makes slot j copy the token it points at (structured)', () => {
+      mg.tidy(() => {
+        const B = 1, S = 2, T = 4, D = 4;
+        const pb = new Float32Array(S * T);
+        pb[0 * T + 2] = 60; // slot 0 → token 2, slot 1 → token 3, whatever the content scores
+        pb[1 * T + 3] = 60;
+        const cv = mg.reshape(mg.arange(T * D, opts), [B, T, D]);
+        const out = mg.memoryWrite(mg.zeros([B, S, D], opts), mg.ones([B, S, D], opts), mg.ones([B, T, D], opts), cv,
+          mg.zeros([D, 2 * D], opts), mg.full([D], 40, opts), { pointerBias: mg.tensor(pb, [S, T], opts) });
+        expectClose(out.toArray(), [8, 9, 10, 11, 12, 13, 14, 15], 1e-5, 1e-6);
+      });
+    });
+
+    it('rejects a pointer bias of the wrong shape', () => {
+      mg.tidy(() => {
+        const [M, mq, ck, cv, w, b] = tensorsOf(randomInputs(1, 3, 5, 4, 1));
+        expect(() => mg.memoryWrite(M, mq, ck, cv, w, b, { pointerBias: mg.zeros([3, 4], opts) })).toThrow(/pointerBias \[3,4\] must be \[S, ≥ T\] = \[3, ≥ 5\]/);
+        expect(() => mg.memoryWrite(M, mq, ck, cv, w, b, { pointerBias: mg.zeros([2, 5], opts) })).toThrow(/pointerBias \[2,5\]/);
+      });
+    });
+
     it('passes finite-difference gradient checks for all six inputs', () => {
       mg.tidy(() => {
         for (const [B, S, T, D] of [[1, 3, 5, 4], [2, 2, 3, 6]]) {

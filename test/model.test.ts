@@ -18,10 +18,14 @@ describe('the whole model on the CPU', () => {
     for (const copyHead of [true, false]) {
       for (const memSlots of [0, 3]) variants.push({ ...small, positional, copyHead, memSlots });
     }
+    // SPEC v1 (the gated read, no pointer bias), which checkpoints of format "1" compute.
+    variants.push({ ...small, positional, specVersion: 1 });
   }
+  // More slots than tokens: the shift-register start of the pointer bias leaves the extra slots unbiased.
+  variants.push({ ...small, memSlots: 7 });
 
   for (const variant of variants) {
-    it(`loss equals the plain reference: ${variant.positional}, copyHead ${variant.copyHead}, memSlots ${variant.memSlots}`, () => {
+    it(`loss equals the plain reference: ${variant.positional}, copyHead ${variant.copyHead ?? true}, memSlots ${variant.memSlots}, SPEC v${variant.specVersion ?? 2}`, () => {
       const cfg = resolveConfig(variant);
       const [batch, segments] = [2, 3];
       const N = segments * cfg.segmentLen;

@@ -11,6 +11,8 @@ export interface RefAttentionArgs {
   memKV?: ArrayLike<number>;
   gateLogits?: ArrayLike<number>;
   S?: number;
+  /** SPEC v2 ('positional'), its ablation without slot positions ('joint'), or v1 ('gated', the default). */
+  memoryRead?: 'gated' | 'joint' | 'positional';
 }
 
 function softmaxWeights(scores: number[]): number[] {
@@ -43,14 +45,23 @@ function headRows(x: RefAttentionArgs, b: number, h: number): { q: number[][]; q
   const rows = (n: number, src: ArrayLike<number>, stride: number, offset: number) =>
     Array.from({ length: n }, (_, t) => row(src, (b * n + t) * stride + offset + h * d));
   const q0 = rows(T, qkv, 3 * D, 0), k0 = rows(T, qkv, 3 * D, D);
+  const q = rope ? q0.map((z, p) => rotate(z, p, d)) : q0;
+  const mk = S > 0 ? rows(S, x.memKV!, 2 * D, 0) : [];
+  // SPEC v2 with RoPE: slot s sits at position s − S and is read by the rotated query (q0 below is what reads it).
+  const positional = rope && x.memoryRead === 'positional';
   return {
-    q: rope ? q0.map((z, p) => rotate(z, p, d)) : q0,
-    q0,
+    q,
+    q0: positional ? q : q0,
     k: rope ? k0.map((z, p) => rotate(z, p, d)) : k0,
     v: rows(T, qkv, 3 * D, 2 * D),
-    mk: S > 0 ? rows(S, x.memKV!, 2 * D, 0) : [],
+    mk: positional ? mk.map((z, s) => rotate(z, s - S, d)) : mk,
     mv: S > 0 ? rows(S, x.memKV!, 2 * D, D) : [],
   };
+}
+
+function logSumExp(scores: number[]): number {
+  const mx = Math.max(...scores);
+  return mx + Math.log(scores.reduce((a, v) => a + Math.exp(v - mx), 0));
 }
 
 /** O [B, T, D] of SPEC §3 (A alone without memory). */
@@ -63,13 +74,17 @@ export function refAttention(x: RefAttentionArgs): Float64Array {
     for (let h = 0; h < H; h++) {
       const { q, q0, k, v, mk, mv } = headRows(x, b, h);
       for (let t = 0; t < T; t++) {
-        const p = softmaxWeights(k.slice(0, t + 1).map((kj) => dot(q[t], kj) / Math.sqrt(d)));
+        const selfScores = k.slice(0, t + 1).map((kj) => dot(q[t], kj) / Math.sqrt(d));
+        const p = softmaxWeights(selfScores);
         const A = Array.from({ length: d }, (_, i) => p.reduce((acc, pj, j) => acc + pj * v[j][i], 0));
         let O = A;
         if (S > 0) {
-          const pm = softmaxWeights(mk.map((kj) => dot(q0[t], kj) / Math.sqrt(d)));
+          const memScores = mk.map((kj) => dot(q0[t], kj) / Math.sqrt(d));
+          const pm = softmaxWeights(memScores);
           const R = Array.from({ length: d }, (_, i) => pm.reduce((acc, pj, j) => acc + pj * mv[j][i], 0));
-          const g = 1 / (1 + Math.exp(-x.gateLogits![(b * T + t) * H + h]));
+          // v2 (and its 'joint' ablation): the gate logit moves the memory's share of one softmax over slots and keys.
+          const joint = x.memoryRead === 'positional' || x.memoryRead === 'joint' ? logSumExp(memScores) - logSumExp(selfScores) : 0;
+          const g = 1 / (1 + Math.exp(-(x.gateLogits![(b * T + t) * H + h] + joint)));
           O = A.map((a, i) => g * R[i] + (1 - g) * a);
         }
         for (let i = 0; i < d; i++) out[(b * T + t) * D + h * d + i] = O[i];
@@ -176,4 +191,25 @@ export function refAttentionBackward(x: RefAttentionArgs, dOut: ArrayLike<number
     }
   }
   return { dQkv, dMemKV, dGateLogits };
+}
+
+/**
+ * Gradients of L = Σ refAttention(x) ⊙ dOut by central differences of the float64 forward (step 1e-5): the
+ * reference for the memory reads whose closed form refAttentionBackward does not cover (SPEC v2's).
+ */
+export function refAttentionGradientsNumeric(x: RefAttentionArgs, dOut: ArrayLike<number>): RefAttentionGrads {
+  const h = 1e-5;
+  const loss = (y: RefAttentionArgs) => refAttention(y).reduce((acc, o, i) => acc + o * dOut[i], 0);
+  const diff = (key: 'qkv' | 'memKV' | 'gateLogits'): Float64Array => {
+    const base = Float64Array.from(x[key] ?? []);
+    const g = new Float64Array(base.length);
+    for (let i = 0; i < base.length; i++) {
+      const plus = Float64Array.from(base), minus = Float64Array.from(base);
+      plus[i] += h;
+      minus[i] -= h;
+      g[i] = (loss({ ...x, [key]: plus }) - loss({ ...x, [key]: minus })) / (2 * h);
+    }
+    return g;
+  };
+  return { dQkv: diff('qkv'), dMemKV: diff('memKV'), dGateLogits: diff('gateLogits') };
 }

@@ -12,6 +12,9 @@ export interface MemwriteInputs {
   cv: ArrayLike<number>; // [B,T,D]
   w: ArrayLike<number>; // [D,2D]
   b: ArrayLike<number>; // [D]
+  /** SPEC v2's positional bias of the pointer [S, cols], cols ≥ T, end-aligned (token t takes column cols − T + t). */
+  pb?: ArrayLike<number>;
+  pbCols?: number;
 }
 
 export interface MemwriteReference {
@@ -23,7 +26,7 @@ export interface MemwriteReference {
   pointerEntropy: number;
 }
 
-export function refMemoryWrite({ B, S, T, D, M, mq, ck, cv, w, b }: MemwriteInputs): MemwriteReference {
+export function refMemoryWrite({ B, S, T, D, M, mq, ck, cv, w, b, pb, pbCols = T }: MemwriteInputs): MemwriteReference {
   const alpha = new Float64Array(B * S * T), z = new Float64Array(B * S * D), u = new Float64Array(B * S * D);
   const out = new Float64Array(B * S * D);
   let gateSum = 0, entropySum = 0;
@@ -35,7 +38,7 @@ export function refMemoryWrite({ B, S, T, D, M, mq, ck, cv, w, b }: MemwriteInpu
       for (let t = 0; t < T; t++) {
         let acc = 0;
         for (let d = 0; d < D; d++) acc += mq[row * D + d] * ck[(bi * T + t) * D + d];
-        p[t] = acc / Math.sqrt(D);
+        p[t] = acc / Math.sqrt(D) + (pb ? pb[s * pbCols + pbCols - T + t] : 0);
       }
       const mx = Math.max(...p);
       let total = 0;
@@ -69,7 +72,7 @@ export function refMemoryWrite({ B, S, T, D, M, mq, ck, cv, w, b }: MemwriteInpu
  * Gradients of L = Σ out ⊙ proj with respect to each input, by central differences of the float64 reference
  * (step 1e-5: truncation ~1e-10, rounding ~1e-11, far below the float32 errors compared against).
  */
-export function refMemoryWriteGradients(inputs: MemwriteInputs, proj: ArrayLike<number>): Record<'M' | 'mq' | 'ck' | 'cv' | 'w' | 'b', Float64Array> {
+export function refMemoryWriteGradients(inputs: MemwriteInputs, proj: ArrayLike<number>): Record<'M' | 'mq' | 'ck' | 'cv' | 'w' | 'b' | 'pb', Float64Array> {
   const h = 1e-5;
   const loss = (x: MemwriteInputs) => {
     const { out } = refMemoryWrite(x);
@@ -77,10 +80,10 @@ export function refMemoryWriteGradients(inputs: MemwriteInputs, proj: ArrayLike<
     for (let i = 0; i < out.length; i++) l += out[i] * proj[i];
     return l;
   };
-  const names = ['M', 'mq', 'ck', 'cv', 'w', 'b'] as const;
+  const names = (inputs.pb ? ['M', 'mq', 'ck', 'cv', 'w', 'b', 'pb'] : ['M', 'mq', 'ck', 'cv', 'w', 'b']) as ('M' | 'mq' | 'ck' | 'cv' | 'w' | 'b' | 'pb')[];
   const grads = {} as Record<(typeof names)[number], Float64Array>;
   for (const name of names) {
-    const base = Float64Array.from(inputs[name]);
+    const base = Float64Array.from(inputs[name]!);
     const g = new Float64Array(base.length);
     for (let i = 0; i < base.length; i++) {
       const plus = Float64Array.from(base), minus = Float64Array.from(base);

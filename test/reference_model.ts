@@ -1,6 +1,7 @@
 // SPEC.md §3 in plain TypeScript loops, float64, one sample at a time: slow and
 // obvious on purpose. It is the reference the native ops and the model are
-// checked against (the loss of a random-weight model must match it).
+// checked against (the loss of a random-weight model must match it). Both versions
+// of the function: v1 (the gated read) and v2 (the positional read, the pointer's bias).
 import type { ModelConfig } from '../lib/config.js';
 
 export type RefParams = Map<string, Float64Array | Float32Array>;
@@ -109,34 +110,48 @@ export function referenceSampleNLL(cfg: ModelConfig, p: RefParams, tokens: Array
         }
       }
       let mk: Mat = [], mv: Mat = [];
+      const v2 = cfg.specVersion >= 2;
+      // v2 with RoPE: slot s sits at position s − S, just before the segment, and is read by the rotated query.
+      const positional = v2 && cfg.positional === 'rope';
+      let qm = q0;
       if (S > 0) {
         const mhat = M.map((row) => layerNorm(row, P('mem.ln.weight'), P('mem.ln.bias')));
         const mkv = mhat.map((row) => linear(row, P('mem.kv.weight'), P('mem.kv.bias'), 2 * D));
         mk = mkv.map((r) => r.slice(0, D));
         mv = mkv.map((r) => r.slice(D, 2 * D));
+        if (positional) {
+          mk.forEach((r, s) => rope(r, s - S, d, H));
+          qm = q;
+        }
       }
       const O: Mat = Array.from({ length: T }, () => new Float64Array(D));
       for (let t = 0; t < T; t++) {
-        const gate = S > 0 ? linear(u[t], P('mem.gate.weight'), P('mem.gate.bias'), H).map(sigmoid) : null;
+        const gateLogit = S > 0 ? linear(u[t], P('mem.gate.weight'), P('mem.gate.bias'), H) : null;
         for (let hd = 0; hd < H; hd++) {
           const dot = (a: Vec, b: Vec) => {
             let acc = 0;
             for (let i = 0; i < d; i++) acc += a[hd * d + i] * b[hd * d + i];
             return acc;
           };
-          const w = softmax(Array.from({ length: t + 1 }, (_, j) => dot(q[t], k[j]) / Math.sqrt(d)));
+          const selfScores = Array.from({ length: t + 1 }, (_, j) => dot(q[t], k[j]) / Math.sqrt(d));
+          const w = softmax(selfScores);
           const A = new Float64Array(d);
           w.forEach((wj, j) => {
             for (let i = 0; i < d; i++) A[i] += wj * v[j][hd * d + i];
           });
           const R = new Float64Array(d);
+          let g = 0;
           if (S > 0) {
-            const r = softmax(Array.from({ length: S }, (_, s) => dot(q0[t], mk[s]) / Math.sqrt(d)));
+            // In v2 the query at p is rotated at p (its own position); slot keys at s − S: the same distances as the
+            // kernel's p + S against s.
+            const memScores = Array.from({ length: S }, (_, s) => dot(qm[t], mk[s]) / Math.sqrt(d));
+            const r = softmax(memScores);
             r.forEach((rs, s) => {
               for (let i = 0; i < d; i++) R[i] += rs * mv[s][hd * d + i];
             });
+            // v2: the gate logit moves the memory's share of one softmax over slots and tokens.
+            g = sigmoid(gateLogit![hd] + (v2 ? logSumExp(memScores) - logSumExp(selfScores) : 0));
           }
-          const g = gate ? gate[hd] : 0;
           for (let i = 0; i < d; i++) O[t][hd * d + i] = g * R[i] + (1 - g) * A[i];
         }
       }
@@ -154,8 +169,10 @@ export function referenceSampleNLL(cfg: ModelConfig, p: RefParams, tokens: Array
         const mq = M.map((row) => linear(row, P('ptr.q.weight'), null, D));
         const ck = c.map((row) => linear(row, P('ptr.k.weight'), null, D));
         const cv = c.map((row) => linear(row, P('ptr.v.weight'), null, D));
+        const pos = v2 ? param(p, `${pre}ptr.pos`) : null;
         memory[l] = M.map((m, s) => {
-          const alpha = softmax(ck.map((kt) => kt.reduce((acc, kv, i) => acc + kv * mq[s][i], 0) / Math.sqrt(D)));
+          // v2: slot s's positional bias for token t (the segment is T long here, so no end-alignment shift).
+          const alpha = softmax(ck.map((kt, t) => kt.reduce((acc, kv, i) => acc + kv * mq[s][i], 0) / Math.sqrt(D) + (pos ? pos[s * T + t] : 0)));
           const Z = new Float64Array(D);
           alpha.forEach((a, t) => {
             for (let i = 0; i < D; i++) Z[i] += a * cv[t][i];

@@ -15,6 +15,8 @@ export interface Corpus {
   bytes: number;
   /** Files, or records of a .jsonl file. */
   documents: number;
+  /** The token index where each document starts, ascending (stream training resets the memory there); absent: one document. */
+  documentStarts?: Int32Array;
   source: string;
 }
 
@@ -31,7 +33,14 @@ class StreamBuilder {
   length = 0;
   bytes = 0;
   documents = 0;
+  starts: number[] = [];
   masked = false; // true once any token had mask 0
+
+  /** Marks the next token pushed as the start of a document. */
+  startDocument(): void {
+    this.starts.push(this.length);
+    this.documents++;
+  }
 
   push(ids: Int32Array, counts: boolean, bytes: number): void {
     const need = this.length + ids.length;
@@ -57,6 +66,7 @@ class StreamBuilder {
       lossMask: this.masked ? this.mask.slice(0, this.length) : null,
       bytes: this.bytes,
       documents: this.documents,
+      documentStarts: Int32Array.from(this.starts),
       source,
     };
   }
@@ -130,6 +140,7 @@ function appendJsonl(out: StreamBuilder, path: string, tokenizer: Tokenizer, sep
     if (typeof r !== 'object' || r === null || typeof r.prompt !== 'string' || typeof r.completion !== 'string') {
       throw new MemgptError(`${path}:${i + 1}: expected {"prompt", "completion"} strings`);
     }
+    out.startDocument();
     out.push(tokenizer.encode(r.prompt), false, utf8.encode(r.prompt).length);
     out.push(tokenizer.encode(r.completion), true, utf8.encode(r.completion).length);
     out.push(separator, true, DOCUMENT_SEPARATOR.length);
@@ -162,7 +173,6 @@ export function loadCorpus(path: string, tokenizer: Tokenizer): Corpus {
       if (!endsWithSeparator) out.push(separator, true, DOCUMENT_SEPARATOR.length);
       const records = appendJsonl(out, file, tokenizer, separator);
       if (records === 0 && files.length === 1) throw new MemgptError(`${file}: no records (the file is empty)`);
-      out.documents += records;
       endsWithSeparator = true;
     } else {
       const bytes = readText(file);
@@ -171,8 +181,8 @@ export function loadCorpus(path: string, tokenizer: Tokenizer): Corpus {
         continue;
       }
       if (!endsWithSeparator) out.push(separator, true, DOCUMENT_SEPARATOR.length);
+      out.startDocument();
       out.push(tokenizer.encode(bytes), true, bytes.length);
-      out.documents++;
       endsWithSeparator = false;
     }
   }
@@ -203,7 +213,15 @@ export function splitCorpus(corpus: Corpus, heldOutFraction: number, minTokens =
     lossMask: corpus.lossMask ? corpus.lossMask.subarray(from, to) : null,
     bytes: Math.round((corpus.bytes * (to - from)) / n),
     documents: Math.max(1, Math.round((corpus.documents * (to - from)) / n)),
+    documentStarts: corpus.documentStarts && partStarts(corpus.documentStarts, from, to),
     source: `${corpus.source} (${name})`,
   });
   return { train: part(0, cut, 'train'), heldOut: part(cut, n, 'held out') };
+}
+
+/** The document starts inside [from, to), relative to from; a part that begins inside a document starts one at 0. */
+function partStarts(starts: Int32Array, from: number, to: number): Int32Array {
+  const inside = Array.from(starts).filter((t) => t >= from && t < to).map((t) => t - from);
+  if (inside[0] !== 0) inside.unshift(0);
+  return Int32Array.from(inside);
 }

@@ -14,14 +14,24 @@ type Ref = [StorageHandle | null, number];
 
 interface AttentionKernels {
   attentionForward?(
-    dtype: number, B: number, T: number, H: number, d: number, S: number, rope: boolean,
+    dtype: number, B: number, T: number, H: number, d: number, S: number, rope: boolean, memMode: number,
     ...tensors: (StorageHandle | number | null)[]
   ): void;
   attentionBackward?(
-    dtype: number, B: number, T: number, H: number, d: number, S: number, rope: boolean,
+    dtype: number, B: number, T: number, H: number, d: number, S: number, rope: boolean, memMode: number,
     ...tensors: (StorageHandle | number | null)[]
   ): void;
 }
+
+/**
+ * How the memory is read (SPEC §3). 'gated' (SPEC v1): R from the unrotated query, g = σ(gate logit).
+ * 'positional' (SPEC v2): the slots sit at positions −S … −1, just before the segment, R is read by the rotated
+ * query against the slot keys rotated there (with rope), and g = σ(gate logit + lse_R − lse_A): with a zero logit,
+ * one softmax over the slots and the segment's keys together.
+ */
+export type MemoryRead = 'gated' | 'positional' | 'joint';
+// 'joint' (the joint softmax without slot positions) exists for ablations only.
+const memModes: Record<MemoryRead, number> = { gated: 0, joint: 1, positional: 3 };
 
 /** Options of attention(): heads, RoPE, and the memory read (memKV [B, S, 2D] with gateLogits [B, T, H], both or neither). */
 export interface AttentionOptions {
@@ -29,6 +39,8 @@ export interface AttentionOptions {
   rope: boolean;
   memKV?: Tensor;
   gateLogits?: Tensor;
+  /** How the memory is read (default 'gated', SPEC v1). */
+  memoryRead?: MemoryRead;
 }
 
 function ref(t: Tensor | null | undefined): Ref {
@@ -48,6 +60,8 @@ function kernels(op: string, x: Tensor): AttentionKernels {
 export function attention(qkv: Tensor, options: AttentionOptions): Tensor {
   const op = 'attention';
   const { nHeads: H, rope, memKV, gateLogits } = options;
+  const memMode = memModes[options.memoryRead ?? 'gated'];
+  if (memMode === undefined) throw new MemgptError(`${op}: memoryRead must be 'gated', 'positional' or 'joint' (got ${String(options.memoryRead)})`);
   if (memKV === undefined && gateLogits !== undefined) throw new MemgptError(`${op}: gateLogits ${shapeStr(gateLogits.shape)} given without memKV (they come together)`);
   if (memKV !== undefined && gateLogits === undefined) throw new MemgptError(`${op}: memKV ${shapeStr(memKV.shape)} given without gateLogits (they come together)`);
   const mem = memKV !== undefined;
@@ -91,7 +105,7 @@ export function attention(qkv: Tensor, options: AttentionOptions): Tensor {
   try {
     callNative(op, named, () =>
       k.attentionForward!(
-        dtypeCode[dt], B, T, H, d, S, rope,
+        dtypeCode[dt], B, T, H, d, S, rope, memMode,
         ...ref(qkv), ...ref(memKV), ...ref(gateLogits), ...ref(out), ...ref(lseSelf), ...ref(lseMem), ...ref(saveA), ...ref(saveR),
       ),
     );
@@ -103,7 +117,7 @@ export function attention(qkv: Tensor, options: AttentionOptions): Tensor {
       const dGate = mem ? empty(gateLogits!.shape, opts) : null;
       callNative('attention backward', { qkv: sq, dOut }, () =>
         k.attentionBackward!(
-          dtypeCode[dt], B, T, H, d, S, rope,
+          dtypeCode[dt], B, T, H, d, S, rope, memMode,
           ...ref(sq), ...ref(sm), ...ref(sg), ...ref(sa), ...ref(sr), ...ref(sls), ...ref(slm), ...ref(dOut),
           ...ref(dQkv), ...ref(dMem), ...ref(dGate),
         ),

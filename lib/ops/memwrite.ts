@@ -12,6 +12,7 @@ interface MemwriteKernels {
     B: number, S: number, T: number, D: number,
     m: StorageHandle, mOff: number, mq: StorageHandle, mqOff: number, ck: StorageHandle, ckOff: number,
     cv: StorageHandle, cvOff: number, w: StorageHandle, wOff: number, bias: StorageHandle, biasOff: number,
+    biasCols: number, ptrBias: StorageHandle | null, ptrBiasOff: number,
     out: StorageHandle, outOff: number, alpha: StorageHandle, alphaOff: number, x: StorageHandle, xOff: number,
     u: StorageHandle, uOff: number,
   ): void;
@@ -22,6 +23,7 @@ interface MemwriteKernels {
     x: StorageHandle, xOff: number, u: StorageHandle, uOff: number,
     dm: StorageHandle, dmOff: number, dmq: StorageHandle, dmqOff: number, dck: StorageHandle, dckOff: number,
     dcv: StorageHandle, dcvOff: number, dw: StorageHandle, dwOff: number, dbias: StorageHandle, dbiasOff: number,
+    biasCols: number, dPtrBias: StorageHandle | null, dPtrBiasOff: number,
     workspace: StorageHandle, workspaceOff: number,
   ): void;
   memwriteStats?(B: number, S: number, T: number, D: number, alpha: StorageHandle, alphaOff: number, u: StorageHandle, uOff: number): [number, number];
@@ -31,6 +33,11 @@ interface MemwriteKernels {
 export interface MemoryWriteOptions {
   /** Also return the write's diagnostics (meanGate, pointerEntropy), computed from the same forward. */
   stats?: boolean;
+  /**
+   * SPEC v2: a positional bias on the pointer scores, [S, Tb] with Tb ≥ T, end-aligned (token t of a segment of T
+   * takes column Tb − T + t), differentiable.
+   */
+  pointerBias?: Tensor;
 }
 
 /** The new memory with the write's diagnostics (plain numbers, no gradient through them). */
@@ -71,7 +78,9 @@ function checkShapes(M: Tensor, mq: Tensor, ck: Tensor, cv: Tensor, w: Tensor, b
  * The memory write: α = softmax_t(mq·ckᵀ/√D), Z = α·cv, U = σ([M | Z]·updateWeightᵀ + updateBias),
  * returns (1 − U)⊙M + U⊙Z [B,S,D], differentiable in all six inputs.
  */
-export function memoryWrite(M: Tensor, mq: Tensor, ck: Tensor, cv: Tensor, updateWeight: Tensor, updateBias: Tensor): Tensor;
+export function memoryWrite(
+  M: Tensor, mq: Tensor, ck: Tensor, cv: Tensor, updateWeight: Tensor, updateBias: Tensor, options?: MemoryWriteOptions & { stats?: false },
+): Tensor;
 export function memoryWrite(
   M: Tensor, mq: Tensor, ck: Tensor, cv: Tensor, updateWeight: Tensor, updateBias: Tensor, options: MemoryWriteOptions & { stats: true },
 ): MemoryWriteResult;
@@ -81,9 +90,14 @@ export function memoryWrite(
 export function memoryWrite(
   M: Tensor, mq: Tensor, ck: Tensor, cv: Tensor, updateWeight: Tensor, updateBias: Tensor, options: MemoryWriteOptions = {},
 ): Tensor | MemoryWriteResult {
-  const named = { M, mq, ck, cv, updateWeight, updateBias };
+  const pb = options.pointerBias;
+  const named: Record<string, Tensor> = pb ? { M, mq, ck, cv, updateWeight, updateBias, pointerBias: pb } : { M, mq, ck, cv, updateWeight, updateBias };
   checkTensors('memoryWrite', named, ['float32']);
   const [B, S, T, D] = checkShapes(M, mq, ck, cv, updateWeight, updateBias);
+  if (pb && (pb.rank !== 2 || pb.shape[0] !== S || pb.shape[1] < T)) {
+    throw new MemgptError(`memoryWrite: pointerBias ${shapeStr(pb.shape)} must be [S, ≥ T] = [${S}, ≥ ${T}] for M ${shapeStr(M.shape)} and ck ${shapeStr(ck.shape)}`);
+  }
+  const biasCols = pb ? pb.shape[1] : 0;
   const k = kernels('memoryWrite', M);
   const like = { dtype: M.dtype, device: M.device };
   const out = empty([B, S, D], like);
@@ -96,26 +110,30 @@ export function memoryWrite(
     k.memwriteForward(
       B, S, T, D, M.handle, M.offset, mq.handle, mq.offset, ck.handle, ck.offset, cv.handle, cv.offset,
       updateWeight.handle, updateWeight.offset, updateBias.handle, updateBias.offset,
+      biasCols, pb ? pb.handle : null, pb ? pb.offset : 0,
       out.handle, out.offset, alpha.handle, alpha.offset, x.handle, x.offset, u.handle, u.offset,
     ),
   );
   let stats: [number, number] | undefined;
   if (options.stats) stats = callNative('memoryWrite', named, () => k.memwriteStats(B, S, T, D, alpha.handle, alpha.offset, u.handle, u.offset));
-  record('memoryWrite', [M, mq, ck, cv, updateWeight, updateBias], [out], [mq, ck, cv, updateWeight, alpha, x, u], ([g], saved) => {
+  const inputs = pb ? [M, mq, ck, cv, updateWeight, updateBias, pb] : [M, mq, ck, cv, updateWeight, updateBias];
+  record('memoryWrite', inputs, [out], [mq, ck, cv, updateWeight, alpha, x, u], ([g], saved) => {
     const [sq, sk, sv, sw, sa, sx, su] = saved;
     const dm = empty([B, S, D], like), dmq = empty([B, S, D], like);
     const dck = empty([B, T, D], like), dcv = empty([B, T, D], like);
     const dw = empty([D, 2 * D], like), db = empty([D], like);
+    const dpb = pb ? empty([S, biasCols], like) : null;
     const workspace = empty([B * S * (4 * D + T)], like);
     callNative('memoryWrite backward', { dout: g, alpha: sa }, () =>
       k.memwriteBackward(
         B, S, T, D, g.handle, g.offset, sq.handle, sq.offset, sk.handle, sk.offset, sv.handle, sv.offset,
         sw.handle, sw.offset, sa.handle, sa.offset, sx.handle, sx.offset, su.handle, su.offset,
         dm.handle, dm.offset, dmq.handle, dmq.offset, dck.handle, dck.offset, dcv.handle, dcv.offset,
-        dw.handle, dw.offset, db.handle, db.offset, workspace.handle, workspace.offset,
+        dw.handle, dw.offset, db.handle, db.offset, biasCols, dpb ? dpb.handle : null, dpb ? dpb.offset : 0,
+        workspace.handle, workspace.offset,
       ),
     );
-    return [dm, dmq, dck, dcv, dw, db];
+    return dpb ? [dm, dmq, dck, dcv, dw, db, dpb] : [dm, dmq, dck, dcv, dw, db];
   });
   alpha.dispose();
   x.dispose();

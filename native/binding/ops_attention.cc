@@ -1,6 +1,6 @@
 // N-API bindings of the op family "attention" (shared by the CPU and CUDA addons): argument checks, no math.
 // The dtype code first (float32 or bfloat16: every tensor but the logsumexps, which are float32), then the sizes
-// (B, T, H, d, S, rope), then (handle, element offset) per tensor; a tensor that is absent (no memory, or nothing
+// (B, T, H, d, S, rope, memory read mode), then (handle, element offset) per tensor; a tensor that is absent (no memory, or nothing
 // to save) is passed as (null, 0). S = 0 means no memory.
 #include "backend_kernels.h"
 #include "binding.h"
@@ -11,6 +11,7 @@ namespace {
 struct Sizes {
   int64_t B, T, H, d, S;
   bool rope;
+  int mem_mode;
   int64_t D() const { return H * d; }
 };
 
@@ -28,6 +29,8 @@ Sizes read_sizes(Args& args, const char* op) {
   s.d = args.integer("d", 1);
   s.S = args.integer("S");
   s.rope = args.flag("rope");
+  s.mem_mode = int(args.integer("memMode"));
+  if (s.mem_mode & ~(K::kMemJoint | K::kMemPositions)) fail("%s: unknown memory read mode %d", op, s.mem_mode);
   if (s.rope && s.d % 2) fail("%s: rope needs an even head width, got d = %lld", op, (long long)s.d);
   double total = double(s.B) * double(s.T + s.S) * double(3 * s.H * s.d);
   if (total > 9e15) fail("%s: size overflows", op);
@@ -68,7 +71,7 @@ Napi::Value attentionForward(const Napi::CallbackInfo& info) {
     void* save_r = tensor_arg(args, "saveR", dt, BT * D, false);
     if (!mem && (mem_kv || gate)) fail("attentionForward: memKV and gateLogits need S > 0");
     if (save_a && !save_r && mem) fail("attentionForward: saveA and saveR come together");
-    K::attention_forward(dt, s.B, s.T, s.H, s.d, s.S, s.rope, qkv, mem_kv, gate, out, lse_self, lse_mem, save_a,
+    K::attention_forward(dt, s.B, s.T, s.H, s.d, s.S, s.rope, s.mem_mode, qkv, mem_kv, gate, out, lse_self, lse_mem, save_a,
                          save_r);
     return info.Env().Undefined();
   });
@@ -92,7 +95,7 @@ Napi::Value attentionBackward(const Napi::CallbackInfo& info) {
     void* d_qkv = tensor_arg(args, "dQkv", dt, BT * 3 * D, true);
     void* d_mem_kv = tensor_arg(args, "dMemKV", dt, s.B * s.S * 2 * D, mem);
     void* d_gate = tensor_arg(args, "dGateLogits", dt, BT * s.H, mem);
-    K::attention_backward(dt, s.B, s.T, s.H, s.d, s.S, s.rope, qkv, mem_kv, gate, a, r, lse_self, lse_mem, d_out,
+    K::attention_backward(dt, s.B, s.T, s.H, s.d, s.S, s.rope, s.mem_mode, qkv, mem_kv, gate, a, r, lse_self, lse_mem, d_out,
                           d_qkv, d_mem_kv, d_gate);
     return info.Env().Undefined();
   });

@@ -1,6 +1,7 @@
 // N-API bindings of the op family "memwrite" (shared by the CPU and CUDA addons): memwriteForward,
 // memwriteBackward, memwriteStats.
-// Sizes first, then (handle, element offset) per tensor, each checked against its storage; float32 only.
+// Sizes first, then (handle, element offset) per tensor, each checked against its storage; float32 only. The
+// pointer's positional bias comes as its column count (0: none) and then an optional tensor (null, 0 when none).
 #include "backend_kernels.h"
 #include "binding.h"
 
@@ -24,6 +25,13 @@ Sizes read_sizes(Args& args, const char* op) {
   return z;
 }
 
+// The pointer's positional bias (SPEC v2): its column count, 0 when there is none, else at least T.
+int64_t pointer_bias_cols(Args& args, int64_t T, const char* op) {
+  const int64_t cols = args.integer("biasCols");
+  if (cols != 0 && cols < T) fail("%s: the pointer bias has %lld columns, fewer than the segment's %lld tokens", op, (long long)cols, (long long)T);
+  return cols;
+}
+
 Napi::Value memwrite_forward(const Napi::CallbackInfo& info) {
   return guarded(info, "memwriteForward", [&] {
     Args args(info, "memwriteForward");
@@ -34,11 +42,13 @@ Napi::Value memwrite_forward(const Napi::CallbackInfo& info) {
     const float* cv = static_cast<const float*>(args.tensor("cv", DType::F32, B * T * D));
     const float* w = static_cast<const float*>(args.tensor("updateWeight", DType::F32, D * 2 * D));
     const float* bias = static_cast<const float*>(args.tensor("updateBias", DType::F32, D));
+    const int64_t bias_cols = pointer_bias_cols(args, T, "memwriteForward");
+    const float* ptr_bias = static_cast<const float*>(args.optional_tensor("ptrBias", bias_cols > 0, DType::F32, S * bias_cols));
     float* out = static_cast<float*>(args.tensor("out", DType::F32, B * S * D));
     float* alpha = static_cast<float*>(args.tensor("alpha", DType::F32, B * S * T));
     float* x = static_cast<float*>(args.tensor("x", DType::F32, B * S * 2 * D));
     float* u = static_cast<float*>(args.tensor("u", DType::F32, B * S * D));
-    K::memwrite_forward(B, S, T, D, m, mq, ck, cv, w, bias, out, alpha, x, u);
+    K::memwrite_forward(B, S, T, D, m, mq, ck, cv, w, bias, ptr_bias, bias_cols, out, alpha, x, u);
     return info.Env().Undefined();
   });
 }
@@ -61,8 +71,11 @@ Napi::Value memwrite_backward(const Napi::CallbackInfo& info) {
     float* dcv = static_cast<float*>(args.tensor("dcv", DType::F32, B * T * D));
     float* dw = static_cast<float*>(args.tensor("dUpdateWeight", DType::F32, D * 2 * D));
     float* dbias = static_cast<float*>(args.tensor("dUpdateBias", DType::F32, D));
+    const int64_t bias_cols = pointer_bias_cols(args, T, "memwriteBackward");
+    float* d_ptr_bias = static_cast<float*>(args.optional_tensor("dPtrBias", bias_cols > 0, DType::F32, S * bias_cols));
     float* work = static_cast<float*>(args.tensor("workspace", DType::F32, K::memwrite_workspace(B, S, T, D)));
-    K::memwrite_backward(B, S, T, D, dout, mq, ck, cv, w, alpha, x, u, dm, dmq, dck, dcv, dw, dbias, work);
+    K::memwrite_backward(B, S, T, D, dout, mq, ck, cv, w, alpha, x, u, bias_cols, dm, dmq, dck, dcv, dw, dbias,
+                         d_ptr_bias, work);
     return info.Env().Undefined();
   });
 }

@@ -37,7 +37,12 @@ constexpr int64_t kKB = 64;  // keys per tile
 struct Dims {
   int64_t B, T, H, d, S;
   bool rope;
+  int mem_mode;  // kMemJoint | kMemPositions (attention.inc)
   int64_t D() const { return H * d; }
+  bool joint() const { return (mem_mode & kMemJoint) != 0; }
+  // The memory read by the rotated query against slot keys rotated at their positions (the slots sit just before
+  // the segment: computed as query p at p + S, slot j at j, since RoPE scores depend only on the distance).
+  bool mem_positions() const { return rope && (mem_mode & kMemPositions) != 0; }
   float scale() const { return float(1.0 / std::sqrt(double(d))); }
 };
 
@@ -48,9 +53,10 @@ struct RopeTable {
   RopeTable(const Dims& s) {
     if (!s.rope) return;
     half = s.d / 2;
-    cos.resize(size_t(s.T * half));
-    sin.resize(size_t(s.T * half));
-    for (int64_t p = 0; p < s.T; p++) {
+    const int64_t n = s.T + (s.mem_positions() ? s.S : 0);
+    cos.resize(size_t(n * half));
+    sin.resize(size_t(n * half));
+    for (int64_t p = 0; p < n; p++) {
       for (int64_t i = 0; i < half; i++) {
         double angle = double(p) * std::pow(10000.0, -2.0 * double(i) / double(s.d));
         cos[size_t(p * half + i)] = float(std::cos(angle));
@@ -159,6 +165,13 @@ const ExpRow exp_row = [] {
 
 MG_INLINE float sigmoid(float x) { return float(1.0 / (1.0 + std::exp(-double(x)))); }
 
+// The read gate of one row: σ(gate logit), or with the joint softmax σ(gate logit + lse_mem − lse_self), which
+// with a zero logit is the memory's share of one softmax over the slots and the segment's keys together.
+template <typename T>
+MG_INLINE float gate_of(const Dims& s, const T* logit, float lse_mem, float lse_self) {
+  return s.joint() ? sigmoid(float(double(load(logit)) + double(lse_mem) - double(lse_self))) : sigmoid(load(logit));
+}
+
 // s[r·kKB + j] = scale · Σ_i q[r·ldq + i] · kt[i·kKB + j] for r < rows, j < nk: a tile of q·kᵀ with the key
 // tile stored transposed ([d, kKB]). Four query rows at a time share each load of kt.
 MG_INLINE void score_tile(const float* q, int64_t ldq, int64_t rows, const float* kt, int64_t nk, int64_t d,
@@ -215,10 +228,11 @@ MG_INLINE void load_tile_t(const T* src, int64_t ld, int64_t nk, int64_t d, cons
 
 // q: the block's query rows as float32 (rotated, or widened); q0: its unrotated rows widened for the memory read
 // (bfloat16 with rope only); vrows: one tile of value rows widened (bfloat16 only).
+// qm: the rows rotated at p + S for a positional memory read.
 struct ForwardScratch {
-  std::vector<float> q, q0, kt, vrows, s, tmp, m, l;
+  std::vector<float> q, q0, qm, kt, vrows, s, tmp, m, l;
   explicit ForwardScratch(int64_t d)
-      : q(size_t(kQB * d)), q0(q.size()), kt(size_t(d * kKB)), vrows(kt.size()), s(size_t(kQB * kKB)),
+      : q(size_t(kQB * d)), q0(q.size()), qm(q.size()), kt(size_t(d * kKB)), vrows(kt.size()), s(size_t(kQB * kKB)),
         tmp(size_t(d)), m(kQB), l(kQB) {}
 };
 
@@ -306,10 +320,15 @@ MG_INLINE void forward_task(const ForwardArgs<T>& a, int64_t b, int64_t h, int64
     return;
   }
   const T* mk = a.mem_kv + b * s.S * 2 * D + h * d;
-  attend_rows(q0, ldq0, rows, 0, mk, mk + D, 2 * D, s.S, false, nullptr, d, scale, w, r_blk, a.lse_mem + lse_row);
+  if (s.mem_positions()) {
+    for (int64_t r = 0; r < rows; r++) rope_rotate(qsrc + r * 3 * D, w.qm.data() + r * d, rt, t0 + r + s.S);
+    attend_rows(w.qm.data(), d, rows, 0, mk, mk + D, 2 * D, s.S, false, &rt, d, scale, w, r_blk, a.lse_mem + lse_row);
+  } else {
+    attend_rows(q0, ldq0, rows, 0, mk, mk + D, 2 * D, s.S, false, nullptr, d, scale, w, r_blk, a.lse_mem + lse_row);
+  }
   for (int64_t r = 0; r < rows; r++) {
     int64_t t = t0 + r;
-    float g = sigmoid(load(a.gate_logits + (b * s.T + t) * s.H + h));
+    float g = gate_of(s, a.gate_logits + (b * s.T + t) * s.H + h, a.lse_mem[lse_row + r], a.lse_self[lse_row + r]);
     const float* ar = a_blk + r * d;
     const float* rr = r_blk + r * d;
     float* o = w.tmp.data();
@@ -396,17 +415,22 @@ MG_INLINE void attend_rows_backward(const float* q, int64_t ldq, int64_t nq, con
 
 // qr, kr: a head's rotated q and k rows; qw, kw, vw, mkw, mvw: its unrotated q, k, v and memory rows widened to
 // float32 (bfloat16 storage only; float32 is read in place); row_*: one row of d_out, A, R, or a gradient row.
+// qm, mkr: the memory read's rotated query rows (at p + S) and slot keys (at j), for a positional memory read.
 struct BackwardScratch {
-  std::vector<float> qr, kr, qw, kw, vw, mkw, mvw, dy_a, dy_r, sum_a, sum_r, dq, dk, dv, dq0, dmk, dmv, kt, vt, p, dp,
-      row_o, row_a, row_r, row_g;
+  std::vector<float> qr, kr, qm, mkr, qw, kw, vw, mkw, mvw, dy_a, dy_r, sum_a, sum_r, dq, dk, dv, dq0, dmk, dmv, kt, vt,
+      p, dp, row_o, row_a, row_r, row_g;
   BackwardScratch(const Dims& s, bool widen)
-      : qr(s.rope ? size_t(s.T * s.d) : 0), kr(qr.size()), qw(widen ? size_t(s.T * s.d) : 0),
+      : qr(s.rope ? size_t(s.T * s.d) : 0), kr(qr.size()), qm(s.mem_positions() ? size_t(s.T * s.d) : 0),
+        mkr(s.mem_positions() ? size_t(s.S * s.d) : 0), qw(widen ? size_t(s.T * s.d) : 0),
         kw(widen && !s.rope ? qw.size() : 0), vw(qw.size()), mkw(widen ? size_t(s.S * s.d) : 0), mvw(mkw.size()),
         dy_a(size_t(s.T * s.d)), dy_r(s.S ? dy_a.size() : 0), sum_a(size_t(s.T)), sum_r(size_t(s.T)),
         dq(dy_a.size()), dk(dy_a.size()), dv(dy_a.size()), dq0(dy_r.size()), dmk(size_t(s.S * s.d)), dmv(dmk.size()),
         kt(size_t(s.d * kKB)), vt(kt.size()), p(size_t(kQB * kKB)), dp(p.size()), row_o(size_t(s.d)),
         row_a(row_o.size()), row_r(row_o.size()), row_g(row_o.size()) {}
 };
+
+// A free row of scratch while the memory part's gradients are stored (row_g is used only after them).
+MG_INLINE float* gq_tmp(BackwardScratch& w) { return w.row_g.data(); }
 
 // The whole backward of batch b, head h: this task alone writes that head's columns of every gradient.
 template <typename T>
@@ -449,7 +473,8 @@ MG_INLINE void backward_head(const BackwardArgs<T>& a, int64_t b, int64_t h, Bac
       continue;
     }
     const int64_t gi = (b * T_ + t) * s.H + h;
-    const float g = sigmoid(load(a.gate_logits + gi));
+    const int64_t li = (b * s.H + h) * T_ + t;
+    const float g = gate_of(s, a.gate_logits + gi, a.lse_mem[li], a.lse_self[li]);
     const float* rr = widen_rows(a.r + row, 0, 1, d, w.row_r.data(), &unused);
     float* dyr = w.dy_r.data() + t * d;
     double diff = 0;
@@ -460,7 +485,14 @@ MG_INLINE void backward_head(const BackwardArgs<T>& a, int64_t b, int64_t h, Bac
     }
     w.sum_a[t] = dot(dya, ar, d);
     w.sum_r[t] = dot(dyr, rr, d);
-    store(a.d_gate + gi, float(diff * g * (1.0 - g)));
+    const float dz = float(diff * g * (1.0 - g));
+    store(a.d_gate + gi, dz);
+    // Joint softmax: the gate's argument holds +lse_mem − lse_self, and d lse / d score is the softmax itself, so
+    // each part's dS = P ∘ (dP − D_i + d lse_i) takes the gate's gradient through its D_i.
+    if (s.joint()) {
+      w.sum_a[t] += dz;
+      w.sum_r[t] -= dz;
+    }
   }
   std::fill(w.dq.begin(), w.dq.end(), 0.f);
   std::fill(w.dk.begin(), w.dk.end(), 0.f);
@@ -476,12 +508,27 @@ MG_INLINE void backward_head(const BackwardArgs<T>& a, int64_t b, int64_t h, Bac
     int64_t ldmk, ldmv;
     const float* mk = widen_rows(msrc, 2 * D, S, d, w.mkw.data(), &ldmk);
     const float* mv = widen_rows(msrc + D, 2 * D, S, d, w.mvw.data(), &ldmv);
-    attend_rows_backward(q0, ldq0, T_, mk, ldmk, mv, ldmv, S, false, d, scale, w.dy_r.data(), w.sum_r.data(),
+    const float* qmem = q0;
+    int64_t ldqm = ldq0;
+    if (s.mem_positions()) {
+      for (int64_t t = 0; t < T_; t++) rope_rotate(qsrc + t * 3 * D, w.qm.data() + t * d, rt, t + S);
+      for (int64_t j = 0; j < S; j++) rope_rotate(msrc + j * 2 * D, w.mkr.data() + j * d, rt, j);
+      qmem = w.qm.data();
+      mk = w.mkr.data();
+      ldqm = ldmk = d;
+    }
+    attend_rows_backward(qmem, ldqm, T_, mk, ldmk, mv, ldmv, S, false, d, scale, w.dy_r.data(), w.sum_r.data(),
                          a.lse_mem + (b * s.H + h) * T_, w.dq0.data(), w.dmk.data(), w.dmv.data(), w.kt.data(),
                          w.vt.data(), w.p.data(), w.dp.data());
     for (int64_t j = 0; j < S; j++) {
       T* dst = a.d_mem_kv + (b * S + j) * 2 * D + h * d;
-      store_row(dst, w.dmk.data() + j * d, d);
+      if (s.mem_positions()) {
+        std::fill(gq_tmp(w), gq_tmp(w) + d, 0.f);
+        rope_rotate_back_add(w.dmk.data() + j * d, gq_tmp(w), rt, j);
+        store_row(dst, gq_tmp(w), d);
+      } else {
+        store_row(dst, w.dmk.data() + j * d, d);
+      }
       store_row(dst + D, w.dmv.data() + j * d, d);
     }
   }
@@ -494,7 +541,8 @@ MG_INLINE void backward_head(const BackwardArgs<T>& a, int64_t b, int64_t h, Bac
     if (s.rope) {
       std::fill(gq, gq + d, 0.f);
       rope_rotate_back_add(dq, gq, rt, t);
-      if (S > 0) axpy(1.f, w.dq0.data() + t * d, gq, d);
+      if (S > 0 && s.mem_positions()) rope_rotate_back_add(w.dq0.data() + t * d, gq, rt, t + S);
+      else if (S > 0) axpy(1.f, w.dq0.data() + t * d, gq, d);
       store_row(dst, gq, d);
       std::fill(gq, gq + d, 0.f);
       rope_rotate_back_add(dk, gq, rt, t);
@@ -539,10 +587,10 @@ void check_dims(const Dims& s) {
 
 }  // namespace
 
-void attention_forward(DType dt, int64_t B, int64_t T, int64_t H, int64_t d, int64_t S, bool rope, const void* qkv,
-                       const void* mem_kv, const void* gate_logits, void* out, float* lse_self, float* lse_mem,
-                       void* save_a, void* save_r) {
-  const Dims s{B, T, H, d, S, rope};
+void attention_forward(DType dt, int64_t B, int64_t T, int64_t H, int64_t d, int64_t S, bool rope, int mem_mode,
+                       const void* qkv, const void* mem_kv, const void* gate_logits, void* out, float* lse_self,
+                       float* lse_mem, void* save_a, void* save_r) {
+  const Dims s{B, T, H, d, S, rope, mem_mode};
   check_dims(s);
   dispatch_float(dt, "attention", [&](auto tag) {
     using E = decltype(tag);
@@ -567,11 +615,11 @@ void attention_forward(DType dt, int64_t B, int64_t T, int64_t H, int64_t d, int
   });
 }
 
-void attention_backward(DType dt, int64_t B, int64_t T, int64_t H, int64_t d, int64_t S, bool rope, const void* qkv,
-                        const void* mem_kv, const void* gate_logits, const void* a_saved, const void* r_saved,
-                        const float* lse_self, const float* lse_mem, const void* d_out, void* d_qkv, void* d_mem_kv,
-                        void* d_gate_logits) {
-  const Dims s{B, T, H, d, S, rope};
+void attention_backward(DType dt, int64_t B, int64_t T, int64_t H, int64_t d, int64_t S, bool rope, int mem_mode,
+                        const void* qkv, const void* mem_kv, const void* gate_logits, const void* a_saved,
+                        const void* r_saved, const float* lse_self, const float* lse_mem, const void* d_out,
+                        void* d_qkv, void* d_mem_kv, void* d_gate_logits) {
+  const Dims s{B, T, H, d, S, rope, mem_mode};
   check_dims(s);
   dispatch_float(dt, "attention", [&](auto tag) {
     using E = decltype(tag);

@@ -21,8 +21,8 @@ float sigmoid(float v) { return 1.f / (1.f + std::exp(-v)); }
 }  // namespace
 
 void memwrite_forward(int64_t B, int64_t S, int64_t T, int64_t D, const float* m, const float* mq, const float* ck,
-                      const float* cv, const float* w, const float* bias, float* out, float* alpha, float* x,
-                      float* u) {
+                      const float* cv, const float* w, const float* bias, const float* ptr_bias, int64_t bias_cols,
+                      float* out, float* alpha, float* x, float* u) {
   const int64_t R = B * S;
   const float scale = float(1.0 / std::sqrt(double(D)));
   // Pointer scores P = mq·ckᵀ [B,S,T], written straight into alpha and turned into α in place.
@@ -30,11 +30,14 @@ void memwrite_forward(int64_t B, int64_t S, int64_t T, int64_t D, const float* m
   parallel_for(0, R, grain(4 * T), [&](size_t lo, size_t hi) {
     for (size_t r = lo; r < hi; r++) {
       float* a = alpha + int64_t(r) * T;
+      // The positional bias of slot r mod S, end-aligned: token t of a segment of T takes column bias_cols − T + t.
+      const float* pb = ptr_bias ? ptr_bias + (int64_t(r) % S) * bias_cols + (bias_cols - T) : nullptr;
+      for (int64_t t = 0; t < T; t++) a[t] = a[t] * scale + (pb ? pb[t] : 0.f);
       float mx = -INFINITY;
-      for (int64_t t = 0; t < T; t++) mx = std::max(mx, a[t] * scale);
+      for (int64_t t = 0; t < T; t++) mx = std::max(mx, a[t]);
       double total = 0;
       for (int64_t t = 0; t < T; t++) {
-        a[t] = std::exp(a[t] * scale - mx);
+        a[t] = std::exp(a[t] - mx);
         total += a[t];
       }
       float inv = float(1.0 / total);
@@ -68,8 +71,8 @@ void memwrite_forward(int64_t B, int64_t S, int64_t T, int64_t D, const float* m
 
 void memwrite_backward(int64_t B, int64_t S, int64_t T, int64_t D, const float* dout, const float* mq,
                        const float* ck, const float* cv, const float* w, const float* alpha, const float* x,
-                       const float* u, float* dm, float* dmq, float* dck, float* dcv, float* dw, float* dbias,
-                       float* workspace) {
+                       const float* u, int64_t bias_cols, float* dm, float* dmq, float* dck, float* dcv, float* dw,
+                       float* dbias, float* d_ptr_bias, float* workspace) {
   const int64_t R = B * S;
   const float scale = float(1.0 / std::sqrt(double(D)));
   // Workspace (memwrite_workspace elements): dG, the gate's pre-activation gradient [R,D]; dZ [R,D];
@@ -116,7 +119,7 @@ void memwrite_backward(int64_t B, int64_t S, int64_t T, int64_t D, const float* 
   // Z = α·cv: dα = dZ·cvᵀ, dcv = αᵀ·dZ.
   matmul(DType::F32, dz, cv, DType::F32, dp, B, S, T, D, false, true, S * D, T * D, S * T, 0.f);
   matmul(DType::F32, alpha, dz, DType::F32, dcv, B, T, D, S, true, false, S * T, S * D, T * D, 0.f);
-  // α = softmax(P/√D): dP = α(dα − Σ_t α dα)/√D, in place.
+  // α = softmax(P/√D + bias): the gradient of the softmax's argument α(dα − Σ_t α dα), in place.
   parallel_for(0, R, grain(4 * T), [&](size_t lo, size_t hi) {
     for (size_t r = lo; r < hi; r++) {
       const float* a = alpha + int64_t(r) * T;
@@ -124,8 +127,26 @@ void memwrite_backward(int64_t B, int64_t S, int64_t T, int64_t D, const float* 
       double dot = 0;
       for (int64_t t = 0; t < T; t++) dot += double(a[t]) * g[t];
       float c = float(dot);
-      for (int64_t t = 0; t < T; t++) g[t] = a[t] * (g[t] - c) * scale;
+      for (int64_t t = 0; t < T; t++) g[t] = a[t] * (g[t] - c);
     }
+  });
+  // The positional bias's gradient: that argument summed over the batch (in batch order), at the end-aligned columns.
+  if (d_ptr_bias) {
+    parallel_for(0, S, 1, [&](size_t lo, size_t hi) {
+      for (size_t s = lo; s < hi; s++) {
+        float* db = d_ptr_bias + int64_t(s) * bias_cols;
+        std::fill(db, db + bias_cols - T, 0.f);
+        for (int64_t t = 0; t < T; t++) {
+          double acc = 0;
+          for (int64_t b = 0; b < B; b++) acc += dp[(b * S + int64_t(s)) * T + t];
+          db[bias_cols - T + t] = float(acc);
+        }
+      }
+    });
+  }
+  // dP = that argument's gradient / √D.
+  parallel_for(0, R * T, 4096, [&](size_t lo, size_t hi) {
+    for (size_t i = lo; i < hi; i++) dp[i] *= scale;
   });
   // P = mq·ckᵀ: dmq = dP·ck, dck = dPᵀ·mq.
   matmul(DType::F32, dp, ck, DType::F32, dmq, B, S, D, T, false, false, S * T, T * D, S * D, 0.f);

@@ -1092,10 +1092,11 @@ void launch_backward_for(const BwdParams<E>& p, int64_t B) {
 
 }  // namespace
 
-void attention_forward(DType dt, int64_t B, int64_t T, int64_t H, int64_t d, int64_t S, bool rope, const void* qkv,
-                       const void* mem_kv, const void* gate_logits, void* out, float* lse_self, float* lse_mem,
-                       void* save_a, void* save_r) {
+void attention_forward(DType dt, int64_t B, int64_t T, int64_t H, int64_t d, int64_t S, bool rope, int mem_mode,
+                       const void* qkv, const void* mem_kv, const void* gate_logits, void* out, float* lse_self,
+                       float* lse_mem, void* save_a, void* save_r) {
   check_dims(H, d, rope);
+  if (mem_mode != 0) fail("attention_forward: memory read mode %d is not on CUDA yet", mem_mode);
   dispatch_float(dt, "attention_forward", [&](auto tag) {
     using E = decltype(tag);
     if (B == 0 || T == 0) return;
@@ -1123,11 +1124,12 @@ void attention_forward(DType dt, int64_t B, int64_t T, int64_t H, int64_t d, int
   });
 }
 
-void attention_backward(DType dt, int64_t B, int64_t T, int64_t H, int64_t d, int64_t S, bool rope, const void* qkv,
-                        const void* mem_kv, const void* gate_logits, const void* a_saved, const void* r_saved,
-                        const float* lse_self, const float* lse_mem, const void* d_out, void* d_qkv, void* d_mem_kv,
-                        void* d_gate_logits) {
+void attention_backward(DType dt, int64_t B, int64_t T, int64_t H, int64_t d, int64_t S, bool rope, int mem_mode,
+                        const void* qkv, const void* mem_kv, const void* gate_logits, const void* a_saved,
+                        const void* r_saved, const float* lse_self, const float* lse_mem, const void* d_out,
+                        void* d_qkv, void* d_mem_kv, void* d_gate_logits) {
   check_dims(H, d, rope);
+  if (mem_mode != 0) fail("attention_backward: memory read mode %d is not on CUDA yet", mem_mode);
   dispatch_float(dt, "attention_backward", [&](auto tag) {
     using E = decltype(tag);
     if (B == 0) return;

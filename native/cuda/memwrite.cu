@@ -149,8 +149,10 @@ constexpr DType F32 = DType::F32;
 }  // namespace
 
 void memwrite_forward(int64_t B, int64_t S, int64_t T, int64_t D, const float* m, const float* mq, const float* ck,
-                      const float* cv, const float* w, const float* bias, float* out, float* alpha, float* x,
-                      float* u) {
+                      const float* cv, const float* w, const float* bias, const float* ptr_bias, int64_t bias_cols,
+                      float* out, float* alpha, float* x, float* u) {
+  if (ptr_bias) fail("memwriteForward: the pointer's positional bias is not on CUDA yet");
+  (void)bias_cols;
   const int64_t R = B * S;
   if (R <= 0 || T <= 0 || D <= 0) return;
   cudaStream_t s = stream();
@@ -171,8 +173,10 @@ void memwrite_forward(int64_t B, int64_t S, int64_t T, int64_t D, const float* m
 
 void memwrite_backward(int64_t B, int64_t S, int64_t T, int64_t D, const float* dout, const float* mq,
                        const float* ck, const float* cv, const float* w, const float* alpha, const float* x,
-                       const float* u, float* dm, float* dmq, float* dck, float* dcv, float* dw, float* dbias,
-                       float* workspace) {
+                       const float* u, int64_t bias_cols, float* dm, float* dmq, float* dck, float* dcv, float* dw,
+                       float* dbias, float* d_ptr_bias, float* workspace) {
+  if (d_ptr_bias) fail("memwriteBackward: the pointer's positional bias is not on CUDA yet");
+  (void)bias_cols;
   const int64_t R = B * S;
   if (R <= 0 || T <= 0 || D <= 0) return;
   cudaStream_t s = stream();

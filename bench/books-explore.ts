@@ -1,9 +1,11 @@
-// Books exploration (the lab notebook behind the books benchmark's recipe): trains one model on a books
-// corpus with its own loop and knobs the library does not have yet — window or stream sampling, run length,
-// init overrides by parameter-name regex (--init 'mem.init=1', --bias 'mem.update.bias=-1'), per-group
+// Books exploration (the lab notebook behind the books benchmark's recipe and SPEC v2): trains one model on a
+// books corpus with its own loop and knobs the library does not have — init overrides by parameter-name regex (--init 'mem.init=1', --bias 'mem.update.bias=-1'), per-group
 // learning-rate multipliers (--lr-mult 'mem|ptr=3') — then scores the held-out documents in stream mode
 // and prints one JSON line: bits/byte, the loss by position in the document, gates, tokens/s.
-// Usage: npx tsx bench/books-explore.ts --corpus kjv --mem-slots 8 --seg-len 32 --segments 4 --steps 3000 --sampling stream
+// Design variants on top of SPEC v1 (--spec-version 1): --read joint|positional, --ptr-bias STRENGTH, --ptr-pos
+// STD, --gate-pos, --cheat-write (the memory forced to hold the last S tokens: does the read use it at all?).
+// --read positional --ptr-bias 8 on v1 is SPEC v2, which the model computes itself with --spec-version 2.
+// Usage: npx tsx bench/books-explore.ts --corpus kjv --mem-slots 8 --seg-len 32 --segments 4 --steps 3000 --probe
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 
@@ -11,7 +13,7 @@ import * as mg from '../lib/index.js';
 import { presets, type PresetName } from '../lib/config.js';
 import { ensureBookCorpus, type BookCorpusName } from '../lib/bench/books/corpora.js';
 import { bucketLosses, memoryProbe, scoreDocument } from '../lib/bench/books/score.js';
-import { loadCorpus, getTokenizer, BatchSampler, StreamSampler } from '../lib/data/index.js';
+import { loadCorpus, getTokenizer, BatchSampler } from '../lib/data/index.js';
 import { learningRate } from '../lib/train.js';
 import { MemGPT } from '../lib/model.js';
 import { applyInitOverrides } from './init-overrides.js';
@@ -21,17 +23,21 @@ const { values: f } = parseArgs({
     corpus: { type: 'string', default: 'kjv' }, preset: { type: 'string', default: 'tiny' },
     'mem-slots': { type: 'string' }, 'seg-len': { type: 'string' }, segments: { type: 'string', default: '4' },
     batch: { type: 'string', default: '8' }, steps: { type: 'string', default: '3000' }, lr: { type: 'string', default: '1e-3' },
-    seed: { type: 'string', default: '0' }, sampling: { type: 'string', default: 'window' }, 'run-samples': { type: 'string', default: '16' },
+    seed: { type: 'string', default: '0' },
     init: { type: 'string', default: '' }, bias: { type: 'string', default: '' }, 'lr-mult': { type: 'string', default: '' },
     'weight-decay': { type: 'string', default: '0.1' }, warmup: { type: 'string', default: '100' }, 'eval-tokens': { type: 'string', default: '0' },
     'log-every': { type: 'string', default: '500' }, probe: { type: 'boolean', default: false }, tag: { type: 'string', default: '' },
     'ptr-pos': { type: 'string', default: '0' }, 'gate-pos': { type: 'boolean', default: false }, 'cheat-write': { type: 'boolean', default: false },
-    read: { type: 'string', default: 'gated' }, 'ptr-bias': { type: 'string', default: '' },
+    read: { type: 'string', default: 'gated' }, 'ptr-bias': { type: 'string', default: '' }, 'spec-version': { type: 'string', default: '2' },
   },
 });
 const num = (k: keyof typeof f) => Number(f[k]);
 const preset = presets[f.preset as PresetName];
-const cfg = { ...preset, memSlots: f['mem-slots'] !== undefined ? num('mem-slots') : preset.memSlots, segmentLen: f['seg-len'] !== undefined ? num('seg-len') : preset.segmentLen };
+const cfg = {
+  ...preset, memSlots: f['mem-slots'] !== undefined ? num('mem-slots') : preset.memSlots, segmentLen: f['seg-len'] !== undefined ? num('seg-len') : preset.segmentLen,
+  specVersion: num('spec-version') as 1 | 2,
+};
+if (cfg.specVersion === 2 && (f.read !== 'gated' || f['ptr-bias'] !== '' || f['cheat-write'])) throw new Error('the design variants start from SPEC v1: add --spec-version 1');
 const [segments, B, steps, lr, seed] = [num('segments'), num('batch'), num('steps'), num('lr'), num('seed')];
 const corpus = ensureBookCorpus(f.corpus as BookCorpusName);
 const tokenizer = getTokenizer('byte');
@@ -114,26 +120,18 @@ for (const [name, p] of [...model.params, ...extra]) {
 const optimizers = [...byMult].map(([mult, ps]) => ({ mult, opt: new mg.AdamW(ps, { lr, weightDecay: num('weight-decay'), betas: [0.9, 0.95], eps: 1e-8, noDecay: noDecay.filter((p) => ps.includes(p)) }) }));
 const T = cfg.segmentLen, N = segments * T;
 const schedule = { lr, warmup: num('warmup'), steps, schedule: 'cosine' as const, minLrRatio: 0.1 };
-const windows = f.sampling === 'window' ? new BatchSampler(train, { batchSize: B, segments, segmentLen: T, order: 'random', seed }) : null;
-const stream = f.sampling === 'stream' ? new StreamSampler(train, { lanes: B, segments, segmentLen: T, runSamples: num('run-samples'), seed }) : null;
-let carried: mg.Tensor[] | undefined;
+const windows = new BatchSampler(train, { batchSize: B, segments, segmentLen: T, order: 'random', seed });
 const gates: unknown[] = [];
 const t0 = performance.now();
 let lossAvg = 0;
 for (let step = 0; step < steps; step++) {
-  const batch = windows ? windows.next() : stream!.nextBatch();
+  const batch = windows.next();
   const diag = step % num('log-every') === 0 || step === steps - 1;
   const out = mg.tidy(() => {
-    const r = model.forward(batch.tokens, B, segments, batch.mask ?? undefined, {
-      diagnostics: diag, memory: stream ? carried : undefined, reset: stream ? (batch as unknown as { reset: boolean[] }).reset : undefined, returnMemory: !!stream,
-    });
+    const r = model.forward(batch.tokens, B, segments, batch.mask ?? undefined, { diagnostics: diag });
     r.loss.backward();
-    return { loss: r.nllSum / r.tokens, diagnostics: r.diagnostics, memory: r.memory };
+    return { loss: r.nllSum / r.tokens, diagnostics: r.diagnostics };
   });
-  if (stream) {
-    for (const m of carried ?? []) m.dispose();
-    carried = out.memory;
-  }
   lossAvg = step === 0 ? out.loss : 0.98 * lossAvg + 0.02 * out.loss;
   mg.clipGradNorm(params, 1);
   const rate = learningRate(schedule, step);
@@ -149,7 +147,7 @@ const docs = corpus.heldOut.map((d) => tokenizer.encode(readFileSync(d.path)));
 const scores = docs.map((d) => scoreDocument(model, d, { maxTokens: evalTokens }));
 const nll = scores.reduce((a, s) => a + s.nllSum, 0), toks = scores.reduce((a, s) => a + s.tokens, 0);
 const result: Record<string, unknown> = {
-  tag: f.tag, corpus: f.corpus, config: cfg, segments, batch: B, steps, lr, seed, sampling: f.sampling, runSamples: num('run-samples'), init: f.init, bias: f.bias, lrMult: f['lr-mult'], ptrPos: num('ptr-pos'), gatePos: f['gate-pos'], cheatWrite: f['cheat-write'], read: f.read, ptrBias: f['ptr-bias'],
+  tag: f.tag, corpus: f.corpus, config: cfg, segments, batch: B, steps, lr, seed, init: f.init, bias: f.bias, lrMult: f['lr-mult'], ptrPos: num('ptr-pos'), gatePos: f['gate-pos'], cheatWrite: f['cheat-write'], read: f.read, ptrBias: f['ptr-bias'],
   bitsPerByte: nll / toks / Math.LN2, buckets: bucketLosses(scores).map((b) => ({ ...b, bpb: +(b.loss / Math.LN2).toFixed(4) })),
   byOffset: scores[0].offsetNll.map((_, t) => +(scores.reduce((a, s) => a + s.offsetNll[t], 0) / scores.reduce((a, s) => a + s.offsetTokens[t], 0) / Math.LN2).toFixed(3)),
   trainTokensPerSecond: (steps * B * N) / trainSeconds, gates,

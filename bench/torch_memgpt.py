@@ -77,7 +77,7 @@ class Layer(nn.Module):
                 pos = torch.zeros(S, c["segmentLen"])
                 for j in range(S):
                     if c["segmentLen"] - S + j >= 0:
-                        pos[j, c["segmentLen"] - S + j] = 4.0
+                        pos[j, c["segmentLen"] - S + j] = 8.0
                 self.ptr_pos = nn.Parameter(pos)
             self.mem_update = nn.Linear(2 * D, D)
         self.ln2 = nn.LayerNorm(D)

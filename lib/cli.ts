@@ -21,13 +21,16 @@ Usage:
                   [--order random|sequential] [--seed S] [--device cpu|cuda] [--resume] [--json]
                   [--grad-accum N] [--eval-every N] [--eval-batches N] [--checkpoint-every N]
                   [--log-every N] [--held-out FRACTION] [--precision float32|bfloat16]
+                  [--mem-slots S] [--segment-len T]   (override the preset's or config's)
   memgpt eval     --checkpoint CKPT --data PATH [--segments K] [--batch-size B] [--stream] [--json]
   memgpt generate --checkpoint CKPT --prompt TEXT [--max-tokens N] [--temperature X] [--top-k K]
                   [--top-p P] [--seed S]
-  memgpt bench    [kernels|train] [--device cpu|cuda] [--json]
+  memgpt bench    [kernels|train|books] [--device cpu|cuda] [--json]
                   kernels: [--preset small|base|all] [--only SUBSTRING]
                   train:   [--preset tiny|small|base] [--batch B] [--segments K] [--steps N] [--warmup N]
                            [--precision float32|bfloat16]
+                  books:   [--corpus kjv|linux-doc|austen|all] [--preset tiny|small] [--variants LIST]
+                           [--seeds N] [--steps N] [--jobs N] [--out FILE.json] (memgpt bench books --help)
   memgpt demo     [--steps N] [--lr X] [--seed S] [--device cpu|cuda]
   memgpt doctor   [--json]   (the builds present, GPU, driver and runtime, which backend and why)
   memgpt --version | --help
@@ -94,7 +97,7 @@ export async function main(argv: string[]): Promise<number> {
     if (command === 'train') return await trainCommand(rest);
     if (command === 'eval') return evalCommand(rest);
     if (command === 'generate') return generateCommand(rest);
-    if (command === 'bench') return benchCommand(rest);
+    if (command === 'bench') return await benchCommand(rest);
     if (command === 'doctor') {
       const flags = parse(rest, { json: 'boolean' });
       const report = doctorReport();

@@ -14,7 +14,7 @@ import { MemgptError } from './errors.js';
 import { generateTokens, scoreStream } from './generate.js';
 import { MemGPT } from './model.js';
 import { defaultPasskeyTask, passkeyAccuracy, passkeyTrainer } from './default-task.js';
-import { Trainer, defaultTrainOptions, evaluateLoss, loadRunModel, type StepLog, type TrainOptions } from './train.js';
+import { Trainer, defaultTrainOptions, evaluateLoss, loadRunModel, recipes, type Recipe, type StepLog, type TrainOptions } from './train.js';
 
 export type Flags = Record<string, string | boolean | undefined>;
 
@@ -74,19 +74,20 @@ const trainFlags = {
   segments: 'string', lr: 'string', optimizer: 'string', 'weight-decay': 'string', 'grad-clip': 'string', warmup: 'string',
   schedule: 'string', order: 'string', seed: 'string', device: 'string', resume: 'boolean', json: 'boolean', 'grad-accum': 'string',
   'eval-every': 'string', 'eval-batches': 'string', 'checkpoint-every': 'string', 'log-every': 'string', 'held-out': 'string',
-  precision: 'string',
+  precision: 'string', 'mem-slots': 'string', 'segment-len': 'string',
 } as const;
 
-export function trainOptionsFromFlags(flags: Flags): TrainOptions {
+/** The training options from the flags, on top of a preset's recipe (learning rate, batch, BPTT depth, warmup). */
+export function trainOptionsFromFlags(flags: Flags, recipe: Recipe = recipes.tiny): TrainOptions {
   const d = defaultTrainOptions;
   const steps = int(flags, 'steps', d.steps);
   return {
     steps,
-    batchSize: int(flags, 'batch-size', d.batchSize),
-    segments: int(flags, 'segments', d.segments),
-    lr: num(flags, 'lr', d.lr, (n) => n > 0, 'a positive number'),
+    batchSize: int(flags, 'batch-size', recipe.batchSize),
+    segments: int(flags, 'segments', recipe.segments),
+    lr: num(flags, 'lr', recipe.lr, (n) => n > 0, 'a positive number'),
     minLrRatio: d.minLrRatio,
-    warmup: int(flags, 'warmup', Math.min(d.warmup, Math.floor(steps / 10)), 0),
+    warmup: int(flags, 'warmup', Math.min(recipe.warmup, Math.floor(steps / 10)), 0),
     schedule: choice(flags, 'schedule', ['cosine', 'constant'] as const, d.schedule),
     optimizer: choice(flags, 'optimizer', ['adamw', 'sgd'] as const, d.optimizer),
     weightDecay: num(flags, 'weight-decay', d.weightDecay),
@@ -110,7 +111,21 @@ export async function trainCommand(argv: string[]): Promise<number> {
   const out = required(flags, 'out', 'train');
   const sources = ['preset', 'config', 'init'].filter((k) => flags[k] !== undefined);
   if (sources.length > 1) throw new MemgptError(`train: give one of --preset, --config, --init (got ${sources.map((s) => `--${s}`).join(', ')})`);
-  const options = trainOptionsFromFlags(flags);
+  const presetName = (flags.preset ?? 'tiny') as string;
+  if (typeof flags.preset === 'string' && !(presetName in presets)) throw new MemgptError(`--preset must be one of ${Object.keys(presets).join(', ')} (got '${presetName}')`);
+  const options = trainOptionsFromFlags(flags, recipes[presetName as PresetName] ?? recipes.tiny);
+  // --mem-slots and --segment-len change the architecture of a preset or config (ablations without a config file).
+  const overrides: Partial<ModelConfig> = {};
+  if (flags['mem-slots'] !== undefined) overrides.memSlots = int(flags, 'mem-slots', 0, 0);
+  if (flags['segment-len'] !== undefined) overrides.segmentLen = int(flags, 'segment-len', 1);
+  const checkOverrides = (model: MemGPT, what: string) => {
+    for (const [key, flag] of [['memSlots', 'mem-slots'], ['segmentLen', 'segment-len']] as const) {
+      if (overrides[key] !== undefined && overrides[key] !== model.config[key]) {
+        model.dispose();
+        throw new MemgptError(`train: --${flag} ${overrides[key]} does not fit ${what}, whose ${key} is ${model.config[key]}`);
+      }
+    }
+  };
   const heldOutFraction = num(flags, 'held-out', 0.05, (n) => n >= 0 && n < 1, 'in [0, 1)');
   useDevice(flags);
   let model: MemGPT;
@@ -118,18 +133,20 @@ export async function trainCommand(argv: string[]): Promise<number> {
     // The model comes from the run folder; a --preset or --config given too must describe the same model.
     if (flags.init !== undefined) throw new MemgptError('train: --resume continues the run folder; --init cannot be combined with it');
     model = loadRunModel(out);
-    const asked = typeof flags.config === 'string' ? resolveConfig(readConfigFile(flags.config))
-      : typeof flags.preset === 'string' ? presets[flags.preset as PresetName] : undefined;
+    const asked = typeof flags.config === 'string' ? resolveConfig({ ...readConfigFile(flags.config), ...overrides })
+      : typeof flags.preset === 'string' ? resolveConfig({ ...presets[flags.preset as PresetName], ...overrides }) : undefined;
     if (asked && JSON.stringify(resolveConfig(asked)) !== JSON.stringify(model.config)) {
       model.dispose();
       throw new MemgptError(`train: the config given does not fit the checkpoint in ${out} (${JSON.stringify(model.config)})`);
     }
-  } else if (typeof flags.init === 'string') model = loadModel(flags.init);
-  else if (typeof flags.config === 'string') model = MemGPT.init(resolveConfig(readConfigFile(flags.config)), { seed: options.seed });
-  else {
-    const name = (flags.preset ?? 'tiny') as string;
-    if (!(name in presets)) throw new MemgptError(`--preset must be one of ${Object.keys(presets).join(', ')} (got '${name}')`);
-    model = MemGPT.init(presets[name as PresetName], { seed: options.seed });
+    checkOverrides(model, `the run in ${out}`);
+  } else if (typeof flags.init === 'string') {
+    model = loadModel(flags.init);
+    checkOverrides(model, flags.init);
+  } else if (typeof flags.config === 'string') {
+    model = MemGPT.init(resolveConfig({ ...readConfigFile(flags.config), ...overrides }), { seed: options.seed });
+  } else {
+    model = MemGPT.init({ ...presets[presetName as PresetName], ...overrides }, { seed: options.seed });
   }
   const tokenizer = getTokenizer(model.config.tokenizer);
   const corpus = loadCorpus(data, tokenizer);

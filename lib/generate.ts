@@ -8,7 +8,6 @@ import type { MemGPT } from './model.js';
 import { Rng } from './random.js';
 import { add } from './ops/elementwise.js';
 import { linear } from './ops/linear.js';
-import { memoryWrite } from './ops/memwrite.js';
 import { embedding, layerNorm, sinusoidalPositions } from './ops/norm.js';
 import { sum } from './ops/reduce.js';
 import { keep, tensor, tidy, type Tensor } from './tensor.js';
@@ -234,15 +233,7 @@ export class Decoder {
       for (let l = 0; l < this.cfg.nLayers; l++) {
         const cache = this.layers[l];
         const M = cache.memory!;
-        const P = (n: string) => this.param(`layers.${l}.${n}`);
-        const next = noGrad(() =>
-          tidy(() => {
-            const c = layerNorm(tensor(cache.outputs, [1, T, D], { device: M.device }), P('ptr.ln.weight'), P('ptr.ln.bias'));
-            const mq = linear(M, P('ptr.q.weight'), null);
-            const pointerBias = this.cfg.specVersion >= 2 ? P('ptr.pos') : undefined;
-            return memoryWrite(M, mq, linear(c, P('ptr.k.weight'), null), linear(c, P('ptr.v.weight'), null), P('mem.update.weight'), P('mem.update.bias'), { pointerBias });
-          }),
-        );
+        const next = noGrad(() => tidy(() => this.model.writeMemory(l, M, tensor(cache.outputs, [1, T, D], { device: M.device })).M));
         cache.memory = keep(next);
         M.dispose();
         this.refreshMemKV(l);

@@ -8,17 +8,18 @@ import { MemgptError, shapeStr } from './errors.js';
 import { Rng } from './random.js';
 import { add, mul, scale } from './ops/elementwise.js';
 import { sum } from './ops/reduce.js';
-import { broadcastTo, cast, detach, reshape } from './ops/shape.js';
+import { broadcastTo, cast, reshape } from './ops/shape.js';
 import { embedding, layerNorm, sinusoidalPositions } from './ops/norm.js';
 import { linear, type LinearOptions } from './ops/linear.js';
 import { attention, type MemoryRead } from './ops/attention.js';
-import { memoryWrite } from './ops/memwrite.js';
+import { memoryWrite, type MemoryWriteResult } from './ops/memwrite.js';
+import { matmul } from './ops/matmul.js';
 import { tokenNLL } from './ops/classifier.js';
-import { keep, parameter, tensor, tidy, type Parameter, type Tensor } from './tensor.js';
+import { parameter, tensor, tidy, type Parameter, type Tensor } from './tensor.js';
 
 /** What a layer's memory did during a forward pass (means over the batch and the segments). */
 export interface LayerDiagnostics {
-  /** Mean read gate σ(u·Wgateᵀ + b): 0 = attention only, 1 = memory only. */
+  /** Mean read gate g (SPEC v2: σ(u·Wgateᵀ + b + lse_R − lse_A)): the share of attention's output read from memory. */
   readGate: number;
   /** Mean write gate U: how much of each slot is overwritten at a segment boundary. */
   writeGate: number;
@@ -30,16 +31,8 @@ export interface LayerDiagnostics {
 export interface ForwardOptions {
   /** Also measure each layer's gates and pointer entropy (see LayerDiagnostics). */
   diagnostics?: boolean;
-  /**
-   * Each layer's memory at the start of the sample, [B, S, D]: the memory a stream carries over from its previous
-   * sample (SPEC §4, stream training). No gradient flows into it (backpropagation is truncated at the sample's
-   * start). Default: mem.init for every row.
-   */
-  memory?: readonly Tensor[];
-  /** With memory: true for the rows whose sample starts a new document, whose memory starts from mem.init instead. */
-  reset?: readonly boolean[];
-  /** Return each layer's memory after the last segment (detached; the caller disposes it). */
-  returnMemory?: boolean;
+  /** Sees (and may replace) each layer's memory before each segment: for probes, e.g. of the gradient reaching it. */
+  memoryHook?: (segment: number, memory: Tensor[]) => Tensor[];
 }
 
 export interface ForwardResult {
@@ -50,8 +43,6 @@ export interface ForwardResult {
   tokens: number;
   /** Per layer, when asked for (memSlots > 0). */
   diagnostics?: LayerDiagnostics[];
-  /** Each layer's memory after the sample, when asked for (returnMemory, memSlots > 0). */
-  memory?: Tensor[];
 }
 
 /**
@@ -152,27 +143,6 @@ export class MemGPT {
   }
 
   /**
-   * The memory a sample starts from when a stream carries `carried` over from its previous sample: the carried
-   * memory, detached, except in the rows marked in `reset` (a new document), which start from mem.init.
-   */
-  startMemory(batch: number, carried: readonly Tensor[], reset: readonly boolean[] = []): Tensor[] {
-    const { memSlots: S, dModel: D, nLayers: L } = this.config;
-    if (S === 0) return [];
-    if (carried.length !== L) throw new MemgptError(`forward: memory has ${carried.length} layers; the model has ${L}`);
-    for (const m of carried) {
-      if (m.shape.join() !== [batch, S, D].join()) throw new MemgptError(`forward: a carried memory is ${shapeStr(m.shape)}; expected ${shapeStr([batch, S, D])}`);
-    }
-    if (reset.length !== 0 && reset.length !== batch) throw new MemgptError(`forward: reset has ${reset.length} entries for a batch of ${batch}`);
-    const resets = reset.filter(Boolean).length;
-    if (resets === batch) return this.initialMemory(batch);
-    if (resets === 0) return carried.map((m) => detach(m));
-    const device = this.device;
-    const fresh = tensor(Float32Array.from(reset, (r) => (r ? 1 : 0)), [batch, 1, 1], { device });
-    const kept = tensor(Float32Array.from(reset, (r) => (r ? 0 : 1)), [batch, 1, 1], { device });
-    return carried.map((m, l) => add(mul(detach(m), kept), mul(this.p(`layers.${l}.mem.init`), fresh)));
-  }
-
-  /**
    * One segment: x [B, T] int32 input ids → hf [B, T, D] (the final-normed hidden states),
    * and each layer's memory after this segment's write.
    */
@@ -193,13 +163,9 @@ export class MemGPT {
         const M = memory[l];
         const mkv = this.linear(layerNorm(M, P('mem.ln.weight'), P('mem.ln.bias')), P('mem.kv.weight'), P('mem.kv.bias'), {}, true);
         const gateLogits = this.linear(u, P('mem.gate.weight'), P('mem.gate.bias'), {}, true);
-        if (diagnostics) {
-          const g = gateLogits.toArray();
-          let total = 0;
-          for (const z of g) total += 1 / (1 + Math.exp(-z));
-          diagnostics[l] = { readGate: total / g.length, writeGate: NaN, pointerEntropy: NaN };
-        }
-        o = attention(qkv, { nHeads: H, rope: cfg.positional === 'rope', memKV: mkv, gateLogits, memoryRead: this.memoryRead });
+        if (diagnostics) diagnostics[l] = { readGate: NaN, writeGate: NaN, pointerEntropy: NaN };
+        const onReadGate = diagnostics ? (g: number) => (diagnostics[l].readGate = g) : undefined;
+        o = attention(qkv, { nHeads: H, rope: cfg.positional === 'rope', memKV: mkv, gateLogits, memoryRead: this.memoryRead, onReadGate });
       } else {
         o = attention(qkv, { nHeads: H, rope: cfg.positional === 'rope' });
       }
@@ -207,23 +173,30 @@ export class MemGPT {
       const z = this.linear(layerNorm(h, P('ln2.weight'), P('ln2.bias')), P('ffn.fc1.weight'), P('ffn.fc1.bias'), { activation: 'gelu' });
       h = add(h, this.linear(z, P('ffn.fc2.weight'), P('ffn.fc2.bias')));
       if (S > 0) {
-        const M = memory[l];
-        const c = layerNorm(h, P('ptr.ln.weight'), P('ptr.ln.bias'));
-        const mq = this.linear(M, P('ptr.q.weight'), null);
-        const ck = this.linear(c, P('ptr.k.weight'), null);
-        const cv = this.linear(c, P('ptr.v.weight'), null);
-        const pointerBias = cfg.specVersion >= 2 ? P('ptr.pos') : undefined;
+        const w = this.writeMemory(l, memory[l], h, diagnostics !== undefined);
         if (diagnostics) {
-          const w = memoryWrite(M, mq, ck, cv, P('mem.update.weight'), P('mem.update.bias'), { stats: true, pointerBias });
           diagnostics[l].writeGate = w.meanGate;
           diagnostics[l].pointerEntropy = w.pointerEntropy;
-          next.push(w.M);
-        } else {
-          next.push(memoryWrite(M, mq, ck, cv, P('mem.update.weight'), P('mem.update.bias'), { pointerBias }));
         }
+        next.push(w.M);
       }
     }
     return { hf: layerNorm(h, this.p('ln_f.weight'), this.p('ln_f.bias')), memory: next };
+  }
+
+  /**
+   * Layer l's memory write (SPEC §3, "# memory write") from the layer's output h [B, T, D] and its memory M before
+   * the write. The two token projections of the pointer are reassociated onto the S slots, the same function:
+   * P = (M·Wpqᵀ)(c·Wpkᵀ)ᵀ = ((M·Wpqᵀ)·Wpk)·cᵀ, and Z = α·(c·Wpvᵀ) = (α·c)·Wpvᵀ, so that the write projects S slot
+   * rows instead of T token rows (S ≪ T at every preset).
+   */
+  writeMemory(l: number, M: Tensor, h: Tensor, stats = false): MemoryWriteResult {
+    const P = (n: string) => this.p(`layers.${l}.${n}`);
+    const c = layerNorm(h, P('ptr.ln.weight'), P('ptr.ln.bias'));
+    const mq = matmul(this.linear(M, P('ptr.q.weight'), null), P('ptr.k.weight'));
+    const options = { pointerBias: this.config.specVersion >= 2 ? P('ptr.pos') : undefined, valueWeight: P('ptr.v.weight') };
+    if (stats) return memoryWrite(M, mq, c, c, P('mem.update.weight'), P('mem.update.bias'), { ...options, stats: true });
+    return { M: memoryWrite(M, mq, c, c, P('mem.update.weight'), P('mem.update.bias'), options), meanGate: NaN, pointerEntropy: NaN };
   }
 
   /** −log P(y) [B, T] for one segment's final hidden states (SPEC.md §3, output distribution). */
@@ -262,13 +235,13 @@ export class MemGPT {
     if (count === 0) throw new MemgptError('forward: the mask selects no token');
     const wantDiagnostics = options.diagnostics === true && this.config.memSlots > 0;
     const perSegment: LayerDiagnostics[][] = [];
-    let finalMemory: Tensor[] | undefined;
     const result = tidy(() => {
-      let memory = options.memory ? this.startMemory(batch, options.memory, options.reset) : this.initialMemory(batch);
+      let memory = this.initialMemory(batch);
       let total: Tensor | null = null;
       for (let seg = 0; seg < segments; seg++) {
         const x = slice(seg, 0), y = slice(seg, 1);
         const diag: LayerDiagnostics[] | undefined = wantDiagnostics ? [] : undefined;
+        if (options.memoryHook) memory = options.memoryHook(seg, memory);
         const out = this.segment(x, memory, diag);
         if (diag) perSegment.push(diag);
         memory = out.memory;
@@ -281,7 +254,6 @@ export class MemGPT {
         const s = sum(nll);
         total = total ? add(total, s) : s;
       }
-      if (options.returnMemory) finalMemory = memory.map((m) => keep(detach(m)));
       return total!;
     });
     const nllSum = result.item();
@@ -293,16 +265,16 @@ export class MemGPT {
           return { readGate: mean('readGate'), writeGate: mean('writeGate'), pointerEntropy: mean('pointerEntropy') };
         })
       : undefined;
-    return { loss, nllSum, tokens: count, diagnostics, memory: finalMemory };
+    return { loss, nllSum, tokens: count, diagnostics };
   }
 }
 
 /**
  * SPEC v2's pointer bias at initialisation: a shift register, slot j preferring token T − S + j (the segment's last
- * S tokens, the last one in slot S − 1, which the next segment reads as its nearest position) by 4 nats over the
+ * S tokens, the last one in slot S − 1, which the next segment reads as its nearest position) by 8 nats over the
  * rest, so that from the first step the memory hands the next segment what the previous one ended with.
  */
-export function fillShiftRegister(values: Float32Array, S: number, T: number, strength = 4): void {
+export function fillShiftRegister(values: Float32Array, S: number, T: number, strength = 8): void {
   values.fill(0);
   for (let j = 0; j < S; j++) {
     const t = T - S + j;

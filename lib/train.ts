@@ -13,6 +13,7 @@ import { BatchSampler, sequentialBatches, type Corpus, type SamplerState } from 
 import { noGrad } from './autograd.js';
 import { MemgptError } from './errors.js';
 import { MemGPT, type LayerDiagnostics, type Precision } from './model.js';
+import type { PresetName } from './config.js';
 import { AdamW, SGD, clipGradNorm, gradNorm } from './ops/optim.js';
 import { lineChart } from './plot.js';
 import { tidy, type Parameter } from './tensor.js';
@@ -48,8 +49,29 @@ export interface TrainOptions {
   precision: Precision;
 }
 
+/**
+ * The training recipe each preset starts from (the flags override it): the learning rate, batch and BPTT depth
+ * (segments a sample) that the books benchmark measured the memory paying with (bench/results/books-cpu.json).
+ */
+export interface Recipe {
+  lr: number;
+  batchSize: number;
+  segments: number;
+  warmup: number;
+}
+
+export const recipes: Record<PresetName, Recipe> = {
+  tiny: { lr: 1e-3, batchSize: 8, segments: 4, warmup: 100 },
+  small: { lr: 1e-3, batchSize: 8, segments: 4, warmup: 100 },
+  base: { lr: 6e-4, batchSize: 16, segments: 2, warmup: 200 },
+};
+
+export function recipeFor(preset: PresetName): Recipe {
+  return recipes[preset];
+}
+
 export const defaultTrainOptions: TrainOptions = {
-  steps: 1000, batchSize: 8, segments: 4, lr: 3e-4, minLrRatio: 0.1, warmup: 100, schedule: 'cosine', optimizer: 'adamw',
+  steps: 1000, batchSize: recipes.tiny.batchSize, segments: recipes.tiny.segments, lr: recipes.tiny.lr, minLrRatio: 0.1, warmup: recipes.tiny.warmup, schedule: 'cosine', optimizer: 'adamw',
   weightDecay: 0.1, gradClip: 1, gradAccum: 1, order: 'random', seed: 0, evalEvery: 0, evalBatches: 8, checkpointEvery: 0, logEvery: 10,
   precision: 'float32',
 };
@@ -64,6 +86,31 @@ export interface StepLog {
   elapsedSeconds: number;
   evalLoss?: number;
   memory?: LayerDiagnostics[];
+  /** On diagnostic steps: the gradient's norm per parameter group (before clipping). */
+  gradNorms?: Record<ParamGroup, number>;
+}
+
+/** Parameter groups whose gradient norms the diagnostics report: where the learning signal goes. */
+export type ParamGroup = 'attention' | 'memoryRead' | 'memoryWrite' | 'ffn' | 'embeddingAndHead' | 'norms';
+
+/** The group of a parameter, by its SPEC §2 name. */
+export function paramGroup(name: string): ParamGroup {
+  if (/\.attn\./.test(name)) return 'attention';
+  if (/\.mem\.(ln|kv|gate)\./.test(name)) return 'memoryRead';
+  if (/\.(ptr\.|mem\.update|mem\.init)/.test(name)) return 'memoryWrite';
+  if (/\.ffn\./.test(name)) return 'ffn';
+  if (/(^|\.)ln(\d|_f)?\./.test(name)) return 'norms';
+  return 'embeddingAndHead';
+}
+
+function groupGradNorms(model: MemGPT): Record<ParamGroup, number> {
+  const sums: Record<ParamGroup, number> = { attention: 0, memoryRead: 0, memoryWrite: 0, ffn: 0, embeddingAndHead: 0, norms: 0 };
+  for (const [name, p] of model.params) {
+    if (!p.grad) continue;
+    sums[paramGroup(name)] += gradNorm([p]) ** 2;
+  }
+  for (const k of Object.keys(sums) as ParamGroup[]) sums[k] = Math.sqrt(sums[k]);
+  return sums;
 }
 
 /** The learning rate at a step (0-based): linear warmup, then cosine to lr·minLrRatio, or constant. */
@@ -216,6 +263,7 @@ export class Trainer {
         diagnostics ??= out.diagnostics;
       });
     }
+    const gradNorms = withDiagnostics ? groupGradNorms(this.model) : undefined;
     const norm = o.gradClip > 0 ? clipGradNorm(this.params, o.gradClip) : gradNorm(this.params);
     if (!Number.isFinite(norm)) throw new MemgptError(`train: the gradient norm is ${norm} at step ${this.step + 1}; lower the learning rate`);
     this.optimizer.step(lr);
@@ -227,7 +275,7 @@ export class Trainer {
     this.tokens += tokens;
     return {
       step: this.step, loss: lossSum / o.gradAccum, lr, gradNorm: norm, tokens: this.tokens,
-      tokensPerSecond: tokens / seconds, elapsedSeconds: this.elapsed, memory: diagnostics,
+      tokensPerSecond: tokens / seconds, elapsedSeconds: this.elapsed, memory: diagnostics, gradNorms,
     };
   }
 

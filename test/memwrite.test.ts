@@ -157,6 +157,26 @@ forEachDevice((device) => {
       });
     }
 
+    // The value weight (SPEC's α·(c·Wpvᵀ) reassociated to (α·c)·Wpvᵀ), alone and with the pointer bias.
+    for (const [B, S, T, D, withBias] of [[1, 1, 1, 4, 0], [2, 3, 5, 4, 1], [2, 8, 17, 6, 1], [1, 4, 3, 6, 0]]) {
+      it(`value weight: B ${B} S ${S} T ${T} D ${D}${withBias ? ' with the pointer bias' : ''}: values and every gradient (random)`, () => {
+        mg.tidy(() => {
+          const base = randomInputs(B, S, T, D, 5 * (B + S + T + D));
+          const inputs = { ...base, wv: randomArray(D * D, 55, -0.6, 0.6), ...(withBias ? { pb: randomArray(S * T, 56, -2, 2), pbCols: T } : {}) };
+          const leaves = [...tensorsOf(inputs), ...(withBias ? [mg.tensor(inputs.pb!, [S, T], opts)] : []), mg.tensor(inputs.wv, [D, D], opts)];
+          leaves.forEach((t) => (t.requiresGrad = true));
+          const out = mg.memoryWrite(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], leaves[5], { pointerBias: withBias ? leaves[6] : undefined, valueWeight: leaves[leaves.length - 1] });
+          expectClose(out.toArray(), refMemoryWrite(inputs).out, 1e-5, 1e-5);
+          const proj = randomArray(B * S * D, 97);
+          mg.sum(mg.mul(out, mg.tensor(proj, [B, S, D], opts))).backward();
+          const grads = refMemoryWriteGradients(inputs, proj);
+          const names = ['M', 'mq', 'ck', 'cv', 'w', 'b', ...(withBias ? ['pb'] : []), 'wv'] as const;
+          names.forEach((name, i) => expectClose(leaves[i].grad!.toArray(), grads[name as keyof typeof grads], 2e-5, 1e-4));
+          leaves.forEach((t) => t.zeroGrad());
+        });
+      });
+    }
+
     it('a strong pointer bias makes slot j copy the token it points at (structured)', () => {
       mg.tidy(() => {
         const B = 1, S = 2, T = 4, D = 4;
@@ -170,11 +190,12 @@ forEachDevice((device) => {
       });
     });
 
-    it('rejects a pointer bias of the wrong shape', () => {
+    it('rejects a pointer bias or a value weight of the wrong shape', () => {
       mg.tidy(() => {
         const [M, mq, ck, cv, w, b] = tensorsOf(randomInputs(1, 3, 5, 4, 1));
         expect(() => mg.memoryWrite(M, mq, ck, cv, w, b, { pointerBias: mg.zeros([3, 4], opts) })).toThrow(/pointerBias \[3,4\] must be \[S, ≥ T\] = \[3, ≥ 5\]/);
         expect(() => mg.memoryWrite(M, mq, ck, cv, w, b, { pointerBias: mg.zeros([2, 5], opts) })).toThrow(/pointerBias \[2,5\]/);
+        expect(() => mg.memoryWrite(M, mq, ck, cv, w, b, { valueWeight: mg.zeros([4, 5], opts) })).toThrow(/valueWeight \[4,5\] must be \[D, D\] = \[4,4\]/);
       });
     });
 

@@ -15,6 +15,8 @@ export interface MemwriteInputs {
   /** SPEC v2's positional bias of the pointer [S, cols], cols ≥ T, end-aligned (token t takes column cols − T + t). */
   pb?: ArrayLike<number>;
   pbCols?: number;
+  /** The value weight [D, D]: Z = (α·cv)·wvᵀ. */
+  wv?: ArrayLike<number>;
 }
 
 export interface MemwriteReference {
@@ -26,7 +28,7 @@ export interface MemwriteReference {
   pointerEntropy: number;
 }
 
-export function refMemoryWrite({ B, S, T, D, M, mq, ck, cv, w, b, pb, pbCols = T }: MemwriteInputs): MemwriteReference {
+export function refMemoryWrite({ B, S, T, D, M, mq, ck, cv, w, b, pb, pbCols = T, wv }: MemwriteInputs): MemwriteReference {
   const alpha = new Float64Array(B * S * T), z = new Float64Array(B * S * D), u = new Float64Array(B * S * D);
   const out = new Float64Array(B * S * D);
   let gateSum = 0, entropySum = 0;
@@ -48,11 +50,17 @@ export function refMemoryWrite({ B, S, T, D, M, mq, ck, cv, w, b, pb, pbCols = T
         alpha[row * T + t] = a;
         if (a > 0) entropySum -= a * Math.log(a);
       }
-      // Candidates.
+      // Candidates (then through the value weight, when there is one).
+      const zp = new Float64Array(D);
       for (let d = 0; d < D; d++) {
         let acc = 0;
         for (let t = 0; t < T; t++) acc += alpha[row * T + t] * cv[(bi * T + t) * D + d];
-        z[row * D + d] = acc;
+        zp[d] = acc;
+      }
+      for (let o = 0; o < D; o++) {
+        let acc = 0;
+        if (wv) for (let i = 0; i < D; i++) acc += wv[o * D + i] * zp[i];
+        z[row * D + o] = wv ? acc : zp[o];
       }
       // Gate over concat(M, Z), then the blend.
       for (let o = 0; o < D; o++) {
@@ -72,7 +80,7 @@ export function refMemoryWrite({ B, S, T, D, M, mq, ck, cv, w, b, pb, pbCols = T
  * Gradients of L = Σ out ⊙ proj with respect to each input, by central differences of the float64 reference
  * (step 1e-5: truncation ~1e-10, rounding ~1e-11, far below the float32 errors compared against).
  */
-export function refMemoryWriteGradients(inputs: MemwriteInputs, proj: ArrayLike<number>): Record<'M' | 'mq' | 'ck' | 'cv' | 'w' | 'b' | 'pb', Float64Array> {
+export function refMemoryWriteGradients(inputs: MemwriteInputs, proj: ArrayLike<number>): Record<'M' | 'mq' | 'ck' | 'cv' | 'w' | 'b' | 'pb' | 'wv', Float64Array> {
   const h = 1e-5;
   const loss = (x: MemwriteInputs) => {
     const { out } = refMemoryWrite(x);
@@ -80,7 +88,8 @@ export function refMemoryWriteGradients(inputs: MemwriteInputs, proj: ArrayLike<
     for (let i = 0; i < out.length; i++) l += out[i] * proj[i];
     return l;
   };
-  const names = (inputs.pb ? ['M', 'mq', 'ck', 'cv', 'w', 'b', 'pb'] : ['M', 'mq', 'ck', 'cv', 'w', 'b']) as ('M' | 'mq' | 'ck' | 'cv' | 'w' | 'b' | 'pb')[];
+  type Name = 'M' | 'mq' | 'ck' | 'cv' | 'w' | 'b' | 'pb' | 'wv';
+  const names: Name[] = ['M', 'mq', 'ck', 'cv', 'w', 'b', ...(inputs.pb ? ['pb' as const] : []), ...(inputs.wv ? ['wv' as const] : [])];
   const grads = {} as Record<(typeof names)[number], Float64Array>;
   for (const name of names) {
     const base = Float64Array.from(inputs[name]!);

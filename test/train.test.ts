@@ -79,6 +79,30 @@ describe('memgpt train', () => {
     expect(readFileSync(join(out, 'metrics.jsonl'), 'utf8')).toBe(before);
   });
 
+  it('--mem-slots and --segment-len override the preset or config (ablations without a config file), not a checkpoint', () => {
+    const dir = workspace();
+    const run = (name: string, extra: string[]) => memgpt(['train', '--data', join(dir, 'data.txt'), '--out', join(dir, name), '--steps', '2',
+      '--batch-size', '1', '--segments', '2', '--held-out', '0', ...extra]);
+    let r = run('preset', ['--preset', 'tiny', '--mem-slots', '0', '--segment-len', '16']);
+    expect(r.stderr).toMatch(/wrote/);
+    expect(r.status).toBe(0);
+    const fromPreset = loadModel(join(dir, 'preset', 'model.safetensors'));
+    expect([fromPreset.config.memSlots, fromPreset.config.segmentLen, fromPreset.config.dModel]).toEqual([0, 16, 64]);
+    fromPreset.dispose();
+    r = run('config', ['--config', join(dir, 'config.json'), '--mem-slots', '3']);
+    expect(r.status).toBe(0);
+    const fromConfig = loadModel(join(dir, 'config', 'model.safetensors'));
+    expect([fromConfig.config.memSlots, fromConfig.config.segmentLen, fromConfig.config.dModel]).toEqual([3, 8, 16]);
+    fromConfig.dispose();
+    // A checkpoint's architecture is what it is: a different --mem-slots with --init is one clear error.
+    r = run('init', ['--init', join(dir, 'config', 'model.safetensors'), '--mem-slots', '5']);
+    expect(r.status).toBe(2);
+    expect(r.stderr).toBe(`memgpt: train: --mem-slots 5 does not fit ${join(dir, 'config', 'model.safetensors')}, whose memSlots is 3`);
+    expect(existsSync(join(dir, 'init'))).toBe(false);
+    r = run('bad', ['--preset', 'tiny', '--segment-len', '0']);
+    expect(r.stderr).toBe("memgpt: --segment-len must be an integer ≥ 1 (got '0')");
+  });
+
   it('resumes after a kill and continues bit for bit', () => {
     const dir = workspace();
     const args = (out: string) => ['train', '--config', join(dir, 'config.json'), '--data', join(dir, 'data.txt'), '--out', out,

@@ -1,5 +1,5 @@
-// `memgpt bench [kernels|train]`: the kernel microbenchmarks and the training-step benchmark
-// (SPEC §8), as a table or, with --json, one JSON document on stdout.
+// `memgpt bench [kernels|train|books]`: the kernel microbenchmarks, the training-step benchmark (SPEC §8), as a
+// table or, with --json, one JSON document on stdout; and the long-document benchmark (lib/bench/books).
 import { defaultDevice } from '../backend.js';
 import { presets, type PresetName } from '../config.js';
 import { choice, int, parse, useDevice } from '../commands.js';
@@ -7,6 +7,7 @@ import { MemgptError } from '../errors.js';
 import { formatKernelBench, runKernelBench, type KernelBenchResult } from './kernels.js';
 import { formatTrainBench, runTrainBench, type TrainBenchResult } from './train.js';
 import type { Preset } from './types.js';
+import { booksCommand } from './books/command.js';
 
 const kernelFlags = { preset: 'string', only: 'string', device: 'string', json: 'boolean' } as const;
 const trainFlags = {
@@ -37,9 +38,10 @@ function train(argv: string[]): { json: boolean; result: TrainBenchResult } {
   return { json: flags.json === true, result };
 }
 
-/** `memgpt bench`: returns the exit code. With no subcommand: both, at the small preset. */
-export function benchCommand(argv: string[]): number {
+/** `memgpt bench`: returns the exit code. With no subcommand: kernels and train, at the small preset. */
+export async function benchCommand(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;
+  if (sub === 'books') return booksCommand(rest);
   if (sub === 'kernels') {
     const { json, result } = kernels(rest);
     console.log(json ? JSON.stringify(result, null, 2) : formatKernelBench(result));
@@ -52,7 +54,7 @@ export function benchCommand(argv: string[]): number {
     const k = kernels(argv), t = train(argv);
     console.log(flags.json ? JSON.stringify({ kernels: k.result, train: t.result }, null, 2) : `${formatKernelBench(k.result)}\n\n${formatTrainBench(t.result)}`);
   } else {
-    throw new MemgptError(`bench: unknown benchmark '${sub}' (kernels or train)`);
+    throw new MemgptError(`bench: unknown benchmark '${sub}' (kernels, train or books)`);
   }
   return 0;
 }

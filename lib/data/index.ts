@@ -9,4 +9,3 @@ export {
   passkeyCorpus, passkeyDocument, segmentedCopyCorpus, segmentedCopyLayout,
   type CopyOptions, type PasskeyCorpusOptions, type PasskeyOptions,
 } from './tasks.js';
-export { StreamSampler, streamRuns, type StreamBatch, type StreamSamplerOptions, type StreamSamplerState } from './stream.js';

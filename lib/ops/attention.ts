@@ -41,6 +41,11 @@ export interface AttentionOptions {
   gateLogits?: Tensor;
   /** How the memory is read (default 'gated', SPEC v1). */
   memoryRead?: MemoryRead;
+  /**
+   * Diagnostics: called after the forward with the mean read gate g over every (batch, token, head), the share of
+   * each head's output taken from the memory (with the joint softmax, the gate including lse_R − lse_A).
+   */
+  onReadGate?: (meanGate: number) => void;
 }
 
 function ref(t: Tensor | null | undefined): Ref {
@@ -109,6 +114,7 @@ export function attention(qkv: Tensor, options: AttentionOptions): Tensor {
         ...ref(qkv), ...ref(memKV), ...ref(gateLogits), ...ref(out), ...ref(lseSelf), ...ref(lseMem), ...ref(saveA), ...ref(saveR),
       ),
     );
+    if (mem && options.onReadGate) options.onReadGate(meanReadGate(gateLogits!.toArray(), lseSelf.toArray(), lseMem!.toArray(), B, T, H, memMode !== 0));
     const saved = mem && wantsGrad ? [qkv, memKV!, gateLogits!, saveA!, saveR!, lseSelf, lseMem!] : [qkv, out, lseSelf];
     record(op, inputs, [out], wantsGrad ? saved : [], ([dOut], sv, needs) => {
       const [sq, sm, sg, sa, sr, sls, slm] = mem ? sv : [sv[0], null, null, sv[1], null, sv[2], null];
@@ -140,4 +146,18 @@ export function attention(qkv: Tensor, options: AttentionOptions): Tensor {
     saveR?.dispose();
   }
   return out;
+}
+
+/** Mean over (b, t, h) of σ(logit [B,T,H] + (joint ? lse_mem − lse_self [B,H,T] : 0)), in double. */
+function meanReadGate(logits: ArrayLike<number>, lseSelf: ArrayLike<number>, lseMem: ArrayLike<number>, B: number, T: number, H: number, joint: boolean): number {
+  let total = 0;
+  for (let b = 0; b < B; b++) {
+    for (let t = 0; t < T; t++) {
+      for (let h = 0; h < H; h++) {
+        const li = (b * H + h) * T + t;
+        total += 1 / (1 + Math.exp(-(logits[(b * T + t) * H + h] + (joint ? lseMem[li] - lseSelf[li] : 0))));
+      }
+    }
+  }
+  return total / (B * T * H);
 }

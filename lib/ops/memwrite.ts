@@ -11,18 +11,21 @@ interface MemwriteKernels {
   memwriteForward?(
     B: number, S: number, T: number, D: number,
     m: StorageHandle, mOff: number, mq: StorageHandle, mqOff: number, ck: StorageHandle, ckOff: number,
-    cv: StorageHandle, cvOff: number, w: StorageHandle, wOff: number, bias: StorageHandle, biasOff: number,
+    cv: StorageHandle, cvOff: number, hasValueWeight: boolean, wv: StorageHandle | null, wvOff: number,
+    w: StorageHandle, wOff: number, bias: StorageHandle, biasOff: number,
     biasCols: number, ptrBias: StorageHandle | null, ptrBiasOff: number,
     out: StorageHandle, outOff: number, alpha: StorageHandle, alphaOff: number, x: StorageHandle, xOff: number,
-    u: StorageHandle, uOff: number,
+    u: StorageHandle, uOff: number, zp: StorageHandle | null, zpOff: number,
   ): void;
   memwriteBackward?(
     B: number, S: number, T: number, D: number,
     dout: StorageHandle, doutOff: number, mq: StorageHandle, mqOff: number, ck: StorageHandle, ckOff: number,
-    cv: StorageHandle, cvOff: number, w: StorageHandle, wOff: number, alpha: StorageHandle, alphaOff: number,
-    x: StorageHandle, xOff: number, u: StorageHandle, uOff: number,
+    cv: StorageHandle, cvOff: number, hasValueWeight: boolean, wv: StorageHandle | null, wvOff: number,
+    w: StorageHandle, wOff: number, alpha: StorageHandle, alphaOff: number,
+    x: StorageHandle, xOff: number, u: StorageHandle, uOff: number, zp: StorageHandle | null, zpOff: number,
     dm: StorageHandle, dmOff: number, dmq: StorageHandle, dmqOff: number, dck: StorageHandle, dckOff: number,
-    dcv: StorageHandle, dcvOff: number, dw: StorageHandle, dwOff: number, dbias: StorageHandle, dbiasOff: number,
+    dcv: StorageHandle, dcvOff: number, dwv: StorageHandle | null, dwvOff: number,
+    dw: StorageHandle, dwOff: number, dbias: StorageHandle, dbiasOff: number,
     biasCols: number, dPtrBias: StorageHandle | null, dPtrBiasOff: number,
     workspace: StorageHandle, workspaceOff: number,
   ): void;
@@ -38,6 +41,11 @@ export interface MemoryWriteOptions {
    * takes column Tb − T + t), differentiable.
    */
   pointerBias?: Tensor;
+  /**
+   * A value weight Wv [D, D]: the candidates become Z = (α·cv)·Wvᵀ. With cv = c this is SPEC's α·(c·Wpvᵀ)
+   * reassociated, which projects S candidates instead of T tokens; differentiable.
+   */
+  valueWeight?: Tensor;
 }
 
 /** The new memory with the write's diagnostics (plain numbers, no gradient through them). */
@@ -90,14 +98,17 @@ export function memoryWrite(
 export function memoryWrite(
   M: Tensor, mq: Tensor, ck: Tensor, cv: Tensor, updateWeight: Tensor, updateBias: Tensor, options: MemoryWriteOptions = {},
 ): Tensor | MemoryWriteResult {
-  const pb = options.pointerBias;
-  const named: Record<string, Tensor> = pb ? { M, mq, ck, cv, updateWeight, updateBias, pointerBias: pb } : { M, mq, ck, cv, updateWeight, updateBias };
+  const pb = options.pointerBias, wv = options.valueWeight;
+  const named: Record<string, Tensor> = { M, mq, ck, cv, updateWeight, updateBias };
+  if (pb) named.pointerBias = pb;
+  if (wv) named.valueWeight = wv;
   checkTensors('memoryWrite', named, ['float32']);
   const [B, S, T, D] = checkShapes(M, mq, ck, cv, updateWeight, updateBias);
   if (pb && (pb.rank !== 2 || pb.shape[0] !== S || pb.shape[1] < T)) {
     throw new MemgptError(`memoryWrite: pointerBias ${shapeStr(pb.shape)} must be [S, ≥ T] = [${S}, ≥ ${T}] for M ${shapeStr(M.shape)} and ck ${shapeStr(ck.shape)}`);
   }
   const biasCols = pb ? pb.shape[1] : 0;
+  if (wv && (wv.rank !== 2 || wv.shape[0] !== D || wv.shape[1] !== D)) throw new MemgptError(`memoryWrite: valueWeight ${shapeStr(wv.shape)} must be [D, D] = [${D},${D}]`);
   const k = kernels('memoryWrite', M);
   const like = { dtype: M.dtype, device: M.device };
   const out = empty([B, S, D], like);
@@ -106,37 +117,46 @@ export function memoryWrite(
   // half); U [B,S,D], the gate, needed by every path of the blend's gradient. mq, ck, cv and updateWeight are
   // the inputs' own storage. Recomputing Z would cost a GEMM; P and the gate's pre-activation are not kept.
   const alpha = empty([B, S, T], like), x = empty([B, S, 2 * D], like), u = empty([B, S, D], like);
+  const zp = wv ? empty([B, S, D], like) : null; // α·cv before the value weight, for its gradient
   callNative('memoryWrite', named, () =>
     k.memwriteForward(
       B, S, T, D, M.handle, M.offset, mq.handle, mq.offset, ck.handle, ck.offset, cv.handle, cv.offset,
+      !!wv, wv ? wv.handle : null, wv ? wv.offset : 0,
       updateWeight.handle, updateWeight.offset, updateBias.handle, updateBias.offset,
       biasCols, pb ? pb.handle : null, pb ? pb.offset : 0,
       out.handle, out.offset, alpha.handle, alpha.offset, x.handle, x.offset, u.handle, u.offset,
+      zp ? zp.handle : null, zp ? zp.offset : 0,
     ),
   );
   let stats: [number, number] | undefined;
   if (options.stats) stats = callNative('memoryWrite', named, () => k.memwriteStats(B, S, T, D, alpha.handle, alpha.offset, u.handle, u.offset));
-  const inputs = pb ? [M, mq, ck, cv, updateWeight, updateBias, pb] : [M, mq, ck, cv, updateWeight, updateBias];
-  record('memoryWrite', inputs, [out], [mq, ck, cv, updateWeight, alpha, x, u], ([g], saved) => {
-    const [sq, sk, sv, sw, sa, sx, su] = saved;
+  // Inputs: the six, then the pointer bias and the value weight when given (their gradients in that order).
+  const inputs = [M, mq, ck, cv, updateWeight, updateBias, ...(pb ? [pb] : []), ...(wv ? [wv] : [])];
+  record('memoryWrite', inputs, [out], [mq, ck, cv, updateWeight, alpha, x, u, ...(wv && zp ? [wv, zp] : [])], ([g], saved) => {
+    const [sq, sk, sv, sw, sa, sx, su, swv, szp] = saved;
     const dm = empty([B, S, D], like), dmq = empty([B, S, D], like);
     const dck = empty([B, T, D], like), dcv = empty([B, T, D], like);
     const dw = empty([D, 2 * D], like), db = empty([D], like);
     const dpb = pb ? empty([S, biasCols], like) : null;
+    const dwv = wv ? empty([D, D], like) : null;
     const workspace = empty([B * S * (4 * D + T)], like);
     callNative('memoryWrite backward', { dout: g, alpha: sa }, () =>
       k.memwriteBackward(
         B, S, T, D, g.handle, g.offset, sq.handle, sq.offset, sk.handle, sk.offset, sv.handle, sv.offset,
+        !!swv, swv ? swv.handle : null, swv ? swv.offset : 0,
         sw.handle, sw.offset, sa.handle, sa.offset, sx.handle, sx.offset, su.handle, su.offset,
+        szp ? szp.handle : null, szp ? szp.offset : 0,
         dm.handle, dm.offset, dmq.handle, dmq.offset, dck.handle, dck.offset, dcv.handle, dcv.offset,
+        dwv ? dwv.handle : null, dwv ? dwv.offset : 0,
         dw.handle, dw.offset, db.handle, db.offset, biasCols, dpb ? dpb.handle : null, dpb ? dpb.offset : 0,
         workspace.handle, workspace.offset,
       ),
     );
-    return dpb ? [dm, dmq, dck, dcv, dw, db, dpb] : [dm, dmq, dck, dcv, dw, db];
+    return [dm, dmq, dck, dcv, dw, db, ...(dpb ? [dpb] : []), ...(dwv ? [dwv] : [])];
   });
   alpha.dispose();
   x.dispose();
   u.dispose();
+  zp?.dispose();
   return stats ? { M: out, meanGate: stats[0], pointerEntropy: stats[1] } : out;
 }

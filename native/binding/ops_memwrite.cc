@@ -40,6 +40,8 @@ Napi::Value memwrite_forward(const Napi::CallbackInfo& info) {
     const float* mq = static_cast<const float*>(args.tensor("mq", DType::F32, B * S * D));
     const float* ck = static_cast<const float*>(args.tensor("ck", DType::F32, B * T * D));
     const float* cv = static_cast<const float*>(args.tensor("cv", DType::F32, B * T * D));
+    const bool has_wv = args.flag("hasValueWeight");
+    const float* wv = static_cast<const float*>(args.optional_tensor("valueWeight", has_wv, DType::F32, D * D));
     const float* w = static_cast<const float*>(args.tensor("updateWeight", DType::F32, D * 2 * D));
     const float* bias = static_cast<const float*>(args.tensor("updateBias", DType::F32, D));
     const int64_t bias_cols = pointer_bias_cols(args, T, "memwriteForward");
@@ -48,7 +50,8 @@ Napi::Value memwrite_forward(const Napi::CallbackInfo& info) {
     float* alpha = static_cast<float*>(args.tensor("alpha", DType::F32, B * S * T));
     float* x = static_cast<float*>(args.tensor("x", DType::F32, B * S * 2 * D));
     float* u = static_cast<float*>(args.tensor("u", DType::F32, B * S * D));
-    K::memwrite_forward(B, S, T, D, m, mq, ck, cv, w, bias, ptr_bias, bias_cols, out, alpha, x, u);
+    float* zp = static_cast<float*>(args.optional_tensor("zp", has_wv, DType::F32, B * S * D));
+    K::memwrite_forward(B, S, T, D, m, mq, ck, cv, wv, w, bias, ptr_bias, bias_cols, out, alpha, x, u, zp);
     return info.Env().Undefined();
   });
 }
@@ -61,21 +64,25 @@ Napi::Value memwrite_backward(const Napi::CallbackInfo& info) {
     const float* mq = static_cast<const float*>(args.tensor("mq", DType::F32, B * S * D));
     const float* ck = static_cast<const float*>(args.tensor("ck", DType::F32, B * T * D));
     const float* cv = static_cast<const float*>(args.tensor("cv", DType::F32, B * T * D));
+    const bool has_wv = args.flag("hasValueWeight");
+    const float* wv = static_cast<const float*>(args.optional_tensor("valueWeight", has_wv, DType::F32, D * D));
     const float* w = static_cast<const float*>(args.tensor("updateWeight", DType::F32, D * 2 * D));
     const float* alpha = static_cast<const float*>(args.tensor("alpha", DType::F32, B * S * T));
     const float* x = static_cast<const float*>(args.tensor("x", DType::F32, B * S * 2 * D));
     const float* u = static_cast<const float*>(args.tensor("u", DType::F32, B * S * D));
+    const float* zp = static_cast<const float*>(args.optional_tensor("zp", has_wv, DType::F32, B * S * D));
     float* dm = static_cast<float*>(args.tensor("dM", DType::F32, B * S * D));
     float* dmq = static_cast<float*>(args.tensor("dmq", DType::F32, B * S * D));
     float* dck = static_cast<float*>(args.tensor("dck", DType::F32, B * T * D));
     float* dcv = static_cast<float*>(args.tensor("dcv", DType::F32, B * T * D));
+    float* dwv = static_cast<float*>(args.optional_tensor("dValueWeight", has_wv, DType::F32, D * D));
     float* dw = static_cast<float*>(args.tensor("dUpdateWeight", DType::F32, D * 2 * D));
     float* dbias = static_cast<float*>(args.tensor("dUpdateBias", DType::F32, D));
     const int64_t bias_cols = pointer_bias_cols(args, T, "memwriteBackward");
     float* d_ptr_bias = static_cast<float*>(args.optional_tensor("dPtrBias", bias_cols > 0, DType::F32, S * bias_cols));
     float* work = static_cast<float*>(args.tensor("workspace", DType::F32, K::memwrite_workspace(B, S, T, D)));
-    K::memwrite_backward(B, S, T, D, dout, mq, ck, cv, w, alpha, x, u, bias_cols, dm, dmq, dck, dcv, dw, dbias,
-                         d_ptr_bias, work);
+    K::memwrite_backward(B, S, T, D, dout, mq, ck, cv, wv, w, alpha, x, u, zp, bias_cols, dm, dmq, dck, dcv, dwv,
+                         dw, dbias, d_ptr_bias, work);
     return info.Env().Undefined();
   });
 }

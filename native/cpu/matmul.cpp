@@ -8,6 +8,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "../common/threadpool.h"
@@ -136,10 +137,103 @@ Kernel pick_kernel() {
 }
 const Kernel kernel = pick_kernel();
 
+// ---- small GEMMs: no packing. The blocked path packs both operands into 6 x 16 micro-panels, which for the
+// model's small products (a layer's read-gate logits: n = heads; the memory's projections: m = batch x slots)
+// costs more than the arithmetic. Here each row of C is computed directly from the stored rows — a dot product
+// per element for op(B) = Wᵀ (the linear forward), a row update per k otherwise — by one thread, in a fixed
+// order: results do not depend on the thread count.
+
+// Small: under ~2 MFLOP, or fewer columns than one micro-panel.
+inline bool use_small_gemm(int64_t m, int64_t n, int64_t k) { return n < NR || 2.0 * double(m) * double(n) * double(k) <= 2.1e6; }
+
+inline float dot_generic(const float* x, const float* y, int64_t n) {
+  float acc = 0.f;
+  for (int64_t i = 0; i < n; i++) acc += x[i] * y[i];
+  return acc;
+}
+
+__attribute__((target("avx2,fma"))) inline float dot_avx2(const float* x, const float* y, int64_t n) {
+  __m256 acc = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), acc);
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, acc);
+  float sum = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+  for (; i < n; i++) sum += x[i] * y[i];
+  return sum;
+}
+
+inline void axpy_generic(float alpha, const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; i++) y[i] += alpha * x[i];
+}
+
+__attribute__((target("avx2,fma"))) inline void axpy_avx2(float alpha, const float* x, float* y, int64_t n) {
+  const __m256 va = _mm256_set1_ps(alpha);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  for (; i < n; i++) y[i] += alpha * x[i];
+}
+
+// Rows [lo, hi) of C = op(A) op(B) + beta C for float32 operands (op(A) = Aᵀ and op(B) = Bᵀ not both).
+template <bool kAvx>
+void small_gemm_rows(const View<float>& a, const View<float>& b, float* c, int64_t n, int64_t k, float beta,
+                     int64_t lo, int64_t hi, float* row) {
+  for (int64_t i = lo; i < hi; i++) {
+    float* ci = c + i * n;
+    if (!a.trans && b.trans) {
+      // C[i, j] = A_i · B_j: both rows contiguous in k.
+      const float* ai = a.p + i * a.ld;
+      for (int64_t j = 0; j < n; j++) {
+        float v = kAvx ? dot_avx2(ai, b.p + j * b.ld, k) : dot_generic(ai, b.p + j * b.ld, k);
+        ci[j] = beta == 0.f ? v : v + beta * ci[j];
+      }
+      continue;
+    }
+    // C[i, :] = Σ_k op(A)[i, k] · B[k, :], B's rows contiguous in n.
+    std::fill(row, row + n, 0.f);
+    for (int64_t kk = 0; kk < k; kk++) {
+      const float alpha = a.trans ? a.p[kk * a.ld + i] : a.p[i * a.ld + kk];
+      if (kAvx) axpy_avx2(alpha, b.p + kk * b.ld, row, n);
+      else axpy_generic(alpha, b.p + kk * b.ld, row, n);
+    }
+    for (int64_t j = 0; j < n; j++) ci[j] = beta == 0.f ? row[j] : row[j] + beta * ci[j];
+  }
+}
+
+__attribute__((target("avx2,fma"))) void small_gemm_rows_avx2(const View<float>& a, const View<float>& b, float* c,
+                                                              int64_t n, int64_t k, float beta, int64_t lo, int64_t hi,
+                                                              float* row) {
+  small_gemm_rows<true>(a, b, c, n, k, beta, lo, hi, row);
+}
+
+const bool kSmallAvx2 = [] {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}();
+
+void small_gemm(const View<float>& a, const View<float>& b, float* c, int64_t m, int64_t n, int64_t k, float beta,
+                const Epilogue* epilogue) {
+  // Rows per task: about 64k multiply-adds each.
+  const size_t grain = size_t(std::max<int64_t>(1, 65536 / std::max<int64_t>(1, n * k)));
+  parallel_for(0, size_t(m), grain, [&](size_t lo, size_t hi) {
+    static thread_local std::vector<float> row_storage;
+    row_storage.resize(size_t(n));
+    if (kSmallAvx2) small_gemm_rows_avx2(a, b, c, n, k, beta, int64_t(lo), int64_t(hi), row_storage.data());
+    else small_gemm_rows<false>(a, b, c, n, k, beta, int64_t(lo), int64_t(hi), row_storage.data());
+    if (epilogue) epilogue->fn(epilogue->ctx, c + int64_t(lo) * n, n, int64_t(lo), 0, int64_t(hi - lo), n);
+  });
+}
+
 // One GEMM, float32 C: C = op(A) op(B) + beta C. Threads split the M x N plane of each panel.
 template <typename T>
 void gemm(const View<T>& a, const View<T>& b, float* c, int64_t m, int64_t n, int64_t k, float beta,
           const Epilogue* epilogue = nullptr) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (k > 0 && !(a.trans && b.trans) && use_small_gemm(m, n, k)) {
+      small_gemm(a, b, c, m, n, k, beta, epilogue);
+      return;
+    }
+  }
   if (k == 0) {
     for (int64_t i = 0; i < m * n; i++) c[i] = beta == 0.f ? 0.f : beta * c[i];
     if (epilogue) epilogue->fn(epilogue->ctx, c, n, 0, 0, m, n);

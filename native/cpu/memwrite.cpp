@@ -21,8 +21,8 @@ float sigmoid(float v) { return 1.f / (1.f + std::exp(-v)); }
 }  // namespace
 
 void memwrite_forward(int64_t B, int64_t S, int64_t T, int64_t D, const float* m, const float* mq, const float* ck,
-                      const float* cv, const float* w, const float* bias, const float* ptr_bias, int64_t bias_cols,
-                      float* out, float* alpha, float* x, float* u) {
+                      const float* cv, const float* wv, const float* w, const float* bias, const float* ptr_bias,
+                      int64_t bias_cols, float* out, float* alpha, float* x, float* u, float* zp) {
   const int64_t R = B * S;
   const float scale = float(1.0 / std::sqrt(double(D)));
   // Pointer scores P = mq·ckᵀ [B,S,T], written straight into alpha and turned into α in place.
@@ -44,9 +44,15 @@ void memwrite_forward(int64_t B, int64_t S, int64_t T, int64_t D, const float* m
       for (int64_t t = 0; t < T; t++) a[t] *= inv;
     }
   });
-  // Candidates Z = α·cv, into u (free until the gate GEMM), then x = [M | Z] so that the write gate is one GEMM
-  // with K = 2D against the unsplit weight, and its backward gets dWupd and d[M | Z] from one GEMM each.
-  matmul(DType::F32, alpha, cv, DType::F32, u, B, S, D, T, false, false, S * T, T * D, S * D, 0.f);
+  // Candidates Z = α·cv, into u (free until the gate GEMM) — or, with the value weight, Z' = α·cv into zp and
+  // Z = Z'·wvᵀ into u — then x = [M | Z] so that the write gate is one GEMM with K = 2D against the unsplit weight,
+  // and its backward gets dWupd and d[M | Z] from one GEMM each.
+  if (wv) {
+    matmul(DType::F32, alpha, cv, DType::F32, zp, B, S, D, T, false, false, S * T, T * D, S * D, 0.f);
+    matmul(DType::F32, zp, wv, DType::F32, u, 1, R, D, D, false, true, 0, 0, 0, 0.f);
+  } else {
+    matmul(DType::F32, alpha, cv, DType::F32, u, B, S, D, T, false, false, S * T, T * D, S * D, 0.f);
+  }
   parallel_for(0, R, grain(2 * D), [&](size_t lo, size_t hi) {
     for (size_t r = lo; r < hi; r++) {
       float* xr = x + int64_t(r) * 2 * D;
@@ -70,9 +76,10 @@ void memwrite_forward(int64_t B, int64_t S, int64_t T, int64_t D, const float* m
 }
 
 void memwrite_backward(int64_t B, int64_t S, int64_t T, int64_t D, const float* dout, const float* mq,
-                       const float* ck, const float* cv, const float* w, const float* alpha, const float* x,
-                       const float* u, int64_t bias_cols, float* dm, float* dmq, float* dck, float* dcv, float* dw,
-                       float* dbias, float* d_ptr_bias, float* workspace) {
+                       const float* ck, const float* cv, const float* wv, const float* w, const float* alpha,
+                       const float* x, const float* u, const float* zp, int64_t bias_cols, float* dm, float* dmq,
+                       float* dck, float* dcv, float* dwv, float* dw, float* dbias, float* d_ptr_bias,
+                       float* workspace) {
   const int64_t R = B * S;
   const float scale = float(1.0 / std::sqrt(double(D)));
   // Workspace (memwrite_workspace elements): dG, the gate's pre-activation gradient [R,D]; dZ [R,D];
@@ -116,9 +123,16 @@ void memwrite_backward(int64_t B, int64_t S, int64_t T, int64_t D, const float* 
       }
     }
   });
+  // With the value weight, Z = Z'·wvᵀ: dwv = dZᵀ·Z', and dZ' = dZ·wv (into dG's rows, free now) goes on as dZ.
+  const float* dzc = dz;
+  if (wv) {
+    matmul(DType::F32, dz, zp, DType::F32, dwv, 1, D, D, R, true, false, 0, 0, 0, 0.f);
+    matmul(DType::F32, dz, wv, DType::F32, dg, 1, R, D, D, false, false, 0, 0, 0, 0.f);
+    dzc = dg;
+  }
   // Z = α·cv: dα = dZ·cvᵀ, dcv = αᵀ·dZ.
-  matmul(DType::F32, dz, cv, DType::F32, dp, B, S, T, D, false, true, S * D, T * D, S * T, 0.f);
-  matmul(DType::F32, alpha, dz, DType::F32, dcv, B, T, D, S, true, false, S * T, S * D, T * D, 0.f);
+  matmul(DType::F32, dzc, cv, DType::F32, dp, B, S, T, D, false, true, S * D, T * D, S * T, 0.f);
+  matmul(DType::F32, alpha, dzc, DType::F32, dcv, B, T, D, S, true, false, S * T, S * D, T * D, 0.f);
   // α = softmax(P/√D + bias): the gradient of the softmax's argument α(dα − Σ_t α dα), in place.
   parallel_for(0, R, grain(4 * T), [&](size_t lo, size_t hi) {
     for (size_t r = lo; r < hi; r++) {

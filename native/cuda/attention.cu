@@ -61,10 +61,12 @@ template <typename E>
 struct FwdParams {
   int64_t T, H, d, S, D;
   float scale;
+  bool joint;          // SPEC v2's gate: σ(logit + lse_mem − lse_self)
+  bool mem_positions;  // SPEC v2 with rope: the slots read by the query rotated at p + S, slot j rotated at j
   const E* qkv;
   const E* mem_kv;
   const E* gate_logits;
-  const float* cos_t;  // RoPE table [T, d/2]; nullptr without rope
+  const float* cos_t;  // RoPE table [T (+ S with mem_positions), d/2]; nullptr without rope
   const float* sin_t;
   E* out;
   float* lse_self;
@@ -77,15 +79,16 @@ template <typename E>
 struct BwdParams {
   int64_t T, H, d, S, D;
   float scale;
+  bool mem_positions;  // as FwdParams (the joint gate is all in the row kernel: it folds into dsum_a / dsum_r)
   const E* qkv;
   const E* mem_kv;
   const float* lse_self;
   const float* lse_mem;
   const E* d_out;
-  const float* cos_t;   // RoPE table [T, d/2]; nullptr without rope
+  const float* cos_t;   // RoPE table [T (+ S with mem_positions), d/2]; nullptr without rope
   const float* sin_t;
-  const float* dsum_a;  // [B, H, T]: rowsum(dA ∘ A)
-  const float* dsum_r;  // [B, H, T]: rowsum(dR ∘ R); with memory only
+  const float* dsum_a;  // [B, H, T]: rowsum(dA ∘ A), less d lse_self with the joint gate
+  const float* dsum_r;  // [B, H, T]: rowsum(dR ∘ R), less d lse_mem with the joint gate; with memory only
   const float* g;       // [B, H, T]: sigmoid(gate_logits); with memory only (nullptr: dA = dOut)
   E* d_qkv;
   E* d_mem_kv;
@@ -593,18 +596,20 @@ __global__ void __launch_bounds__(kBlock) attention_forward_kernel(FwdParams<E> 
     return;
   }
 
-  // Memory read: the unrotated q over the S slots, no mask.
+  // Memory read over the S slots, no mask: the unrotated q (SPEC v1), or (v2 with rope) q rotated at p + S against
+  // slot j's key rotated at j, the distances of slots sitting at −S … −1 before the segment.
+  const float* mcos = p.mem_positions ? p.cos_t : nullptr;
+  const float* msin = p.mem_positions ? p.sin_t : nullptr;
   if (p.cos_t) {
     __syncthreads();  // (attend's barriers already order its reads of qs; this makes it plain)
-    load_tile<DM, kFwdQ>(qs, qkv_b + q0 * 3 * D, 3 * D, nq, d, nullptr, nullptr, 0, nullptr, false);
+    load_tile<DM, kFwdQ>(qs, qkv_b + q0 * 3 * D, 3 * D, nq, d, mcos, msin, q0 + p.S, nullptr, false);
   }
   const E* mem_b = p.mem_kv + b * p.S * 2 * D + h * p.d;
   float r[RI][NC], lse_r[RI];
   if constexpr (TC) {
-    attend_tc<DM>(qs, kvs, ps, corr_s, mem_b, mem_b + D, 2 * D, p.S, false, 0, d, nullptr, nullptr, p.scale, r,
-                  lse_r);
+    attend_tc<DM>(qs, kvs, ps, corr_s, mem_b, mem_b + D, 2 * D, p.S, false, 0, d, mcos, msin, p.scale, r, lse_r);
   } else {
-    attend<DM>(qs, kvs, ps, mem_b, mem_b + D, 2 * D, p.S, false, 0, d, nullptr, nullptr, p.scale, r, lse_r);
+    attend<DM>(qs, kvs, ps, mem_b, mem_b + D, 2 * D, p.S, false, 0, d, mcos, msin, p.scale, r, lse_r);
   }
   if (tx == 0) {
 #pragma unroll
@@ -618,7 +623,8 @@ __global__ void __launch_bounds__(kBlock) attention_forward_kernel(FwdParams<E> 
     const int row = ty + 16 * i;
     if (row >= nq) continue;
     const int64_t t = q0 + row;
-    const float g = sigmoid_ref(load(p.gate_logits + (b * T + t) * p.H + h));
+    const float logit = load(p.gate_logits + (b * T + t) * p.H + h);
+    const float g = p.joint ? sigmoid_ref(float(double(logit) + double(lse_r[i]) - double(lse_a[i]))) : sigmoid_ref(logit);
     const int64_t at = row * D;
 #pragma unroll
     for (int c = 0; c < NC; c++) {
@@ -645,10 +651,13 @@ __global__ void rope_table_kernel(float* cos_t, float* sin_t, int64_t T, int64_t
 
 // One warp per (b, t, h) (row j = (b·T + t)·H + h, the gate's layout): g, the D terms and the gate gradient
 // d_gate = Σ dOut·(R − A) · g(1 − g), sums in double as on the CPU. Outputs [B, H, T] (the lse layout).
+// With the joint gate (SPEC v2), g = σ(logit + lse_mem − lse_self): d lse_mem = d_gate and d lse_self = −d_gate
+// reach the scores through the D terms (dS = P ∘ (dP − D + d lse)), so D_a gains d_gate and D_r loses it.
 template <typename E>
-__global__ void backward_rows_kernel(int64_t rows, int64_t T, int64_t H, int64_t d, int64_t S, const E* a,
-                                     const E* r, const E* gate_logits, const E* d_out, float* dsum_a,
-                                     float* dsum_r, float* g_out, E* d_gate) {
+__global__ void backward_rows_kernel(int64_t rows, int64_t T, int64_t H, int64_t d, int64_t S, bool joint,
+                                     const float* lse_self, const float* lse_mem, const E* a, const E* r,
+                                     const E* gate_logits, const E* d_out, float* dsum_a, float* dsum_r,
+                                     float* g_out, E* d_gate) {
   const int lane = threadIdx.x & 31;
   const int64_t D = H * d;
   for (int64_t j = global_thread() >> 5; j < rows; j += grid_threads() >> 5) {
@@ -663,7 +672,9 @@ __global__ void backward_rows_kernel(int64_t rows, int64_t T, int64_t H, int64_t
       if (lane == 0) dsum_a[lse_at] = float(acc);
       continue;
     }
-    const float g = sigmoid_ref(load(gate_logits + j));
+    const float logit = load(gate_logits + j);
+    const float g = joint ? sigmoid_ref(float(double(logit) + double(lse_mem[lse_at]) - double(lse_self[lse_at])))
+                          : sigmoid_ref(logit);
     const E* rr = r + row;
     double sa = 0, sr = 0, diff = 0;
     for (int64_t c = lane; c < d; c += 32) {
@@ -676,10 +687,11 @@ __global__ void backward_rows_kernel(int64_t rows, int64_t T, int64_t H, int64_t
     sr = warp_sum(sr);
     diff = warp_sum(diff);
     if (lane == 0) {
-      dsum_a[lse_at] = float(sa);
-      dsum_r[lse_at] = float(sr);
+      const float dz = float(diff * g * (1.0 - g));
+      dsum_a[lse_at] = joint ? float(sa) + dz : float(sa);
+      dsum_r[lse_at] = joint ? float(sr) - dz : float(sr);
       g_out[lse_at] = g;
-      store(d_gate + j, float(diff * g * (1.0 - g)));
+      store(d_gate + j, dz);
     }
   }
 }
@@ -714,8 +726,11 @@ __global__ void __launch_bounds__(kBlock) attention_dkdv_kernel(BwdParams<E> p, 
   const E* kb = memory ? mem_b : qkv_b + D;
   const E* vb = memory ? mem_b + D : qkv_b + 2 * D;
   const int64_t ld = memory ? 2 * D : 3 * D;
-  const float* cos_t = memory ? nullptr : p.cos_t;
-  const float* sin_t = memory ? nullptr : p.sin_t;
+  // The self part is rotated with rope; the memory part too with positional slots, queries at p + S (qpos).
+  const bool rotated = memory ? p.mem_positions : p.cos_t != nullptr;
+  const float* cos_t = rotated ? p.cos_t : nullptr;
+  const float* sin_t = rotated ? p.sin_t : nullptr;
+  const int64_t qpos = memory ? p.S : 0;
   const float* lse = (memory ? p.lse_mem : p.lse_self) + bh * T;
   const float* dsum = (memory ? p.dsum_r : p.dsum_a) + bh * T;
   const float* g = p.g ? p.g + bh * T : nullptr;
@@ -733,7 +748,7 @@ __global__ void __launch_bounds__(kBlock) attention_dkdv_kernel(BwdParams<E> p, 
     for (int64_t q0 = causal ? k0 / BC * BC : 0; q0 < T; q0 += BC) {
       const int nq = int(min64(BC, T - q0));
       __syncthreads();  // the previous tile's readers of qs, dys, ps, dss, lse_s, dsum_s are done
-      load_tile<DM, BC>(qs, qkv_b + q0 * 3 * D, 3 * D, nq, d, cos_t, sin_t, q0, nullptr, false);
+      load_tile<DM, BC>(qs, qkv_b + q0 * 3 * D, 3 * D, nq, d, cos_t, sin_t, q0 + qpos, nullptr, false);
       load_tile<DM, BC>(dys, p.d_out + (b * T + q0) * D + h * p.d, D, nq, d, nullptr, nullptr, 0,
                         g ? g + q0 : nullptr, !memory);
       for (int j = threadIdx.x; j < BC; j += kBlock) {
@@ -783,7 +798,7 @@ __global__ void __launch_bounds__(kBlock) attention_dkdv_kernel(BwdParams<E> p, 
     for (int64_t q0 = causal ? k0 / BC * BC : 0; q0 < T; q0 += BC) {
       const int nq = int(min64(BC, T - q0));
       __syncthreads();  // the previous tile's readers of qs, dys, ps, dss, lse_s, dsum_s are done
-      load_tile<DM, BC>(qs, qkv_b + q0 * 3 * D, 3 * D, nq, d, cos_t, sin_t, q0, nullptr, false);
+      load_tile<DM, BC>(qs, qkv_b + q0 * 3 * D, 3 * D, nq, d, cos_t, sin_t, q0 + qpos, nullptr, false);
       load_tile<DM, BC>(dys, p.d_out + (b * T + q0) * D + h * p.d, D, nq, d, nullptr, nullptr, 0,
                         g ? g + q0 : nullptr, !memory);
       for (int j = threadIdx.x; j < BC; j += kBlock) {
@@ -813,6 +828,7 @@ __global__ void __launch_bounds__(kBlock) attention_dkdv_kernel(BwdParams<E> p, 
   }
 
   if (memory) {
+    if (cos_t) rotate_back<DM, RI>(dk, ks, k0, nkr, d, cos_t, sin_t);
     E* dst = p.d_mem_kv + (b * p.S + k0) * 2 * D + h * p.d;
     store_rows<DM, RI>(dst, 2 * D, dk, nkr, d);
     store_rows<DM, RI>(dst + D, 2 * D, dv, nkr, d);
@@ -966,21 +982,25 @@ __global__ void __launch_bounds__(kBlock) attention_dq_kernel(BwdParams<E> p) {
 
   if (p.S > 0) {
     __syncthreads();  // every thread is done with qs and dys (rotate_back's reads of qs included)
-    load_tile<DM, BR>(qs, qkv_b + q0 * 3 * D, 3 * D, nq, d, nullptr, nullptr, 0, nullptr, false);
+    // The memory read's query: unrotated, or (positional slots) rotated at p + S, slot keys at j.
+    const float* mcos = p.mem_positions ? p.cos_t : nullptr;
+    const float* msin = p.mem_positions ? p.sin_t : nullptr;
+    load_tile<DM, BR>(qs, qkv_b + q0 * 3 * D, 3 * D, nq, d, mcos, msin, q0 + p.S, nullptr, false);
     load_tile<DM, BR>(dys, dout, D, nq, d, nullptr, nullptr, 0, g, false);
     float dq_mem[RI][NC];
     const E* mem_b = p.mem_kv + b * p.S * 2 * D + h * p.d;
     if constexpr (TC) {
-      dq_pass_tc<DM>(qs, dys, ks, vs, dss, ps, mem_b, mem_b + D, 2 * D, p.S, false, q0, nq, d, nullptr, nullptr,
+      dq_pass_tc<DM>(qs, dys, ks, vs, dss, ps, mem_b, mem_b + D, 2 * D, p.S, false, q0, nq, d, mcos, msin,
                      p.scale, p.lse_mem + bh * T, p.dsum_r + bh * T, true, dq_mem);
     } else {
 #pragma unroll
       for (int i = 0; i < RI; i++)
 #pragma unroll
         for (int c = 0; c < NC; c++) dq_mem[i][c] = 0.f;
-      dq_pass<DM>(qs, dys, ks, vs, dss, mem_b, mem_b + D, 2 * D, p.S, false, q0, nq, d, nullptr, nullptr, p.scale,
+      dq_pass<DM>(qs, dys, ks, vs, dss, mem_b, mem_b + D, 2 * D, p.S, false, q0, nq, d, mcos, msin, p.scale,
                   p.lse_mem + bh * T, p.dsum_r + bh * T, dq_mem);
     }
+    if (mcos) rotate_back<DM, RI>(dq_mem, qs, q0 + p.S, nq, d, mcos, msin);
 #pragma unroll
     for (int i = 0; i < RI; i++)
 #pragma unroll
@@ -1096,7 +1116,9 @@ void attention_forward(DType dt, int64_t B, int64_t T, int64_t H, int64_t d, int
                        const void* qkv, const void* mem_kv, const void* gate_logits, void* out, float* lse_self,
                        float* lse_mem, void* save_a, void* save_r) {
   check_dims(H, d, rope);
-  if (mem_mode != 0) fail("attention_forward: memory read mode %d is not on CUDA yet", mem_mode);
+  const bool joint = S > 0 && (mem_mode & kMemJoint);
+  const bool mem_positions = S > 0 && rope && (mem_mode & kMemPositions);
+  const int64_t rope_rows = T + (mem_positions ? S : 0);
   dispatch_float(dt, "attention_forward", [&](auto tag) {
     using E = decltype(tag);
     if (B == 0 || T == 0) return;
@@ -1106,6 +1128,8 @@ void attention_forward(DType dt, int64_t B, int64_t T, int64_t H, int64_t d, int
                    S,
                    H * d,
                    float(1.0 / std::sqrt(double(d))),
+                   joint,
+                   mem_positions,
                    static_cast<const E*>(qkv),
                    static_cast<const E*>(mem_kv),
                    static_cast<const E*>(gate_logits),
@@ -1117,8 +1141,9 @@ void attention_forward(DType dt, int64_t B, int64_t T, int64_t H, int64_t d, int
                    static_cast<E*>(save_a),
                    static_cast<E*>(save_r)};
     if (rope) {
-      float* scratch = static_cast<float*>(reduction_scratch(size_t(2 * aligned(T * (d / 2))) * sizeof(float)));
-      fill_rope_table(scratch, T, d, "attention_forward", &p.cos_t, &p.sin_t);
+      float* scratch =
+          static_cast<float*>(reduction_scratch(size_t(2 * aligned(rope_rows * (d / 2))) * sizeof(float)));
+      fill_rope_table(scratch, rope_rows, d, "attention_forward", &p.cos_t, &p.sin_t);
     }
     with_head_dim(d, [&](auto dm) { launch_forward_for<decltype(dm)::value>(p, B); });
   });
@@ -1129,7 +1154,9 @@ void attention_backward(DType dt, int64_t B, int64_t T, int64_t H, int64_t d, in
                         const void* r_saved, const float* lse_self, const float* lse_mem, const void* d_out,
                         void* d_qkv, void* d_mem_kv, void* d_gate_logits) {
   check_dims(H, d, rope);
-  if (mem_mode != 0) fail("attention_backward: memory read mode %d is not on CUDA yet", mem_mode);
+  const bool joint = S > 0 && (mem_mode & kMemJoint);
+  const bool mem_positions = S > 0 && rope && (mem_mode & kMemPositions);
+  const int64_t rope_rows = T + (mem_positions ? S : 0);
   dispatch_float(dt, "attention_backward", [&](auto tag) {
     using E = decltype(tag);
     if (B == 0) return;
@@ -1140,7 +1167,7 @@ void attention_backward(DType dt, int64_t B, int64_t T, int64_t H, int64_t d, in
       return;
     }
     // Scratch: the RoPE table (cos, sin), then D_a, D_r and g, each [B, H, T].
-    const int64_t rope_floats = rope ? 2 * aligned(T * (d / 2)) : 0, rows = aligned(B * H * T);
+    const int64_t rope_floats = rope ? 2 * aligned(rope_rows * (d / 2)) : 0, rows = aligned(B * H * T);
     float* scratch =
         static_cast<float*>(reduction_scratch(size_t(rope_floats + (S ? 3 : 1) * rows) * sizeof(float)));
     float* dsum_a = scratch + rope_floats;
@@ -1152,6 +1179,7 @@ void attention_backward(DType dt, int64_t B, int64_t T, int64_t H, int64_t d, in
                    S,
                    H * d,
                    float(1.0 / std::sqrt(double(d))),
+                   mem_positions,
                    static_cast<const E*>(qkv),
                    static_cast<const E*>(mem_kv),
                    lse_self,
@@ -1164,11 +1192,11 @@ void attention_backward(DType dt, int64_t B, int64_t T, int64_t H, int64_t d, in
                    g,
                    static_cast<E*>(d_qkv),
                    static_cast<E*>(d_mem_kv)};
-    if (rope) fill_rope_table(scratch, T, d, "attention_backward", &p.cos_t, &p.sin_t);
+    if (rope) fill_rope_table(scratch, rope_rows, d, "attention_backward", &p.cos_t, &p.sin_t);
 
     const int64_t n_rows = B * T * H;
     backward_rows_kernel<E><<<blocks_for(n_rows, kThreads / 32), kThreads, 0, stream()>>>(
-        n_rows, T, H, d, S, static_cast<const E*>(a_saved), static_cast<const E*>(r_saved),
+        n_rows, T, H, d, S, joint, lse_self, lse_mem, static_cast<const E*>(a_saved), static_cast<const E*>(r_saved),
         static_cast<const E*>(gate_logits), static_cast<const E*>(d_out), dsum_a, dsum_r, g,
         static_cast<E*>(d_gate_logits));
     check_launch("attention_backward");

@@ -22,18 +22,24 @@ __device__ __forceinline__ float warp_max(float v) {
 
 __device__ __forceinline__ float sigmoidf(float v) { return 1.f / (1.f + expf(-v)); }
 
-// alpha[r, :] = softmax(P[r, :]·scale) in place, P the raw scores: exp in float, the total in double,
-// then one float reciprocal, as on the CPU. One warp per row; each lane rereads only what it wrote.
-__global__ void pointer_softmax_kernel(float* alpha, int64_t rows, int64_t T, float scale) {
+// alpha[r, :] = softmax(P[r, :]·scale + bias) in place, P the raw scores, bias (SPEC v2, nullable) slot r mod S's
+// row of the pointer's positional bias, end-aligned (token t takes column cols − T + t): exp in float, the total in
+// double, then one float reciprocal, as on the CPU. One warp per row; each lane rereads only what it wrote.
+__global__ void pointer_softmax_kernel(float* alpha, int64_t rows, int64_t T, float scale, const float* ptr_bias,
+                                       int64_t S, int64_t cols) {
   const int lane = threadIdx.x & 31;
   for (int64_t r = global_thread() >> 5; r < rows; r += grid_threads() >> 5) {
     float* a = alpha + r * T;
+    const float* pb = ptr_bias ? ptr_bias + (r % S) * cols + (cols - T) : nullptr;
     float mx = -INFINITY;
-    for (int64_t t = lane; t < T; t += 32) mx = fmaxf(mx, __fmul_rn(a[t], scale));
+    for (int64_t t = lane; t < T; t += 32) {
+      a[t] = __fadd_rn(__fmul_rn(a[t], scale), pb ? pb[t] : 0.f);
+      mx = fmaxf(mx, a[t]);
+    }
     mx = warp_max(mx);
     double total = 0;
     for (int64_t t = lane; t < T; t += 32) {
-      const float e = expf(__fsub_rn(__fmul_rn(a[t], scale), mx));
+      const float e = expf(__fsub_rn(a[t], mx));
       a[t] = e;
       total += e;
     }
@@ -87,7 +93,8 @@ __global__ void add_split_kernel(const float* dx, float* dm, float* dz, int64_t 
   }
 }
 
-// dP = α(dα − Σ_t α dα)·scale in place of dα; the dot in double, one warp per row.
+// dP = α(dα − Σ_t α dα)·scale in place of dα (scale 1: the gradient of the softmax's argument, which the
+// positional bias needs before the scale); the dot in double, one warp per row.
 __global__ void pointer_softmax_backward_kernel(const float* alpha, float* dp, int64_t rows, int64_t T, float scale) {
   const int lane = threadIdx.x & 31;
   for (int64_t r = global_thread() >> 5; r < rows; r += grid_threads() >> 5) {
@@ -96,8 +103,27 @@ __global__ void pointer_softmax_backward_kernel(const float* alpha, float* dp, i
     double dot = 0;
     for (int64_t t = lane; t < T; t += 32) dot += double(a[t]) * double(g[t]);
     const float c = float(warp_sum(dot));
-    for (int64_t t = lane; t < T; t += 32) g[t] = __fmul_rn(__fmul_rn(a[t], __fsub_rn(g[t], c)), scale);
+    for (int64_t t = lane; t < T; t += 32) {
+      const float v = __fmul_rn(a[t], __fsub_rn(g[t], c));
+      g[t] = scale == 1.f ? v : __fmul_rn(v, scale);
+    }
   }
+}
+
+// The positional bias's gradient d_pb[s, cols − T + t] = Σ_b dArg[b, s, t] (in batch order, in double), 0 in the
+// columns before cols − T; one thread per element of d_pb.
+__global__ void pointer_bias_grad_kernel(const float* darg, float* d_pb, int64_t B, int64_t S, int64_t T, int64_t cols) {
+  for (int64_t i = global_thread(); i < S * cols; i += grid_threads()) {
+    const int64_t s = i / cols, c = i - s * cols, t = c - (cols - T);
+    double acc = 0;
+    if (t >= 0)
+      for (int64_t b = 0; b < B; b++) acc += darg[(b * S + s) * T + t];
+    d_pb[i] = float(acc);
+  }
+}
+
+__global__ void scale_kernel(float* x, int64_t n, float scale) {
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) x[i] = __fmul_rn(x[i], scale);
 }
 
 // Per slot row: Σ_d u (gate) and −Σ_t α log α over α > 0 (entropy), in double; one warp per row.
@@ -149,20 +175,24 @@ constexpr DType F32 = DType::F32;
 }  // namespace
 
 void memwrite_forward(int64_t B, int64_t S, int64_t T, int64_t D, const float* m, const float* mq, const float* ck,
-                      const float* cv, const float* w, const float* bias, const float* ptr_bias, int64_t bias_cols,
-                      float* out, float* alpha, float* x, float* u) {
-  if (ptr_bias) fail("memwriteForward: the pointer's positional bias is not on CUDA yet");
-  (void)bias_cols;
+                      const float* cv, const float* wv, const float* w, const float* bias, const float* ptr_bias,
+                      int64_t bias_cols, float* out, float* alpha, float* x, float* u, float* zp) {
   const int64_t R = B * S;
   if (R <= 0 || T <= 0 || D <= 0) return;
   cudaStream_t s = stream();
   const float scale = float(1.0 / std::sqrt(double(D)));
   // Pointer scores P = mq·ckᵀ [B,S,T], straight into alpha, then α in place.
   matmul(F32, mq, ck, F32, alpha, B, S, T, D, false, true, S * D, T * D, S * T, 0.f);
-  pointer_softmax_kernel<<<blocks_for(R * 32), kThreads, 0, s>>>(alpha, R, T, scale);
+  pointer_softmax_kernel<<<blocks_for(R * 32), kThreads, 0, s>>>(alpha, R, T, scale, ptr_bias, S, bias_cols);
   check_launch("memwriteForward");
-  // Candidates Z = α·cv into u (free until the gate GEMM), then x = [M | Z].
-  matmul(F32, alpha, cv, F32, u, B, S, D, T, false, false, S * T, T * D, S * D, 0.f);
+  // Candidates Z = α·cv into u (free until the gate GEMM) — with the value weight, Z' = α·cv into zp and
+  // Z = Z'·wvᵀ into u — then x = [M | Z].
+  if (wv) {
+    matmul(F32, alpha, cv, F32, zp, B, S, D, T, false, false, S * T, T * D, S * D, 0.f);
+    matmul(F32, zp, wv, F32, u, 1, R, D, D, false, true, 0, 0, 0, 0.f);
+  } else {
+    matmul(F32, alpha, cv, F32, u, B, S, D, T, false, false, S * T, T * D, S * D, 0.f);
+  }
   concat_kernel<<<blocks_for(R * 2 * D), kThreads, 0, s>>>(m, u, x, R, D);
   check_launch("memwriteForward");
   // Write gate: u = σ(x·wᵀ + bias), then the blend.
@@ -172,11 +202,10 @@ void memwrite_forward(int64_t B, int64_t S, int64_t T, int64_t D, const float* m
 }
 
 void memwrite_backward(int64_t B, int64_t S, int64_t T, int64_t D, const float* dout, const float* mq,
-                       const float* ck, const float* cv, const float* w, const float* alpha, const float* x,
-                       const float* u, int64_t bias_cols, float* dm, float* dmq, float* dck, float* dcv, float* dw,
-                       float* dbias, float* d_ptr_bias, float* workspace) {
-  if (d_ptr_bias) fail("memwriteBackward: the pointer's positional bias is not on CUDA yet");
-  (void)bias_cols;
+                       const float* ck, const float* cv, const float* wv, const float* w, const float* alpha,
+                       const float* x, const float* u, const float* zp, int64_t bias_cols, float* dm, float* dmq,
+                       float* dck, float* dcv, float* dwv, float* dw, float* dbias, float* d_ptr_bias,
+                       float* workspace) {
   const int64_t R = B * S;
   if (R <= 0 || T <= 0 || D <= 0) return;
   cudaStream_t s = stream();
@@ -196,11 +225,25 @@ void memwrite_backward(int64_t B, int64_t S, int64_t T, int64_t D, const float* 
   matmul(F32, dg, w, F32, dx, 1, R, 2 * D, D, false, false, 0, 0, 0, 0.f);  // dX = dG·W
   add_split_kernel<<<blocks_for(R * D), kThreads, 0, s>>>(dx, dm, dz, R, D);
   check_launch("memwriteBackward");
+  // With the value weight, Z = Z'·wvᵀ: dwv = dZᵀ·Z', and dZ' = dZ·wv (into dG's rows, free now) goes on as dZ.
+  const float* dzc = dz;
+  if (wv) {
+    matmul(F32, dz, zp, F32, dwv, 1, D, D, R, true, false, 0, 0, 0, 0.f);
+    matmul(F32, dz, wv, F32, dg, 1, R, D, D, false, false, 0, 0, 0, 0.f);
+    dzc = dg;
+  }
   // Z = α·cv: dα = dZ·cvᵀ, dcv = αᵀ·dZ.
-  matmul(F32, dz, cv, F32, dp, B, S, T, D, false, true, S * D, T * D, S * T, 0.f);
-  matmul(F32, alpha, dz, F32, dcv, B, T, D, S, true, false, S * T, S * D, T * D, 0.f);
-  // α = softmax(P/√D): dP = α(dα − Σ_t α dα)/√D, in place.
-  pointer_softmax_backward_kernel<<<blocks_for(R * 32), kThreads, 0, s>>>(alpha, dp, R, T, scale);
+  matmul(F32, dzc, cv, F32, dp, B, S, T, D, false, true, S * D, T * D, S * T, 0.f);
+  matmul(F32, alpha, dzc, F32, dcv, B, T, D, S, true, false, S * T, S * D, T * D, 0.f);
+  // α = softmax(P/√D + bias): dP = α(dα − Σ_t α dα)/√D, in place; with the bias, its gradient is taken from the
+  // unscaled argument's before the scale (as on the CPU).
+  if (d_ptr_bias) {
+    pointer_softmax_backward_kernel<<<blocks_for(R * 32), kThreads, 0, s>>>(alpha, dp, R, T, 1.f);
+    pointer_bias_grad_kernel<<<blocks_for(S * bias_cols), kThreads, 0, s>>>(dp, d_ptr_bias, B, S, T, bias_cols);
+    scale_kernel<<<blocks_for(R * T), kThreads, 0, s>>>(dp, R * T, scale);
+  } else {
+    pointer_softmax_backward_kernel<<<blocks_for(R * 32), kThreads, 0, s>>>(alpha, dp, R, T, scale);
+  }
   check_launch("memwriteBackward");
   // P = mq·ckᵀ: dmq = dP·ck, dck = dPᵀ·mq.
   matmul(F32, dp, ck, F32, dmq, B, S, D, T, false, false, S * T, T * D, S * D, 0.f);

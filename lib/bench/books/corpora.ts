@@ -129,7 +129,7 @@ const austen: Source = {
   },
 };
 
-interface RValue {
+export interface RValue {
   strings?: (string | null)[];
   ints?: number[];
   list?: RValue[];
@@ -140,7 +140,7 @@ interface RValue {
  * Reads R's binary (XDR) serialization format, just as far as these files need: character, integer and
  * logical vectors, lists, and the "names" attribute (R Internals, "Serialization formats").
  */
-function readR(buf: Buffer): RValue {
+export function readR(buf: Buffer): RValue {
   let o = 0;
   const int = () => {
     const v = buf.readInt32BE(o);
@@ -200,6 +200,11 @@ function readR(buf: Buffer): RValue {
 }
 
 const sources: Record<BookCorpusName, Source> = { kjv, 'linux-doc': linuxDoc, austen };
+
+/** What a corpus is, as its manifest records it (a cached corpus with another description is set up again). */
+export function bookCorpusDescription(name: BookCorpusName): string {
+  return sources[name].description;
+}
 
 function walk(dir: string): string[] {
   const out: string[] = [];

@@ -132,7 +132,8 @@ export function memoryProbe(model: MemGPT, a: Int32Array, b: Int32Array, atSegme
   const T = model.config.segmentLen;
   if (b.length < atSegment * T + 1) throw new MemgptError(`books: the probe's second document is shorter than ${atSegment} segments`);
   let fromB: Tensor[] | null = null;
-  scoreDocument(model, b, { maxTokens: atSegment * T, onMemory: (seg, m) => { if (seg === atSegment - 1) fromB = copyMemory(m); } });
+  if (atSegment === 0) fromB = noGrad(() => model.initialMemory(1)).map((m) => keep(m)); // B's memory before any segment
+  else scoreDocument(model, b, { maxTokens: atSegment * T, onMemory: (seg, m) => { if (seg === atSegment - 1) fromB = copyMemory(m); } });
   const swapTo = fromB as Tensor[] | null;
   if (!swapTo) throw new MemgptError('books: the probe could not read the second document');
   try {

@@ -28,7 +28,7 @@ const { values: f } = parseArgs({
     'weight-decay': { type: 'string', default: '0.1' }, warmup: { type: 'string', default: '100' }, 'eval-tokens': { type: 'string', default: '0' },
     'log-every': { type: 'string', default: '500' }, probe: { type: 'boolean', default: false }, tag: { type: 'string', default: '' },
     'ptr-pos': { type: 'string', default: '0' }, 'gate-pos': { type: 'boolean', default: false }, 'cheat-write': { type: 'boolean', default: false },
-    read: { type: 'string', default: 'gated' }, 'ptr-bias': { type: 'string', default: '' }, 'spec-version': { type: 'string', default: '2' },
+    read: { type: 'string', default: 'gated' }, 'ptr-pos-init': { type: 'string', default: '' }, 'ptr-bias': { type: 'string', default: '' }, 'spec-version': { type: 'string', default: '2' },
   },
 });
 const num = (k: keyof typeof f) => Number(f[k]);
@@ -44,6 +44,16 @@ const tokenizer = getTokenizer('byte');
 const train = loadCorpus(`${corpus.dir}/train`, tokenizer);
 const model = MemGPT.init(cfg, { seed });
 applyInitOverrides(model, f.init!, f.bias!, seed);
+// --ptr-pos-init STRENGTH:SLOTS (SPEC v2): only the last SLOTS slots start as the shift register, the rest unbiased.
+if (f['ptr-pos-init']) {
+  const [strength, slots] = f['ptr-pos-init'].split(':').map(Number);
+  for (let l = 0; l < cfg.nLayers; l++) {
+    const p = model.params.get(`layers.${l}.ptr.pos`)!;
+    const v = new Float32Array(p.size);
+    for (let j = cfg.memSlots - slots; j < cfg.memSlots; j++) if (cfg.segmentLen - cfg.memSlots + j >= 0) v[j * cfg.segmentLen + cfg.segmentLen - cfg.memSlots + j] = strength;
+    p.storage.backend.copyFromHost(p.handle, 0, v);
+  }
+}
 // Design variants, as extra parameters beside the model's: a learned position table added to the write candidates
 // (--ptr-pos STD: the pointer can address positions; the candidates say where they came from), and a learned read-gate
 // bias per position and head (--gate-pos).

@@ -73,9 +73,10 @@ class Layer(nn.Module):
             self.ptr_k = nn.Linear(D, D, bias=False)
             self.ptr_v = nn.Linear(D, D, bias=False)
             if c.get("specVersion", 1) >= 2:
-                # SPEC v2: the pointer's positional bias, starting as memgpt's does (slot j prefers token T − S + j).
+                # SPEC v2: the pointer's positional bias, starting as memgpt's does (the last ⌈S/2⌉ slots a shift
+                # register: slot j prefers token T − S + j; the others unbiased).
                 pos = torch.zeros(S, c["segmentLen"])
-                for j in range(S):
+                for j in range(S - (S + 1) // 2, S):
                     if c["segmentLen"] - S + j >= 0:
                         pos[j, c["segmentLen"] - S + j] = 8.0
                 self.ptr_pos = nn.Parameter(pos)

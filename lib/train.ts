@@ -61,7 +61,7 @@ export interface Recipe {
 }
 
 export const recipes: Record<PresetName, Recipe> = {
-  tiny: { lr: 1e-3, batchSize: 8, segments: 4, warmup: 100 },
+  tiny: { lr: 3e-3, batchSize: 8, segments: 4, warmup: 100 },
   small: { lr: 1e-3, batchSize: 8, segments: 4, warmup: 100 },
   base: { lr: 6e-4, batchSize: 16, segments: 2, warmup: 200 },
 };
@@ -318,8 +318,11 @@ export class Trainer {
       for (let l = 0; l < layers; l++) {
         series.push({ name: `L${l} read gate`, points: withMemory.map((r) => [r.step, r.memory![l].readGate] as [number, number]) });
         series.push({ name: `L${l} write gate`, points: withMemory.map((r) => [r.step, r.memory![l].writeGate] as [number, number]) });
+        // Normalised by its uniform value ln T: 1 = the pointer spreads over the whole segment, 0 = one token.
+        const lnT = Math.log(this.model.config.segmentLen);
+        series.push({ name: `L${l} pointer entropy / ln T`, points: withMemory.map((r) => [r.step, r.memory![l].pointerEntropy / lnT] as [number, number]) });
       }
-      atomic(this.files.memoryPlot, lineChart(series, { title: 'Memory use per layer (mean gates)', xLabel: 'step', yLabel: 'gate' }));
+      atomic(this.files.memoryPlot, lineChart(series, { title: 'Memory use per layer (mean gates, pointer entropy)', xLabel: 'step', yLabel: 'gate / entropy ÷ ln T' }));
     }
   }
 

@@ -25,6 +25,13 @@ describe('memgpt command', () => {
     expect(done).toContain('live tensors 0');
   });
 
+  it('bench books --help says what the benchmark does and what each flag means', () => {
+    const r = memgpt('bench', 'books', '--help');
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/stream-mode bits\/byte on held-out long documents/);
+    for (const flag of ['--corpus', '--variants', '--seeds', '--steps', '--jobs', '--out', '--setup', '--merge']) expect(r.stdout).toContain(flag);
+  });
+
   it('prints help and version', () => {
     expect(memgpt('--help').stdout).toContain('memgpt demo');
     expect(memgpt('--version').stdout.trim()).toMatch(/^\d+\.\d+\.\d+$/);
@@ -49,6 +56,11 @@ describe('memgpt command', () => {
       [['demo', '--bogus'], /^memgpt: Unknown option '--bogus'/],
       [['demo', '--steps', 'ten'], /^memgpt: --steps must be a positive integer \(got 'ten'\)$/],
       [['demo', '--device', 'tpu'], /^memgpt: --device: unknown device 'tpu'/],
+      [['bench', 'books', '--variants', 'S8,S9'], /^memgpt: --variants: unknown variant 'S9'/],
+      [['bench', 'books', '--corpus', 'kjv,quran'], /^memgpt: --corpus must be kjv, linux-doc, austen, all, or a comma-separated list of them \(got 'quran'\)$/],
+      [['bench', 'books', '--seed-list', '0,-1'], /^memgpt: --seed-list must be comma-separated integers ≥ 0 \(got '0,-1'\)$/],
+      [['bench', 'books', '--merge', '/nonexistent/a.json', '--out', '/nonexistent/b.json'], /^memgpt: --merge: \/nonexistent\/a.json holds no runs$/],
+      [['bench', 'sideways'], /^memgpt: bench: unknown benchmark 'sideways' \(kernels, train or books\)$/],
     ] as const) {
       const r = memgpt(...args);
       expect(r.status).toBe(2);

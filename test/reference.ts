@@ -58,3 +58,19 @@ export function refSum(x: ArrayLike<number>, shape: readonly number[], axes: num
   for (let i = 0; i < x.length; i++) out[broadcastIndex(shape, outShape, i)] += x[i];
   return out;
 }
+
+/**
+ * d loss / d x_i for every element of base by central differences of a float64 function (step 1e-5: truncation
+ * ~1e-10, rounding ~1e-11, far below the float32 errors the references are compared against).
+ */
+export function centralDifferences(base: ArrayLike<number>, loss: (x: Float64Array) => number, h = 1e-5): Float64Array {
+  const x = Float64Array.from(base);
+  const g = new Float64Array(x.length);
+  for (let i = 0; i < x.length; i++) {
+    const plus = Float64Array.from(x), minus = Float64Array.from(x);
+    plus[i] += h;
+    minus[i] -= h;
+    g[i] = (loss(plus) - loss(minus)) / (2 * h);
+  }
+  return g;
+}

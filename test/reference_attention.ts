@@ -1,5 +1,6 @@
 // Plain float64 loops of SPEC §3's attention, from `q, k, v = split(...)` to `O = g·R + (1 − g)·A`:
 // the reference the native attention kernels are compared against.
+import { centralDifferences } from './reference.js';
 
 export interface RefAttentionArgs {
   qkv: ArrayLike<number>;
@@ -198,18 +199,7 @@ export function refAttentionBackward(x: RefAttentionArgs, dOut: ArrayLike<number
  * reference for the memory reads whose closed form refAttentionBackward does not cover (SPEC v2's).
  */
 export function refAttentionGradientsNumeric(x: RefAttentionArgs, dOut: ArrayLike<number>): RefAttentionGrads {
-  const h = 1e-5;
   const loss = (y: RefAttentionArgs) => refAttention(y).reduce((acc, o, i) => acc + o * dOut[i], 0);
-  const diff = (key: 'qkv' | 'memKV' | 'gateLogits'): Float64Array => {
-    const base = Float64Array.from(x[key] ?? []);
-    const g = new Float64Array(base.length);
-    for (let i = 0; i < base.length; i++) {
-      const plus = Float64Array.from(base), minus = Float64Array.from(base);
-      plus[i] += h;
-      minus[i] -= h;
-      g[i] = (loss({ ...x, [key]: plus }) - loss({ ...x, [key]: minus })) / (2 * h);
-    }
-    return g;
-  };
+  const diff = (key: 'qkv' | 'memKV' | 'gateLogits') => centralDifferences(x[key] ?? [], (v) => loss({ ...x, [key]: v }));
   return { dQkv: diff('qkv'), dMemKV: diff('memKV'), dGateLogits: diff('gateLogits') };
 }

@@ -1,5 +1,6 @@
 // Plain float64 loops for the memory write (SPEC.md §3, "# memory write"): what memoryWrite should compute,
 // step by step, and its diagnostics. Slow and obvious on purpose.
+import { centralDifferences } from './reference.js';
 
 export interface MemwriteInputs {
   B: number;
@@ -81,7 +82,6 @@ export function refMemoryWrite({ B, S, T, D, M, mq, ck, cv, w, b, pb, pbCols = T
  * (step 1e-5: truncation ~1e-10, rounding ~1e-11, far below the float32 errors compared against).
  */
 export function refMemoryWriteGradients(inputs: MemwriteInputs, proj: ArrayLike<number>): Record<'M' | 'mq' | 'ck' | 'cv' | 'w' | 'b' | 'pb' | 'wv', Float64Array> {
-  const h = 1e-5;
   const loss = (x: MemwriteInputs) => {
     const { out } = refMemoryWrite(x);
     let l = 0;
@@ -91,16 +91,6 @@ export function refMemoryWriteGradients(inputs: MemwriteInputs, proj: ArrayLike<
   type Name = 'M' | 'mq' | 'ck' | 'cv' | 'w' | 'b' | 'pb' | 'wv';
   const names: Name[] = ['M', 'mq', 'ck', 'cv', 'w', 'b', ...(inputs.pb ? ['pb' as const] : []), ...(inputs.wv ? ['wv' as const] : [])];
   const grads = {} as Record<(typeof names)[number], Float64Array>;
-  for (const name of names) {
-    const base = Float64Array.from(inputs[name]!);
-    const g = new Float64Array(base.length);
-    for (let i = 0; i < base.length; i++) {
-      const plus = Float64Array.from(base), minus = Float64Array.from(base);
-      plus[i] += h;
-      minus[i] -= h;
-      g[i] = (loss({ ...inputs, [name]: plus }) - loss({ ...inputs, [name]: minus })) / (2 * h);
-    }
-    grads[name] = g;
-  }
+  for (const name of names) grads[name] = centralDifferences(inputs[name]!, (v) => loss({ ...inputs, [name]: v }));
   return grads;
 }

@@ -26,9 +26,10 @@ export function flopsPerToken(cfg: ModelConfig): FlopsBreakdown {
   if (S > 0) {
     // Per token: the gate logits and the read of S slots; per segment: the slots' keys and values.
     memoryRead = L * (2 * D * H + 2 * 2 * D * S + (2 * S * D * 2 * D) / T);
-    // Per segment: M·Wpqᵀ, then ·Wpk (the pointer's token projection moved onto the slots), the scores and
-    // α·c over T tokens, ·Wpvᵀ on the S candidates, and the write gate over [M | Z].
-    memoryWrite = L * ((2 * S * D * D * 3 + 2 * 2 * S * T * D + 2 * S * 2 * D * D) / T);
+    // Per segment: M·(Wpqᵀ·Wpk) (the pointer's token projection moved onto the slots; Wpqᵀ·Wpk itself is made
+    // once a forward, negligible), the scores and α·c over T tokens, ·Wpvᵀ on the S candidates, and the write
+    // gate over [M | Z].
+    memoryWrite = L * ((2 * S * D * D * 2 + 2 * 2 * S * T * D + 2 * S * 2 * D * D) / T);
   }
   const head = 2 * D * V + (cfg.copyHead ? 2 * 2 * D * D + 2 * D * avgKeys + 2 * D : 0);
   const forward = projections + ffn + selfAttention + memoryRead + memoryWrite + head;

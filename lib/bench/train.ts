@@ -7,6 +7,7 @@ import * as mg from '../index.js';
 import { presets, type PresetName } from '../config.js';
 import { MemGPT, type Precision } from '../model.js';
 import { synchronize } from '../backend.js';
+import { flopsPerToken as modelFlopsPerToken } from './flops.js';
 
 export interface TrainBenchOptions {
   device: mg.Device;
@@ -29,7 +30,7 @@ export interface TrainBenchResult {
   segments: number;
   precision: Precision;
   parameters: number;
-  /** Model FLOPs per trained token (forward + backward, PaLM-style: 6·weights + the attention's score and mix terms). */
+  /** Model FLOPs per trained token (forward + backward: lib/bench/flops.ts, every product by its real size). */
   flopsPerToken: number;
   /** flopsPerToken · tokensPerSecond: divide by the device's peak for MFU. */
   achievedTflops: number;
@@ -74,10 +75,7 @@ export function runTrainBench(o: TrainBenchOptions): TrainBenchResult {
     }
     times.sort((a, b) => a - b);
     const median = times[times.length >> 1];
-    // Weights used in matmuls (the embedding counts once: the tied output head), times 6; attention's QKᵀ
-    // and PV over the causal segment (T/2 keys on average) and over the S memory slots, times 3 for backward.
-    const { nLayers: L, dModel: D, segmentLen: T, memSlots: S } = cfg;
-    const flopsPerToken = 6 * model.parameterCount() + 3 * L * 4 * D * (T / 2 + S);
+    const flopsPerToken = modelFlopsPerToken(model.config).trainPerToken;
     return {
       impl: 'memgpt', device,
       machine: device === 'cpu' ? `${cpus()[0]?.model ?? 'unknown CPU'}, ${mg.numThreads()} threads` : mg.cudaStatus().reason,

@@ -137,14 +137,16 @@ Kernel pick_kernel() {
 }
 const Kernel kernel = pick_kernel();
 
-// ---- small GEMMs: no packing. The blocked path packs both operands into 6 x 16 micro-panels, which for the
-// model's small products (a layer's read-gate logits: n = heads; the memory's projections: m = batch x slots)
-// costs more than the arithmetic. Here each row of C is computed directly from the stored rows — a dot product
+// ---- narrow GEMMs: no packing. The blocked path packs both operands into 6 x 16 micro-panels, which for a
+// product with a handful of columns (a layer's read-gate logits: n = heads) costs more than the arithmetic.
+// Here each row of C is computed directly from the stored rows — a dot product
 // per element for op(B) = Wᵀ (the linear forward), a row update per k otherwise — by one thread, in a fixed
 // order: results do not depend on the thread count.
 
-// Small: under ~2 MFLOP, or fewer columns than one micro-panel.
-inline bool use_small_gemm(int64_t m, int64_t n, int64_t k) { return n < NR || 2.0 * double(m) * double(n) * double(k) <= 2.1e6; }
+// Fewer columns than one micro-panel: the blocked path would pad every 16-wide sliver with zeros (measured at the
+// tiny preset's read-gate logits, n = 2: 118 µs blocked, 32 µs here). Wider products stay blocked: a dot product
+// per element loses to the 6 x 16 register tile already at n = 64.
+inline bool use_small_gemm(int64_t, int64_t n, int64_t) { return n < NR; }
 
 inline float dot_generic(const float* x, const float* y, int64_t n) {
   float acc = 0.f;

@@ -17,14 +17,15 @@ import { runBooks, type BooksRunResult, type BooksRunSpec } from './run.js';
 export const booksUsage = `memgpt bench books — stream-mode bits/byte on held-out long documents (Debian's KJV Bible,
 Linux kernel documentation, Jane Austen's novels), memory against no memory at equal training tokens
 
-  memgpt bench books [--corpus kjv|linux-doc|austen|all] [--preset tiny|small] [--variants LIST]
-                     [--seeds N] [--steps N] [--lr X] [--jobs N] [--out FILE.json] [--eval-bytes N]
-                     [--cache DIR] [--keep-runs] [--setup] [--json]
+  memgpt bench books [--corpus kjv|linux-doc|austen|all|LIST] [--preset tiny|small] [--variants LIST]
+                     [--seeds N | --seed-list LIST] [--steps N] [--lr X] [--jobs N] [--out FILE.json]
+                     [--eval-bytes N] [--cache DIR] [--keep-runs] [--setup] [--json]
+  memgpt bench books --merge A.json,B.json --out FILE.json   (runs from several files, e.g. machines)
 
   --variants   comma-separated, of ${variantNames.join(', ')} (default: all).
                mem0@kT: memSlots 0 at k times the segment length; S<n>: memory with n slots;
                K<n>: n segments a sample (BPTT depth), the batch scaled to keep the tokens a step.
-  --seeds      seeds 0 … N−1 of each variant (default 3)
+  --seeds      seeds 0 … N−1 of each variant (default 3); --seed-list: these seeds
   --steps      training steps of each run (default 3000); every variant trains on the same tokens
   --jobs       runs side by side, each in its own process on threads/jobs threads (default 1)
   --out        the results file (default books-cpu.json); finished runs in it are not run again, and
@@ -36,7 +37,7 @@ Linux kernel documentation, Jane Austen's novels), memory against no memory at e
 const flagSpec = {
   corpus: 'string', preset: 'string', variants: 'string', seeds: 'string', steps: 'string', lr: 'string', jobs: 'string',
   out: 'string', 'eval-bytes': 'string', cache: 'string', 'keep-runs': 'boolean', setup: 'boolean', json: 'boolean', one: 'string',
-  help: 'boolean',
+  help: 'boolean', 'seed-list': 'string', merge: 'string',
 } as const;
 
 function parseVariants(flags: Flags): VariantName[] {
@@ -48,18 +49,27 @@ function parseVariants(flags: Flags): VariantName[] {
 
 /** The specs of every run the flags ask for, in the order they run (seed-major, so that early results cover all variants). */
 function planRuns(flags: Flags): BooksRunSpec[] {
-  const corpora = flags.corpus === undefined || flags.corpus === 'all' ? [...bookCorpusNames] : [choice(flags, 'corpus', bookCorpusNames, 'kjv')];
+  const corpora = flags.corpus === undefined || flags.corpus === 'all' ? [...bookCorpusNames] : String(flags.corpus).split(',').map((c) => {
+    if (!bookCorpusNames.includes(c as BookCorpusName)) throw new MemgptError(`--corpus must be ${bookCorpusNames.join(', ')}, all, or a comma-separated list of them (got '${c}')`);
+    return c as BookCorpusName;
+  });
   const preset = choice(flags, 'preset', ['tiny', 'small', 'base'] as const, 'tiny') as PresetName;
   const base = presets[preset];
   const recipe = recipeFor(preset);
-  const seeds = int(flags, 'seeds', 3);
+  const seedList = typeof flags['seed-list'] === 'string'
+    ? flags['seed-list'].split(',').map((x) => {
+        const n = Number(x);
+        if (!Number.isSafeInteger(n) || n < 0) throw new MemgptError(`--seed-list must be comma-separated integers ≥ 0 (got '${String(flags['seed-list'])}')`);
+        return n;
+      })
+    : Array.from({ length: int(flags, 'seeds', 3) }, (_, i) => i);
   const steps = int(flags, 'steps', 3000);
   const lr = flags.lr === undefined ? recipe.lr : Number(flags.lr);
   if (!(lr > 0 && Number.isFinite(lr))) throw new MemgptError(`--lr must be a positive number (got '${String(flags.lr)}')`);
   const evalBytes = int(flags, 'eval-bytes', 0, 0);
   const cache = typeof flags.cache === 'string' ? flags.cache : defaultBooksCache();
   const specs: BooksRunSpec[] = [];
-  for (let seed = 0; seed < seeds; seed++) {
+  for (const seed of seedList) {
     for (const corpus of corpora) {
       for (const name of parseVariants(flags)) {
         const variant = booksVariant(name, base, { batch: recipe.batchSize, segments: recipe.segments });
@@ -107,6 +117,23 @@ export async function booksCommand(argv: string[]): Promise<number> {
     return 0;
   }
   const log = (line: string) => console.error(line);
+  if (typeof flags.merge === 'string') {
+    // Runs of several results files into one (the later file wins a run both hold), with its summary and plots.
+    const out = typeof flags.out === 'string' ? flags.out : 'books-cpu.json';
+    const merged = readResults(out);
+    const byKey = new Map(merged.runs.map((r) => [runKey({ ...r, steps: r.train.steps }), r]));
+    for (const path of flags.merge.split(',')) {
+      const part = readResults(path);
+      if (part.runs.length === 0) throw new MemgptError(`--merge: ${path} holds no runs`);
+      Object.assign(merged.corpora, part.corpora);
+      for (const r of part.runs) byKey.set(runKey({ ...r, steps: r.train.steps }), r);
+    }
+    merged.runs = [...byKey.values()];
+    writeResults(out, merged);
+    writePlots(out, merged.runs);
+    console.log(formatSummary(summarize(merged.runs)));
+    return 0;
+  }
   if (typeof flags.one === 'string') {
     // A child of --jobs: one run, its result as one JSON line on stdout.
     console.log(JSON.stringify(runBooks(JSON.parse(flags.one) as BooksRunSpec, log)));

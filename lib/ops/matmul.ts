@@ -53,10 +53,14 @@ function plan(a: Tensor, b: Tensor, transA: boolean, transB: boolean): Plan {
 function gemm(a: Tensor, b: Tensor, transA: boolean, transB: boolean): Tensor {
   const p = plan(a, b, transA, transB);
   const c = empty([...p.batchShape, p.m, p.n], { dtype: a.dtype, device: a.device });
+  // A batch against one shared matrix (weights) folds into the rows when op(A) is A itself: one GEMM of
+  // [batch·m, k] instead of `batch` small ones that would each repack the same matrix. The same sums, in the same order.
+  const fold = p.batch > 1 && p.strideB === 0 && p.strideA > 0 && !transA;
+  const [batch, m, strideA] = fold ? [1, p.batch * p.m, 0] : [p.batch, p.m, p.strideA];
   if (c.size > 0) {
     callNative('matmul', { a, b }, (kern) =>
       kern.matmul(
-        dtypeCode[a.dtype], dtypeCode[c.dtype], p.batch, p.m, p.n, p.k, transA, transB, p.strideA, p.strideB, p.m * p.n, 0,
+        dtypeCode[a.dtype], dtypeCode[c.dtype], batch, m, p.n, p.k, transA, transB, strideA, p.strideB, m * p.n, 0,
         a.handle, a.offset, b.handle, b.offset, c.handle, c.offset,
       ),
     );

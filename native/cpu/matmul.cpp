@@ -146,7 +146,7 @@ const Kernel kernel = pick_kernel();
 // Fewer columns than one micro-panel: the blocked path would pad every 16-wide sliver with zeros (measured at the
 // tiny preset's read-gate logits, n = 2: 118 µs blocked, 32 µs here). Wider products stay blocked: a dot product
 // per element loses to the 6 x 16 register tile already at n = 64.
-inline bool use_small_gemm(int64_t, int64_t n, int64_t) { return n < NR; }
+inline bool use_small_gemm(int64_t m, int64_t n, int64_t k) { return n < NR || (m <= 2 * MR && m * n * k <= (int64_t(1) << 17)); }
 
 inline float dot_generic(const float* x, const float* y, int64_t n) {
   float acc = 0.f;

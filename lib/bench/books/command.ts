@@ -31,13 +31,14 @@ Linux kernel documentation, Jane Austen's novels), memory against no memory at e
   --out        the results file (default books-cpu.json); finished runs in it are not run again, and
                the plots go beside it (FILE-<corpus>-<preset>.svg)
   --eval-bytes score only the first N bytes of each held-out document (default: whole documents)
+  --spec-version 1  the memory of SPEC v1 instead of v2 (its runs are named "<variant> v1")
   --setup      fetch and unpack the corpora (apt-get download, no root), then stop
   --cache      where the corpora live (default $MEMGPT_CACHE/books or ~/.cache/memgpt/books)`;
 
 const flagSpec = {
   corpus: 'string', preset: 'string', variants: 'string', seeds: 'string', steps: 'string', lr: 'string', jobs: 'string',
   out: 'string', 'eval-bytes': 'string', cache: 'string', 'keep-runs': 'boolean', setup: 'boolean', json: 'boolean', one: 'string',
-  help: 'boolean', 'seed-list': 'string', merge: 'string',
+  help: 'boolean', 'seed-list': 'string', merge: 'string', 'spec-version': 'string',
 } as const;
 
 function parseVariants(flags: Flags): VariantName[] {
@@ -54,7 +55,11 @@ function planRuns(flags: Flags): BooksRunSpec[] {
     return c as BookCorpusName;
   });
   const preset = choice(flags, 'preset', ['tiny', 'small', 'base'] as const, 'tiny') as PresetName;
-  const base = presets[preset];
+  // --spec-version 1: the grid on SPEC v1's memory (the diagnosis of why it did not pay); its runs are named "<variant> v1".
+  const specVersion = flags['spec-version'] === undefined ? presets[preset].specVersion : Number(flags['spec-version']);
+  if (specVersion !== 1 && specVersion !== 2) throw new MemgptError(`--spec-version must be 1 or 2 (got '${String(flags['spec-version'])}')`);
+  const base = { ...presets[preset], specVersion: specVersion as 1 | 2 };
+  const suffix = specVersion === presets[preset].specVersion ? '' : ` v${specVersion}`;
   const recipe = recipeFor(preset);
   const seedList = typeof flags['seed-list'] === 'string'
     ? flags['seed-list'].split(',').map((x) => {
@@ -72,10 +77,10 @@ function planRuns(flags: Flags): BooksRunSpec[] {
   for (const seed of seedList) {
     for (const corpus of corpora) {
       for (const name of parseVariants(flags)) {
-        const variant = booksVariant(name, base, { batch: recipe.batchSize, segments: recipe.segments });
+        const variant = { ...booksVariant(name, base, { batch: recipe.batchSize, segments: recipe.segments }), name: name + suffix };
         specs.push({
           corpus, preset, base, variant, seed, steps, lr, warmup: Math.min(recipe.warmup, Math.floor(steps / 10)), evalBytes, cache,
-          runDir: join(cache, 'runs', `${corpus}-${preset}-${name.replace('@', '-')}-${steps}-s${seed}`), keepRun: flags['keep-runs'] === true,
+          runDir: join(cache, 'runs', `${corpus}-${preset}-${name.replace('@', '-')}${suffix.replace(' ', '-')}-${steps}-s${seed}`), keepRun: flags['keep-runs'] === true,
         });
       }
     }

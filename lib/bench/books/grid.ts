@@ -122,6 +122,7 @@ export function summarize(runs: BooksRunResult[]): BooksSummary[] {
   for (const s of out) {
     if (s.variant.startsWith('mem0')) continue;
     const find = (v: string) => out.find((o) => o.corpus === s.corpus && o.preset === s.preset && o.steps === s.steps && o.variant === v);
+    // (memSlots 0 computes the same function in either SPEC version: the v1 runs compare against the same baselines.)
     const base = find('mem0@T'), wide = find('mem0@4T');
     if (base) {
       s.gainOverMem0AtT = 100 * (1 - s.bitsPerByte.mean / base.bitsPerByte.mean);

@@ -391,7 +391,8 @@ const hasTorch = torchProbe.status === 0;
 
 describe('PyTorch reads the checkpoint', () => {
   it.skipIf(!hasTorch)('bench/torch_load.py lists the tensors and computes the same loss (skipped when /usr/bin/python3 cannot import torch)', () => {
-    for (const [variant, seed] of [[small, 11], [{ ...small, positional: 'sinusoidal', copyHead: false }, 12]] as const) {
+    // SPEC v2 with RoPE (slot positions) and with sinusoidal positions (the joint gate alone), and SPEC v1 (format "1").
+    for (const [variant, seed] of [[small, 11], [{ ...small, positional: 'sinusoidal', copyHead: false }, 12], [{ ...small, specVersion: 1 }, 13]] as const) {
       const model = randomModel(variant, seed);
       const path = freshPath('torch');
       const tokensPath = join(dir, `tokens-${seed}.json`);

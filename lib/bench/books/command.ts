@@ -11,7 +11,7 @@ import { choice, int, parse, type Flags } from '../../commands.js';
 import { MemgptError } from '../../errors.js';
 import { recipeFor } from '../../train.js';
 import { bookCorpusNames, defaultBooksCache, ensureBookCorpus, type BookCorpusName } from './corpora.js';
-import { booksPlot, booksVariant, readResults, runKey, summarize, variantKey, variantNames, writeResults, type VariantName } from './grid.js';
+import { booksMemoryPlot, booksPlot, booksVariant, readResults, runKey, summarize, variantKey, variantNames, writeResults, type VariantName } from './grid.js';
 import { runBooks, type BooksRunResult, type BooksRunSpec } from './run.js';
 
 export const booksUsage = `memgpt bench books — stream-mode bits/byte on held-out long documents (Debian's KJV Bible,
@@ -194,11 +194,17 @@ export async function booksCommand(argv: string[]): Promise<number> {
 
 function writePlots(out: string, runs: BooksRunResult[]): void {
   const summary = summarize(runs);
+  const write = (path: string, svg: string) => {
+    writeFileSync(`${path}.tmp-${process.pid}`, svg);
+    renameSync(`${path}.tmp-${process.pid}`, path);
+  };
   for (const key of new Set(summary.map((s) => `${s.corpus}\t${s.preset}`))) {
     const [corpus, preset] = key.split('\t');
-    const path = `${out.replace(/\.json$/, '')}-${corpus}-${preset}.svg`;
-    writeFileSync(`${path}.tmp-${process.pid}`, booksPlot(summary, corpus, preset));
-    renameSync(`${path}.tmp-${process.pid}`, path);
+    const base = `${out.replace(/\.json$/, '')}-${corpus}-${preset}`;
+    write(`${base}.svg`, booksPlot(summary, corpus, preset));
+    const memoryVariants = [...new Set(runs.filter((r) => r.corpus === corpus && r.preset === preset && r.seed === 0 && r.config.memSlots > 0).map((r) => r.variant))]
+      .filter((v) => v === 'S8' || v === 'S16' || v.endsWith(' v1'));
+    if (memoryVariants.length) write(`${base}-memory.svg`, booksMemoryPlot(runs, corpus, preset, memoryVariants));
   }
 }
 

@@ -145,3 +145,21 @@ export function booksPlot(summary: BooksSummary[], corpus: string, preset: strin
     xLabel: 'position bucket', yLabel: 'bits/byte', width: 820,
   });
 }
+
+/**
+ * The memory over training for the memory variants asked for (seed 0): each layer's read gate, write gate and
+ * pointer entropy ÷ ln T per logged step — where v1's write gate closes and v2's memory stays in use.
+ */
+export function booksMemoryPlot(runs: BooksRunResult[], corpus: string, preset: string, variants: string[]): string {
+  const series = [];
+  for (const r of runs.filter((x) => x.corpus === corpus && x.preset === preset && x.seed === 0 && variants.includes(x.variant))) {
+    const logged = r.diagnostics.filter((d) => d.memory?.length);
+    const lnT = Math.log(r.config.segmentLen);
+    for (let l = 0; l < (logged[0]?.memory?.length ?? 0); l++) {
+      series.push({ name: `${r.variant} L${l} read`, points: logged.map((d) => [d.step, d.memory![l].readGate] as [number, number]) });
+      series.push({ name: `${r.variant} L${l} write`, points: logged.map((d) => [d.step, d.memory![l].writeGate] as [number, number]) });
+      series.push({ name: `${r.variant} L${l} ptr H/lnT`, points: logged.map((d) => [d.step, d.memory![l].pointerEntropy / lnT] as [number, number]) });
+    }
+  }
+  return lineChart(series, { title: `${corpus}, ${preset}: read gate, write gate, pointer entropy ÷ ln T over training (seed 0)`, xLabel: 'step', yLabel: 'gate / entropy', width: 900 });
+}

@@ -18,7 +18,8 @@ describe('memgpt bench', () => {
     const r = memgpt('bench', 'train', '--preset', 'tiny', '--steps', '2', '--batch', '2', '--segments', '2', '--json');
     expect(r.status).toBe(0);
     const out = JSON.parse(r.stdout) as Record<string, unknown>;
-    expect(out).toMatchObject({ impl: 'memgpt', device: 'cpu', preset: 'tiny', batch: 2, segments: 2, parameters: 184261 });
+    // The tiny preset's parameters: SPEC v1's 184,261 plus v2's pointer position bias, 2 layers × S 8 × T 32.
+    expect(out).toMatchObject({ impl: 'memgpt', device: 'cpu', preset: 'tiny', batch: 2, segments: 2, parameters: 184261 + 2 * 8 * 32 });
     const losses = out.losses as number[];
     expect(losses).toHaveLength(2);
     // A random-weight byte model starts near ln 256 and AdamW moves it down.

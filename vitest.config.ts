@@ -8,5 +8,7 @@ export default defineConfig({
     // Lets the memory tests check the FinalizationRegistry safety net with gc().
     execArgv: ['--expose-gc'],
     testTimeout: 60_000,
+    // npm run test:cuda-emu: record the CUDA kernels each file launched on the emulated addon.
+    setupFiles: process.env.MEMGPT_EMU_REPORT ? ['test/emu-report.ts'] : [],
   },
 });

@@ -203,6 +203,26 @@ forEachDevice((device) => {
       });
     }
 
+    it('rows wider than one warp handles (3x1500: the block kernels) match float64 both ways', () => {
+      mg.tidy(() => {
+        const [rows, cols] = [3, 1500];
+        const xv = randomArray(rows * cols, 17, -4, 4), gv = randomArray(rows * cols, 18);
+        const x = mg.tensor(xv, [rows, cols], { ...opts, requiresGrad: true });
+        const y = mg.softmax(x);
+        const yRef = refSoftmax(xv, rows, cols);
+        expectClose(y.toArray(), yRef, 1e-6, 1e-5);
+        y.backward(mg.tensor(gv, [rows, cols], opts));
+        // dx = y·(g − Σ g·y) row by row.
+        const dx = new Float64Array(rows * cols);
+        for (let r = 0; r < rows; r++) {
+          let dot = 0;
+          for (let c = 0; c < cols; c++) dot += gv[r * cols + c] * yRef[r * cols + c];
+          for (let c = 0; c < cols; c++) dx[r * cols + c] = yRef[r * cols + c] * (gv[r * cols + c] - dot);
+        }
+        expectClose(x.grad!.toArray(), dx, 1e-7, 1e-4);
+      });
+    });
+
     it('is stable for large logits', () => {
       mg.tidy(() => {
         const y = mg.softmax(mg.tensor([1000, 1000, -1000], [1, 3], opts));

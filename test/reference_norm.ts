@@ -17,6 +17,33 @@ export function refLayerNorm(x: ArrayLike<number>, w: ArrayLike<number>, b: Arra
   return out;
 }
 
+/** The gradients of layer norm (SPEC §1) for upstream g: dx, dw, db, from x̂ = (x − mean)·rstd. */
+export function refLayerNormBackward(x: ArrayLike<number>, w: ArrayLike<number>, g: ArrayLike<number>, d: number, eps = 1e-5) {
+  const rows = x.length / d;
+  const dx = new Float64Array(x.length), dw = new Float64Array(d), db = new Float64Array(d);
+  for (let r = 0; r < rows; r++) {
+    let mean = 0;
+    for (let j = 0; j < d; j++) mean += x[r * d + j];
+    mean /= d;
+    let v = 0;
+    for (let j = 0; j < d; j++) v += (x[r * d + j] - mean) ** 2;
+    const rstd = 1 / Math.sqrt(v / d + eps);
+    let meanGw = 0, meanGwXhat = 0;
+    for (let j = 0; j < d; j++) {
+      const xhat = (x[r * d + j] - mean) * rstd, gw = g[r * d + j] * w[j];
+      meanGw += gw / d;
+      meanGwXhat += (gw * xhat) / d;
+      dw[j] += g[r * d + j] * xhat;
+      db[j] += g[r * d + j];
+    }
+    for (let j = 0; j < d; j++) {
+      const xhat = (x[r * d + j] - mean) * rstd;
+      dx[r * d + j] = rstd * (g[r * d + j] * w[j] - meanGw - xhat * meanGwXhat);
+    }
+  }
+  return { dx, dw, db };
+}
+
 export function refEmbedding(ids: ArrayLike<number>, table: ArrayLike<number>, d: number): Float64Array {
   const out = new Float64Array(ids.length * d);
   for (let i = 0; i < ids.length; i++) for (let j = 0; j < d; j++) out[i * d + j] = table[ids[i] * d + j];

@@ -148,6 +148,15 @@ Napi::Value probe_copy_bandwidth(const Napi::CallbackInfo& info) {
   });
 }
 
+#if defined(MG_CUDA_EMU)
+// { kernel: launches } since the last call: the emulated addon's record of which CUDA kernels ran.
+Napi::Value emulator_launches(const Napi::CallbackInfo& info) {
+  Napi::Object o = Napi::Object::New(info.Env());
+  for (const auto& [name, count] : mg_emu::take_launch_counts()) o.Set(name, double(count));
+  return o;
+}
+#endif
+
 Napi::Object init(Napi::Env env, Napi::Object exports) {
   mg::binding::register_memory(env, exports);
   mg::binding::register_ops(env, exports);
@@ -161,6 +170,9 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   exports.Set("info", Napi::Function::New(env, info, "info"));
   exports.Set("synchronize", Napi::Function::New(env, synchronize, "synchronize"));
   exports.Set("probeCopyBandwidth", Napi::Function::New(env, probe_copy_bandwidth, "probeCopyBandwidth"));
+#if defined(MG_CUDA_EMU)
+  exports.Set("emulatorLaunches", Napi::Function::New(env, emulator_launches, "emulatorLaunches"));
+#endif
   return exports;
 }
 

@@ -35,6 +35,7 @@
 
 #include "elem.cuh"
 #include "kernels.h"
+#include "ptx/sm80.cuh"
 
 namespace mg::cuda {
 namespace {
@@ -265,11 +266,7 @@ __device__ __forceinline__ void split_bf16(float x0, float x1, bool split, uint3
 
 // c += a·b for one m16n8k16 tile.
 __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  ptx::mma_bf16(c, a, b[0], b[1]);
 }
 
 // c += a·b with the split parts: hi·hi, then hi·lo and lo·hi where an operand is split (lo·lo is below them).

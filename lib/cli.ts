@@ -38,6 +38,28 @@ Usage:
 The device is CUDA when the CUDA addon loads and a GPU is present, else the CPU;
 MEMGPT_DEVICE=cpu|cuda or --device forces it. MEMGPT_NUM_THREADS sets CPU threads.`;
 
+const commandHelp: Record<string, string> = {
+  train: 'Trains a model on a text file (or, with no arguments, the built-in pass-key demo), writing a run folder with checkpoints, metrics and plots.',
+  eval: 'Scores a checkpoint on a text file: loss and bits per byte (--stream: whole documents, memory carried).',
+  generate: 'Continues a prompt from a checkpoint.',
+  bench: 'Benchmarks: kernels (time and % of ceiling), train (a median training step), books (memory on real text).',
+  demo: 'A few hundred steps of a toy model, to see that the install works.',
+  doctor: 'Says which builds are present, what GPU, driver and runtime were found, and which backend runs and why.',
+};
+
+/** The usage lines of one command, with a line on what it does (memgpt COMMAND --help). */
+function usageOf(command: string): string {
+  const lines = usage.split('\n');
+  const own: string[] = [];
+  let inside = false;
+  for (const line of lines) {
+    if (line.startsWith('  memgpt ')) inside = line.startsWith(`  memgpt ${command} `);
+    else if (!line.startsWith('    ')) inside = false;
+    if (inside) own.push(line);
+  }
+  return `memgpt ${command} — ${commandHelp[command]}\n\nUsage:\n${own.join('\n')}`;
+}
+
 function version(): string {
   const pkg = JSON.parse(readFileSync(join(packageRoot, 'package.json'), 'utf8')) as { version: string };
   return pkg.version;
@@ -91,6 +113,12 @@ export async function main(argv: string[]): Promise<number> {
     }
     if (command === '--version' || command === '-v') {
       console.log(version());
+      return 0;
+    }
+    const wantsHelp = rest.includes('--help') || rest.includes('-h');
+    // `memgpt bench books --help` has its own, longer help.
+    if (wantsHelp && command in commandHelp && !(command === 'bench' && rest[0] === 'books')) {
+      console.log(usageOf(command));
       return 0;
     }
     if (command === 'demo') return demo(rest);

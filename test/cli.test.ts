@@ -37,6 +37,21 @@ describe('memgpt command', () => {
     expect(memgpt('--version').stdout.trim()).toMatch(/^\d+\.\d+\.\d+$/);
   });
 
+  it('every command answers --help (and -h) with its own usage, exit 0, doing nothing else', () => {
+    for (const command of ['train', 'eval', 'generate', 'bench', 'demo', 'doctor']) {
+      for (const flag of ['--help', '-h']) {
+        const r = memgpt(command, flag);
+        expect(r.status, `${command} ${flag}`).toBe(0);
+        expect(r.stdout).toMatch(new RegExp(`^memgpt ${command} — `));
+        expect(r.stdout).toContain(`  memgpt ${command} `);
+        if (command !== 'doctor') expect(r.stdout).not.toContain('  memgpt doctor'); // its own lines, not the whole usage
+      }
+    }
+    // Help wins over the other flags: nothing is trained, and no run folder is asked for.
+    expect(memgpt('train', '--data', 'missing.txt', '--help').status).toBe(0);
+    expect(memgpt('bench', 'books', '--help').stdout).toContain('memgpt bench books');
+  });
+
   it('doctor says what it found and which backend runs, as text or JSON', () => {
     const text = memgpt('doctor');
     expect(text.status).toBe(0);

@@ -15,13 +15,16 @@
 # Dry run here, against the emulated CUDA addon (npm run build:cuda-emu), so that no GPU minute goes to a typo:
 #   MEMGPT_GPU_CHECK_DRY=1 bash bench/gpu/check.sh
 # (smaller shapes; the stages that need nvidia-smi, a CUDA PyTorch or compute-sanitizer say they are skipped.)
+# MEMGPT_GPU_CHECK_STAGES="3 4" runs only those stages (a rerun of what failed).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out=${OUT:-/tmp/gpu-check}
 mkdir -p "$out"
 summary="$out/summary.txt"
 dry=${MEMGPT_GPU_CHECK_DRY:-}
+scale=1  # the stages' limits are the GPU's; the emulator on a CPU gets more time (MEMGPT_GPU_CHECK_LIMIT_SCALE)
 if [ -n "$dry" ]; then
+  scale=${MEMGPT_GPU_CHECK_LIMIT_SCALE:-6}
   export MEMGPT_CUDA_ADDON=${MEMGPT_CUDA_ADDON:-$PWD/build-cuda-emu/memgpt_cuda_emu.node}
   [ -f "$MEMGPT_CUDA_ADDON" ] || { echo "dry run: $MEMGPT_CUDA_ADDON is missing (npm run build:cuda-emu)" >&2; exit 2; }
   echo "DRY RUN on the emulated CUDA addon ($MEMGPT_CUDA_ADDON): shapes reduced" > "$summary"
@@ -37,8 +40,9 @@ export out summary dry vitest torch_cuda  # the stages run in child shells (unde
 # stage NAME SECONDS COMMAND…: runs COMMAND (a shell function) under its own time limit, then appends its
 # outcome (and whatever the function appended) to the summary at once.
 stage() {
-  local name=$1 limit=$2
+  local name=$1 limit=$(($2 * scale))
   shift 2
+  if [ -n "${MEMGPT_GPU_CHECK_STAGES:-}" ] && [[ " $MEMGPT_GPU_CHECK_STAGES " != *" ${name%%.*} "* ]]; then return 0; fi
   local start=$SECONDS
   echo "== $name (limit ${limit}s)" | tee -a "$summary"
   timeout --kill-after=5 "$limit" bash -c "$(declare -f "$@"); $*"
@@ -72,6 +76,7 @@ op_tests() {
 
 loss_parity() {
   local steps=20
+  [ -n "$dry" ] && steps=3  # about 10 s a step on the emulator
   printf 'The quick brown fox jumps over the lazy dog. %.0s' $(seq 1 400) > "$out/parity.txt"
   for run in cpu:float32 cuda:float32 cuda:bfloat16; do
     local dev=${run%%:*} prec=${run##*:}
@@ -91,9 +96,9 @@ for (const r of ["cuda-float32", "cuda-bfloat16"]) {
 }
 
 kernel_timings() {
-  local preset=base
-  [ -n "$dry" ] && preset=tiny
-  node bin/memgpt.js bench kernels --device cuda --preset $preset --json > "$out/kernels-cuda.json" 2> "$out/kernels-cuda.err" || return 1
+  local args=(--preset base)
+  [ -n "$dry" ] && args=(--preset small --only layerNorm)
+  node bin/memgpt.js bench kernels --device cuda "${args[@]}" --json > "$out/kernels-cuda.json" 2> "$out/kernels-cuda.err" || return 1
   node -e '
 const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
 for (const row of r.rows) console.log(`   ${row.op}: ${row.microseconds.toFixed(1)} µs, ${row.percentOfCeiling.toFixed(1)}% of ceiling`);

@@ -120,7 +120,8 @@ function flags(cudaDir) {
     // No contraction into FMAs: the kernels' _rn intrinsics and the CPU reference both round every step.
     '-ffp-contract=off',
     '-Wall', '-Wextra', '-Wno-unused-parameter', '-Wno-unused-function', '-Wno-unused-variable', '-Wno-unknown-pragmas', '-Wno-sign-compare',
-    '-DMG_CUDA_EMU', '-DMG_BACKEND_CUDA', '-DNAPI_VERSION=8', '-DNAPI_CPP_EXCEPTIONS',
+    // The emulator has the sm_90a code paths too (used when MEMGPT_EMU_SM=90 makes its device an sm_90).
+    '-DMG_CUDA_EMU', '-D__CUDA_ARCH_FEAT_SM90_ALL', '-DMG_BACKEND_CUDA', '-DNAPI_VERSION=8', '-DNAPI_CPP_EXCEPTIONS',
     '-DNODE_ADDON_API_DISABLE_DEPRECATED', '-DMG_CUDA_ARCHITECTURES="emulated sm_80"',
     `-I${join(root, 'native', 'emu', 'include')}`,
     // The rewritten copies include "elem.cuh" (found next to them) and "../common/…" (found from the sources).

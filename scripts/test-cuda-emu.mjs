@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // `npm run test:cuda-emu [-- FILTER…]`: builds the emulated CUDA addon from the current sources (incrementally),
 // runs every CUDA test case on it (the "on cuda" cases of the test files, or of those matching FILTER: attention,
-// linear, norm, memwrite, classifier, optim, …), and prints which CUDA kernels ran, how often, and which never did.
+// linear, norm, memwrite, classifier, optim, …) on an emulated sm_80, the GEMM cases also on an emulated sm_90
+// (TMA + wgmma, every tile plan), and prints which CUDA kernels ran, how often, and which never did.
 import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -24,11 +25,21 @@ try {
 const report = join(tmpdir(), `memgpt-emu-launches-${process.pid}.jsonl`);
 rmSync(report, { force: true });
 const vitest = join(root, 'node_modules', 'vitest', 'vitest.mjs');
-const run = spawnSync(process.execPath, [vitest, 'run', '-t', 'on cuda', ...filters], {
+const vitestOn = (files, env) => spawnSync(process.execPath, [vitest, 'run', '-t', 'on cuda', ...files], {
   cwd: root,
   stdio: 'inherit',
-  env: { ...process.env, MEMGPT_CUDA_ADDON: addon, MEMGPT_EMU_REPORT: report },
-});
+  env: { ...process.env, MEMGPT_CUDA_ADDON: addon, MEMGPT_EMU_REPORT: report, ...env },
+}).status;
+// Every CUDA test case on the emulated sm_80 (mma.sync, cp.async); then the GEMM cases again on the emulated
+// sm_90, where the bf16 GEMMs take the TMA + wgmma path, once per tile plan (chosen per shape, each width forced,
+// and a forced split-K).
+let status = vitestOn(filters, {});
+if (filters.length === 0 || filters.some((f) => 'linear'.includes(f) || f.includes('linear'))) {
+  for (const plan of ['', '128', '192', '256', '192x3']) {
+    console.log(`\n== emulated sm_90 (TMA + wgmma), MEMGPT_LINEAR_WGMMA=${plan || '(chosen per shape)'}`);
+    status ||= vitestOn(['test/linear.test.ts'], { MEMGPT_EMU_SM: '90', MEMGPT_LINEAR_WGMMA: plan });
+  }
+}
 
 // Every kernel the CUDA sources define, by name, against what ran.
 const defined = new Set();
@@ -51,4 +62,4 @@ console.log(`\nemulated CUDA kernels launched (${[...defined].filter((k) => ran.
   `${counts.size} instantiations): ${listed.join('; ')}`);
 const never = [...defined].filter((k) => !ran.has(k)).sort();
 console.log(never.length ? `never launched: ${never.join(', ')}` : 'every kernel in native/cuda was launched');
-process.exit(run.status ?? 1);
+process.exit(status ?? 1);

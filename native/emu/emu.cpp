@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "../common/threadpool.h"
+#include "include/cuda.h"
 #include "include/cuda_runtime.h"
 
 // ---- context switch (x86-64 System V): callee-saved registers, MXCSR and the x87 control word ----
@@ -72,7 +73,19 @@ struct DeviceError : std::runtime_error {
 
 std::string format_error(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 
-enum class State { Runnable, AtBarrier, AtWarp, Done };
+enum class State { Runnable, AtBarrier, AtWarp, Spinning, Done };
+
+struct WgmmaOp {
+  float* d;
+  int n;
+  uint64_t desc_a, desc_b;
+  bool trans_a, trans_b;
+};
+
+struct Mbarrier {
+  uint32_t addr, expected, pending, phase;
+  int64_t tx;  // transaction bytes still to come in the current phase
+};
 
 struct AsyncCopy {
   uint32_t dst;
@@ -91,6 +104,8 @@ struct Thread {
   unsigned gen = 0;      // warp collectives this thread has entered (slot buffer parity)
   std::vector<AsyncCopy> copies;  // cp.async issued and not yet landed
   std::vector<size_t> groups;     // committed groups: end index into copies
+  std::vector<WgmmaOp> wgmmas;    // wgmma issued and not yet waited for
+  std::vector<size_t> wgmma_groups;
 };
 
 namespace {
@@ -122,6 +137,8 @@ struct Worker {
   void (*entry)(const void*) = nullptr;
   const void* closure = nullptr;
   std::string error;
+  std::vector<Mbarrier> mbarriers;  // this block's, by shared address
+  unsigned long long progress = 0;  // mbarrier events: what a spinning thread may be waiting for
 
   Worker() {
     const size_t per = kStackBytes + kPage;
@@ -340,6 +357,185 @@ void st_shared_v4(uint32_t addr, uint32_t a, uint32_t b, uint32_t c, uint32_t d)
   std::memcpy(shared_pointer(addr, 16, 16, "st.shared.v4"), v, 16);
 }
 
+// ---- Hopper: mbarrier, TMA, wgmma ----
+
+int device_sm() {
+  static const int sm = [] {
+    const char* s = std::getenv("MEMGPT_EMU_SM");
+    return s && !std::strcmp(s, "90") ? 90 : 80;
+  }();
+  return sm;
+}
+
+void spin() { suspend(State::Spinning); }
+
+namespace {
+
+Mbarrier& mbarrier_at(uint32_t bar, const char* what) {
+  shared_pointer(bar, 8, 8, what);
+  for (Mbarrier& m : worker().mbarriers)
+    if (m.addr == bar) return m;
+  device_error("%s: no mbarrier was initialized at shared address 0x%x", what, bar);
+}
+
+// A phase completes when all its expected arrivals have come and no transaction bytes are outstanding.
+void mbarrier_settle(Mbarrier& m) {
+  if (m.pending == 0 && m.tx == 0) {
+    m.phase++;
+    m.pending = m.expected;
+  }
+  worker().progress++;
+}
+
+// What the emulated cuTensorMapEncodeTiled stores in a CUtensorMap (128 bytes).
+struct TensorMap {
+  uint64_t magic;
+  const unsigned char* base;
+  uint64_t dims[2];
+  uint64_t row_stride;  // bytes between rows (dimension 1)
+  uint32_t box[2];
+  uint32_t elem_bytes;
+  uint32_t swizzle;
+};
+constexpr uint64_t kTensorMapMagic = 0x6d67656d75746d61ull;  // "mgemutma"
+static_assert(sizeof(TensorMap) <= sizeof(CUtensorMap), "fits the opaque map");
+
+// The 128-byte swizzle, on absolute shared addresses: bits [4, 7) XOR bits [7, 10) (PTX ISA and CUDA's
+// CU_TENSOR_MAP_SWIZZLE_128B: 16-byte chunk c of a 128-byte row r within each 1024 bytes lands at c ^ (r % 8)).
+uint32_t swizzle128(uint32_t addr) { return addr ^ (((addr >> 7) & 7u) << 4); }
+
+}  // namespace
+
+void mbarrier_init(uint32_t bar, uint32_t count) {
+  shared_pointer(bar, 8, 8, "mbarrier.init");
+  if (count == 0) device_error("mbarrier.init with a count of 0");
+  auto& list = worker().mbarriers;
+  for (Mbarrier& m : list)
+    if (m.addr == bar) {
+      m = {bar, count, count, 0, 0};
+      return;
+    }
+  list.push_back({bar, count, count, 0, 0});
+}
+
+void mbarrier_arrive(uint32_t bar) {
+  Mbarrier& m = mbarrier_at(bar, "mbarrier.arrive");
+  if (m.pending == 0) device_error("mbarrier.arrive at 0x%x: more arrivals than its count %u", bar, m.expected);
+  m.pending--;
+  mbarrier_settle(m);
+}
+
+void mbarrier_expect_tx(uint32_t bar, uint32_t bytes) {
+  Mbarrier& m = mbarrier_at(bar, "mbarrier.arrive.expect_tx");
+  m.tx += bytes;
+  mbarrier_arrive(bar);
+}
+
+bool mbarrier_try_wait_parity(uint32_t bar, uint32_t parity) {
+  // try_wait.parity p: true once the phase of parity p has completed, i.e. the current phase's parity is not p.
+  return (mbarrier_at(bar, "mbarrier.try_wait.parity").phase & 1u) != (parity & 1u);
+}
+
+void tma_load_2d(uint32_t dst, const void* map_ptr, uint32_t bar, int c0, int c1) {
+  TensorMap map;
+  std::memcpy(&map, map_ptr, sizeof map);
+  if (map.magic != kTensorMapMagic) device_error("cp.async.bulk.tensor with a tensor map the encoder did not make");
+  const uint32_t row_bytes = map.box[0] * map.elem_bytes;
+  if (map.swizzle != CU_TENSOR_MAP_SWIZZLE_128B || row_bytes != 128)
+    device_error("cp.async.bulk.tensor: only 128-byte box rows with the 128-byte swizzle are emulated");
+  if (dst % 1024) device_error("cp.async.bulk.tensor: a 128-byte-swizzled box at shared 0x%x, not 1024-byte aligned", dst);
+  shared_pointer(dst, size_t(row_bytes) * map.box[1], 128, "cp.async.bulk.tensor");
+  for (uint32_t r = 0; r < map.box[1]; r++) {
+    for (uint32_t e = 0; e < map.box[0]; e++) {
+      const int64_t x = int64_t(c0) + e, y = int64_t(c1) + r;
+      const uint32_t logical = dst + r * row_bytes + e * map.elem_bytes;
+      unsigned char* to = shared_pointer(swizzle128(logical), map.elem_bytes, map.elem_bytes, "cp.async.bulk.tensor");
+      if (x >= 0 && y >= 0 && uint64_t(x) < map.dims[0] && uint64_t(y) < map.dims[1])
+        std::memcpy(to, map.base + uint64_t(y) * map.row_stride + uint64_t(x) * map.elem_bytes, map.elem_bytes);
+      else
+        std::memset(to, 0, map.elem_bytes);  // out of range: zero, and still counted in the bytes
+    }
+  }
+  Mbarrier& m = mbarrier_at(bar, "cp.async.bulk.tensor");
+  m.tx -= int64_t(row_bytes) * map.box[1];
+  mbarrier_settle(m);
+}
+
+namespace {
+
+// The byte address of element (mn, k) of a wgmma operand in shared memory, from its matrix descriptor (PTX ISA,
+// "Matrix Descriptor Format", and the canonical layouts of the swizzled modes; in CUTLASS's notation, in units of
+// 16-byte rows of T = 8 bf16, for a swizzle of W = 128, 64 or 32 bytes (S = W / 16 rows):
+//   K-major:  Swizzle<log2 S,4,3> o ((8,m),(T,2)) : ((S·T,SBO),(1,T))        8 rows W bytes apart, groups of 8 SBO apart
+//   MN-major: Swizzle<log2 S,4,3> o ((T,S,m),(8,k)) : ((1,T,LBO),(S·T,SBO))  W bytes of MN contiguous, then LBO; 8 K
+//                                                                           rows W bytes apart, then SBO.)
+uint32_t operand_address(uint64_t desc, bool mn_major, int mn, int k) {
+  const uint32_t start = uint32_t(desc & 0x3fff) << 4;
+  const uint32_t lbo = uint32_t(desc >> 16 & 0x3fff) << 4;
+  const uint32_t sbo = uint32_t(desc >> 32 & 0x3fff) << 4;
+  const uint32_t base_offset = uint32_t(desc >> 49 & 7), layout = uint32_t(desc >> 62);
+  if (layout == 0) device_error("wgmma: an unswizzled (interleaved) descriptor is not emulated");
+  if (base_offset != 0) device_error("wgmma: descriptor base offset %u (only 0 is emulated)", base_offset);
+  const uint32_t width = layout == 1 ? 128 : layout == 2 ? 64 : 32, per_row = width / 2;  // bytes, bf16 elements
+  const uint32_t addr = mn_major ? start + uint32_t(mn) % per_row * 2 + uint32_t(mn) / per_row * lbo +
+                                       uint32_t(k % 8) * width + uint32_t(k / 8) * sbo
+                                 : start + uint32_t(mn % 8) * width + uint32_t(mn / 8) * sbo + uint32_t(k) * 2;
+  // Swizzle<B,4,3>: the B bits above bit 7 XOR into the 16-byte chunk index (B = 3, 2, 1 for 128, 64, 32 bytes).
+  const uint32_t bits = layout == 1 ? 7u : layout == 2 ? 3u : 1u;
+  return addr ^ (((addr >> 7) & bits) << 4);
+}
+
+float operand(uint64_t desc, bool mn_major, int mn, int k) {
+  uint16_t h;
+  std::memcpy(&h, shared_pointer(operand_address(desc, mn_major, mn, k), 2, 2, "wgmma operand"), 2);
+  return bf16(h);
+}
+
+// One m64nNk16: this thread's accumulators (PTX ISA, wgmma D fragment for .f32: warp w of the warpgroup holds
+// rows 16w + g and 16w + g + 8, g = lane / 4; d[4j + i] is row 16w + g + 8·(i / 2), column 8j + 2·(lane % 4) + i % 2).
+void run_wgmma(const WgmmaOp& op, int tw) {
+  const int warp = tw / 32, ln = tw % 32;
+  float a[2][16];
+  for (int h = 0; h < 2; h++)
+    for (int k = 0; k < 16; k++) a[h][k] = operand(op.desc_a, op.trans_a, 16 * warp + ln / 4 + 8 * h, k);
+  for (int j = 0; j < op.n / 8; j++) {
+    for (int c = 0; c < 2; c++) {
+      const int col = 8 * j + 2 * (ln % 4) + c;
+      float b[16];
+      for (int k = 0; k < 16; k++) b[k] = operand(op.desc_b, op.trans_b, col, k);
+      for (int h = 0; h < 2; h++) {
+        double sum = 0;
+        for (int k = 0; k < 16; k++) sum += double(a[h][k]) * double(b[k]);
+        float& out = op.d[4 * j + 2 * h + c];
+        out = float(double(out) + sum);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void wgmma_bf16(float* d, int n, uint64_t desc_a, uint64_t desc_b, bool trans_a, bool trans_b) {
+  current.thread->wgmmas.push_back({d, n, desc_a, desc_b, trans_a, trans_b});
+}
+
+void wgmma_commit() {
+  Thread* t = current.thread;
+  t->wgmma_groups.push_back(t->wgmmas.size());
+}
+
+void wgmma_wait(int newest_pending) {
+  Thread* t = current.thread;
+  const size_t groups = t->wgmma_groups.size();
+  if (groups <= size_t(newest_pending)) return;
+  const size_t done = t->wgmma_groups[groups - size_t(newest_pending) - 1];
+  const int tw = t->linear % 128;
+  for (size_t i = 0; i < done; i++) run_wgmma(t->wgmmas[i], tw);
+  t->wgmmas.erase(t->wgmmas.begin(), t->wgmmas.begin() + std::ptrdiff_t(done));
+  t->wgmma_groups.erase(t->wgmma_groups.begin(), t->wgmma_groups.begin() + std::ptrdiff_t(groups - size_t(newest_pending)));
+  for (size_t& end : t->wgmma_groups) end -= done;
+}
+
 // ---- launches ----
 
 namespace {
@@ -391,6 +587,7 @@ std::string state_summary(const Worker& w, int n) {
       case State::Runnable: runnable++; break;
       case State::AtBarrier: barrier++; break;
       case State::AtWarp: warp++; break;
+      case State::Spinning: break;
       case State::Done: done++; break;
     }
   }
@@ -412,6 +609,7 @@ std::string run_block(Worker& w, uint3 block, const LaunchDims& dims, unsigned l
   w.static_top = 0;
   std::memset(w.arena, kPoison, kArenaBytes);
   w.error.clear();
+  w.mbarriers.clear();
   for (int i = 0; i < n; i++) {
     Thread& t = w.threads[size_t(i)];
     t.linear = i;
@@ -421,6 +619,8 @@ std::string run_block(Worker& w, uint3 block, const LaunchDims& dims, unsigned l
     t.gen = 0;
     t.copies.clear();
     t.groups.clear();
+    t.wgmmas.clear();
+    t.wgmma_groups.clear();
     // The first switch into the thread "returns" into mg_emu_fiber_start with r12 = the thread.
     auto* top = reinterpret_cast<uint64_t*>(w.stack_top(size_t(i)));
     uint64_t* sp = top - 8;
@@ -441,45 +641,82 @@ std::string run_block(Worker& w, uint3 block, const LaunchDims& dims, unsigned l
   static thread_local std::vector<int> order[3];
   for (int o = 0; o < 3; o++) fill_order(order[o], n, Order(o));
   const int fixed = schedule_mode();
+  // Warp `base / 32` goes on once every lane of its collective has arrived: 1 released, 0 not yet, -1 an error.
+  std::string err;
+  auto release_warp = [&](int base) -> int {
+    const int lanes = std::min(32, n - base);
+    int waiting = -1;
+    for (int l = 0; l < lanes; l++)
+      if (w.threads[size_t(base + l)].state == State::AtWarp) waiting = l;
+    if (waiting < 0) return 0;
+    const unsigned mask = w.threads[size_t(base + waiting)].mask;
+    bool ready = true;
+    for (int l = 0; l < lanes; l++) {
+      const Thread& t = w.threads[size_t(base + l)];
+      const bool in = mask >> l & 1u;
+      if (t.state == State::AtWarp && t.mask != mask) {
+        err = format_error("lanes of warp %d wait in warp collectives with different masks (0x%08x, 0x%08x)", base / 32,
+                           t.mask, mask);
+        return -1;
+      }
+      if (in && t.state == State::Done) {
+        err = format_error("warp %d: lane %d exited, but a warp collective with mask 0x%08x waits for it", base / 32, l,
+                           mask);
+        return -1;
+      }
+      if (in && t.state != State::AtWarp) ready = false;
+    }
+    if (lanes < 32 && (mask >> lanes) != 0) {
+      err = format_error("warp %d has %d lanes, but a warp collective's mask is 0x%08x", base / 32, lanes, mask);
+      return -1;
+    }
+    if (!ready) return 0;
+    for (int l = 0; l < lanes; l++)
+      if (mask >> l & 1u) w.threads[size_t(base + l)].state = State::Runnable;
+    return 1;
+  };
   for (unsigned long long phase = 0;; phase++) {
-    const auto& ord = order[fixed >= 0 ? fixed : int((launch_index + phase) % 3)];
-    for (int i : ord) {
-      Thread& t = w.threads[size_t(i)];
+    // Forward and reverse let each warp run as far as it can before the next one starts (warp collectives go on
+    // as soon as their warp has arrived): the most skew between warps, one way and the other. Interleaved runs
+    // lane-major across warps and releases collectives only when every thread has stopped: warps in lockstep.
+    const Order mode = Order(fixed >= 0 ? fixed : int((launch_index + phase) % 3));
+    const auto& ord = order[int(mode)];
+    const bool eager = mode != Order::Interleaved;
+    const unsigned long long progress_before = w.progress;
+    bool moved = false;  // a thread stopped anywhere but in a spin
+    for (size_t k = 0; k < ord.size(); k++) {
+      Thread& t = w.threads[size_t(ord[k])];
       if (t.state != State::Runnable) continue;
       current.thread = &t;
       mg_emu_switch(&w.scheduler_sp, t.sp);
       if (!w.error.empty()) return w.error;
+      moved |= t.state != State::Spinning;
+      if (eager && t.state == State::AtWarp) {
+        const int r = release_warp(t.linear & ~31);
+        if (r < 0) return err;
+        if (r > 0) k = size_t(-1);  // from the start of the order again: the released warp runs on first
+      }
     }
     current.thread = nullptr;
-    // Release warp collectives whose lanes have all arrived; else a block barrier that all live threads reached.
+    // Then the warp collectives whose lanes have all arrived; else a block barrier that every live thread reached.
     bool released = false;
     for (int base = 0; base < n; base += 32) {
-      const int lanes = std::min(32, n - base);
-      int waiting = -1;
-      for (int l = 0; l < lanes; l++)
-        if (w.threads[size_t(base + l)].state == State::AtWarp) waiting = l;
-      if (waiting < 0) continue;
-      const unsigned mask = w.threads[size_t(base + waiting)].mask;
-      bool ready = true;
-      for (int l = 0; l < lanes; l++) {
-        const Thread& t = w.threads[size_t(base + l)];
-        const bool in = mask >> l & 1u;
-        if (t.state == State::AtWarp && t.mask != mask)
-          return format_error("lanes of warp %d wait in warp collectives with different masks (0x%08x, 0x%08x)",
-                              base / 32, t.mask, mask);
-        if (in && t.state == State::Done)
-          return format_error("warp %d: lane %d exited, but a warp collective with mask 0x%08x waits for it",
-                              base / 32, l, mask);
-        if (in && t.state != State::AtWarp) ready = false;
-      }
-      if (lanes < 32 && (mask >> lanes) != 0)
-        return format_error("warp %d has %d lanes, but a warp collective's mask is 0x%08x", base / 32, lanes, mask);
-      if (!ready) continue;
-      for (int l = 0; l < lanes; l++)
-        if (mask >> l & 1u) w.threads[size_t(base + l)].state = State::Runnable;
-      released = true;
+      const int r = release_warp(base);
+      if (r < 0) return err;
+      released |= r > 0;
     }
     if (released) continue;
+    // Threads polling an mbarrier poll again while anything moves; when nothing did in a whole pass, nothing will.
+    int spinning = 0;
+    for (int i = 0; i < n; i++) spinning += w.threads[size_t(i)].state == State::Spinning;
+    if (spinning) {
+      if (!moved && w.progress == progress_before)
+        return "deadlock: " + std::to_string(spinning) + " threads wait on mbarrier phases that never complete (" +
+               state_summary(w, n) + ")";
+      for (int i = 0; i < n; i++)
+        if (w.threads[size_t(i)].state == State::Spinning) w.threads[size_t(i)].state = State::Runnable;
+      continue;
+    }
     int at_barrier = 0, done = 0;
     for (int i = 0; i < n; i++) {
       const State s = w.threads[size_t(i)].state;
@@ -754,6 +991,9 @@ cudaError_t cudaSetDevice(int device) {
 }
 
 namespace {
+// The most dynamic shared memory a block may opt in to: 163 KiB on sm_80, 227 KiB on sm_90.
+int max_optin_shared() { return device_sm() == 90 ? int(kArenaBytes) : 163 << 10; }
+
 // MEMGPT_EMU_SMS: the multiprocessors the emulated device reports (few, so that small test shapes reach split-K).
 int sm_count() {
   static const int n = std::max(1, env_int("MEMGPT_EMU_SMS", 8));
@@ -764,11 +1004,11 @@ int sm_count() {
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
   if (device != 0) return fail_call(cudaErrorInvalidDevice, "the emulator has one device");
   switch (attr) {
-    case cudaDevAttrComputeCapabilityMajor: *value = 8; break;
+    case cudaDevAttrComputeCapabilityMajor: *value = device_sm() / 10; break;
     case cudaDevAttrComputeCapabilityMinor: *value = 0; break;
     case cudaDevAttrMultiProcessorCount: *value = sm_count(); break;
     case cudaDevAttrMaxSharedMemoryPerBlock: *value = 48 << 10; break;
-    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = 163 << 10; break;  // sm_80
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = max_optin_shared(); break;
     default: return fail_call(cudaErrorInvalidValue, "cudaDeviceGetAttribute: attribute not emulated");
   }
   return cudaSuccess;
@@ -777,12 +1017,12 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int device) {
   if (device != 0) return fail_call(cudaErrorInvalidDevice, "the emulator has one device");
   std::memset(p, 0, sizeof *p);
-  std::snprintf(p->name, sizeof p->name, "memgpt CUDA emulator (sm_80 model, host CPU)");
+  std::snprintf(p->name, sizeof p->name, "memgpt CUDA emulator (sm_%d model, host CPU)", device_sm());
   p->totalGlobalMem = kDeviceMemory;
   p->sharedMemPerBlock = 48 << 10;
   p->warpSize = 32;
   p->maxThreadsPerBlock = 1024;
-  p->major = 8;
+  p->major = device_sm() / 10;
   p->minor = 0;
   p->multiProcessorCount = sm_count();
   return cudaSuccess;
@@ -876,17 +1116,45 @@ cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t stop)
   return cudaSuccess;
 }
 
-cudaError_t cudaGetDriverEntryPointByVersion(const char*, void** fn, unsigned, unsigned long long,
+namespace {
+
+// cuTensorMapEncodeTiled for what linear.cu asks: rank 2, bfloat16, unit element strides; checked as the driver does.
+CUresult encode_tiled(CUtensorMap* out, CUtensorMapDataType type, cuuint32_t rank, void* base, const cuuint64_t* dims,
+                      const cuuint64_t* strides, const cuuint32_t* box, const cuuint32_t* element_strides,
+                      CUtensorMapInterleave interleave, CUtensorMapSwizzle swizzle, CUtensorMapL2promotion,
+                      CUtensorMapFloatOOBfill) {
+  if (rank != 2 || type != CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 || interleave != CU_TENSOR_MAP_INTERLEAVE_NONE)
+    return CUDA_ERROR_INVALID_VALUE;
+  if (reinterpret_cast<uintptr_t>(base) % 16 || strides[0] % 16 || strides[0] >= (uint64_t(1) << 40))
+    return CUDA_ERROR_INVALID_VALUE;
+  if (box[0] == 0 || box[1] == 0 || box[0] > 256 || box[1] > 256 || element_strides[0] != 1 || element_strides[1] != 1)
+    return CUDA_ERROR_INVALID_VALUE;
+  if (swizzle == CU_TENSOR_MAP_SWIZZLE_128B && box[0] * 2 > 128) return CUDA_ERROR_INVALID_VALUE;
+  TensorMap map{kTensorMapMagic, static_cast<const unsigned char*>(base), {dims[0], dims[1]}, strides[0],
+                {box[0], box[1]}, 2, uint32_t(swizzle)};
+  std::memset(out, 0, sizeof *out);
+  std::memcpy(out, &map, sizeof map);
+  return CUDA_SUCCESS;
+}
+
+}  // namespace
+
+cudaError_t cudaGetDriverEntryPointByVersion(const char* symbol, void** fn, unsigned, unsigned long long,
                                              cudaDriverEntryPointQueryResult* status) {
   *fn = nullptr;
-  *status = cudaDriverEntryPointSymbolNotFound;  // no driver: the Hopper (TMA) path stays off
+  *status = cudaDriverEntryPointSymbolNotFound;
+  // The tensor-map encoder exists on the emulated sm_90 only: on the sm_80 model the Hopper path stays off.
+  if (device_sm() == 90 && !std::strcmp(symbol, "cuTensorMapEncodeTiled")) {
+    *fn = reinterpret_cast<void*>(&encode_tiled);
+    *status = cudaDriverEntryPointSuccess;
+  }
   return cudaSuccess;
 }
 
 cudaError_t mg_emu_func_set_attribute(const void* kernel, cudaFuncAttribute attr, int value) {
   if (attr == cudaFuncAttributeMaxDynamicSharedMemorySize) {
-    if (value < 0 || value > (163 << 10))
-      return fail_call(cudaErrorInvalidValue, "cudaFuncSetAttribute: more dynamic shared memory than an sm_80 block has");
+    if (value < 0 || value > max_optin_shared())
+      return fail_call(cudaErrorInvalidValue, "cudaFuncSetAttribute: more dynamic shared memory than a block may have");
     set_max_dynamic_shared(kernel, value);
   }
   return cudaSuccess;

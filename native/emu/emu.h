@@ -2,9 +2,9 @@
 // the host C++ compiler. A grid runs block by block on the thread pool; each block's threads are fibers with their
 // own stacks (real per-thread state), switched only at __syncthreads and at warp collectives (shuffles, mma,
 // ldmatrix), so a barrier is a real barrier and a warp exchanges values only when all its lanes have arrived.
-// Between two barriers the threads run one after another in an order that changes from interval to interval
-// (forward, reversed, lane-interleaved), so a missing barrier reads another order's data: races show as wrong
-// results, deterministically. Shared memory is one arena per block, poisoned (all ones: NaN) before each block;
+// Between two barriers the threads run in an order that changes from interval to interval: warp by warp with
+// each warp as far ahead as it can go (forward, then reversed), or all warps in lockstep (lane-interleaved), so a
+// missing barrier reads another order's data: races show as wrong results, deterministically. Shared memory is one arena per block, poisoned (all ones: NaN) before each block;
 // PTX primitives address it by 32-bit shared addresses, bounds- and alignment-checked. A device error (out of
 // bounds, divergent barrier, exited lane in a collective) ends the launch and comes back as a CUDA error with
 // a message naming the kernel, block and thread.
@@ -186,6 +186,26 @@ void cp_async_commit();
 void cp_async_wait(int newest_pending);
 // st.shared.v4.b32
 void st_shared_v4(uint32_t addr, uint32_t a, uint32_t b, uint32_t c, uint32_t d);
+
+// ---- Hopper (MEMGPT_EMU_SM=90): mbarrier, TMA, wgmma ----
+
+// The compute capability the emulated device reports: 80 (default) or 90 (MEMGPT_EMU_SM=90, with TMA and wgmma).
+int device_sm();
+// Suspends a thread that polls for something another thread must do (an mbarrier phase): it runs again after
+// the others, and if no thread makes progress in a whole pass the block is deadlocked (an error).
+void spin();
+void mbarrier_init(uint32_t bar, uint32_t count);
+void mbarrier_arrive(uint32_t bar);
+void mbarrier_expect_tx(uint32_t bar, uint32_t bytes);  // then arrive, as mbarrier.arrive.expect_tx
+bool mbarrier_try_wait_parity(uint32_t bar, uint32_t parity);
+// cp.async.bulk.tensor.2d …tile.mbarrier::complete_tx::bytes: the box at element coordinates (c0, c1) of the
+// tensor map into shared memory at dst, 128-byte swizzled, out-of-range elements zero; its bytes complete on bar.
+void tma_load_2d(uint32_t dst, const void* map, uint32_t bar, int c0, int c1);
+// wgmma.mma_async.sync.aligned.m64nNk16.f32.bf16.bf16 (scale-d 1): queued; it reads shared memory and adds into
+// d when a wgmma.wait_group covers its commit group (as the hardware may read any time until then).
+void wgmma_bf16(float* d, int n, uint64_t desc_a, uint64_t desc_b, bool trans_a, bool trans_b);
+void wgmma_commit();
+void wgmma_wait(int newest_pending);
 
 // ---- atomics (blocks run in parallel on the thread pool: these are real atomics) ----
 

@@ -1,8 +1,7 @@
 // The Hopper (sm_90a) PTX primitives of linear.cu's TMA + wgmma GEMM: mbarrier, cp.async.bulk.tensor (TMA), the
 // fences, setmaxnreg and wgmma.mma_async with its fence, commit and wait: the one home of this inline PTX. Only
-// the sm_90a compilation sees them (they exist nowhere else). The emulated addon models an sm_80 device, so the
-// host never takes that path there; emulating these (descriptors, the 128-byte swizzle, transaction counts) is
-// the emulator's next step.
+// the sm_90a compilation sees the PTX (it exists nowhere else); the emulated addon (MG_CUDA_EMU) has each one
+// emulated from the PTX ISA (native/emu), used when its device is an sm_90 (MEMGPT_EMU_SM=90).
 #pragma once
 
 #include <cstdint>
@@ -13,7 +12,37 @@
 
 namespace mg::cuda::ptx {
 
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#if defined(MG_CUDA_EMU)
+
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) { ::mg_emu::mbarrier_init(bar, count); }
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) { ::mg_emu::mbarrier_expect_tx(bar, bytes); }
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) { ::mg_emu::mbarrier_arrive(bar); }
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  while (!::mg_emu::mbarrier_try_wait_parity(bar, parity)) ::mg_emu::spin();
+}
+__device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map, uint32_t bar, int c0, int c1) {
+  ::mg_emu::tma_load_2d(dst, map, bar, c0, c1);
+}
+__device__ __forceinline__ void tma_prefetch_map(const CUtensorMap*) {}
+template <int N>
+__device__ __forceinline__ void setmaxnreg_inc() {}
+template <int N>
+__device__ __forceinline__ void setmaxnreg_dec() {}
+__device__ __forceinline__ void wgmma_fence() {}
+__device__ __forceinline__ void wgmma_commit() { ::mg_emu::wgmma_commit(); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  ::mg_emu::wgmma_wait(N);
+}
+__device__ __forceinline__ void fence_operand(float&) {}
+template <int BN, bool TA, bool TB>
+__device__ __forceinline__ void wgmma_bf16(float (&d)[BN / 2], uint64_t da, uint64_t db) {
+  ::mg_emu::wgmma_bf16(d, BN, da, db, TA, TB);
+}
+__device__ __forceinline__ void fence_mbarrier_init() {}
+__device__ __forceinline__ void fence_proxy_async_shared() {}
+
+#elif defined(__CUDA_ARCH_FEAT_SM90_ALL)
 
 __device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
@@ -186,6 +215,6 @@ __device__ __forceinline__ void wgmma_bf16(float (&d)[BN / 2], uint64_t da, uint
 __device__ __forceinline__ void fence_mbarrier_init() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
 __device__ __forceinline__ void fence_proxy_async_shared() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
-#endif  // __CUDA_ARCH_FEAT_SM90_ALL
+#endif  // MG_CUDA_EMU, __CUDA_ARCH_FEAT_SM90_ALL
 
 }  // namespace mg::cuda::ptx

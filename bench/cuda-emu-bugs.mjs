@@ -135,6 +135,20 @@ export const bugs = [
     to: '(uint64_t((sbo & 0x3FFFF) >> 4) << 32) | (uint64_t(2) << 62);',
     tests: ['test/linear.test.ts'], env: { MEMGPT_EMU_SM: '90' },
   },
+  {
+    name: 'wgmma-not-waited', kind: 'an asynchronous group not waited for', file: 'linear.cu',
+    what: "the Hopper GEMM's consumers run the epilogue without waiting for the last K step's wgmma group",
+    from: '      wgmma_wait<0>();\n',
+    to: '\n',
+    tests: ['test/linear.test.ts'], env: { MEMGPT_EMU_SM: '90' },
+  },
+  {
+    name: 'mbarrier-wrong-parity', kind: 'a wrong mbarrier phase', file: 'linear.cu',
+    what: "the Hopper GEMM's producer waits on the parity of the current lap of a stage's empty barrier, not the last",
+    from: '          mbar_wait(empty_bar(stage), phase ^ 1);',
+    to: '          mbar_wait(empty_bar(stage), phase);',
+    tests: ['test/linear.test.ts'], env: { MEMGPT_EMU_SM: '90' },
+  },
 ];
 
 function plant(dir, bug) {

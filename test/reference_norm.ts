@@ -1,17 +1,21 @@
 // Plain float64 loops for the "norm" family (layer norm, embedding, RoPE, sinusoidal
 // positions), written straight from SPEC.md §1–§3: the reference the kernels are checked against.
 
+/** Row r's mean and 1/sqrt(variance + eps), the variance over d (SPEC §1). */
+function rowStats(x: ArrayLike<number>, r: number, d: number, eps: number): { mean: number; rstd: number } {
+  let mean = 0;
+  for (let j = 0; j < d; j++) mean += x[r * d + j];
+  mean /= d;
+  let v = 0;
+  for (let j = 0; j < d; j++) v += (x[r * d + j] - mean) ** 2;
+  return { mean, rstd: 1 / Math.sqrt(v / d + eps) };
+}
+
 export function refLayerNorm(x: ArrayLike<number>, w: ArrayLike<number>, b: ArrayLike<number>, d: number, eps = 1e-5): Float64Array {
   const rows = x.length / d;
   const out = new Float64Array(x.length);
   for (let r = 0; r < rows; r++) {
-    let mean = 0;
-    for (let j = 0; j < d; j++) mean += x[r * d + j];
-    mean /= d;
-    let v = 0;
-    for (let j = 0; j < d; j++) v += (x[r * d + j] - mean) ** 2;
-    v /= d;
-    const rstd = 1 / Math.sqrt(v + eps);
+    const { mean, rstd } = rowStats(x, r, d, eps);
     for (let j = 0; j < d; j++) out[r * d + j] = (x[r * d + j] - mean) * rstd * w[j] + b[j];
   }
   return out;
@@ -22,12 +26,7 @@ export function refLayerNormBackward(x: ArrayLike<number>, w: ArrayLike<number>,
   const rows = x.length / d;
   const dx = new Float64Array(x.length), dw = new Float64Array(d), db = new Float64Array(d);
   for (let r = 0; r < rows; r++) {
-    let mean = 0;
-    for (let j = 0; j < d; j++) mean += x[r * d + j];
-    mean /= d;
-    let v = 0;
-    for (let j = 0; j < d; j++) v += (x[r * d + j] - mean) ** 2;
-    const rstd = 1 / Math.sqrt(v / d + eps);
+    const { mean, rstd } = rowStats(x, r, d, eps);
     let meanGw = 0, meanGwXhat = 0;
     for (let j = 0; j < d; j++) {
       const xhat = (x[r * d + j] - mean) * rstd, gw = g[r * d + j] * w[j];

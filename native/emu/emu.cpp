@@ -82,6 +82,29 @@ struct WgmmaOp {
   bool trans_a, trans_b;
 };
 
+// Asynchronous operations a thread issues, commits in groups and waits for (cp.async, wgmma): wait(N, run) runs
+// the operations of every committed group but the newest N, oldest first, and forgets them.
+template <typename Op>
+struct AsyncQueue {
+  std::vector<Op> ops;
+  std::vector<size_t> group_ends;  // committed groups: end index into ops
+  void clear() {
+    ops.clear();
+    group_ends.clear();
+  }
+  void commit() { group_ends.push_back(ops.size()); }
+  template <typename Run>
+  void wait(int newest_pending, Run&& run) {
+    const size_t groups = group_ends.size();
+    if (groups <= size_t(newest_pending)) return;
+    const size_t done = group_ends[groups - size_t(newest_pending) - 1];
+    for (size_t i = 0; i < done; i++) run(ops[i]);
+    ops.erase(ops.begin(), ops.begin() + std::ptrdiff_t(done));
+    group_ends.erase(group_ends.begin(), group_ends.begin() + std::ptrdiff_t(groups - size_t(newest_pending)));
+    for (size_t& end : group_ends) end -= done;
+  }
+};
+
 struct Mbarrier {
   uint32_t addr, expected, pending, phase;
   int64_t tx;  // transaction bytes still to come in the current phase
@@ -102,10 +125,8 @@ struct Thread {
   State state = State::Runnable;
   unsigned mask = 0;     // the lanes of the warp collective this thread waits in
   unsigned gen = 0;      // warp collectives this thread has entered (slot buffer parity)
-  std::vector<AsyncCopy> copies;  // cp.async issued and not yet landed
-  std::vector<size_t> groups;     // committed groups: end index into copies
-  std::vector<WgmmaOp> wgmmas;    // wgmma issued and not yet waited for
-  std::vector<size_t> wgmma_groups;
+  AsyncQueue<AsyncCopy> copies;  // cp.async issued and not yet landed
+  AsyncQueue<WgmmaOp> wgmmas;    // wgmma issued and not yet waited for
 };
 
 namespace {
@@ -328,28 +349,17 @@ void cp_async16(uint32_t dst, const void* src, int src_bytes) {
   shared_pointer(dst, 16, 16, "cp.async");  // checked when issued
   if (src_bytes != 0 && src_bytes != 16) device_error("cp.async: src-size %d (only 0 and 16 are used)", src_bytes);
   if (src_bytes && reinterpret_cast<uintptr_t>(src) % 16) device_error("cp.async: global source not 16-byte aligned");
-  current.thread->copies.push_back({dst, src, src_bytes});
+  current.thread->copies.ops.push_back({dst, src, src_bytes});
 }
 
-void cp_async_commit() {
-  Thread* t = current.thread;
-  t->groups.push_back(t->copies.size());
-}
+void cp_async_commit() { current.thread->copies.commit(); }
 
 void cp_async_wait(int newest_pending) {
-  Thread* t = current.thread;
-  const size_t groups = t->groups.size();
-  if (groups <= size_t(newest_pending)) return;
-  const size_t land = t->groups[groups - size_t(newest_pending) - 1];  // copies of the groups that complete
-  for (size_t i = 0; i < land; i++) {
-    const AsyncCopy& c = t->copies[i];
+  current.thread->copies.wait(newest_pending, [](const AsyncCopy& c) {
     unsigned char* dst = shared_pointer(c.dst, 16, 16, "cp.async");
     if (c.bytes) std::memcpy(dst, c.src, 16);
     else std::memset(dst, 0, 16);
-  }
-  t->copies.erase(t->copies.begin(), t->copies.begin() + std::ptrdiff_t(land));
-  t->groups.erase(t->groups.begin(), t->groups.begin() + std::ptrdiff_t(groups - size_t(newest_pending)));
-  for (size_t& end : t->groups) end -= land;
+  });
 }
 
 void st_shared_v4(uint32_t addr, uint32_t a, uint32_t b, uint32_t c, uint32_t d) {
@@ -516,24 +526,14 @@ void run_wgmma(const WgmmaOp& op, int tw) {
 }  // namespace
 
 void wgmma_bf16(float* d, int n, uint64_t desc_a, uint64_t desc_b, bool trans_a, bool trans_b) {
-  current.thread->wgmmas.push_back({d, n, desc_a, desc_b, trans_a, trans_b});
+  current.thread->wgmmas.ops.push_back({d, n, desc_a, desc_b, trans_a, trans_b});
 }
 
-void wgmma_commit() {
-  Thread* t = current.thread;
-  t->wgmma_groups.push_back(t->wgmmas.size());
-}
+void wgmma_commit() { current.thread->wgmmas.commit(); }
 
 void wgmma_wait(int newest_pending) {
-  Thread* t = current.thread;
-  const size_t groups = t->wgmma_groups.size();
-  if (groups <= size_t(newest_pending)) return;
-  const size_t done = t->wgmma_groups[groups - size_t(newest_pending) - 1];
-  const int tw = t->linear % 128;
-  for (size_t i = 0; i < done; i++) run_wgmma(t->wgmmas[i], tw);
-  t->wgmmas.erase(t->wgmmas.begin(), t->wgmmas.begin() + std::ptrdiff_t(done));
-  t->wgmma_groups.erase(t->wgmma_groups.begin(), t->wgmma_groups.begin() + std::ptrdiff_t(groups - size_t(newest_pending)));
-  for (size_t& end : t->wgmma_groups) end -= done;
+  const int tw = current.thread->linear % 128;
+  current.thread->wgmmas.wait(newest_pending, [tw](const WgmmaOp& op) { run_wgmma(op, tw); });
 }
 
 // ---- launches ----
@@ -618,9 +618,7 @@ std::string run_block(Worker& w, uint3 block, const LaunchDims& dims, unsigned l
     t.state = State::Runnable;
     t.gen = 0;
     t.copies.clear();
-    t.groups.clear();
     t.wgmmas.clear();
-    t.wgmma_groups.clear();
     // The first switch into the thread "returns" into mg_emu_fiber_start with r12 = the thread.
     auto* top = reinterpret_cast<uint64_t*>(w.stack_top(size_t(i)));
     uint64_t* sp = top - 8;

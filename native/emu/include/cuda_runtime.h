@@ -123,26 +123,17 @@ inline float __frcp_rn(float x) { return 1.f / x; }
 inline float __fdividef(float a, float b) { return a / b; }
 inline float __saturatef(float x) { return x < 0.f ? 0.f : x > 1.f ? 1.f : x; }
 
-inline float __uint_as_float(unsigned u) {
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
+template <typename To, typename From>
+inline To mg_emu_bits_as(From v) {
+  static_assert(sizeof(To) == sizeof(From), "same size");
+  To r;
+  std::memcpy(&r, &v, sizeof r);
+  return r;
 }
-inline unsigned __float_as_uint(float f) {
-  unsigned u;
-  std::memcpy(&u, &f, 4);
-  return u;
-}
-inline int __float_as_int(float f) {
-  int i;
-  std::memcpy(&i, &f, 4);
-  return i;
-}
-inline float __int_as_float(int i) {
-  float f;
-  std::memcpy(&f, &i, 4);
-  return f;
-}
+inline float __uint_as_float(unsigned u) { return mg_emu_bits_as<float>(u); }
+inline unsigned __float_as_uint(float f) { return mg_emu_bits_as<unsigned>(f); }
+inline int __float_as_int(float f) { return mg_emu_bits_as<int>(f); }
+inline float __int_as_float(int i) { return mg_emu_bits_as<float>(i); }
 
 // CUDA's device math functions are global names.
 using std::isfinite;

@@ -120,7 +120,11 @@ export function loadModel(path: string, options: { device?: Device } = {}): MemG
   const params = new Map<string, Parameter>();
   try {
     for (const [name, shape] of expected) {
-      params.set(name, parameter(tensor(storedToFloat32(tensors.get(name)!), shape, { device: options.device }), name));
+      const values = storedToFloat32(tensors.get(name)!);
+      // A NaN or an infinity would load silently and surface later as a NaN loss or a failed sample: name it here.
+      const bad = values.findIndex((v) => !Number.isFinite(v));
+      if (bad >= 0) throw new MemgptError(`${path}: tensor ${name} holds ${values[bad]} at element ${bad}; weights must be finite`);
+      params.set(name, parameter(tensor(values, shape, { device: options.device }), name));
     }
     return new MemGPT(config, params);
   } catch (err) {

@@ -112,7 +112,8 @@ export async function trainCommand(argv: string[]): Promise<number> {
   const sources = ['preset', 'config', 'init'].filter((k) => flags[k] !== undefined);
   if (sources.length > 1) throw new MemgptError(`train: give one of --preset, --config, --init (got ${sources.map((s) => `--${s}`).join(', ')})`);
   const presetName = (flags.preset ?? 'tiny') as string;
-  if (typeof flags.preset === 'string' && !(presetName in presets)) throw new MemgptError(`--preset must be one of ${Object.keys(presets).join(', ')} (got '${presetName}')`);
+  // Own properties only: `--preset __proto__` or `toString` is not a preset.
+  if (typeof flags.preset === 'string' && !Object.hasOwn(presets, presetName)) throw new MemgptError(`--preset must be one of ${Object.keys(presets).join(', ')} (got '${presetName}')`);
   const options = trainOptionsFromFlags(flags, recipes[presetName as PresetName] ?? recipes.tiny);
   // --mem-slots and --segment-len change the architecture of a preset or config (ablations without a config file).
   const overrides: Partial<ModelConfig> = {};

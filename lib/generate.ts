@@ -383,13 +383,15 @@ function validateOptions(options: GenerateOptions): Required<Omit<GenerateOption
 /** Draws a token from probs: temperature on log P, then top-k, then top-p. */
 export function sampleToken(probs: Float64Array, options: { temperature: number; topK?: number; topP: number }, rng: Rng): number {
   const { temperature, topK, topP } = options;
+  // No finite, positive probability (NaN logits): there is no token to give, and saying so beats an undefined id.
+  if (!probs.some((p) => p > 0 && Number.isFinite(p))) throw new MemgptError('generate: the model gives no token a finite, positive probability (are its weights finite?)');
   if (temperature === 0 || topK === 1) {
-    let best = 0;
-    for (let v = 1; v < probs.length; v++) if (probs[v] > probs[best]) best = v;
+    let best = -1;
+    for (let v = 0; v < probs.length; v++) if (Number.isFinite(probs[v]) && (best < 0 || probs[v] > probs[best])) best = v;
     return best;
   }
   // Most likely first, lowest id first on ties; tokens of probability 0 can never be drawn.
-  let ids = Array.from(probs.keys()).filter((v) => probs[v] > 0);
+  let ids = Array.from(probs.keys()).filter((v) => probs[v] > 0 && Number.isFinite(probs[v]));
   ids.sort((a, b) => probs[b] - probs[a] || a - b);
   if (topK !== undefined) ids = ids.slice(0, topK);
   // P^(1/temperature), renormalised, is softmax(log P / temperature).

@@ -229,6 +229,18 @@ describe('broken or mismatched checkpoints: one clear MemgptError each', () => {
     expect(errorOf(() => loadModel(ints))).toBe(`${ints}: tensor tok_emb is I32; weights must be F32 or BF16`);
   });
 
+  it('a weight that is NaN or infinite, named at load', () => {
+    for (const [bad, shown] of [[Number.NaN, 'NaN'], [Number.POSITIVE_INFINITY, 'Infinity']] as const) {
+      const path = variant((ts) => {
+        const i = ts.findIndex(([n]) => n === 'layers.1.ffn.fc2.weight');
+        const data = new Float32Array(ts[i][1].data.buffer.slice(0));
+        data[5] = bad;
+        ts[i] = [ts[i][0], { ...ts[i][1], data: new Uint8Array(data.buffer) }];
+      });
+      expect(errorOf(() => loadModel(path))).toBe(`${path}: tensor layers.1.ffn.fc2.weight holds ${shown} at element 5; weights must be finite`);
+    }
+  });
+
   it('a config that does not fit the tensors, or is not valid', () => {
     const wider = variant((_, md) => {
       md['memgpt.config'] = JSON.stringify({ ...resolveConfig(small), dModel: 32, dFF: 24 });

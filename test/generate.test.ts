@@ -191,6 +191,13 @@ describe('generateTokens and streamText', () => {
     for (let i = 0; i < 200; i++) seen.add(mg.sampleToken(probs, { temperature: 1, topP: 0.8 }, rng));
     expect([...seen].sort()).toEqual([1, 2]);
     for (let i = 0; i < 50; i++) expect(mg.sampleToken(probs, { temperature: 1, topP: 0.5 }, rng)).toBe(1);
+    // NaN logits give no drawable token: one clear error, not an undefined id; a NaN beside finite ones is never drawn.
+    const nan = Float64Array.from([Number.NaN, Number.NaN, Number.NaN]);
+    expect(() => mg.sampleToken(nan, { temperature: 1, topP: 1 }, rng)).toThrow(/no token a finite, positive probability/);
+    expect(() => mg.sampleToken(nan, { temperature: 0, topP: 1 }, rng)).toThrow(/no token a finite, positive probability/);
+    const partly = Float64Array.from([Number.NaN, 0.25, 0.75]);
+    expect(mg.sampleToken(partly, { temperature: 0, topP: 1 }, rng)).toBe(2);
+    for (let i = 0; i < 20; i++) expect(mg.sampleToken(partly, { temperature: 1, topP: 1 }, rng)).toBeGreaterThan(0);
   });
 
   it('rejects bad options with clear errors', () => {

@@ -211,6 +211,11 @@ describe('broken or mismatched checkpoints: one clear MemgptError each', () => {
     writeFileSync(text, 'just some notes about training runs\n');
     expect(errorOf(() => loadModel(text))).toMatch(/^.*notes\.txt: not a valid safetensors file \(the header length \d+ is absurd/);
     expect(errorOf(() => loadModel(join(dir, 'missing.safetensors')))).toMatch(/missing\.safetensors: not a valid safetensors file \(no such file\)/);
+    // Not regular files: refused at once (a FIFO would block the read forever; /dev/zero never ends).
+    const fifo = join(dir, 'fifo.safetensors');
+    expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
+    expect(errorOf(() => loadModel(fifo))).toBe(`${fifo}: not a valid safetensors file (not a regular file)`);
+    expect(errorOf(() => loadModel('/dev/zero'))).toBe('/dev/zero: not a valid safetensors file (not a regular file)');
   });
 
   it('a wrong-shaped, missing or extra tensor', () => {

@@ -4,7 +4,7 @@
 // tensors' bytes, packed in order with no gaps, offsets relative to the start of the data.
 import { randomBytes } from 'node:crypto';
 import {
-  closeSync, fstatSync, fsyncSync, openSync, readSync, renameSync, unlinkSync, writeSync,
+  closeSync, constants as fsConstants, fstatSync, fsyncSync, openSync, readSync, renameSync, unlinkSync, writeSync,
 } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 
@@ -50,16 +50,18 @@ function invalid(path: string, what: string): MemgptError {
 function openForReading(path: string): { fd: number; size: number } {
   let fd: number;
   try {
-    fd = openSync(path, 'r');
+    // Non-blocking, so that a FIFO given as a checkpoint is refused at once instead of waiting for a writer.
+    fd = openSync(path, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOENT') throw invalid(path, 'no such file');
+    if (code === 'EACCES' || code === 'EPERM') throw new MemgptError(`${path}: cannot be read (permission denied)`);
     throw invalid(path, `cannot be opened: ${(err as Error).message}`);
   }
   const stat = fstatSync(fd);
-  if (stat.isDirectory()) {
+  if (!stat.isFile()) {
     closeSync(fd);
-    throw invalid(path, 'it is a directory');
+    throw invalid(path, stat.isDirectory() ? 'it is a directory' : 'not a regular file');
   }
   return { fd, size: stat.size };
 }

@@ -1,7 +1,7 @@
 // The train, eval and generate commands of the `memgpt` CLI (SPEC.md §8):
 // flag parsing and validation, progress output, and the glue between data,
 // model, trainer, checkpoints and generation. lib/cli.ts dispatches here.
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import cliProgress from 'cli-progress';
@@ -60,8 +60,14 @@ export function useDevice(flags: Flags): void {
   defaultDevice();
 }
 
+/** A config file is a small JSON file: anything else (a device, a FIFO, a huge file) is refused before reading. */
+const MAX_CONFIG_BYTES = 1 << 20;
+
 function readConfigFile(path: string): Partial<ModelConfig> {
   if (!existsSync(path)) throw new MemgptError(`--config: ${path} does not exist`);
+  const stat = statSync(path);
+  if (!stat.isFile()) throw new MemgptError(`--config: ${path} is not a regular file`);
+  if (stat.size > MAX_CONFIG_BYTES) throw new MemgptError(`--config: ${path} is ${stat.size} bytes; a config is at most ${MAX_CONFIG_BYTES}`);
   try {
     return JSON.parse(readFileSync(path, 'utf8')) as Partial<ModelConfig>;
   } catch (e) {

@@ -76,6 +76,8 @@ describe('memgpt command', () => {
       [['bench', 'books', '--seed-list', '0,-1'], /^memgpt: --seed-list must be comma-separated integers ≥ 0 \(got '0,-1'\)$/],
       [['bench', 'books', '--merge', '/nonexistent/a.json', '--out', '/nonexistent/b.json'], /^memgpt: --merge: \/nonexistent\/a.json holds no runs$/],
       [['bench', 'sideways'], /^memgpt: bench: unknown benchmark 'sideways' \(kernels, train or books\)$/],
+      // A config that is not a small regular file is refused before anything is read.
+      [['train', '--config', '/dev/zero', '--data', 'x.txt', '--out', 'x'], /^memgpt: --config: \/dev\/zero is not a regular file$/],
       // Names every object has are not presets.
       [['train', '--preset', '__proto__', '--data', 'x.txt', '--out', 'x'], /^memgpt: --preset must be one of tiny, small, base \(got '__proto__'\)$/],
       [['train', '--preset', 'toString', '--data', 'x.txt', '--out', 'x'], /^memgpt: --preset must be one of tiny, small, base \(got 'toString'\)$/],

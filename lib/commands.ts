@@ -1,8 +1,8 @@
 // The train, eval and generate commands of the `memgpt` CLI (SPEC.md §8):
 // flag parsing and validation, progress output, and the glue between data,
 // model, trainer, checkpoints and generation. lib/cli.ts dispatches here.
-import { existsSync, readFileSync, statSync } from 'node:fs';
-import { join } from 'node:path';
+import { accessSync, constants as fsConstants, existsSync, readFileSync, statSync } from 'node:fs';
+import { dirname, join, resolve as resolvePath } from 'node:path';
 import { parseArgs } from 'node:util';
 import cliProgress from 'cli-progress';
 
@@ -60,6 +60,29 @@ export function useDevice(flags: Flags): void {
   defaultDevice();
 }
 
+/**
+ * `--out` must be a folder this process can create or write into, checked before anything is trained: an
+ * existing file, a path below a file, a read-only or unwritable place, or /proc (where Node's recursive mkdir
+ * never returns) is refused with one line.
+ */
+function checkRunFolder(out: string): void {
+  const resolved = resolvePath(out);
+  if (resolved === '/proc' || resolved.startsWith('/proc/') || resolved === '/sys' || resolved.startsWith('/sys/'))
+    throw new MemgptError(`train: --out ${out} is under ${resolved.startsWith('/proc') ? '/proc' : '/sys'}, not a place for a run folder`);
+  let existing = resolved;
+  while (!existsSync(existing)) existing = dirname(existing);  // the nearest part of the path that exists
+  const stat = statSync(existing);
+  if (!stat.isDirectory()) {
+    throw new MemgptError(existing === resolved ? `train: --out ${out} is a file, not a folder`
+      : `train: --out ${out} lies below ${existing}, which is a file`);
+  }
+  try {
+    accessSync(existing, fsConstants.W_OK | fsConstants.X_OK);
+  } catch {
+    throw new MemgptError(`train: --out ${out}: ${existing} is not writable by this process`);
+  }
+}
+
 /** A config file is a small JSON file: anything else (a device, a FIFO, a huge file) is refused before reading. */
 const MAX_CONFIG_BYTES = 1 << 20;
 
@@ -115,6 +138,7 @@ export async function trainCommand(argv: string[]): Promise<number> {
   const flags = parse(argv, trainFlags);
   const data = required(flags, 'data', 'train');
   const out = required(flags, 'out', 'train');
+  checkRunFolder(out);
   const sources = ['preset', 'config', 'init'].filter((k) => flags[k] !== undefined);
   if (sources.length > 1) throw new MemgptError(`train: give one of --preset, --config, --init (got ${sources.map((s) => `--${s}`).join(', ')})`);
   const presetName = (flags.preset ?? 'tiny') as string;

@@ -78,6 +78,10 @@ describe('memgpt command', () => {
       [['bench', 'sideways'], /^memgpt: bench: unknown benchmark 'sideways' \(kernels, train or books\)$/],
       // A config that is not a small regular file is refused before anything is read.
       [['train', '--config', '/dev/zero', '--data', 'x.txt', '--out', 'x'], /^memgpt: --config: \/dev\/zero is not a regular file$/],
+      // A bad --out is refused before training (it used to fail with a stack trace after the first step).
+      [['train', '--data', 'README.md', '--out', 'README.md'], /^memgpt: train: --out README\.md is a file, not a folder$/],
+      [['train', '--data', 'README.md', '--out', 'README.md/run'], /^memgpt: train: --out README\.md\/run lies below .*README\.md, which is a file$/],
+      [['train', '--data', 'README.md', '--out', '/proc/self/run'], /^memgpt: train: --out \/proc\/self\/run is under \/proc, not a place for a run folder$/],
       // Names every object has are not presets.
       [['train', '--preset', '__proto__', '--data', 'x.txt', '--out', 'x'], /^memgpt: --preset must be one of tiny, small, base \(got '__proto__'\)$/],
       [['train', '--preset', 'toString', '--data', 'x.txt', '--out', 'x'], /^memgpt: --preset must be one of tiny, small, base \(got 'toString'\)$/],

@@ -93,6 +93,15 @@ describe('safetensors layout and round trips', () => {
     expect(header.dataStart % 8).toBe(0);
   });
 
+  it('tensors named like Object.prototype keys (__proto__, constructor, toString) round-trip', () => {
+    const path = freshPath();
+    const names = ['__proto__', 'constructor', 'toString'];
+    writeSafetensors(path, names.map((n, i): [string, StoredTensor] => [n, { dtype: 'U8', shape: [1], data: Uint8Array.of(i + 1) }]));
+    const { tensors } = readSafetensors(path);
+    expect([...tensors.keys()]).toEqual(names);
+    expect(names.map((n) => tensors.get(n)!.data[0])).toEqual([1, 2, 3]);
+  });
+
   it('a file without tensors or metadata is valid', () => {
     const path = freshPath();
     writeSafetensors(path, []);

@@ -196,7 +196,8 @@ export function readSafetensors(path: string): { tensors: Map<string, StoredTens
 
 /** The header JSON, space-padded so that the data starts at a multiple of 8 bytes (as the reference writer does). */
 function encodeHeader(path: string, entries: [string, { dtype: SafetensorsDType; shape: number[] }][], metadata: Record<string, string>): Uint8Array {
-  const header: Record<string, unknown> = {};
+  // No prototype: a tensor named "__proto__" (or "constructor") is an own key like any other.
+  const header: Record<string, unknown> = Object.create(null) as Record<string, unknown>;
   if (Object.keys(metadata).length > 0) header.__metadata__ = metadata;
   let at = 0;
   for (const [name, { dtype, shape }] of entries) {

@@ -279,7 +279,12 @@ export function availableDevices(): Device[] {
 
 /** Threads of the CPU kernels (default: the cores this process may use; MEMGPT_NUM_THREADS overrides). */
 export function setNumThreads(threads: number): void {
-  cpuBackend().setNumThreads(threads);
+  if (!Number.isSafeInteger(threads) || threads < 1) throw new MemgptError(`setNumThreads: the thread count must be a whole number ≥ 1 (got ${threads})`);
+  try {
+    cpuBackend().setNumThreads(threads);
+  } catch (e) {
+    throw new MemgptError(`setNumThreads: ${(e as Error).message}`, { cause: e });
+  }
 }
 
 /** Waits until every queued kernel on the device has finished (a no-op on the CPU, whose kernels are synchronous). */

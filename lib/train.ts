@@ -229,6 +229,12 @@ export class Trainer {
   resume(): void {
     const state = loadTrainingState(this.files.optimizer, this.model, this.optimizer) as unknown as TrainerState;
     if (typeof state.step !== 'number' || !state.sampler) throw new MemgptError(`${this.files.optimizer}: no trainer state to resume from`);
+    // Every field is checked: a step of 2.5 or a negative token count used to run on and write nothing.
+    const count = (v: unknown) => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+    if (!count(state.step)) throw new MemgptError(`${this.files.optimizer}: the trainer state's step ${state.step} is not a whole number ≥ 0`);
+    if (state.tokens !== undefined && !count(state.tokens)) throw new MemgptError(`${this.files.optimizer}: the trainer state's tokens ${state.tokens} is not a whole number ≥ 0`);
+    if (state.elapsedSeconds !== undefined && !(typeof state.elapsedSeconds === 'number' && Number.isFinite(state.elapsedSeconds) && state.elapsedSeconds >= 0))
+      throw new MemgptError(`${this.files.optimizer}: the trainer state's elapsedSeconds ${state.elapsedSeconds} is not a finite number ≥ 0`);
     const modelStep = readSafetensorsHeader(this.files.model).metadata[STEP_KEY];
     if (modelStep !== String(state.step)) {
       throw new MemgptError(`${this.files.dir}: model.safetensors (step ${modelStep ?? '?'}) and optimizer.safetensors (step ${state.step}) disagree: the run stopped between writing them; resume from a copy of a consistent pair`);

@@ -8,11 +8,18 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
-import { cpuBackend, packageRoot } from '../lib/backend.js';
+import { cpuBackend, numThreads, packageRoot, setNumThreads } from '../lib/backend.js';
+import { MemgptError } from '../lib/errors.js';
 
 const addon = cpuBackend() as unknown as Record<string, (...args: unknown[]) => unknown>;
 
 describe('CPU addon argument checks', () => {
+  it('setNumThreads refuses a count that is not a whole number ≥ 1 with a MemgptError, and keeps the pool', () => {
+    const before = numThreads();
+    for (const bad of [0, -1, 1.5, Number.NaN]) expect(() => setNumThreads(bad)).toThrow(MemgptError);
+    expect(numThreads()).toBe(before);
+  });
+
   it('rejects out-of-bounds tensors, freed storage and foreign handles', () => {
     const small = addon.alloc(16);
     expect(() => addon.fill(0, 5, 1, small, 0)).toThrow(/fill: tensor 'out' needs bytes \[0, 20\) but its storage has 16/);

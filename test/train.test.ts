@@ -12,6 +12,7 @@ import * as mg from '../lib/index.js';
 import { packageRoot } from '../lib/backend.js';
 import { loadModel, saveModel } from '../lib/checkpoint.js';
 import { resolveConfig } from '../lib/config.js';
+import { readSafetensors, writeSafetensors } from '../lib/io/safetensors.js';
 import { MemGPT } from '../lib/model.js';
 import { referenceSampleNLL } from './reference_model.js';
 
@@ -125,6 +126,14 @@ describe('memgpt train', () => {
     const mixed = memgpt([...args(runB), '--resume']);
     expect(mixed.status).toBe(2);
     expect(mixed.stderr).toMatch(/model\.safetensors \(step 5\) and optimizer\.safetensors \(step 6\) disagree/);
+    // Trainer-state fields are checked: a step of 2.5 used to run on, write no checkpoint and exit 0.
+    const optimizerFile = join(runB, 'optimizer.safetensors');
+    const saved = readSafetensors(optimizerFile);
+    const trainer = JSON.parse(saved.metadata['memgpt.trainer']) as Record<string, unknown>;
+    writeSafetensors(optimizerFile, saved.tensors, { ...saved.metadata, 'memgpt.trainer': JSON.stringify({ ...trainer, step: 2.5 }) });
+    const fractional = memgpt([...args(runB), '--resume']);
+    expect(fractional.status).toBe(2);
+    expect(fractional.stderr).toMatch(/optimizer\.safetensors: the trainer state's step 2\.5 is not a whole number ≥ 0$/);
     // A config that does not fit the run's checkpoint is refused.
     writeFileSync(join(dir, 'other.json'), JSON.stringify({ ...tinyConfig, dModel: 32 }));
     const wrong = memgpt(['train', '--config', join(dir, 'other.json'), '--data', join(dir, 'data.txt'), '--out', join(dir, 'b'), '--resume']);

@@ -1,7 +1,9 @@
 // Training text on disk -> one token stream (SPEC §4): a text file, a folder of text files,
 // or prompt/completion records (.jsonl) whose loss mask keeps only the completions.
 import { isUtf8 } from 'node:buffer';
-import { readdirSync, readFileSync, realpathSync, statSync, type Stats } from 'node:fs';
+import {
+  closeSync, constants as fsConstants, fstatSync, openSync, readdirSync, readFileSync, readSync, realpathSync, statSync, type Stats,
+} from 'node:fs';
 import { join, relative, sep as pathSep } from 'node:path';
 
 import { MemgptError } from '../errors.js';
@@ -82,13 +84,29 @@ function statOrThrow(path: string): Stats {
   }
 }
 
-/** The file's bytes, checked to be UTF-8 text (a leading byte-order mark is dropped). */
+/** How much of a file is looked at for NUL bytes before the whole of it is read. */
+const SNIFF_BYTES = 1 << 16;
+
+/**
+ * The file's bytes, checked to be UTF-8 text (a leading byte-order mark is dropped). Only a regular file is read
+ * (a FIFO would block, a device never end), and a binary file is refused from its first 64 KiB, before the rest.
+ */
 function readText(path: string): Uint8Array {
   let bytes: Uint8Array;
+  let fd: number | undefined;
   try {
-    bytes = readFileSync(path);
+    fd = openSync(path, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK);
+    const stat = fstatSync(fd);
+    if (!stat.isFile()) throw new MemgptError(`${path}: not a regular file; expected UTF-8 text`);
+    const head = new Uint8Array(Math.min(SNIFF_BYTES, stat.size));
+    readSync(fd, head, 0, head.length, 0);
+    if (head.includes(0)) throw new MemgptError(`${path}: looks binary (it has NUL bytes); expected UTF-8 text`);
+    bytes = readFileSync(fd);
   } catch (e) {
+    if (e instanceof MemgptError) throw e;
     throw new MemgptError(`${path}: cannot read (${(e as NodeJS.ErrnoException).code ?? String(e)})`, { cause: e });
+  } finally {
+    if (fd !== undefined) closeSync(fd);
   }
   if (bytes.includes(0)) throw new MemgptError(`${path}: looks binary (it has NUL bytes); expected UTF-8 text`);
   if (!isUtf8(bytes)) throw new MemgptError(`${path}: looks binary (not valid UTF-8); expected UTF-8 text`);

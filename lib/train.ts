@@ -309,9 +309,11 @@ export class Trainer {
   plot(): void {
     if (!existsSync(this.files.metrics)) return;
     const rows = readFileSync(this.files.metrics, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as StepLog);
+    // A temporary name of this process's own, so that two processes (or a crashed one's leftovers) never collide.
     const atomic = (path: string, text: string) => {
-      writeFileSync(`${path}.tmp`, text);
-      renameSync(`${path}.tmp`, path);
+      const temp = `${path}.tmp-${process.pid}`;
+      writeFileSync(temp, text);
+      renameSync(temp, path);
     };
     atomic(this.files.lossPlot, lineChart([
       { name: 'train loss', points: rows.map((r) => [r.step, r.loss]) },

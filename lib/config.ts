@@ -32,6 +32,21 @@ export const presets: Record<PresetName, ModelConfig> = {
 };
 
 /** Fills defaults (dFF = 4·dModel, vocabSize from the tokenizer) and checks every key; throws one clear error. */
+/** The largest value each size key may take (see resolveConfig). */
+export const CONFIG_MAXIMA = {
+  vocabSize: 1 << 20, dModel: 1 << 14, nLayers: 512, nHeads: 256, dFF: 1 << 17, segmentLen: 1 << 16, memSlots: 1 << 12,
+} as const;
+/** The most parameters a config may describe: 2^34, about 17 billion. */
+export const MAX_PARAMETERS = 2 ** 34;
+
+/** The number of parameters of a config (SPEC §2), computed without listing them. */
+function parameterCount(cfg: ModelConfig): number {
+  const { vocabSize: V, dModel: D, dFF: F, memSlots: S, segmentLen: T } = cfg;
+  // Per layer, a generous upper bound: attention 4D² + FFN 2DF + the memory's projections (a few D²) and slots.
+  const perLayer = 4 * D * D + 2 * D * F + (S > 0 ? 8 * D * D + S * D + S * T : 0) + 16 * D + 2 * F;
+  return V * D + cfg.nLayers * perLayer + 4 * D;
+}
+
 export function resolveConfig(partial: Partial<ModelConfig>): ModelConfig {
   const tokenizer = partial.tokenizer ?? 'byte';
   if (tokenizer !== 'byte' && tokenizer !== 'gpt2') throw new MemgptError(`config: tokenizer must be "byte" or "gpt2" (got ${JSON.stringify(tokenizer)})`);
@@ -54,6 +69,13 @@ export function resolveConfig(partial: Partial<ModelConfig>): ModelConfig {
     if (!Number.isSafeInteger(cfg[key]) || cfg[key] < 1) throw new MemgptError(`config: ${key} must be a positive integer (got ${JSON.stringify(cfg[key])})`);
   }
   if (!Number.isSafeInteger(cfg.memSlots) || cfg.memSlots < 0) throw new MemgptError(`config: memSlots must be a non-negative integer (got ${JSON.stringify(cfg.memSlots)})`);
+  // Bounds far past any model this library can train, so that a hostile config (nLayers 1e9 in a small file) is
+  // refused before anything is allocated for it.
+  for (const [key, max] of Object.entries(CONFIG_MAXIMA) as [keyof typeof CONFIG_MAXIMA, number][]) {
+    if (cfg[key] > max) throw new MemgptError(`config: ${key} ${cfg[key]} is more than ${max}, the most memgpt accepts`);
+  }
+  const params = parameterCount(cfg);
+  if (params > MAX_PARAMETERS) throw new MemgptError(`config: ${params.toExponential(2)} parameters is more than ${MAX_PARAMETERS.toExponential(2)}, the most memgpt accepts`);
   if (cfg.dModel % cfg.nHeads !== 0) throw new MemgptError(`config: dModel ${cfg.dModel} is not divisible by nHeads ${cfg.nHeads}`);
   const headDim = cfg.dModel / cfg.nHeads;
   if (cfg.positional !== 'rope' && cfg.positional !== 'sinusoidal') throw new MemgptError(`config: positional must be "rope" or "sinusoidal" (got ${JSON.stringify(cfg.positional)})`);

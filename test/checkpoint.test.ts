@@ -255,6 +255,15 @@ describe('broken or mismatched checkpoints: one clear MemgptError each', () => {
       md['memgpt.config'] = JSON.stringify({ ...resolveConfig(small), nHeads: 3 });
     });
     expect(errorOf(() => readModelConfig(odd))).toBe(`${odd}: config: dModel 16 is not divisible by nHeads 3`);
+    // A hostile size in a small file is refused before any tensor list is built (nLayers 1e9 ran out of heap).
+    const deep = variant((_, md) => {
+      md['memgpt.config'] = JSON.stringify({ ...resolveConfig(small), nLayers: 1e9 });
+    });
+    expect(errorOf(() => loadModel(deep))).toBe(`${deep}: config: nLayers 1000000000 is more than 512, the most memgpt accepts`);
+    const huge = variant((_, md) => {
+      md['memgpt.config'] = JSON.stringify({ ...resolveConfig(small), dModel: 16384, dFF: 131072, nLayers: 512, nHeads: 64 });
+    });
+    expect(errorOf(() => loadModel(huge))).toMatch(/config: 3\.\d+e\+12 parameters is more than 1\.72e\+10, the most memgpt accepts$/);
     const garbled = variant((_, md) => {
       md['memgpt.config'] = '{"dModel": 16,';
     });

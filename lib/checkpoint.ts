@@ -104,12 +104,9 @@ function configFromMetadata(path: string, metadata: Record<string, string>): Mod
   }
 }
 
-/** A model from a checkpoint: every tensor of the config present with its shape, none extra; BF16 widened to float32. */
-export function loadModel(path: string, options: { device?: Device } = {}): MemGPT {
-  const { tensors, metadata } = readSafetensors(path);
-  const config = configFromMetadata(path, metadata);
-  const expected = parameterShapes(config);
-  const names = new Set(expected.map(([n]) => n));
+/** Every tensor the config needs is there with its shape and a float dtype, and nothing else is. */
+function checkTensors(path: string, expected: [string, number[]][], names: Set<string>,
+  tensors: Map<string, { dtype: string; shape: number[] }>): void {
   for (const [name, shape] of expected) {
     const t = tensors.get(name);
     if (!t) throw new MemgptError(`${path}: tensor ${name} is missing (the config needs ${shapeStr(shape)})`);
@@ -117,6 +114,19 @@ export function loadModel(path: string, options: { device?: Device } = {}): MemG
     if (t.dtype !== 'F32' && t.dtype !== 'BF16') throw new MemgptError(`${path}: tensor ${name} is ${t.dtype}; weights must be F32 or BF16`);
   }
   for (const name of tensors.keys()) if (!names.has(name)) throw new MemgptError(`${path}: unexpected tensor ${name} for this config`);
+}
+
+/** A model from a checkpoint: every tensor of the config present with its shape, none extra; BF16 widened to float32. */
+export function loadModel(path: string, options: { device?: Device } = {}): MemGPT {
+  // The header is checked against the config before any tensor data is read (a huge file with the wrong
+  // tensors is refused without reading it).
+  const header = readSafetensorsHeader(path);
+  const config = configFromMetadata(path, header.metadata);
+  const expected = parameterShapes(config);
+  const names = new Set(expected.map(([n]) => n));
+  checkTensors(path, expected, names, header.tensors);
+  const { tensors } = readSafetensors(path);
+  checkTensors(path, expected, names, tensors);  // the same file, unless it changed in between
   const params = new Map<string, Parameter>();
   try {
     for (const [name, shape] of expected) {

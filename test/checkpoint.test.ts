@@ -2,7 +2,7 @@
 // its rounding), AdamW resumes exactly, every broken or mismatched file is one clear MemgptError, and
 // PyTorch (bench/torch_load.py) reads the file and computes the same loss.
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, ftruncateSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -244,6 +244,24 @@ describe('broken or mismatched checkpoints: one clear MemgptError each', () => {
       });
       expect(errorOf(() => loadModel(path))).toBe(`${path}: tensor layers.1.ffn.fc2.weight holds ${shown} at element 5; weights must be finite`);
     }
+  });
+
+  it('a huge file whose header does not fit the config is refused from the header, without reading the data', () => {
+    // 4 GiB of (sparse) tensor data behind a header whose tok_emb is the wrong shape: read whole, this would exhaust
+    // the heap or fail on the size; checked from the header, it is one line at once.
+    const bytes = 4 * 2 ** 30;
+    const header = JSON.stringify({ __metadata__: good.metadata, tok_emb: { dtype: 'F32', shape: [256, bytes / 1024], data_offsets: [0, bytes] } });
+    const padded = header.padEnd(Math.ceil(header.length / 8) * 8, ' ');
+    const path = freshPath('huge');
+    const fd = openSync(path, 'w');
+    const length = Buffer.alloc(8);
+    length.writeBigUInt64LE(BigInt(padded.length));
+    writeSync(fd, length);
+    writeSync(fd, padded);
+    ftruncateSync(fd, 8 + padded.length + bytes);
+    closeSync(fd);
+    expect(errorOf(() => loadModel(path))).toBe(`${path}: tensor tok_emb is [256,4194304] but the config needs [256,16]`);
+    rmSync(path);
   });
 
   it('a config that does not fit the tensors, or is not valid', () => {

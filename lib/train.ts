@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { synchronize, type Device } from './backend.js';
 import { loadModel, loadTrainingState, saveModel, saveTrainingState } from './checkpoint.js';
 import { readSafetensorsHeader } from './io/safetensors.js';
-import { BatchSampler, sequentialBatches, type Corpus, type SamplerState } from './data/index.js';
+import { BatchSampler, samplesIn, sequentialBatches, type Corpus, type SamplerState } from './data/index.js';
 import { noGrad } from './autograd.js';
 import { MemgptError } from './errors.js';
 import { MemGPT, type LayerDiagnostics, type Precision } from './model.js';
@@ -214,6 +214,13 @@ export class Trainer {
     options: TrainOptions,
   ) {
     this.options = validateTrainOptions({ ...options, precision: options.precision ?? 'float32' });
+    // A held-out split too short for one sample would fail at the first evaluation, after steps of training and
+    // with a run folder that can neither resume nor restart: refuse it before anything runs.
+    const sampleLen = this.options.segments * model.config.segmentLen;
+    if (heldOut && samplesIn(heldOut.tokens.length, sampleLen) === 0) {
+      throw new MemgptError(`${heldOut.source}: the held-out split has ${heldOut.tokens.length} tokens, fewer than one sample of ` +
+        `${sampleLen} + 1; give more data, a larger --held-out, or --held-out 0`);
+    }
     model.precision = this.options.precision;
     this.files = runFiles(outDir);
     this.params = [...model.params.values()];

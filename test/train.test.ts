@@ -80,6 +80,16 @@ describe('memgpt train', () => {
     expect(readFileSync(join(out, 'metrics.jsonl'), 'utf8')).toBe(before);
   });
 
+  it('a held-out split shorter than one sample is refused before training, leaving no run folder behind', () => {
+    const dir = workspace();
+    const out = join(dir, 'short-held-out');
+    const r = memgpt(['train', '--preset', 'tiny', '--data', join(dir, 'data.txt'), '--out', out, '--steps', '3', '--segments', '4',
+      '--held-out', '0.02']);
+    expect(r.status).toBe(2);
+    expect(r.stderr).toMatch(/the held-out split has \d+ tokens, fewer than one sample of 128 \+ 1; give more data, a larger --held-out, or --held-out 0$/);
+    expect(existsSync(out)).toBe(false);
+  });
+
   it('--mem-slots and --segment-len override the preset or config (ablations without a config file), not a checkpoint', () => {
     const dir = workspace();
     const run = (name: string, extra: string[]) => memgpt(['train', '--data', join(dir, 'data.txt'), '--out', join(dir, name), '--steps', '2',

@@ -17,7 +17,6 @@ import { fileURLToPath } from 'node:url';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const defaultOut = join(root, 'build-cuda-emu');
-export const emulatedAddon = join(defaultOut, 'memgpt_cuda_emu.node');
 
 /** The kernel expression that ends just before `at` (an identifier with template arguments) and where it starts. */
 function kernelBefore(src, at) {

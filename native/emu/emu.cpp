@@ -154,7 +154,7 @@ struct Worker {
   std::vector<WarpSlots> warps;
   // This block's shared memory: statics from the arena's start, the dynamic part ending at the guard page.
   std::vector<std::pair<int, size_t>> statics;  // (declaration id, offset)
-  size_t static_top = 0, dynamic_offset = kArenaBytes, dirty = kArenaBytes;
+  size_t static_top = 0, dynamic_offset = kArenaBytes;
   void (*entry)(const void*) = nullptr;
   const void* closure = nullptr;
   std::string error;
@@ -176,6 +176,7 @@ struct Worker {
     mprotect(base, kPage, PROT_NONE);
     arena = base + kPage + lead;
     mprotect(arena + kArenaBytes, kPage, PROT_NONE);
+    std::memset(arena, kPoison, kArenaBytes);  // then each block re-poisons only what the one before it used
     threads.resize(kMaxThreads);
     warps.resize(kMaxThreads / 32);
   }
@@ -190,8 +191,6 @@ Worker& worker() {
   if (!tl_worker) tl_worker = new Worker();  // kept for the thread's life (pool threads never exit)
   return *tl_worker;
 }
-
-[[noreturn]] void throw_device_error(const std::string& msg) { throw DeviceError(msg); }
 
 std::string format(const char* fmt, va_list ap) {
   char buf[1024];
@@ -230,7 +229,7 @@ void device_error(const char* fmt, ...) {
   va_start(ap, fmt);
   std::string msg = format(fmt, ap);
   va_end(ap);
-  throw_device_error(msg);
+  throw DeviceError(msg);
 }
 
 void syncthreads() { suspend(State::AtBarrier); }
@@ -602,12 +601,14 @@ std::string run_block(Worker& w, uint3 block, const LaunchDims& dims, unsigned l
   current.block_idx = block;
   current.block_dim = dims.block;
   current.grid_dim = dims.grid;
-  // Fresh shared memory, poisoned where the previous block may have written.
+  // Fresh shared memory: poison again what the previous block used (its statics and its dynamic part; nothing
+  // else is reachable), not all 227 KiB, which for grids of many small blocks was most of the launch's time.
+  std::memset(w.arena, kPoison, w.static_top);
+  std::memset(w.arena + w.dynamic_offset, kPoison, kArenaBytes - w.dynamic_offset);
   const size_t dynamic_bytes = (dims.shared_bytes + 15) / 16 * 16;
   w.dynamic_offset = kArenaBytes - dynamic_bytes;
   w.statics.clear();
   w.static_top = 0;
-  std::memset(w.arena, kPoison, kArenaBytes);
   w.error.clear();
   w.mbarriers.clear();
   for (int i = 0; i < n; i++) {
@@ -637,7 +638,8 @@ std::string run_block(Worker& w, uint3 block, const LaunchDims& dims, unsigned l
     t.sp = sp;
   }
   static thread_local std::vector<int> order[3];
-  for (int o = 0; o < 3; o++) fill_order(order[o], n, Order(o));
+  if (order[0].size() != size_t(n))
+    for (int o = 0; o < 3; o++) fill_order(order[o], n, Order(o));
   const int fixed = schedule_mode();
   // Warp `base / 32` goes on once every lane of its collective has arrived: 1 released, 0 not yet, -1 an error.
   std::string err;
@@ -768,7 +770,8 @@ void set_max_dynamic_shared(const void* kernel, int bytes) {
 }
 
 namespace {
-cudaError_t launch_failed(cudaError_t err, const std::string& msg) {
+// The error cudaGetLastError will return, with the message cudaGetErrorString gives for it; returns err.
+cudaError_t record_error(cudaError_t err, const std::string& msg) {
   std::lock_guard<std::mutex> lock(g_mu);
   g_last_error = err;
   g_last_message = msg;
@@ -839,20 +842,18 @@ int run_grid(const char* name, const void* kernel, const LaunchDims& d, void (*e
                 d.block.x, d.block.y, d.block.z, d.shared_bytes);
   if (threads == 0 || threads > kMaxThreads || blocks == 0 || d.grid.y > 65535 || d.grid.z > 65535 ||
       d.block.z > 64)
-    return launch_failed(cudaErrorInvalidConfiguration, std::string("invalid launch configuration: ") + where);
+    return record_error(cudaErrorInvalidConfiguration, std::string("invalid launch configuration: ") + where);
+  size_t allowed;
   {
     std::lock_guard<std::mutex> lock(g_mu);
     g_launches[name]++;
     auto it = g_max_dynamic_shared.find(kernel);
-    const size_t allowed = it == g_max_dynamic_shared.end() ? 48 << 10 : size_t(it->second);
-    if (d.shared_bytes > allowed) {
-      g_last_error = cudaErrorInvalidValue;
-      g_last_message = std::string(where) + ": " + std::to_string(d.shared_bytes) +
-                       " bytes of dynamic shared memory, more than the kernel's limit of " + std::to_string(allowed) +
-                       " (cudaFuncAttributeMaxDynamicSharedMemorySize)";
-      return g_last_error;
-    }
+    allowed = it == g_max_dynamic_shared.end() ? 48 << 10 : size_t(it->second);
   }
+  if (d.shared_bytes > allowed)
+    return record_error(cudaErrorInvalidValue, std::string(where) + ": " + std::to_string(d.shared_bytes) +
+                                                   " bytes of dynamic shared memory, more than the kernel's limit of " +
+                                                   std::to_string(allowed) + " (cudaFuncAttributeMaxDynamicSharedMemorySize)");
   const unsigned long long launch_index = g_launch_count++;
   std::mutex error_mu;
   std::string error;
@@ -882,7 +883,7 @@ int run_grid(const char* name, const void* kernel, const LaunchDims& d, void (*e
     }
   });
   current = saved;
-  if (failed) return launch_failed(cudaErrorLaunchFailure, error);
+  if (failed) return record_error(cudaErrorLaunchFailure, error);
   return 0;
 }
 
@@ -910,13 +911,6 @@ struct Mapping {
 std::map<const void*, Mapping> g_allocations;
 size_t g_allocated = 0;
 constexpr size_t kDeviceMemory = size_t(16) << 30;  // what the emulated device says it has
-
-cudaError_t fail_call(cudaError_t err, const std::string& msg) {
-  std::lock_guard<std::mutex> lock(g_mu);
-  g_last_error = err;
-  g_last_message = msg;
-  return err;
-}
 
 }  // namespace
 
@@ -985,7 +979,7 @@ cudaError_t cudaGetDevice(int* device) {
   return cudaSuccess;
 }
 cudaError_t cudaSetDevice(int device) {
-  return device == 0 ? cudaSuccess : fail_call(cudaErrorInvalidDevice, "the emulator has one device");
+  return device == 0 ? cudaSuccess : record_error(cudaErrorInvalidDevice, "the emulator has one device");
 }
 
 namespace {
@@ -1000,20 +994,20 @@ int sm_count() {
 }  // namespace
 
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
-  if (device != 0) return fail_call(cudaErrorInvalidDevice, "the emulator has one device");
+  if (device != 0) return record_error(cudaErrorInvalidDevice, "the emulator has one device");
   switch (attr) {
     case cudaDevAttrComputeCapabilityMajor: *value = device_sm() / 10; break;
     case cudaDevAttrComputeCapabilityMinor: *value = 0; break;
     case cudaDevAttrMultiProcessorCount: *value = sm_count(); break;
     case cudaDevAttrMaxSharedMemoryPerBlock: *value = 48 << 10; break;
     case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = max_optin_shared(); break;
-    default: return fail_call(cudaErrorInvalidValue, "cudaDeviceGetAttribute: attribute not emulated");
+    default: return record_error(cudaErrorInvalidValue, "cudaDeviceGetAttribute: attribute not emulated");
   }
   return cudaSuccess;
 }
 
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int device) {
-  if (device != 0) return fail_call(cudaErrorInvalidDevice, "the emulator has one device");
+  if (device != 0) return record_error(cudaErrorInvalidDevice, "the emulator has one device");
   std::memset(p, 0, sizeof *p);
   std::snprintf(p->name, sizeof p->name, "memgpt CUDA emulator (sm_%d model, host CPU)", device_sm());
   p->totalGlobalMem = kDeviceMemory;
@@ -1042,11 +1036,11 @@ cudaError_t cudaMalloc(void** ptr, size_t bytes) {
   *ptr = nullptr;
   if (bytes == 0) return cudaSuccess;
   std::lock_guard<std::mutex> lock(g_alloc_mu);
-  if (g_allocated + bytes > kDeviceMemory) return fail_call(cudaErrorMemoryAllocation, "out of emulated device memory");
+  if (g_allocated + bytes > kDeviceMemory) return record_error(cudaErrorMemoryAllocation, "out of emulated device memory");
   const size_t rounded = (bytes + 255) / 256 * 256;
   const size_t length = (rounded + kPage - 1) / kPage * kPage + kPage;
   void* base = mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (base == MAP_FAILED) return fail_call(cudaErrorMemoryAllocation, "out of host memory for the emulated device");
+  if (base == MAP_FAILED) return record_error(cudaErrorMemoryAllocation, "out of host memory for the emulated device");
   mprotect(static_cast<char*>(base) + length - kPage, kPage, PROT_NONE);
   char* p = static_cast<char*>(base) + length - kPage - rounded;
   std::memset(p, 0xa5, rounded);  // fresh device memory is garbage, not zeros
@@ -1060,7 +1054,7 @@ cudaError_t cudaFree(void* ptr) {
   if (!ptr) return cudaSuccess;
   std::lock_guard<std::mutex> lock(g_alloc_mu);
   auto it = g_allocations.find(ptr);
-  if (it == g_allocations.end()) return fail_call(cudaErrorInvalidDevicePointer, "cudaFree of a pointer cudaMalloc did not return");
+  if (it == g_allocations.end()) return record_error(cudaErrorInvalidDevicePointer, "cudaFree of a pointer cudaMalloc did not return");
   munmap(it->second.base, it->second.length);
   g_allocated -= it->second.bytes;
   g_allocations.erase(it);
@@ -1152,7 +1146,7 @@ cudaError_t cudaGetDriverEntryPointByVersion(const char* symbol, void** fn, unsi
 cudaError_t mg_emu_func_set_attribute(const void* kernel, cudaFuncAttribute attr, int value) {
   if (attr == cudaFuncAttributeMaxDynamicSharedMemorySize) {
     if (value < 0 || value > max_optin_shared())
-      return fail_call(cudaErrorInvalidValue, "cudaFuncSetAttribute: more dynamic shared memory than a block may have");
+      return record_error(cudaErrorInvalidValue, "cudaFuncSetAttribute: more dynamic shared memory than a block may have");
     set_max_dynamic_shared(kernel, value);
   }
   return cudaSuccess;

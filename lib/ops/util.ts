@@ -84,14 +84,16 @@ export function compactDims(dims: number[], ...strides: number[][]): { dims: num
 
 /** Calls a native kernel; a failure there becomes an error naming the op and the tensors. */
 // MEMGPT_PROFILE=1: the time spent in native calls, per op, printed to stderr when the process exits (what the
-// rest of a step's time is, is JavaScript: allocation, autograd, the ops' own checks).
+// rest of a step's time is, is JavaScript: allocation, autograd, the ops' own checks). MEMGPT_PROFILE=shapes keys
+// each op by its tensors' shapes too.
+const profileShapes = process.env.MEMGPT_PROFILE === 'shapes';
 const profile = process.env.MEMGPT_PROFILE ? new Map<string, { calls: number; ms: number }>() : null;
 if (profile) {
   process.on('exit', () => {
     const rows = [...profile].sort((a, b) => b[1].ms - a[1].ms);
     const total = rows.reduce((a, [, r]) => a + r.ms, 0);
     console.error(`native time by op (${total.toFixed(0)} ms in all):`);
-    for (const [op, r] of rows) console.error(`  ${op.padEnd(28)} ${r.ms.toFixed(1).padStart(9)} ms ${String(r.calls).padStart(8)} calls ${((1000 * r.ms) / r.calls).toFixed(1).padStart(8)} µs/call`);
+    for (const [op, r] of rows) console.error(`  ${op.padEnd(profileShapes ? 60 : 28)} ${r.ms.toFixed(1).padStart(9)} ms ${String(r.calls).padStart(8)} calls ${((1000 * r.ms) / r.calls).toFixed(1).padStart(8)} µs/call`);
   });
 }
 
@@ -101,10 +103,11 @@ export function callNative<T>(op: string, named: Record<string, Tensor>, fn: (ba
     if (profile) {
       const t0 = performance.now();
       const r = fn(first.storage.backend);
-      const entry = profile.get(op) ?? { calls: 0, ms: 0 };
+      const key = profileShapes ? `${op} ${Object.values(named).map((t) => shapeStr(t.shape)).join(' ')}` : op;
+      const entry = profile.get(key) ?? { calls: 0, ms: 0 };
       entry.calls++;
       entry.ms += performance.now() - t0;
-      profile.set(op, entry);
+      profile.set(key, entry);
       return r;
     }
     return fn(first.storage.backend);

@@ -18,6 +18,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <type_traits>
 #include <vector>
 
@@ -46,25 +49,35 @@ struct Dims {
   float scale() const { return float(1.0 / std::sqrt(double(d))); }
 };
 
-// cos(pθ_i), sin(pθ_i) for p < T, i < d/2, θ_i = 10000^(−2i/d): computed in double, stored as float, once a call.
+// cos(pθ_i), sin(pθ_i) for p < n, i < d/2, θ_i = 10000^(−2i/d): computed in double, stored as float.
 struct RopeTable {
   std::vector<float> cos, sin;
   int64_t half = 0;
-  RopeTable(const Dims& s) {
-    if (!s.rope) return;
-    half = s.d / 2;
-    const int64_t n = s.T + (s.mem_positions() ? s.S : 0);
-    cos.resize(size_t(n * half));
-    sin.resize(size_t(n * half));
+  RopeTable() = default;
+  RopeTable(int64_t n, int64_t d) : cos(size_t(n * (d / 2))), sin(cos.size()), half(d / 2) {
     for (int64_t p = 0; p < n; p++) {
       for (int64_t i = 0; i < half; i++) {
-        double angle = double(p) * std::pow(10000.0, -2.0 * double(i) / double(s.d));
+        double angle = double(p) * std::pow(10000.0, -2.0 * double(i) / double(d));
         cos[size_t(p * half + i)] = float(std::cos(angle));
         sin[size_t(p * half + i)] = float(std::sin(angle));
       }
     }
   }
 };
+
+// The table a call needs (positions T, plus S for a positional memory read), made once per (positions, width) and
+// kept: building it took a pow and a sincos per entry on every call, a few per cent of a tiny preset's attention.
+const RopeTable& rope_table(const Dims& s) {
+  static const RopeTable none;
+  if (!s.rope) return none;
+  static std::mutex mutex;
+  static std::map<std::pair<int64_t, int64_t>, std::unique_ptr<RopeTable>> tables;
+  const int64_t n = s.T + (s.mem_positions() ? s.S : 0);
+  std::lock_guard<std::mutex> lock(mutex);
+  auto& table = tables[{n, s.d}];
+  if (!table) table = std::make_unique<RopeTable>(n, s.d);
+  return *table;
+}
 
 // Rotate-half RoPE of one head row z (float32 or bfloat16 storage) at position p, into float32 out.
 template <typename T>
@@ -120,10 +133,52 @@ MG_INLINE void axpy(float alpha, const float* __restrict x, float* __restrict y,
   for (int64_t i = 0; i < n; i++) y[i] += alpha * x[i];
 }
 
-MG_INLINE float dot(const float* x, const float* y, int64_t n) {
-  double acc = 0;
-  for (int64_t i = 0; i < n; i++) acc += double(x[i]) * y[i];
-  return float(acc);
+// out[i] += Σ_r coef[r·cs] · x[r·ldx + i] for i < n: a weighted sum of `rows` rows (a row of p·v, dS·k, dSᵀ·q or
+// Pᵀ·dY). Chunks of 32 (then 8) columns stay in registers across all the rows — one load and store of out a
+// chunk instead of one per row, which is what the axpy per row cost — and each column still sums its rows in
+// order, so results are bit-identical to the axpy loop.
+template <int W>
+MG_INLINE void accumulate_chunk(const float* __restrict coef, int64_t cs, const float* __restrict x, int64_t ldx,
+                                int64_t rows, float* __restrict out) {
+  float acc[W];
+  for (int i = 0; i < W; i++) acc[i] = out[i];
+  for (int64_t r = 0; r < rows; r++) {
+    const float c = coef[r * cs];
+    const float* xr = x + r * ldx;
+    for (int i = 0; i < W; i++) acc[i] += c * xr[i];
+  }
+  for (int i = 0; i < W; i++) out[i] = acc[i];
+}
+
+MG_INLINE void accumulate_rows(const float* coef, int64_t cs, const float* x, int64_t ldx, int64_t rows, float* out,
+                               int64_t n) {
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) accumulate_chunk<32>(coef, cs, x + i, ldx, rows, out + i);
+  for (; i + 8 <= n; i += 8) accumulate_chunk<8>(coef, cs, x + i, ldx, rows, out + i);
+  for (; i < n; i++) accumulate_chunk<1>(coef, cs, x + i, ldx, rows, out + i);
+}
+
+// Σ x[i]·y[i] in double, in four interleaved partial sums (fixed order): one chain of dependent double adds made
+// these row sums latency-bound, the largest single cost of the memory read's backward at the tiny preset.
+MG_INLINE double dot4(const float* x, const float* y, int64_t n) {
+  double acc[4] = {0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4)
+    for (int j = 0; j < 4; j++) acc[j] += double(x[i + j]) * double(y[i + j]);
+  for (; i < n; i++) acc[0] += double(x[i]) * double(y[i]);
+  return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+}
+
+MG_INLINE float dot(const float* x, const float* y, int64_t n) { return float(dot4(x, y, n)); }
+
+// Σ x[i]·(y[i] − z[i]) in double, the same four partial sums (the difference taken exactly, before the product).
+MG_INLINE double dot4_diff(const float* x, const float* y, const float* z, int64_t n) {
+  double acc[4] = {0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4)
+    for (int j = 0; j < 4; j++) acc[j] += double(x[i + j]) * (double(y[i + j]) - double(z[i + j]));
+  for (; i < n; i++) acc[0] += double(x[i]) * (double(y[i]) - double(z[i]));
+  return (acc[0] + acc[1]) + (acc[2] + acc[3]);
 }
 
 // x[j] = exp(x[j] − shift) for j < n, returning their sum: the softmax numerators of one row (arguments ≤ 0
@@ -271,7 +326,7 @@ MG_INLINE void attend_rows(const float* q, int64_t ldq, int64_t rows, int64_t qp
       }
       m[r] = mx;
       l[r] += exp_row(sr, valid, mx);
-      for (int64_t j = 0; j < valid; j++) axpy(sr[j], vt + j * ldv, o, d);
+      accumulate_rows(sr, 1, vt, ldv, valid, o, d);
     }
   }
   for (int64_t r = 0; r < rows; r++) {
@@ -399,15 +454,14 @@ MG_INLINE void attend_rows_backward(const float* q, int64_t ldq, int64_t nq, con
         for (int64_t j = 0; j < valid; j++) dpr[j] = pr[j] * (dpr[j] - dsum[t]) * scale;
         for (int64_t j = valid; j < n; j++) pr[j] = dpr[j] = 0.f;
         float* dqr = dq + t * d;
-        for (int64_t j = 0; j < valid; j++) axpy(dpr[j], k + (k0 + j) * ldk, dqr, d);
+        accumulate_rows(dpr, 1, k + k0 * ldk, ldk, valid, dqr, d);
       }
+      // Key j gets nothing from the rows before it (causal: their p and dS are zero there), so its sums start
+      // at the first row that sees it.
       for (int64_t j = 0; j < n; j++) {
-        float* dkj = dk + (k0 + j) * d;
-        float* dvj = dv + (k0 + j) * d;
-        for (int64_t r = 0; r < rows; r++) {
-          axpy(dp[r * kKB + j], q + (t0 + r) * ldq, dkj, d);
-          axpy(p[r * kKB + j], dy + (t0 + r) * d, dvj, d);
-        }
+        const int64_t r0 = causal ? std::clamp<int64_t>(k0 + j - t0, 0, rows) : 0;
+        accumulate_rows(dp + r0 * kKB + j, kKB, q + (t0 + r0) * ldq, ldq, rows - r0, dk + (k0 + j) * d, d);
+        accumulate_rows(p + r0 * kKB + j, kKB, dy + (t0 + r0) * d, d, rows - r0, dv + (k0 + j) * d, d);
       }
     }
   }
@@ -477,12 +531,11 @@ MG_INLINE void backward_head(const BackwardArgs<T>& a, int64_t b, int64_t h, Bac
     const float g = gate_of(s, a.gate_logits + gi, a.lse_mem[li], a.lse_self[li]);
     const float* rr = widen_rows(a.r + row, 0, 1, d, w.row_r.data(), &unused);
     float* dyr = w.dy_r.data() + t * d;
-    double diff = 0;
     for (int64_t i = 0; i < d; i++) {
       dya[i] = (1.f - g) * dout[i];
       dyr[i] = g * dout[i];
-      diff += double(dout[i]) * (double(rr[i]) - double(ar[i]));
     }
+    const double diff = dot4_diff(dout, rr, ar, d);
     w.sum_a[t] = dot(dya, ar, d);
     w.sum_r[t] = dot(dyr, rr, d);
     const float dz = float(diff * g * (1.0 - g));
@@ -595,7 +648,7 @@ void attention_forward(DType dt, int64_t B, int64_t T, int64_t H, int64_t d, int
   dispatch_float(dt, "attention", [&](auto tag) {
     using E = decltype(tag);
     if (B == 0 || T == 0) return;
-    const RopeTable rt(s);
+    const RopeTable& rt = rope_table(s);
     const ForwardArgs<E> a{&s,
                            &rt,
                            static_cast<const E*>(qkv),
@@ -628,7 +681,7 @@ void attention_backward(DType dt, int64_t B, int64_t T, int64_t H, int64_t d, in
       if (S) std::memset(d_mem_kv, 0, size_t(B * S * 2 * H * d) * sizeof(E));
       return;
     }
-    const RopeTable rt(s);
+    const RopeTable& rt = rope_table(s);
     const BackwardArgs<E> a{&s,
                             &rt,
                             static_cast<const E*>(qkv),

@@ -8,6 +8,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -41,10 +42,30 @@ struct View {
   float at(int64_t r, int64_t c) const { return load(trans ? p + c * ld + r : p + r * ld + c); }
 };
 
-// Packs rows [i0, i0+mc) x cols [k0, k0+kc) of op(A) into MR-row slivers, zero-padded.
+// Packs rows [i0, i0+mc) x cols [k0, k0+kc) of op(A) into MR-row slivers, zero-padded. Full slivers take
+// branch-free loops over the stored layout (rows of A, or of Aᵀ, read contiguously): at the small shapes of the
+// memory path, the generic element-by-element version cost as much as the GEMM itself.
 template <typename T>
 void pack_a(const View<T>& a, int64_t m, int64_t i0, int64_t mc, int64_t k0, int64_t kc, float* dst) {
   for (int64_t s = 0; s < mc; s += MR) {
+    if (s + MR <= mc && i0 + s + MR <= m) {
+      const int64_t i = i0 + s;
+      if (a.trans) {  // op(A)[i, k] = A[k, i]: the sliver's MR values of each k are contiguous
+        for (int64_t kk = 0; kk < kc; kk++) {
+          const T* src = a.p + (k0 + kk) * a.ld + i;
+          for (int r = 0; r < MR; r++) dst[r] = load(src + r);
+          dst += MR;
+        }
+      } else {
+        const T* rows[MR];
+        for (int r = 0; r < MR; r++) rows[r] = a.p + (i + r) * a.ld + k0;
+        for (int64_t kk = 0; kk < kc; kk++) {
+          for (int r = 0; r < MR; r++) dst[r] = load(rows[r] + kk);
+          dst += MR;
+        }
+      }
+      continue;
+    }
     for (int64_t kk = 0; kk < kc; kk++) {
       for (int r = 0; r < MR; r++) {
         int64_t i = i0 + s + r;
@@ -58,9 +79,17 @@ void pack_a(const View<T>& a, int64_t m, int64_t i0, int64_t mc, int64_t k0, int
 template <typename T>
 void pack_b_sliver(const View<T>& b, int64_t n, int64_t k0, int64_t kc, int64_t j, float* dst) {
   int64_t width = std::min<int64_t>(NR, n - j);
+  if (width == NR && b.trans) {  // op(B)[k, j] = B[j, k]: each of the NR columns is a contiguous row of B
+    for (int c = 0; c < NR; c++) {
+      const T* src = b.p + (j + c) * b.ld + k0;
+      for (int64_t kk = 0; kk < kc; kk++) dst[kk * NR + c] = load(src + kk);
+    }
+    return;
+  }
   for (int64_t kk = 0; kk < kc; kk++) {
-    if (!b.trans && width == NR && sizeof(T) == 4) {
-      std::memcpy(dst, reinterpret_cast<const float*>(b.p) + (k0 + kk) * b.ld + j, NR * 4);
+    if (!b.trans && width == NR) {
+      if constexpr (sizeof(T) == 4) std::memcpy(dst, reinterpret_cast<const float*>(b.p) + (k0 + kk) * b.ld + j, NR * 4);
+      else for (int c = 0; c < NR; c++) dst[c] = load(b.p + (k0 + kk) * b.ld + j + c);
     } else {
       for (int c = 0; c < NR; c++) dst[c] = c < width ? b.at(k0 + kk, j + c) : 0.f;
     }

@@ -22,6 +22,8 @@ Usage:
                   [--grad-accum N] [--eval-every N] [--eval-batches N] [--checkpoint-every N]
                   [--log-every N] [--held-out FRACTION] [--precision float32|bfloat16]
                   [--mem-slots S] [--segment-len T]   (override the preset's or config's)
+                  --resume: the run's saved options; only --steps, --eval-every, --eval-batches,
+                  --checkpoint-every and --log-every may change
   memgpt eval     --checkpoint CKPT --data PATH [--segments K] [--batch-size B] [--stream] [--json]
   memgpt generate --checkpoint CKPT --prompt TEXT [--max-tokens N] [--temperature X] [--top-k K]
                   [--top-p P] [--seed S]

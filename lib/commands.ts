@@ -1,7 +1,7 @@
 // The train, eval and generate commands of the `memgpt` CLI (SPEC.md §8):
 // flag parsing and validation, progress output, and the glue between data,
 // model, trainer, checkpoints and generation. lib/cli.ts dispatches here.
-import { accessSync, constants as fsConstants, existsSync, readFileSync, statSync } from 'node:fs';
+import { accessSync, constants as fsConstants, existsSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { dirname, join, resolve as resolvePath } from 'node:path';
 import { parseArgs } from 'node:util';
 import cliProgress from 'cli-progress';
@@ -14,7 +14,8 @@ import { MemgptError } from './errors.js';
 import { generateTokens, scoreStream } from './generate.js';
 import { MemGPT } from './model.js';
 import { defaultPasskeyTask, passkeyAccuracy, passkeyTrainer } from './default-task.js';
-import { Trainer, defaultTrainOptions, evaluateLoss, loadRunModel, recipes, type Recipe, type StepLog, type TrainOptions } from './train.js';
+import { Trainer, defaultTrainOptions, evaluateLoss, loadRunModel, recipes, savedTrainerState, type Recipe, type StepLog, type TrainerState, type TrainOptions } from './train.js';
+import { RunLock, committedCheckpoint, runFiles } from './run-folder.js';
 
 export type Flags = Record<string, string | boolean | undefined>;
 
@@ -132,6 +133,38 @@ export function trainOptionsFromFlags(flags: Flags, recipe: Recipe = recipes.tin
   };
 }
 
+// The flags that define a run: a resumed run keeps the values it was started with, and a different one is refused.
+const runDefiningFlags = {
+  'batch-size': 'batchSize', segments: 'segments', lr: 'lr', optimizer: 'optimizer', 'weight-decay': 'weightDecay',
+  'grad-clip': 'gradClip', warmup: 'warmup', schedule: 'schedule', order: 'order', seed: 'seed', 'grad-accum': 'gradAccum',
+  precision: 'precision',
+} as const satisfies Record<string, keyof TrainOptions>;
+// The flags a resumed run may change: how long it runs, and how often it evaluates, checkpoints and logs.
+const resumableFlags = {
+  steps: 'steps', 'eval-every': 'evalEvery', 'eval-batches': 'evalBatches', 'checkpoint-every': 'checkpointEvery', 'log-every': 'logEvery',
+} as const satisfies Record<string, keyof TrainOptions>;
+const mayChange = Object.keys(resumableFlags).map((f) => `--${f}`).join(', ');
+
+/**
+ * The options of a resumed run: the saved ones, with the flags of resumableFlags applied; a run-defining flag that
+ * differs from the saved value is refused, naming it.
+ */
+function resumedOptions(flags: Flags, asked: TrainOptions, saved: Partial<TrainerState>, checkpoint: string): TrainOptions {
+  const o = saved.options;
+  if (!o || typeof o !== 'object') throw new MemgptError(`${checkpoint}: its trainer state has no options to resume with`);
+  for (const [flag, key] of Object.entries(runDefiningFlags)) {
+    if (flags[flag] !== undefined && asked[key] !== o[key]) {
+      throw new MemgptError(`train --resume: --${flag} ${String(flags[flag])} differs from the run's ${String(o[key])}; a resumed run keeps the options it started with (only ${mayChange} may change)`);
+    }
+  }
+  const options = { ...o } as TrainOptions;
+  for (const [flag, key] of Object.entries(resumableFlags)) if (flags[flag] !== undefined) options[key] = asked[key];
+  if (typeof saved.step === 'number' && options.steps < saved.step) {
+    throw new MemgptError(`train --resume: --steps ${options.steps} is below the checkpoint's step ${saved.step}`);
+  }
+  return options;
+}
+
 /** `memgpt train`: returns the exit code. */
 export async function trainCommand(argv: string[]): Promise<number> {
   if (argv.length === 0) return defaultTrainCommand();
@@ -144,7 +177,7 @@ export async function trainCommand(argv: string[]): Promise<number> {
   const presetName = (flags.preset ?? 'tiny') as string;
   // Own properties only: `--preset __proto__` or `toString` is not a preset.
   if (typeof flags.preset === 'string' && !Object.hasOwn(presets, presetName)) throw new MemgptError(`--preset must be one of ${Object.keys(presets).join(', ')} (got '${presetName}')`);
-  const options = trainOptionsFromFlags(flags, recipes[presetName as PresetName] ?? recipes.tiny);
+  const asked = trainOptionsFromFlags(flags, recipes[presetName as PresetName] ?? recipes.tiny);
   // --mem-slots and --segment-len change the architecture of a preset or config (ablations without a config file).
   const overrides: Partial<ModelConfig> = {};
   if (flags['mem-slots'] !== undefined) overrides.memSlots = int(flags, 'mem-slots', 0, 0);
@@ -157,43 +190,80 @@ export async function trainCommand(argv: string[]): Promise<number> {
       }
     }
   };
-  const heldOutFraction = num(flags, 'held-out', 0.05, (n) => n >= 0 && n < 1, 'in [0, 1)');
+  let heldOutFraction = num(flags, 'held-out', 0.05, (n) => n >= 0 && n < 1, 'in [0, 1)');
   useDevice(flags);
-  let model: MemGPT;
-  if (flags.resume) {
-    // The model comes from the run folder; a --preset or --config given too must describe the same model.
-    if (flags.init !== undefined) throw new MemgptError('train: --resume continues the run folder; --init cannot be combined with it');
-    model = loadRunModel(out);
-    const asked = typeof flags.config === 'string' ? resolveConfig({ ...readConfigFile(flags.config), ...overrides })
-      : typeof flags.preset === 'string' ? resolveConfig({ ...presets[flags.preset as PresetName], ...overrides }) : undefined;
-    if (asked && JSON.stringify(resolveConfig(asked)) !== JSON.stringify(model.config)) {
-      model.dispose();
-      throw new MemgptError(`train: the config given does not fit the checkpoint in ${out} (${JSON.stringify(model.config)})`);
-    }
-    checkOverrides(model, `the run in ${out}`);
-  } else if (typeof flags.init === 'string') {
-    model = loadModel(flags.init);
-    checkOverrides(model, flags.init);
-  } else if (typeof flags.config === 'string') {
-    model = MemGPT.init(resolveConfig({ ...readConfigFile(flags.config), ...overrides }), { seed: options.seed });
-  } else {
-    model = MemGPT.init({ ...presets[presetName as PresetName], ...overrides }, { seed: options.seed });
-  }
-  const tokenizer = getTokenizer(model.config.tokenizer);
-  const corpus = loadCorpus(data, tokenizer);
-  let train: Corpus = corpus, heldOut: Corpus | null = null;
-  if (heldOutFraction > 0) ({ train, heldOut } = splitCorpus(corpus, heldOutFraction));
-  if (!flags.resume && (existsSync(join(out, 'model.safetensors')) || existsSync(join(out, 'metrics.jsonl')))) {
-    model.dispose();
-    throw new MemgptError(`train: ${out} already holds a run; continue it with --resume, or give another --out`);
-  }
-  const trainer = new Trainer(model, train, heldOut, out, options);
+  // The run folder is locked before it is looked at: two trainings into one --out, or two --resume, cannot both run.
+  const files = runFiles(out);
+  const lock = RunLock.acquire(files);
   try {
-    if (flags.resume) trainer.resume();
-    await runTraining(trainer, flags.json === true);
+    const committed = committedCheckpoint(files);
+    let options = asked;
+    let saved: Partial<TrainerState> | undefined;
+    if (!flags.resume && committed) {
+      throw new MemgptError(`train: ${out} already holds a run${committed.legacy ? '' : ` (checkpoint at step ${committed.step})`}; continue it with --resume, or give another --out`);
+    }
+    if (!flags.resume && existsSync(files.metrics)) {
+      // A run that stopped before its first checkpoint left only its log and plots: nothing to resume, so start again.
+      for (const f of [files.metrics, files.lossPlot, files.memoryPlot]) rmSync(f, { force: true });
+      console.error(`memgpt: ${out} holds a run that stopped before its first checkpoint; starting it again`);
+    }
+    let model: MemGPT;
+    if (flags.resume) {
+      // The model comes from the run folder; a --preset or --config given too must describe the same model.
+      if (flags.init !== undefined) throw new MemgptError('train: --resume continues the run folder; --init cannot be combined with it');
+      const found = savedTrainerState(out);
+      if (found) {
+        saved = found.state;
+        options = resumedOptions(flags, asked, saved, found.checkpoint);
+        const h = saved.data?.heldOut;
+        if (typeof h === 'number') {
+          if (flags['held-out'] !== undefined && h !== heldOutFraction) {
+            throw new MemgptError(`train --resume: --held-out ${String(flags['held-out'])} differs from the run's ${h}; a resumed run keeps its split`);
+          }
+          heldOutFraction = h;
+        }
+      }
+      model = loadRunModel(out);
+      const config = typeof flags.config === 'string' ? resolveConfig({ ...readConfigFile(flags.config), ...overrides })
+        : typeof flags.preset === 'string' ? resolveConfig({ ...presets[flags.preset as PresetName], ...overrides }) : undefined;
+      if (config && JSON.stringify(resolveConfig(config)) !== JSON.stringify(model.config)) {
+        model.dispose();
+        throw new MemgptError(`train: the config given does not fit the checkpoint in ${out} (${JSON.stringify(model.config)})`);
+      }
+      checkOverrides(model, `the run in ${out}`);
+    } else if (typeof flags.init === 'string') {
+      model = loadModel(flags.init);
+      checkOverrides(model, flags.init);
+    } else if (typeof flags.config === 'string') {
+      model = MemGPT.init(resolveConfig({ ...readConfigFile(flags.config), ...overrides }), { seed: options.seed });
+    } else {
+      model = MemGPT.init({ ...presets[presetName as PresetName], ...overrides }, { seed: options.seed });
+    }
+    let trainer: Trainer;
+    try {
+      const tokenizer = getTokenizer(model.config.tokenizer);
+      const corpus = loadCorpus(data, tokenizer);
+      let train: Corpus = corpus, heldOut: Corpus | null = null;
+      if (heldOutFraction > 0) ({ train, heldOut } = splitCorpus(corpus, heldOutFraction));
+      const before = saved?.data;
+      if (before && typeof before.trainTokens === 'number' && before.trainTokens !== train.tokens.length) {
+        throw new MemgptError(`train --resume: --data ${data} gives ${train.tokens.length} training tokens; the run was trained on ` +
+          `${before.trainTokens} (from ${String(before.path)}): resume with the same data`);
+      }
+      trainer = new Trainer(model, train, heldOut, out, options, { path: data, heldOut: heldOutFraction, trainTokens: train.tokens.length });
+    } catch (e) {
+      model.dispose();
+      throw e;
+    }
+    try {
+      if (flags.resume) trainer.resume();
+      await runTraining(trainer, flags.json === true);
+    } finally {
+      trainer.dispose();
+      model.dispose();
+    }
   } finally {
-    trainer.dispose();
-    model.dispose();
+    lock.release();
   }
   return 0;
 }

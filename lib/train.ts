@@ -1,10 +1,10 @@
 // Training: AdamW or SGD with warmup and cosine decay, global-norm clipping,
 // gradient accumulation, backprop through the memory across each sample's
-// segments, periodic evaluation and checkpoints (safetensors, written
-// atomically, with optimizer state, step and data position so that a resumed
-// run continues bit for bit), a metrics log and SVG plots in the run folder.
-import { appendFileSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+// segments, periodic evaluation and checkpoints (safetensors with optimizer
+// state, step and data position, committed as one unit so that a killed run
+// resumes bit for bit: lib/run-folder.ts), a metrics log and SVG plots in the
+// run folder.
+import { appendFileSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
 
 import { synchronize, type Device } from './backend.js';
 import { loadModel, loadTrainingState, saveModel, saveTrainingState } from './checkpoint.js';
@@ -18,6 +18,9 @@ import { AdamW, SGD, clipGradNorm, gradNorm } from './ops/optim.js';
 import { lineChart } from './plot.js';
 import { tidy, type Parameter } from './tensor.js';
 import { scale } from './ops/elementwise.js';
+import { RunLock, commitCheckpoint, committedCheckpoint, runFiles, truncateMetrics, writeFileAtomic, type RunFiles } from './run-folder.js';
+
+export { runFiles, type RunFiles } from './run-folder.js';
 
 /** Metadata key of the training step in a run folder's model.safetensors. */
 const STEP_KEY = 'memgpt.step';
@@ -167,32 +170,37 @@ export function evaluateLoss(model: MemGPT, corpus: Corpus, batchSize: number, s
   return { loss: nll / tokens, tokens };
 }
 
-interface TrainerState {
+/** What a run's data was, saved with its state so that --resume can tell a different corpus or split. */
+export interface RunData {
+  /** The --data path as given. */
+  path: string;
+  /** The held-out fraction (--held-out). */
+  heldOut: number;
+  /** Tokens of the training split. */
+  trainTokens: number;
+}
+
+export interface TrainerState {
   step: number;
   sampler: SamplerState;
   options: TrainOptions;
   elapsedSeconds: number;
   tokens: number;
+  /** Absent in states written before it was saved. */
+  data?: RunData;
 }
 
-export interface RunFiles {
-  dir: string;
-  model: string;
-  optimizer: string;
-  metrics: string;
-  lossPlot: string;
-  memoryPlot: string;
-}
-
-export function runFiles(dir: string): RunFiles {
-  return {
-    dir,
-    model: join(dir, 'model.safetensors'),
-    optimizer: join(dir, 'optimizer.safetensors'),
-    metrics: join(dir, 'metrics.jsonl'),
-    lossPlot: join(dir, 'loss.svg'),
-    memoryPlot: join(dir, 'memory.svg'),
-  };
+/** The trainer state saved with a run folder's committed checkpoint (its metadata only: no tensor is read). */
+export function savedTrainerState(dir: string): { state: Partial<TrainerState>; checkpoint: string } | null {
+  const cp = committedCheckpoint(runFiles(dir));
+  if (!cp) return null;
+  const text = readSafetensorsHeader(cp.optimizer).metadata['memgpt.trainer'];
+  if (text === undefined) throw new MemgptError(`${cp.optimizer}: no trainer state to resume from`);
+  try {
+    return { state: JSON.parse(text) as Partial<TrainerState>, checkpoint: cp.optimizer };
+  } catch (e) {
+    throw new MemgptError(`${cp.optimizer}: its trainer state is not valid JSON (${(e as Error).message})`);
+  }
 }
 
 /** Training state for one run folder; `step()` does one optimizer step. */
@@ -202,16 +210,23 @@ export class Trainer {
   private readonly sampler: BatchSampler;
   private readonly optimizer: AdamW | SGD;
   private readonly params: Parameter[];
+  private readonly lock: RunLock;
   step = 0;
   private elapsed = 0;
   private tokens = 0;
 
+  /**
+   * Takes the run folder's lock (released by dispose()): a second process training into the same folder is refused
+   * with one line, and what a killed one left behind (temp files, an uncommitted step folder) is cleared.
+   * `data` is saved with each checkpoint, so that --resume can tell a different corpus or split.
+   */
   constructor(
     readonly model: MemGPT,
     private readonly train: Corpus,
     private readonly heldOut: Corpus | null,
     outDir: string,
     options: TrainOptions,
+    private readonly data?: RunData,
   ) {
     this.options = validateTrainOptions({ ...options, precision: options.precision ?? 'float32' });
     // A held-out split too short for one sample would fail at the first evaluation, after steps of training and
@@ -221,28 +236,41 @@ export class Trainer {
       throw new MemgptError(`${heldOut.source}: the held-out split has ${heldOut.tokens.length} tokens, fewer than one sample of ` +
         `${sampleLen} + 1; give more data, a larger --held-out, or --held-out 0`);
     }
-    model.precision = this.options.precision;
     this.files = runFiles(outDir);
-    this.params = [...model.params.values()];
-    this.sampler = new BatchSampler(train, {
-      batchSize: options.batchSize, segments: options.segments, segmentLen: model.config.segmentLen, order: options.order, seed: options.seed,
-    });
-    this.optimizer = options.optimizer === 'adamw'
-      ? new AdamW(this.params, { lr: options.lr, weightDecay: options.weightDecay, betas: [0.9, 0.95], eps: 1e-8, noDecay: noDecay(model) })
-      : new SGD(this.params, { lr: options.lr });
+    this.lock = RunLock.acquire(this.files);
+    try {
+      model.precision = this.options.precision;
+      this.params = [...model.params.values()];
+      this.sampler = new BatchSampler(train, {
+        batchSize: options.batchSize, segments: options.segments, segmentLen: model.config.segmentLen, order: options.order, seed: options.seed,
+      });
+      this.optimizer = options.optimizer === 'adamw'
+        ? new AdamW(this.params, { lr: options.lr, weightDecay: options.weightDecay, betas: [0.9, 0.95], eps: 1e-8, noDecay: noDecay(model) })
+        : new SGD(this.params, { lr: options.lr });
+    } catch (e) {
+      this.lock.release();
+      throw e;
+    }
   }
 
-  /** Continues from the checkpoint in the run folder (model weights must already be loaded from it). */
+  /**
+   * Continues from the run folder's committed checkpoint (the model's weights must already be loaded from it: see
+   * loadRunModel). Metrics rows logged after that step by the run that was stopped are dropped: they are logged again.
+   */
   resume(): void {
-    const state = loadTrainingState(this.files.optimizer, this.model, this.optimizer) as unknown as TrainerState;
-    if (typeof state.step !== 'number' || !state.sampler) throw new MemgptError(`${this.files.optimizer}: no trainer state to resume from`);
+    const cp = committedCheckpoint(this.files);
+    if (!cp) throw new MemgptError(`--resume: ${this.files.dir} has no checkpoint to resume from`);
+    const state = loadTrainingState(cp.optimizer, this.model, this.optimizer) as unknown as TrainerState;
+    if (typeof state.step !== 'number' || !state.sampler) throw new MemgptError(`${cp.optimizer}: no trainer state to resume from`);
     // Every field is checked: a step of 2.5 or a negative token count used to run on and write nothing.
     const count = (v: unknown) => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
-    if (!count(state.step)) throw new MemgptError(`${this.files.optimizer}: the trainer state's step ${state.step} is not a whole number ≥ 0`);
-    if (state.tokens !== undefined && !count(state.tokens)) throw new MemgptError(`${this.files.optimizer}: the trainer state's tokens ${state.tokens} is not a whole number ≥ 0`);
+    if (!count(state.step)) throw new MemgptError(`${cp.optimizer}: the trainer state's step ${state.step} is not a whole number ≥ 0`);
+    if (state.tokens !== undefined && !count(state.tokens)) throw new MemgptError(`${cp.optimizer}: the trainer state's tokens ${state.tokens} is not a whole number ≥ 0`);
     if (state.elapsedSeconds !== undefined && !(typeof state.elapsedSeconds === 'number' && Number.isFinite(state.elapsedSeconds) && state.elapsedSeconds >= 0))
-      throw new MemgptError(`${this.files.optimizer}: the trainer state's elapsedSeconds ${state.elapsedSeconds} is not a finite number ≥ 0`);
-    const modelStep = readSafetensorsHeader(this.files.model).metadata[STEP_KEY];
+      throw new MemgptError(`${cp.optimizer}: the trainer state's elapsedSeconds ${state.elapsedSeconds} is not a finite number ≥ 0`);
+    // Both files carry the step. A committed step folder holds a matching pair by construction; a folder written
+    // before checkpoint.json existed may not (a kill between its two top-level files).
+    const modelStep = readSafetensorsHeader(cp.model).metadata[STEP_KEY];
     if (modelStep !== String(state.step)) {
       throw new MemgptError(`${this.files.dir}: model.safetensors (step ${modelStep ?? '?'}) and optimizer.safetensors (step ${state.step}) disagree: the run stopped between writing them; resume from a copy of a consistent pair`);
     }
@@ -250,6 +278,7 @@ export class Trainer {
     this.elapsed = state.elapsedSeconds ?? 0;
     this.tokens = state.tokens ?? 0;
     this.sampler.setState(state.sampler);
+    truncateMetrics(this.files, this.step);
   }
 
   /** One optimizer step over gradAccum micro-batches; returns what was logged. */
@@ -297,13 +326,19 @@ export class Trainer {
     return evaluateLoss(this.model, this.heldOut, this.options.batchSize, this.options.segments, this.options.evalBatches).loss;
   }
 
-  /** Writes model.safetensors and optimizer.safetensors (each atomically) and the plots. */
+  /**
+   * Commits this step's checkpoint (checkpoints/step-N/{model,optimizer}.safetensors, then checkpoint.json; the
+   * previous one is removed only after) and points model.safetensors at it; then redraws the plots.
+   */
   checkpoint(): void {
-    mkdirSync(this.files.dir, { recursive: true });
-    const state: TrainerState = { step: this.step, sampler: this.sampler.state(), options: this.options, elapsedSeconds: this.elapsed, tokens: this.tokens };
-    // The two files are each written atomically; the step in both lets resume() notice a crash between them.
-    saveTrainingState(this.files.optimizer, this.model, this.optimizer, state as unknown as Record<string, unknown>);
-    saveModel(this.files.model, this.model, { metadata: { [STEP_KEY]: String(this.step) } });
+    const state: TrainerState = {
+      step: this.step, sampler: this.sampler.state(), options: this.options, elapsedSeconds: this.elapsed, tokens: this.tokens,
+      ...(this.data ? { data: this.data } : {}),
+    };
+    commitCheckpoint(this.files, this.step, (model, optimizer) => {
+      saveTrainingState(optimizer, this.model, this.optimizer, state as unknown as Record<string, unknown>);
+      saveModel(model, this.model, { metadata: { [STEP_KEY]: String(this.step) } });
+    });
     this.plot();
   }
 
@@ -316,12 +351,7 @@ export class Trainer {
   plot(): void {
     if (!existsSync(this.files.metrics)) return;
     const rows = readFileSync(this.files.metrics, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as StepLog);
-    // A temporary name of this process's own, so that two processes (or a crashed one's leftovers) never collide.
-    const atomic = (path: string, text: string) => {
-      const temp = `${path}.tmp-${process.pid}`;
-      writeFileSync(temp, text);
-      renameSync(temp, path);
-    };
+    const atomic = writeFileAtomic;
     atomic(this.files.lossPlot, lineChart([
       { name: 'train loss', points: rows.map((r) => [r.step, r.loss]) },
       { name: 'held-out loss', points: rows.filter((r) => r.evalLoss !== undefined).map((r) => [r.step, r.evalLoss!]) },
@@ -341,15 +371,19 @@ export class Trainer {
     }
   }
 
+  /** Frees the optimizer state and releases the run folder's lock. */
   dispose(): void {
     this.optimizer.dispose();
+    this.lock.release();
   }
 }
 
-/** Loads the run folder's model for --resume. */
+/** Loads the model of the run folder's committed checkpoint, for --resume. */
 export function loadRunModel(dir: string, device?: Device): MemGPT {
-  const files = runFiles(dir);
-  if (!existsSync(files.model) || !existsSync(files.optimizer)) throw new MemgptError(`--resume: ${dir} has no model.safetensors and optimizer.safetensors to resume from`);
-  return loadModel(files.model, { device });
+  const cp = committedCheckpoint(runFiles(dir));
+  if (!cp) {
+    throw new MemgptError(`--resume: ${dir} has no checkpoint to resume from` +
+      (existsSync(runFiles(dir).metrics) ? ' (its run stopped before the first one); run the same command without --resume to start it again' : ''));
+  }
+  return loadModel(cp.model, { device });
 }
-

@@ -1,6 +1,6 @@
 // The safetensors reader and writer: the byte layout of the format, round trips of every dtype,
 // one clear error for each way a file can be broken, and writes that are all-or-nothing.
-import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -224,6 +224,15 @@ describe('safetensors: each broken file is one clear error', () => {
 
 describe('safetensors: writes are atomic', () => {
   const leftovers = (folder: string) => readdirSync(folder).filter((f) => f.includes('.tmp-'));
+
+  it('rewriting a file keeps its permissions', () => {
+    const path = freshPath('mode');
+    writeSafetensors(path, someTensors());
+    chmodSync(path, 0o600);
+    writeSafetensors(path, someTensors(), { v: '2' });
+    expect(statSync(path).mode & 0o777).toBe(0o600);
+    expect(readSafetensors(path).metadata).toEqual({ v: '2' });
+  });
 
   it('a tensor that fails mid-write leaves the previous file intact and no temp file', () => {
     const path = freshPath('atomic');

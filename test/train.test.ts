@@ -3,7 +3,7 @@
 // lines, bit-exact resume after a kill, eval against the plain reference, and
 // one clear line for every kind of bad input.
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -67,7 +67,11 @@ describe('memgpt train', () => {
       expect(Number.isFinite(l.loss)).toBe(true);
       expect(l.tokensPerSecond).toBeGreaterThan(0);
     }
-    expect(readdirSync(out).sort()).toEqual(['loss.svg', 'memory.svg', 'metrics.jsonl', 'model.safetensors', 'optimizer.safetensors']);
+    expect(readdirSync(out).sort()).toEqual(['checkpoint.json', 'checkpoints', 'loss.svg', 'memory.svg', 'metrics.jsonl', 'model.safetensors', 'optimizer.safetensors']);
+    // One committed checkpoint (the last step's); the top-level pair are links to it.
+    expect(readdirSync(join(out, 'checkpoints'))).toEqual(['step-6']);
+    expect(JSON.parse(readFileSync(join(out, 'checkpoint.json'), 'utf8'))).toEqual({ format: 1, step: 6, folder: 'step-6' });
+    expect(statSync(join(out, 'model.safetensors')).ino).toBe(statSync(join(out, 'checkpoints', 'step-6', 'model.safetensors')).ino);
     expect(readFileSync(join(out, 'loss.svg'), 'utf8')).toContain('<svg');
     const metrics = jsonLines(readFileSync(join(out, 'metrics.jsonl'), 'utf8')) as unknown as { memory?: { readGate: number }[]; evalLoss?: number }[];
     expect(metrics[0].memory?.length).toBe(1);
@@ -76,7 +80,7 @@ describe('memgpt train', () => {
     const before = readFileSync(join(out, 'metrics.jsonl'), 'utf8');
     const again = memgpt(['train', '--config', join(dir, 'config.json'), '--data', join(dir, 'data.txt'), '--out', out, '--steps', '2']);
     expect(again.status).toBe(2);
-    expect(again.stderr).toBe(`memgpt: train: ${out} already holds a run; continue it with --resume, or give another --out`);
+    expect(again.stderr).toBe(`memgpt: train: ${out} already holds a run (checkpoint at step 6); continue it with --resume, or give another --out`);
     expect(readFileSync(join(out, 'metrics.jsonl'), 'utf8')).toBe(before);
   });
 
@@ -128,16 +132,28 @@ describe('memgpt train', () => {
     const a = jsonLines(whole.stdout), b = jsonLines(resumed.stdout);
     expect(b.map((l) => l.step)).toEqual([4, 5, 6]);
     expect(b.map((l) => l.loss)).toEqual(a.slice(3).map((l) => l.loss));
-    // A crash between writing the two files leaves them at different steps: resume says so instead of mixing them.
+    // The killed run's rows after its checkpoint (step 4) were dropped on resume, not logged twice.
     const runB = join(dir, 'b');
+    expect(readFileSync(join(runB, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l).step)).toEqual([1, 2, 3, 4, 5, 6]);
+    // A run folder of before checkpoint.json (just the top-level pair) still resumes; --steps may grow.
+    const legacy = join(dir, 'legacy');
+    mkdirSync(legacy);
+    for (const f of ['model.safetensors', 'optimizer.safetensors']) copyFileSync(join(runB, f), join(legacy, f));
+    const grown = memgpt([...args(legacy), '--resume', '--steps', '7']);
+    expect(grown.stderr).toBe('');
+    expect(jsonLines(grown.stdout).map((l) => l.step)).toEqual([7]);
+    // In such a folder a crash between its two files left them at different steps: resume says so instead of mixing them.
+    const legacy2 = join(dir, 'legacy2');
+    mkdirSync(legacy2);
+    copyFileSync(join(runB, 'optimizer.safetensors'), join(legacy2, 'optimizer.safetensors'));
     const m = loadModel(join(runB, 'model.safetensors'));
-    saveModel(join(runB, 'model.safetensors'), m, { metadata: { 'memgpt.step': '5' } });
+    saveModel(join(legacy2, 'model.safetensors'), m, { metadata: { 'memgpt.step': '5' } });
     m.dispose();
-    const mixed = memgpt([...args(runB), '--resume']);
+    const mixed = memgpt([...args(legacy2), '--resume']);
     expect(mixed.status).toBe(2);
     expect(mixed.stderr).toMatch(/model\.safetensors \(step 5\) and optimizer\.safetensors \(step 6\) disagree/);
     // Trainer-state fields are checked: a step of 2.5 used to run on, write no checkpoint and exit 0.
-    const optimizerFile = join(runB, 'optimizer.safetensors');
+    const optimizerFile = join(runB, 'checkpoints', 'step-6', 'optimizer.safetensors');
     const saved = readSafetensors(optimizerFile);
     const trainer = JSON.parse(saved.metadata['memgpt.trainer']) as Record<string, unknown>;
     writeSafetensors(optimizerFile, saved.tensors, { ...saved.metadata, 'memgpt.trainer': JSON.stringify({ ...trainer, step: 2.5 }) });

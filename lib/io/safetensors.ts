@@ -4,7 +4,7 @@
 // tensors' bytes, packed in order with no gaps, offsets relative to the start of the data.
 import { randomBytes } from 'node:crypto';
 import {
-  closeSync, constants as fsConstants, fstatSync, fsyncSync, openSync, readSync, renameSync, unlinkSync, writeSync,
+  closeSync, constants as fsConstants, fchmodSync, fstatSync, fsyncSync, openSync, readSync, renameSync, statSync, unlinkSync, writeSync,
 } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 
@@ -220,6 +220,16 @@ function writeAll(fd: number, bytes: Uint8Array): void {
   while (done < bytes.length) done += writeSync(fd, bytes, done, Math.min(bytes.length - done, 1 << 30));
 }
 
+/** The permission bits of an existing regular file at path, or null. */
+function existingMode(path: string): number | null {
+  try {
+    const st = statSync(path);
+    return st.isFile() ? st.mode & 0o7777 : null;
+  } catch {
+    return null;
+  }
+}
+
 /**
  * Writes a safetensors file atomically: a temp file in the same folder, fsynced, renamed over `path`,
  * then the folder fsynced. On any failure the temp file is removed and an existing `path` is untouched.
@@ -251,6 +261,9 @@ export function writeSafetensors(path: string, tensors: Iterable<[string, Stored
   let fd: number | null = null;
   try {
     fd = openSync(temp, 'wx', 0o644);
+    // Rewriting a file keeps its permissions (the temp file would otherwise bring 0644 under the umask).
+    const mode = existingMode(path);
+    if (mode !== null) fchmodSync(fd, mode);
     writeAll(fd, header);
     for (const [name, t] of entries) {
       const data = t.data;

@@ -289,7 +289,14 @@ export function setNumThreads(threads: number): void {
 
 /** Waits until every queued kernel on the device has finished (a no-op on the CPU, whose kernels are synchronous). */
 export function synchronize(device: Device): void {
-  if (device === 'cuda') cudaBackend().synchronize();
+  if (device !== 'cuda') return;
+  try {
+    cudaBackend().synchronize();
+  } catch (e) {
+    // A failed kernel surfaces here on CUDA (asynchronous errors): one clear line, not the addon's raw Error.
+    if (e instanceof MemgptError) throw e;
+    throw new MemgptError(`cuda: ${(e as Error).message}`, { cause: e });
+  }
 }
 
 export function numThreads(): number {

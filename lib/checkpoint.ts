@@ -282,7 +282,15 @@ export function loadTrainingState(path: string, model: MemGPT, optimizer: Optimi
   if (!Number.isSafeInteger(record.step) || record.step! < 0) throw new MemgptError(`${path}: "${OPTIMIZER_KEY}" has no valid step count`);
 
   tidy(() => {
-    const load = (moment: string) => names.map((name, i) => tensor(storedToFloat32(tensors.get(`${moment}.${name}`)!), optimizer.params[i].shape, { device: optimizer.params[i].device }));
+    // A moment that is not finite would turn the first step's update, and every weight after it, into NaN: named here.
+    // The second moment must also be ≥ 0 (a sum of squares): its square root is taken.
+    const values = (moment: string, name: string) => {
+      const v = storedToFloat32(tensors.get(`${moment}.${name}`)!);
+      const bad = v.findIndex((x) => !Number.isFinite(x) || (moment === 'v' && x < 0));
+      if (bad >= 0) throw new MemgptError(`${path}: tensor ${moment}.${name} holds ${v[bad]} at element ${bad}; optimizer moments must be finite${moment === 'v' ? ' and ≥ 0' : ''}`);
+      return v;
+    };
+    const load = (moment: string) => names.map((name, i) => tensor(values(moment, name), optimizer.params[i].shape, { device: optimizer.params[i].device }));
     optimizer.loadState({ m: load('m'), v: load('v'), step: record.step!, steps });
   });
   optimizer.lr = record.lr;

@@ -314,6 +314,8 @@ export function evalCommand(argv: string[]): number {
       const batchSize = int(flags, 'batch-size', 1), segments = int(flags, 'segments', 4);
       ({ loss, tokens } = evaluateLoss(model, corpus, batchSize, segments, Number.MAX_SAFE_INTEGER));
     }
+    // Finite weights can still overflow float32 on the way (weights near 3e38): a loss that is not a number is no result.
+    if (!Number.isFinite(loss)) throw new MemgptError(`eval: the loss is ${loss}: ${ckpt} gives activations that overflow float32`);
     const bitsPerToken = loss / Math.LN2;
     // Bytes per predicted token of this corpus, to turn bits per token into bits per byte.
     const bytesPerToken = corpus.bytes / corpus.tokens.length;

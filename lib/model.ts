@@ -86,17 +86,24 @@ export class MemGPT {
     const rng = new Rng(options.seed ?? 0);
     const residualStd = 0.02 / Math.sqrt(2 * cfg.nLayers);
     const params = new Map<string, Parameter>();
-    for (const [name, shape] of parameterShapes(cfg)) {
-      const n = shape.reduce((a, b) => a * b, 1);
-      const values = new Float32Array(n);
-      if (/\.(ln\d?|ln_f|mem\.ln|ptr\.ln)\.weight$|^ln_f\.weight$/.test(name)) values.fill(1);
-      else if (name === 'copy.gen.bias') values.fill(2);
-      else if (name.endsWith('ptr.pos')) fillShiftRegister(values, cfg.memSlots, cfg.segmentLen);
-      else if (name.endsWith('.bias')) values.fill(0);
-      else rng.fillNormal(values, 0, /attn\.out\.weight$|ffn\.fc2\.weight$/.test(name) ? residualStd : 0.02);
-      params.set(name, parameter(tensor(values, shape, { device: options.device }), name));
+    try {
+      for (const [name, shape] of parameterShapes(cfg)) {
+        const n = shape.reduce((a, b) => a * b, 1);
+        const values = new Float32Array(n);
+        if (/\.(ln\d?|ln_f|mem\.ln|ptr\.ln)\.weight$|^ln_f\.weight$/.test(name)) values.fill(1);
+        else if (name === 'copy.gen.bias') values.fill(2);
+        else if (name.endsWith('ptr.pos')) fillShiftRegister(values, cfg.memSlots, cfg.segmentLen);
+        else if (name.endsWith('.bias')) values.fill(0);
+        else rng.fillNormal(values, 0, /attn\.out\.weight$|ffn\.fc2\.weight$/.test(name) ? residualStd : 0.02);
+        params.set(name, parameter(tensor(values, shape, { device: options.device }), name));
+      }
+      return new MemGPT(cfg, params);
+    } catch (e) {
+      // Out of memory (or any failure) part-way: the parameters made so far are freed, not leaked.
+      for (const p of params.values()) p.dispose();
+      if (e instanceof RangeError) throw new MemgptError(`MemGPT.init: cannot allocate the parameters of this config (${e.message})`, { cause: e });
+      throw e;
     }
-    return new MemGPT(cfg, params);
   }
 
   /** How this model's attention reads the memory: SPEC v2's positional joint read, or v1's gated read. */
@@ -237,8 +244,13 @@ export class MemGPT {
       return tensor(out, [batch, T], { dtype: 'int32', device });
     };
     let count = 0;
-    if (mask) for (const m of mask) count += m;
-    else count = batch * N;
+    if (mask) {
+      // Checked before any tensor is made: a NaN entry used to fail after the whole graph was built, and leak it.
+      for (let i = 0; i < mask.length; i++) {
+        if (!(mask[i] >= 0 && mask[i] <= 1)) throw new MemgptError(`forward: mask entry ${i} is ${mask[i]}; a mask holds weights in [0, 1]`);
+        count += mask[i];
+      }
+    } else count = batch * N;
     if (count === 0) throw new MemgptError('forward: the mask selects no token');
     const wantDiagnostics = options.diagnostics === true && this.config.memSlots > 0;
     const perSegment: LayerDiagnostics[][] = [];
@@ -267,9 +279,13 @@ export class MemGPT {
       }
       return total!;
     });
-    const nllSum = result.item();
-    const loss = scale(result, 1 / count);
-    result.dispose();
+    let nllSum: number, loss: Tensor;
+    try {
+      nllSum = result.item();
+      loss = scale(result, 1 / count);
+    } finally {
+      result.dispose();
+    }
     const diagnostics = wantDiagnostics
       ? perSegment[0].map((_, l) => {
           const mean = (key: keyof LayerDiagnostics) => perSegment.reduce((a, d) => a + d[l][key], 0) / perSegment.length;

@@ -229,7 +229,7 @@ export class Tensor {
   /** A copy of the values on the host (bfloat16 widened to float32). */
   toArray(): HostArray {
     const raw = rawHostBuffer(this.dtype, this.size);
-    if (this.size > 0) this.storage.backend.copyToHost(this.handle, this.offset * dtypeBytes[this.dtype], raw);
+    if (this.size > 0) hostCopy('toArray', this, () => this.storage.backend.copyToHost(this.handle, this.offset * dtypeBytes[this.dtype], raw));
     return decodeHost(raw, this.dtype);
   }
 
@@ -363,8 +363,25 @@ export function tensor(values: Nested | ArrayLike<number>, shape?: readonly numb
   if (numel(s) !== flat.length) throw new MemgptError(`tensor: ${flat.length} values do not fill shape ${shapeStr(s)} (${numel(s)} elements)`);
   const dtype = opts?.dtype ?? (values instanceof Int32Array ? 'int32' : 'float32');
   const t = empty(s, { ...opts, dtype });
-  if (t.size > 0) t.storage.backend.copyFromHost(t.handle, 0, encodeHost(flat, dtype));
+  if (t.size > 0) {
+    try {
+      hostCopy('tensor', t, () => t.storage.backend.copyFromHost(t.handle, 0, encodeHost(flat, dtype)));
+    } catch (e) {
+      t.dispose();
+      throw e;
+    }
+  }
   return t;
+}
+
+/** A copy between the host and a tensor's device; the addon's raw Error (a device fault) becomes one clear MemgptError. */
+function hostCopy(op: string, t: Tensor, copy: () => void): void {
+  try {
+    copy();
+  } catch (e) {
+    if (e instanceof MemgptError) throw e;
+    throw new MemgptError(`${op}: copying ${shapeStr(t.shape)} ${t.dtype} to or from ${t.device} failed: ${(e as Error).message}`, { cause: e });
+  }
 }
 
 /** 0, 1, ..., n-1. */

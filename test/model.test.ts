@@ -163,4 +163,31 @@ describe('the whole model on the CPU', () => {
       model.dispose();
     }
   });
+
+  it('a mask entry outside [0, 1] (NaN) is refused before the graph is built; a failed init frees what it made', () => {
+    const model = MemGPT.init(small, { device: 'cpu' });
+    try {
+      const tokens = new Int32Array(2 * 11).fill(3);
+      for (const bad of [NaN, -1, 2, Infinity]) {
+        const mask = new Float32Array(2 * 10).fill(1);
+        mask[3] = bad;
+        // A NaN used to fail after the graph was built and leak all of it (about 200 tensors a call).
+        expectNoLeaks('cpu', () => expect(() => model.forward(tokens, 2, 2, mask)).toThrow(`forward: mask entry 3 is ${bad}; a mask holds weights in [0, 1]`));
+      }
+    } finally {
+      model.dispose();
+    }
+    // Init failing part-way (here: the fifth random fill; in practice, out of memory) frees the parameters made.
+    const fill = mg.Rng.prototype.fillNormal;
+    let calls = 0;
+    mg.Rng.prototype.fillNormal = function (this: mg.Rng, ...args: Parameters<typeof fill>) {
+      if (++calls === 5) throw new RangeError('Array buffer allocation failed');
+      return fill.apply(this, args);
+    };
+    try {
+      expectNoLeaks('cpu', () => expect(() => MemGPT.init(small, { device: 'cpu' })).toThrow(/^MemGPT.init: cannot allocate the parameters of this config \(Array buffer allocation failed\)$/));
+    } finally {
+      mg.Rng.prototype.fillNormal = fill;
+    }
+  });
 });

@@ -326,3 +326,23 @@ forEachDevice((device) => {
     });
   });
 });
+
+describe('errors from the addon', () => {
+  it('a raw Error of a host copy (a device fault) becomes one MemgptError naming the op and tensor', () => {
+    const t = mg.keep(mg.zeros([2, 3]));
+    const backend = t.storage.backend as unknown as { copyToHost: (...a: unknown[]) => void; copyFromHost: (...a: unknown[]) => void };
+    const [toHost, fromHost] = [backend.copyToHost, backend.copyFromHost];
+    backend.copyToHost = () => { throw new Error('device lost'); };
+    backend.copyFromHost = () => { throw new Error('device lost'); };
+    try {
+      expect(() => t.toArray()).toThrow(new mg.MemgptError('toArray: copying [2,3] float32 to or from cpu failed: device lost'));
+      const before = mg.memory('cpu').liveTensors;
+      expect(() => mg.tensor([1, 2, 3])).toThrow(/^tensor: copying \[3\] float32 to or from cpu failed: device lost$/);
+      expect(mg.memory('cpu').liveTensors).toBe(before);
+    } finally {
+      backend.copyToHost = toHost;
+      backend.copyFromHost = fromHost;
+      t.dispose();
+    }
+  });
+});

@@ -25,8 +25,9 @@ Usage:
                   --resume: the run's saved options; only --steps, --eval-every, --eval-batches,
                   --checkpoint-every and --log-every may change
   memgpt eval     --checkpoint CKPT --data PATH [--segments K] [--batch-size B] [--stream] [--json]
-  memgpt generate --checkpoint CKPT --prompt TEXT [--max-tokens N] [--temperature X] [--top-k K]
-                  [--top-p P] [--seed S]
+  memgpt generate --checkpoint CKPT (--prompt TEXT | --prompt-file PATH) [--max-tokens N] [--temperature X]
+                  [--top-k K] [--top-p P] [--min-p P] [--repetition-penalty R] [--stop TEXT]... [--seed S]
+                  [--json]   (one line per token: id, log-probability, text; Ctrl-C ends it cleanly)
   memgpt bench    [kernels|train|books] [--device cpu|cuda] [--json]
                   kernels: [--preset small|base|all] [--only SUBSTRING]
                   train:   [--preset tiny|small|base] [--batch B] [--segments K] [--steps N] [--warmup N]
@@ -126,7 +127,7 @@ export async function main(argv: string[]): Promise<number> {
     if (command === 'demo') return demo(rest);
     if (command === 'train') return await trainCommand(rest);
     if (command === 'eval') return evalCommand(rest);
-    if (command === 'generate') return generateCommand(rest);
+    if (command === 'generate') return await generateCommand(rest);
     if (command === 'bench') return await benchCommand(rest);
     if (command === 'doctor') {
       const flags = parse(rest, { json: 'boolean' });

@@ -353,7 +353,7 @@ export class Decoder {
 
 // ---------------------------------------------------------------- sampling
 
-/** Options of generateTokens and streamText. */
+/** Options of generateTokens, sampledTokens and streamText. */
 export interface GenerateOptions {
   /** How many tokens to generate (an integer ≥ 0). */
   maxTokens: number;
@@ -363,26 +363,40 @@ export interface GenerateOptions {
   topK?: number;
   /** Keep the most likely tokens whose probabilities add up to at least p (0 < p ≤ 1). */
   topP?: number;
+  /** Keep only tokens at least this fraction as likely as the most likely one, after temperature (0 ≤ minP ≤ 1; 0: off). */
+  minP?: number;
+  /**
+   * Each token already in the context (prompt and output) has its probability P replaced by P^penalty before
+   * sampling (renormalised): the CTRL penalty applied to log-probabilities, since the copy head mixes two
+   * distributions and has no single logit. > 1 discourages repeats, 1 (the default) is off, < 1 encourages them.
+   */
+  repetitionPenalty?: number;
   /** Seed of the sampler's random numbers (default 0): the same seed gives the same tokens. */
   seed?: number;
   /** Stops after a token for which this returns true (that token is still yielded). */
   stopAt?: (token: number) => boolean;
 }
 
-function validateOptions(options: GenerateOptions): Required<Omit<GenerateOptions, 'stopAt' | 'topK'>> & Pick<GenerateOptions, 'stopAt' | 'topK'> {
-  const { maxTokens, temperature = 1, topK, topP = 1, seed = 0, stopAt } = options;
+type SamplerOptions = Required<Omit<GenerateOptions, 'stopAt' | 'topK'>> & Pick<GenerateOptions, 'stopAt' | 'topK'>;
+
+function validateOptions(options: GenerateOptions): SamplerOptions {
+  const { maxTokens, temperature = 1, topK, topP = 1, minP = 0, repetitionPenalty = 1, seed = 0, stopAt } = options;
   if (!Number.isSafeInteger(maxTokens) || maxTokens < 0) throw new MemgptError(`generate: maxTokens must be an integer ≥ 0 (got ${maxTokens})`);
   if (typeof temperature !== 'number' || !Number.isFinite(temperature) || temperature < 0) throw new MemgptError(`generate: temperature must be a number ≥ 0 (got ${temperature})`);
   if (topK !== undefined && (!Number.isSafeInteger(topK) || topK < 1)) throw new MemgptError(`generate: topK must be an integer ≥ 1 (got ${topK})`);
   if (typeof topP !== 'number' || !(topP > 0 && topP <= 1)) throw new MemgptError(`generate: topP must be in (0, 1] (got ${topP})`);
+  if (typeof minP !== 'number' || !(minP >= 0 && minP <= 1)) throw new MemgptError(`generate: minP must be in [0, 1] (got ${minP})`);
+  if (typeof repetitionPenalty !== 'number' || !(repetitionPenalty > 0 && Number.isFinite(repetitionPenalty))) {
+    throw new MemgptError(`generate: repetitionPenalty must be a finite number > 0 (got ${repetitionPenalty})`);
+  }
   if (!Number.isSafeInteger(seed)) throw new MemgptError(`generate: seed must be an integer (got ${seed})`);
   if (stopAt !== undefined && typeof stopAt !== 'function') throw new MemgptError('generate: stopAt must be a function of the token id');
-  return { maxTokens, temperature, topK, topP, seed, stopAt };
+  return { maxTokens, temperature, topK, topP, minP, repetitionPenalty, seed, stopAt };
 }
 
-/** Draws a token from probs: temperature on log P, then top-k, then top-p. */
-export function sampleToken(probs: Float64Array, options: { temperature: number; topK?: number; topP: number }, rng: Rng): number {
-  const { temperature, topK, topP } = options;
+/** Draws a token from probs: temperature on log P, then top-k, min-p and top-p. */
+export function sampleToken(probs: Float64Array, options: { temperature: number; topK?: number; topP: number; minP?: number }, rng: Rng): number {
+  const { temperature, topK, topP, minP = 0 } = options;
   // No finite, positive probability (NaN logits): there is no token to give, and saying so beats an undefined id.
   if (!probs.some((p) => p > 0 && Number.isFinite(p))) throw new MemgptError('generate: the model gives no token a finite, positive probability (are its weights finite?)');
   if (temperature === 0 || topK === 1) {
@@ -394,9 +408,16 @@ export function sampleToken(probs: Float64Array, options: { temperature: number;
   let ids = Array.from(probs.keys()).filter((v) => probs[v] > 0 && Number.isFinite(probs[v]));
   ids.sort((a, b) => probs[b] - probs[a] || a - b);
   if (topK !== undefined) ids = ids.slice(0, topK);
-  // P^(1/temperature), renormalised, is softmax(log P / temperature).
+  // P^(1/temperature), renormalised, is softmax(log P / temperature); weights are relative to the most likely (1).
   const top = Math.log(probs[ids[0]]);
-  const weights = ids.map((v) => Math.exp((Math.log(probs[v]) - top) / temperature));
+  let weights = ids.map((v) => Math.exp((Math.log(probs[v]) - top) / temperature));
+  if (minP > 0) {
+    const kept = weights.findIndex((w) => w < minP);
+    if (kept > 0) {
+      ids = ids.slice(0, kept);
+      weights = weights.slice(0, kept);
+    }
+  }
   let total = weights.reduce((a, w) => a + w, 0);
   if (topP < 1) {
     let kept = 0, mass = 0;
@@ -413,11 +434,27 @@ export function sampleToken(probs: Float64Array, options: { temperature: number;
   return ids[ids.length - 1];
 }
 
+/** probs with each seen token's P replaced by P^penalty, renormalised (a copy; probs itself is untouched). */
+export function penalizeRepeats(probs: Float64Array, seen: Iterable<number>, penalty: number): Float64Array {
+  const out = Float64Array.from(probs);
+  if (penalty === 1) return out;
+  for (const v of new Set(seen)) if (v >= 0 && v < out.length && out[v] > 0) out[v] = Math.pow(out[v], penalty);
+  const total = out.reduce((a, p) => a + (Number.isFinite(p) ? p : 0), 0);
+  if (total > 0) for (let v = 0; v < out.length; v++) out[v] /= total;
+  return out;
+}
+
+/** A generated token with the model's log-probability of it (before temperature, penalty and filters). */
+export interface SampledToken {
+  token: number;
+  logprob: number;
+}
+
 /**
- * Feeds the prompt, then yields up to maxTokens sampled tokens, each fed back before the next is drawn.
- * Options are checked here, before the first token is asked for.
+ * Feeds the prompt, then yields up to maxTokens sampled tokens with their log-probabilities, each fed back before
+ * the next is drawn. Options are checked here, before the first token is asked for.
  */
-export function generateTokens(model: MemGPT, prompt: ArrayLike<number>, options: GenerateOptions): Generator<number> {
+export function sampledTokens(model: MemGPT, prompt: ArrayLike<number>, options: GenerateOptions): Generator<SampledToken> {
   const opts = validateOptions(options);
   if (prompt.length === 0) throw new MemgptError('generate: the prompt is empty');
   for (let i = 0; i < prompt.length; i++) checkToken(model, prompt[i], `generate: prompt (index ${i})`);
@@ -426,9 +463,12 @@ export function generateTokens(model: MemGPT, prompt: ArrayLike<number>, options
     try {
       decoder.feedMany(prompt);
       const rng = new Rng(opts.seed);
+      const context = Array.from(prompt);
       for (let n = 0; n < opts.maxTokens; n++) {
-        const token = sampleToken(decoder.distribution(), opts, rng);
-        yield token;
+        const probs = decoder.distribution();
+        const token = sampleToken(opts.repetitionPenalty === 1 ? probs : penalizeRepeats(probs, context, opts.repetitionPenalty), opts, rng);
+        context.push(token);
+        yield { token, logprob: Math.log(probs[token]) };
         if (opts.stopAt?.(token) || n === opts.maxTokens - 1) break;
         decoder.feed(token);
       }
@@ -438,11 +478,40 @@ export function generateTokens(model: MemGPT, prompt: ArrayLike<number>, options
   })();
 }
 
+/** sampledTokens without the log-probabilities: the token ids (options checked at the call, as there). */
+export function generateTokens(model: MemGPT, prompt: ArrayLike<number>, options: GenerateOptions): Generator<number> {
+  const tokens = sampledTokens(model, prompt, options);
+  return (function* () {
+    try {
+      for (const t of tokens) yield t.token;
+    } finally {
+      tokens.return(undefined);
+    }
+  })();
+}
+
 /** What streamText needs of a tokenizer. */
 export interface TextCodec {
   encode(text: string): ArrayLike<number>;
   decode(tokens: ArrayLike<number>): string;
 }
+
+/** Options of streamTokens and streamText: the token-level options, plus stop strings and cancellation. */
+export interface TextGenerateOptions extends GenerateOptions {
+  /** Generation ends when the output contains one of these; that string and anything after it are not returned. */
+  stop?: string[];
+  /** Ends generation before the next token (Ctrl-C, a timeout): everything released so far stays returned. */
+  signal?: AbortSignal;
+}
+
+/** A generated token, its log-probability, and the text it releases (token −1: no token, the end releasing held text). */
+export interface TextToken extends SampledToken {
+  /** Text completed by this token: empty while a multi-byte character, or what may be a stop string, is held back. */
+  text: string;
+}
+
+/** Why generation ended: maxTokens reached, a stop string, options.stopAt, or options.signal. */
+export type StopReason = 'max-tokens' | 'stop' | 'stop-token' | 'aborted';
 
 // A UTF-8 character spans at most 4 bytes, so at most 4 tokens: a piece still incomplete after that is invalid text.
 const maxHeldTokens = 4;
@@ -463,19 +532,100 @@ export function* textPieces(tokens: Iterable<number>, decode: (tokens: ArrayLike
   if (held.length > 0) yield decode(held);
 }
 
-/** Generates from a text prompt and yields the continuation as text pieces, whole characters only. */
-export async function* streamText(model: MemGPT, codec: TextCodec, prompt: string, options: GenerateOptions): AsyncGenerator<string> {
-  const pieces = textPieces(generateTokens(model, codec.encode(prompt), options), (ids) => codec.decode(ids));
-  try {
-    for (const piece of pieces) {
-      yield piece;
-      // Let the event loop run between pieces (output flushes, signals).
-      await new Promise<void>((resolve) => setImmediate(resolve));
+/** Holds back text that may be the start of a stop string, and finds the first stop string in the output. */
+class StopMatcher {
+  private held = '';
+  constructor(private readonly stops: string[]) {}
+
+  /** The text that can be released after `text` arrives, and whether a stop string ended it. */
+  push(text: string): { release: string; stopped: boolean } {
+    const all = this.held + text;
+    let first = -1;
+    for (const s of this.stops) {
+      const at = all.indexOf(s);
+      if (at >= 0 && (first < 0 || at < first)) first = at;
     }
-  } finally {
-    // Stopped early: closing the generators disposes the decoder.
-    pieces.return(undefined);
+    if (first >= 0) {
+      this.held = '';
+      return { release: all.slice(0, first), stopped: true };
+    }
+    // Keep the longest end of the text that some stop string starts with: it may yet complete.
+    let keep = 0;
+    for (const s of this.stops) {
+      for (let k = Math.min(s.length - 1, all.length); k > keep; k--) {
+        if (all.endsWith(s.slice(0, k))) {
+          keep = k;
+          break;
+        }
+      }
+    }
+    this.held = all.slice(all.length - keep);
+    return { release: all.slice(0, all.length - keep), stopped: false };
   }
+
+  /** What is still held when generation ends without a stop string. */
+  flush(): string {
+    const rest = this.held;
+    this.held = '';
+    return rest;
+  }
+}
+
+function validateTextOptions(options: TextGenerateOptions): string[] {
+  const stop = options.stop ?? [];
+  if (!Array.isArray(stop) || !stop.every((s) => typeof s === 'string' && s.length > 0)) {
+    throw new MemgptError('generate: stop must be a list of non-empty strings');
+  }
+  if (options.signal !== undefined && !(options.signal instanceof AbortSignal)) throw new MemgptError('generate: signal must be an AbortSignal');
+  return stop;
+}
+
+/**
+ * Generates from a text prompt: yields each token with its log-probability and the text it releases (whole
+ * characters, stop strings cut off), and returns why it stopped. Between tokens the event loop runs, so output
+ * flushes and a signal can end it.
+ */
+export async function* streamTokens(model: MemGPT, codec: TextCodec, prompt: string, options: TextGenerateOptions): AsyncGenerator<TextToken, StopReason> {
+  const stops = new StopMatcher(validateTextOptions(options));
+  const tokens = sampledTokens(model, codec.encode(prompt), options);
+  let count = 0;
+  let bytes: number[] = [];
+  try {
+    for (;;) {
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      if (options.signal?.aborted) {
+        const rest = bytes.length ? codec.decode(bytes) : '';
+        const text = stops.push(rest).release + stops.flush();
+        if (text) yield { token: -1, logprob: 0, text };
+        return 'aborted';
+      }
+      const next = tokens.next();
+      if (next.done) break;
+      count++;
+      bytes.push(next.value.token);
+      let piece = codec.decode(bytes);
+      if (piece.endsWith('\uFFFD') && bytes.length < maxHeldTokens) piece = '';
+      else bytes = [];
+      const { release, stopped } = stops.push(piece);
+      yield { ...next.value, text: release };
+      if (stopped) return 'stop';
+    }
+    const rest = bytes.length ? codec.decode(bytes) : '';
+    const tail = stops.push(rest);
+    if (tail.release || tail.stopped) yield { token: -1, logprob: 0, text: tail.release };
+    if (tail.stopped) return 'stop';
+    const held = stops.flush();
+    if (held) yield { token: -1, logprob: 0, text: held };
+    return count === options.maxTokens ? 'max-tokens' : 'stop-token';
+  } finally {
+    // Stopped early: closing the token generator disposes the decoder.
+    tokens.return(undefined);
+  }
+}
+
+/** Generates from a text prompt and yields the continuation as text pieces: whole characters, stop strings cut off. */
+export async function* streamText(model: MemGPT, codec: TextCodec, prompt: string, options: TextGenerateOptions): AsyncGenerator<string> {
+  for await (const t of streamTokens(model, codec, prompt, options)) if (t.text) yield t.text;
 }
 
 // ---------------------------------------------------------------- stream-mode scoring

@@ -26,7 +26,10 @@ export * from './ops/optim.js';
 export { presets, parameterShapes, resolveConfig, type ModelConfig, type PresetName } from './config.js';
 export { MemGPT, type ForwardResult, type LayerDiagnostics } from './model.js';
 export * from './data/index.js';
-export { Decoder, generateTokens, sampleToken, scoreStream, streamText, textPieces, type GenerateOptions, type TextCodec } from './generate.js';
+export {
+  Decoder, generateTokens, penalizeRepeats, sampledTokens, sampleToken, scoreStream, streamText, streamTokens, textPieces,
+  type GenerateOptions, type SampledToken, type StopReason, type TextCodec, type TextGenerateOptions, type TextToken,
+} from './generate.js';
 export {
   bfloat16Bytes, float32Bytes, readSafetensors, readSafetensorsHeader, safetensorsDTypeBytes, storedToFloat32, writeSafetensors,
   type SafetensorsDType, type SafetensorsHeader, type StoredTensor, type TensorInfo,

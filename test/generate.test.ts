@@ -217,6 +217,84 @@ describe('generateTokens and streamText', () => {
     }
   });
 
+  it('min-p keeps tokens at least that fraction as likely as the top one; the repetition penalty is P^penalty on seen tokens', () => {
+    const probs = Float64Array.from([0.05, 0.6, 0.3, 0.05]);
+    const rng = new mg.Rng(0);
+    const drawn = (options: { temperature: number; topP: number; minP?: number }) => {
+      const seen = new Set<number>();
+      for (let i = 0; i < 300; i++) seen.add(mg.sampleToken(probs, options, rng));
+      return [...seen].sort();
+    };
+    expect(drawn({ temperature: 1, topP: 1, minP: 0.4 })).toEqual([1, 2]);  // 0.3/0.6 = 0.5 ≥ 0.4; 0.05/0.6 < 0.4
+    expect(drawn({ temperature: 1, topP: 1, minP: 0.6 })).toEqual([1]);
+    expect(drawn({ temperature: 1, topP: 1, minP: 0 })).toEqual([0, 1, 2, 3]);
+    // min-p applies after temperature: at temperature 4 the weights flatten, and 0.05 passes 0.4 of the top.
+    expect(drawn({ temperature: 4, topP: 1, minP: 0.4 })).toEqual([0, 1, 2, 3]);
+    const penalized = mg.penalizeRepeats(probs, [1, 1, 3], 2);
+    const raw = [0.05, 0.36, 0.3, 0.0025];
+    const total = raw.reduce((a, b) => a + b, 0);
+    raw.forEach((p, v) => expect(penalized[v]).toBeCloseTo(p / total, 12));
+    expect([...mg.penalizeRepeats(probs, [0, 2], 1)]).toEqual([...probs]);
+    expect([...probs]).toEqual([0.05, 0.6, 0.3, 0.05]);  // the input is not changed
+  });
+
+  it('sampledTokens gives the model log-probability of each token; a repetition penalty changes greedy output away from repeats', () => {
+    const model = randomModel(small, 2);
+    try {
+      const decoder = new Decoder(model);
+      decoder.feedMany(prompt);
+      const probs = decoder.distribution();
+      decoder.dispose();
+      const [first] = [...mg.sampledTokens(model, prompt, { maxTokens: 1, temperature: 0 })];
+      expect(first.token).toBe(probs.indexOf(Math.max(...probs)));
+      expect(first.logprob).toBeCloseTo(Math.log(probs[first.token]), 12);
+      const plain = [...generateTokens(model, prompt, { maxTokens: 30, temperature: 0 })];
+      const penalized = [...generateTokens(model, prompt, { maxTokens: 30, temperature: 0, repetitionPenalty: 50 })];
+      const repeats = (ts: number[]) => ts.filter((t, i) => [...prompt, ...ts.slice(0, i)].includes(t)).length;
+      expect(repeats(penalized)).toBeLessThan(repeats(plain));
+      expect(() => generateTokens(model, prompt, { maxTokens: 3, minP: 1.5 })).toThrow(/minP must be in \[0, 1\]/);
+      expect(() => generateTokens(model, prompt, { maxTokens: 3, repetitionPenalty: 0 })).toThrow(/repetitionPenalty must be a finite number > 0/);
+    } finally {
+      model.dispose();
+    }
+  });
+
+  it('stop strings end the text before them, even across tokens; an abort signal ends it after the current token', async () => {
+    const bytes = (ids: ArrayLike<number>) => new TextDecoder().decode(Uint8Array.from(ids));
+    const codec = { encode: (text: string) => new TextEncoder().encode(text), decode: bytes };
+    const model = randomModel(small, 2);
+    try {
+      const options = { maxTokens: 40, temperature: 0 };
+      const full = [...mg.textPieces(generateTokens(model, codec.encode('abcab'), options), bytes)].join('');
+      expect(full.length).toBeGreaterThan(10);
+      const collect = async (opts: mg.TextGenerateOptions) => {
+        const it = mg.streamTokens(model, codec, 'abcab', opts);
+        let text = '', step = await it.next();
+        for (; !step.done; step = await it.next()) text += step.value.text;
+        return { text, reason: step.value };
+      };
+      // A stop string of three characters from the middle of the greedy output: the text ends just before it.
+      const stop = full.slice(6, 9);
+      const cut = await collect({ ...options, stop: [stop, 'never appears'] });
+      expect(cut).toEqual({ text: full.slice(0, full.indexOf(stop)), reason: 'stop' });
+      expect(await collect(options)).toEqual({ text: full, reason: 'max-tokens' });
+      // A held-back prefix of a stop string that never completes is released at the end.
+      const tail = full.slice(-2) + 'zz';
+      expect(await collect({ ...options, stop: [tail] })).toEqual({ text: full, reason: 'max-tokens' });
+      const abort = new AbortController();
+      const it = mg.streamTokens(model, codec, 'abcab', { ...options, signal: abort.signal });
+      const first = await it.next();
+      abort.abort();
+      let rest = await it.next();
+      while (!rest.done) rest = await it.next();
+      expect(rest.value).toBe('aborted');
+      expect(first.done).toBe(false);
+      await expect(collect({ ...options, stop: [''] })).rejects.toThrow(/stop must be a list of non-empty strings/);
+    } finally {
+      model.dispose();
+    }
+  });
+
   it('text pieces hold back tokens until a multi-byte character is complete; streamText yields them', async () => {
     const bytes = (ids: ArrayLike<number>) => new TextDecoder().decode(Uint8Array.from(ids));
     expect([...mg.textPieces([0x61, 0xc3, 0xa9, 0xe2, 0x82, 0xac, 0x62], bytes)]).toEqual(['a', 'é', '€', 'b']);

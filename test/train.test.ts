@@ -2,7 +2,7 @@
 // run them (the compiled dist/ through bin/memgpt.js): run folder contents, JSON
 // lines, bit-exact resume after a kill, eval against the plain reference, and
 // one clear line for every kind of bad input.
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -204,6 +204,56 @@ describe('memgpt train', () => {
     const s = memgpt(['eval', '--checkpoint', join(out, 'model.safetensors'), '--data', join(dir, 'data.txt'), '--stream', '--json']);
     expect(s.status).toBe(0);
     expect(JSON.parse(s.stdout).tokens).toBe(readFileSync(join(dir, 'data.txt')).length - 1);
+    // --json: a line per token (id, log-probability, the text it released), then why it stopped and the whole text.
+    const ckpt = join(out, 'model.safetensors');
+    const j = memgpt(['generate', '--checkpoint', ckpt, '--prompt', 'Line 3: the', '--max-tokens', '12', '--temperature', '0', '--json']);
+    const lines = jsonLines(j.stdout) as unknown as { token?: number; logprob?: number; text: string; done?: boolean; reason?: string; tokens?: number }[];
+    const last = lines.pop()!;
+    expect(last).toMatchObject({ done: true, reason: 'max-tokens', tokens: 12 });
+    expect(lines.filter((l) => l.token !== undefined)).toHaveLength(12);
+    for (const l of lines.filter((x) => x.token !== undefined)) expect(l.logprob! <= 0 && Number.isFinite(l.logprob)).toBe(true);
+    expect(lines.map((l) => l.text).join('')).toBe(last.text);
+    expect(`${last.text}\n`).toBe(g.stdout);
+    // --stop cuts the text before the stop string (not printed); --prompt-file reads the prompt from a file.
+    const stop = last.text.slice(3, 5);
+    writeFileSync(join(dir, 'prompt.txt'), 'Line 3: the');
+    const stopped = memgpt(['generate', '--checkpoint', ckpt, '--prompt-file', join(dir, 'prompt.txt'), '--max-tokens', '12', '--temperature', '0', '--stop', stop, '--stop', 'zzz']);
+    expect(stopped.stdout).toBe(`${last.text.slice(0, last.text.indexOf(stop))}\n`);
+    // The sampling controls are flags too; bad values and a prompt given twice are one clear line.
+    expect(memgpt(['generate', '--checkpoint', ckpt, '--prompt', 'Line', '--max-tokens', '5', '--top-p', '0.9', '--min-p', '0.05', '--repetition-penalty', '1.3', '--seed', '2']).status).toBe(0);
+    for (const [args, message] of [
+      [['--prompt', 'x', '--prompt-file', join(dir, 'prompt.txt')], 'memgpt: generate: give one of --prompt TEXT and --prompt-file PATH'],
+      [['--prompt-file', dir], `memgpt: generate: --prompt-file ${dir} is not a regular file`],
+      [['--prompt', 'x', '--min-p', '2'], "memgpt: --min-p must be in [0, 1] (got '2')"],
+      [['--prompt', 'x', '--repetition-penalty', '0'], "memgpt: --repetition-penalty must be a number > 0 (got '0')"],
+      [['--prompt', 'x', '--stop', ''], 'memgpt: generate: --stop must not be empty'],
+    ] as const) {
+      const r = memgpt(['generate', '--checkpoint', ckpt, ...args]);
+      expect([r.status, r.stderr]).toEqual([2, message]);
+    }
+  });
+
+  it('generate ends cleanly on Ctrl-C: the text so far, a newline, one line on stderr, exit 130', async () => {
+    const dir = workspace();
+    const out = join(dir, 'run');
+    expect(memgpt(['train', '--config', join(dir, 'config.json'), '--data', join(dir, 'data.txt'), '--out', out, '--steps', '1', '--batch-size', '2', '--segments', '2']).status).toBe(0);
+    const child = spawn(process.execPath, [bin, 'generate', '--checkpoint', join(out, 'model.safetensors'), '--prompt', 'Line', '--max-tokens', '100000', '--json'], {
+      env: { ...process.env, MEMGPT_DEVICE: 'cpu', MEMGPT_QUIET: '1' }, stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '', stderr = '';
+    child.stderr.on('data', (d) => (stderr += d));
+    const exit = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    await new Promise<void>((resolve) => child.stdout.on('data', (d) => {
+      stdout += d;
+      if (stdout.split('\n').length > 5) resolve();
+    }));
+    child.kill('SIGINT');
+    expect(await exit).toBe(130);
+    const lines = jsonLines(stdout) as unknown as { token?: number; done?: boolean; reason?: string; tokens?: number }[];
+    const last = lines.at(-1)!;
+    expect(last).toMatchObject({ done: true, reason: 'aborted' });
+    expect(last.tokens).toBe(lines.filter((l) => l.token !== undefined).length);
+    expect(stderr.trim()).toBe(`memgpt: generate: interrupted after ${last.tokens} tokens`);
   });
 
   it('bad input: one clear line, a non-zero exit, and no half-written file', () => {

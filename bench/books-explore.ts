@@ -10,12 +10,12 @@ import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 
 import * as mg from '../lib/index.js';
-import { presets, type PresetName } from '../lib/config.js';
-import { ensureBookCorpus, type BookCorpusName } from '../lib/bench/books/corpora.js';
-import { bucketLosses, memoryProbe, scoreDocument } from '../lib/bench/books/score.js';
+import { presets, type PresetName } from '../lib/nn/config.js';
+import { ensureBookCorpus, type BookCorpusName } from '../lib/cli/bench/books/corpora.js';
+import { bucketLosses, memoryProbe, scoreDocument } from '../lib/cli/bench/books/score.js';
 import { loadCorpus, getTokenizer, BatchSampler } from '../lib/data/index.js';
-import { learningRate } from '../lib/train.js';
-import { MemGPT } from '../lib/model.js';
+import { learningRate } from '../lib/train/trainer.js';
+import { MemGPT } from '../lib/nn/model.js';
 import { applyInitOverrides } from './init-overrides.js';
 
 const { values: f } = parseArgs({

@@ -1,13 +1,13 @@
 // Segmented-copy acceptance runs (issue 4): for each seed, trains the tiny model (8 slots) on the copy
-// task through the library's trainer (lib/copy-task.ts) with its memory and, with --mem-slots 8,0,
+// task through the library's trainer (bench/copy-task.ts) with its memory and, with --mem-slots 8,0,
 // without; then scores greedy teacher-forced token accuracy on the copied half of fresh samples.
 // Usage: npx tsx bench/copy-accept.ts [--seeds 0,1,2] [--mem-slots 8] [--steps N] [--held-out 200] [--out FILE]
 import { writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { parseArgs } from 'node:util';
 
-import { runTraining } from '../lib/commands.js';
-import { copyAccuracy, copyTask, copyTrainer } from '../lib/copy-task.js';
+import { runTraining } from '../lib/cli/commands.js';
+import { copyAccuracy, copyTask, copyTrainer } from './copy-task.js';
 import { numThreads } from '../lib/index.js';
 
 const { values: f } = parseArgs({

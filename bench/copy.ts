@@ -9,12 +9,12 @@
 import { parseArgs } from 'node:util';
 
 import * as mg from '../lib/index.js';
-import { yieldToEventLoop } from '../lib/commands.js';
-import { presets } from '../lib/config.js';
+import { yieldToEventLoop } from '../lib/cli/commands.js';
+import { presets } from '../lib/nn/config.js';
 import { segmentedCopyCorpus, segmentedCopyLayout } from '../lib/data/index.js';
-import { Decoder } from '../lib/generate.js';
-import { MemGPT } from '../lib/model.js';
-import { Rng } from '../lib/random.js';
+import { Decoder } from '../lib/infer/generate.js';
+import { MemGPT } from '../lib/nn/model.js';
+import { Rng } from '../lib/core/random.js';
 import { applyInitOverrides } from './init-overrides.js';
 
 const { values: f } = parseArgs({

@@ -8,10 +8,10 @@ import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 
 import * as mg from '../lib/index.js';
-import { yieldToEventLoop } from '../lib/commands.js';
-import { presets, type PresetName } from '../lib/config.js';
-import { MemGPT } from '../lib/model.js';
-import { Decoder, sampleToken } from '../lib/generate.js';
+import { yieldToEventLoop } from '../lib/cli/commands.js';
+import { presets, type PresetName } from '../lib/nn/config.js';
+import { MemGPT } from '../lib/nn/model.js';
+import { Decoder, sampleToken } from '../lib/infer/generate.js';
 
 const { values: flags } = parseArgs({
   options: {

@@ -1,7 +1,7 @@
 // Experiment knobs shared by the task exploration scripts: re-draw or fill parameters of a fresh
 // model by name, from flags like --init 'mem.init=1,ptr.q=0.125' (normal std) and --bias 'mem.gate.bias=0'.
-import type { MemGPT } from '../lib/model.js';
-import { Rng } from '../lib/random.js';
+import type { MemGPT } from '../lib/nn/model.js';
+import { Rng } from '../lib/core/random.js';
 
 const pairs = (spec: string) => spec.split(',').filter(Boolean).map((kv) => kv.split('=')).map(([k, v]) => [new RegExp(k), Number(v)] as const);
 

@@ -7,10 +7,10 @@ import { parseArgs } from 'node:util';
 import { cpus } from 'node:os';
 
 import * as mg from '../lib/index.js';
-import { presets, type ModelConfig, type PresetName } from '../lib/config.js';
-import { MemGPT } from '../lib/model.js';
-import { recipeFor } from '../lib/train.js';
-import { flopsPerToken } from '../lib/bench/flops.js';
+import { presets, type ModelConfig, type PresetName } from '../lib/nn/config.js';
+import { MemGPT } from '../lib/nn/model.js';
+import { recipeFor } from '../lib/train/trainer.js';
+import { flopsPerToken } from '../lib/cli/bench/flops.js';
 
 const { values: f } = parseArgs({ options: { preset: { type: 'string', default: 'tiny' }, steps: { type: 'string', default: '200' }, json: { type: 'boolean', default: false } } });
 const preset = f.preset as PresetName;

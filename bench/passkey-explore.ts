@@ -1,4 +1,4 @@
-// Pass-key exploration (the lab notebook behind lib/default-task.ts's recipe): trains a tiny model
+// Pass-key exploration (the lab notebook behind lib/tasks/passkey.ts's recipe): trains a tiny model
 // with its own loop on fresh documents every step, with knobs the library does not have — segment
 // count and length, key placement (--key-at random|end|fill), curricula (--easy sentence|blank|
 // digits|digits-all|distance with --easy-until STEP), initial std / bias overrides by parameter-name
@@ -9,13 +9,13 @@
 import { parseArgs } from 'node:util';
 
 import * as mg from '../lib/index.js';
-import { yieldToEventLoop } from '../lib/commands.js';
-import { presets } from '../lib/config.js';
+import { yieldToEventLoop } from '../lib/cli/commands.js';
+import { presets } from '../lib/nn/config.js';
 import { passkeyDocument } from '../lib/data/index.js';
-import { passkeyAccuracy } from '../lib/default-task.js';
-import { MemGPT } from '../lib/model.js';
+import { passkeyAccuracy } from '../lib/tasks/passkey.js';
+import { MemGPT } from '../lib/nn/model.js';
 import { applyInitOverrides } from './init-overrides.js';
-import { Rng } from '../lib/random.js';
+import { Rng } from '../lib/core/random.js';
 
 const { values: f } = parseArgs({
   options: {

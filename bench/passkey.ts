@@ -1,6 +1,6 @@
 // Pass-key acceptance runs (issue 4): for each seed, trains the tiny model on the long pass-key
 // task (4 segments of 64 bytes, key in the first, question at the end of the last) with its memory
-// and with memSlots = 0, through the library's own trainer (lib/default-task.ts), then scores
+// and with memSlots = 0, through the library's own trainer (lib/tasks/passkey.ts), then scores
 // greedy decoding of held-out keys. Writes one JSON report.
 // Usage: npx tsx bench/passkey.ts [--seeds 0,1,2] [--steps N] [--held-out 200] [--out bench/results/passkey-cpu.json]
 //          [--segments 4] [--segment-len 64] [--mem-slots 8,0]
@@ -8,8 +8,8 @@ import { writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { parseArgs } from 'node:util';
 
-import { runTraining } from '../lib/commands.js';
-import { longPasskeyTask, passkeyAccuracy, passkeyTrainer } from '../lib/default-task.js';
+import { runTraining } from '../lib/cli/commands.js';
+import { longPasskeyTask, passkeyAccuracy, passkeyTrainer } from '../lib/tasks/passkey.js';
 import { numThreads } from '../lib/index.js';
 
 const { values: f } = parseArgs({

@@ -1,39 +1,39 @@
 // The public API of memgpt: tensors and memory, devices, autograd, ops.
-export { MemgptError } from './errors.js';
-export type { DType } from './dtype.js';
+export { MemgptError } from './core/errors.js';
+export type { DType } from './core/dtype.js';
 export {
   availableDevices, cudaStatus, defaultDevice, numThreads, setDefaultDevice, setNumThreads,
   type CudaStatus, type Device,
-} from './backend.js';
+} from './native/backend.js';
 export {
   Parameter, Tensor, arange, emptyCache, full, keep, memory, ones, parameter, rand, randn, resetPeakMemory, tensor, tidy, zeros,
   type DeviceMemory, type TensorOptions,
-} from './tensor.js';
-export { isGradEnabled, noGrad, zeroGrad, type BackwardFn } from './autograd.js';
+} from './core/tensor.js';
+export { isGradEnabled, noGrad, zeroGrad, type BackwardFn } from './core/autograd.js';
 export { add, addInPlace, addScalar, div, mul, neg, scale, sub } from './ops/elementwise.js';
 export { matmul, type MatmulOptions } from './ops/matmul.js';
 export { mean, sum } from './ops/reduce.js';
 export { softmax } from './ops/softmax.js';
 export { broadcastTo, cast, clone, detach, permute, reshape, to, transpose } from './ops/shape.js';
-export { assertGradients, checkGradients, type GradCheckOptions, type GradCheckResult } from './gradcheck.js';
-export { Rng } from './random.js';
+export { assertGradients, checkGradients, type GradCheckOptions, type GradCheckResult } from './core/gradcheck.js';
+export { Rng } from './core/random.js';
 export * from './ops/norm.js';
 export * from './ops/linear.js';
 export * from './ops/attention.js';
 export * from './ops/memwrite.js';
 export * from './ops/classifier.js';
 export * from './ops/optim.js';
-export { presets, parameterShapes, resolveConfig, type ModelConfig, type PresetName } from './config.js';
-export { MemGPT, type ForwardResult, type LayerDiagnostics } from './model.js';
+export { presets, parameterShapes, resolveConfig, type ModelConfig, type PresetName } from './nn/config.js';
+export { MemGPT, type ForwardResult, type LayerDiagnostics } from './nn/model.js';
 export * from './data/index.js';
 export {
   Decoder, generateTokens, penalizeRepeats, sampledTokens, sampleToken, scoreStream, streamText, streamTokens, textPieces,
   type GenerateOptions, type SampledToken, type StopReason, type TextCodec, type TextGenerateOptions, type TextToken,
-} from './generate.js';
+} from './infer/generate.js';
 export {
   bfloat16Bytes, float32Bytes, readSafetensors, readSafetensorsHeader, safetensorsDTypeBytes, storedToFloat32, writeSafetensors,
   type SafetensorsDType, type SafetensorsHeader, type StoredTensor, type TensorInfo,
 } from './io/safetensors.js';
-export { CHECKPOINT_FORMAT, loadModel, loadTrainingState, readModelConfig, saveModel, saveTrainingState, type SaveModelOptions } from './checkpoint.js';
-export { Trainer, defaultTrainOptions, evaluateLoss, learningRate, type StepLog, type TrainOptions } from './train.js';
-export { lineChart, type Series } from './plot.js';
+export { CHECKPOINT_FORMAT, loadModel, loadTrainingState, readModelConfig, saveModel, saveTrainingState, type SaveModelOptions } from './io/checkpoint.js';
+export { Trainer, defaultTrainOptions, evaluateLoss, learningRate, type StepLog, type TrainOptions } from './train/trainer.js';
+export { lineChart, type Series } from './train/plot.js';

@@ -7,14 +7,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 
-import { presets } from '../lib/config.js';
-import { bookCorpusDescription, readR } from '../lib/bench/books/corpora.js';
-import { booksVariant, summarize, variantKey, variantNames, readResults, writeResults } from '../lib/bench/books/grid.js';
-import { runBooks, type BooksRunResult } from '../lib/bench/books/run.js';
-import { bucketLosses, memoryProbe, positionBuckets, scoreDocument } from '../lib/bench/books/score.js';
-import { flopsPerToken } from '../lib/bench/flops.js';
-import { MemGPT } from '../lib/model.js';
-import { Rng } from '../lib/random.js';
+import { presets } from '../lib/nn/config.js';
+import { bookCorpusDescription, readR } from '../lib/cli/bench/books/corpora.js';
+import { booksVariant, summarize, variantKey, variantNames, readResults, writeResults } from '../lib/cli/bench/books/grid.js';
+import { runBooks, type BooksRunResult } from '../lib/cli/bench/books/run.js';
+import { bucketLosses, memoryProbe, positionBuckets, scoreDocument } from '../lib/cli/bench/books/score.js';
+import { flopsPerToken } from '../lib/cli/bench/flops.js';
+import { MemGPT } from '../lib/nn/model.js';
+import { Rng } from '../lib/core/random.js';
 import { expectNoLeaks } from './helpers.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'memgpt-books-'));

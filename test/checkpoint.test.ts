@@ -10,12 +10,12 @@ import { afterAll, describe, expect, it } from 'vitest';
 import * as mg from '../lib/index.js';
 import {
   loadModel, loadTrainingState, readModelConfig, saveModel, saveTrainingState,
-} from '../lib/checkpoint.js';
-import { resolveConfig, type ModelConfig } from '../lib/config.js';
-import { bf16BitsToFloat, floatToBf16Bits } from '../lib/dtype.js';
-import { MemgptError } from '../lib/errors.js';
+} from '../lib/io/checkpoint.js';
+import { resolveConfig, type ModelConfig } from '../lib/nn/config.js';
+import { bf16BitsToFloat, floatToBf16Bits } from '../lib/core/dtype.js';
+import { MemgptError } from '../lib/core/errors.js';
 import { readSafetensors, writeSafetensors, type StoredTensor } from '../lib/io/safetensors.js';
-import { MemGPT } from '../lib/model.js';
+import { MemGPT } from '../lib/nn/model.js';
 import { expectNoLeaks } from './helpers.js';
 import { randomModel, randomTokens } from './models.js';
 

@@ -4,7 +4,7 @@ import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
-import { packageRoot } from '../lib/backend.js';
+import { packageRoot } from '../lib/native/backend.js';
 
 function memgpt(...args: string[]) {
   const child = spawnSync(process.execPath, [join(packageRoot, 'bin', 'memgpt.js'), ...args], {

@@ -7,10 +7,10 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 
 import { readSafetensorsHeader } from '../lib/io/safetensors.js';
-import { defaultTrainCommand } from '../lib/commands.js';
-import { defaultPasskeyTask, passkeyAccuracy, passkeyModelConfig } from '../lib/default-task.js';
-import { copyAccuracy, copyTask, copyTrainer } from '../lib/copy-task.js';
-import { MemGPT } from '../lib/model.js';
+import { defaultTrainCommand } from '../lib/cli/commands.js';
+import { defaultPasskeyTask, passkeyAccuracy, passkeyModelConfig } from '../lib/tasks/passkey.js';
+import { copyAccuracy, copyTask, copyTrainer } from '../bench/copy-task.js';
+import { MemGPT } from '../lib/nn/model.js';
 
 afterEach(() => vi.restoreAllMocks());
 

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
-import { availableDevices, chooseDevice, cudaAddonPath, cudaKernelsVerified, missingCudaKernels, packageRoot } from '../lib/backend.js';
+import { availableDevices, chooseDevice, cudaAddonPath, cudaKernelsVerified, missingCudaKernels, packageRoot } from '../lib/native/backend.js';
 
 const fixture = join(packageRoot, 'test', 'fixtures', 'device-choice.ts');
 

@@ -3,7 +3,7 @@
 import { appendFileSync } from 'node:fs';
 import { afterAll } from 'vitest';
 
-import { cudaBackend, cudaStatus } from '../lib/backend.js';
+import { cudaBackend, cudaStatus } from '../lib/native/backend.js';
 
 afterAll(() => {
   const path = process.env.MEMGPT_EMU_REPORT;

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 
-import { packageRoot } from '../lib/backend.js';
+import { packageRoot } from '../lib/native/backend.js';
 import { hostileConfig, writeHostileSet, type HostileCase } from './hostile.js';
 
 const bin = join(packageRoot, 'bin', 'memgpt.js');

@@ -5,11 +5,11 @@ import { spawnSync } from 'node:child_process';
 import { cpSync, mkdirSync, readFileSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { saveModel } from '../lib/checkpoint.js';
+import { saveModel } from '../lib/io/checkpoint.js';
 import { readSafetensors, writeSafetensors, type StoredTensor } from '../lib/io/safetensors.js';
-import { MemGPT } from '../lib/model.js';
+import { MemGPT } from '../lib/nn/model.js';
 
-export const hostileConfig = { tokenizer: 'byte', dModel: 16, nHeads: 2, dFF: 32, nLayers: 1, segmentLen: 8, memSlots: 2 };
+export const hostileConfig = { tokenizer: 'byte' as const, dModel: 16, nHeads: 2, dFF: 32, nLayers: 1, segmentLen: 8, memSlots: 2 };
 
 export interface HostileCase {
   name: string;

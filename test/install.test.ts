@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { delimiter, join, relative } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
-import { packageRoot } from '../lib/backend.js';
+import { packageRoot } from '../lib/native/backend.js';
 
 const tuple = `${process.platform}-${process.arch}`;
 const compilers = ['cc', 'gcc', 'g++', 'c++', 'clang', 'make', 'cmake', 'nvcc'];
@@ -51,7 +51,7 @@ describe('npm pack, then an offline install without a compiler', () => {
     expect(pack.status, pack.stderr).toBe(0);
     const packed = (JSON.parse(pack.stdout) as { filename: string; files: { path: string }[] }[])[0];
     const shipped = packed.files.map((f) => f.path);
-    expect(shipped).toContain('dist/cli.js');
+    expect(shipped).toContain('dist/cli/main.js');
     expect(shipped).toContain('bin/memgpt.js');
     expect(shipped.some((p) => p.startsWith(`prebuilds/${tuple}/`) && p.endsWith('.node'))).toBe(true);
     expect(shipped.includes(`prebuilds/${tuple}-cuda/memgpt_cuda.node`)).toBe(withCuda);

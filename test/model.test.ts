@@ -4,8 +4,8 @@
 import { describe, expect, it } from 'vitest';
 
 import * as mg from '../lib/index.js';
-import { resolveConfig, type ModelConfig } from '../lib/config.js';
-import { MemGPT } from '../lib/model.js';
+import { resolveConfig, type ModelConfig } from '../lib/nn/config.js';
+import { MemGPT } from '../lib/nn/model.js';
 import { expectNoLeaks } from './helpers.js';
 import { referenceSampleNLL, type RefParams } from './reference_model.js';
 import { randomModel, refParams, randomTokens } from './models.js';

@@ -2,8 +2,8 @@
 // random and large enough to matter (init() is too gentle to test with), its
 // weights as the plain reference takes them, and token streams with repeats.
 import * as mg from '../lib/index.js';
-import type { ModelConfig } from '../lib/config.js';
-import { MemGPT } from '../lib/model.js';
+import type { ModelConfig } from '../lib/nn/config.js';
+import { MemGPT } from '../lib/nn/model.js';
 import type { RefParams } from './reference_model.js';
 
 export function randomModel(cfg: Partial<ModelConfig>, seed: number): MemGPT {

@@ -8,8 +8,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
-import { cpuBackend, numThreads, packageRoot, setNumThreads } from '../lib/backend.js';
-import { MemgptError } from '../lib/errors.js';
+import { cpuBackend, numThreads, packageRoot, setNumThreads } from '../lib/native/backend.js';
+import { MemgptError } from '../lib/core/errors.js';
 
 const addon = cpuBackend() as unknown as Record<string, (...args: unknown[]) => unknown>;
 

@@ -2,7 +2,7 @@
 // obvious on purpose. It is the reference the native ops and the model are
 // checked against (the loss of a random-weight model must match it). Both versions
 // of the function: v1 (the gated read) and v2 (the positional read, the pointer's bias).
-import type { ModelConfig } from '../lib/config.js';
+import type { ModelConfig } from '../lib/nn/config.js';
 
 export type RefParams = Map<string, Float64Array | Float32Array>;
 

@@ -9,11 +9,11 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
 import * as mg from '../lib/index.js';
-import { packageRoot } from '../lib/backend.js';
-import { loadModel } from '../lib/checkpoint.js';
+import { packageRoot } from '../lib/native/backend.js';
+import { loadModel } from '../lib/io/checkpoint.js';
 import { getTokenizer, loadCorpus } from '../lib/data/index.js';
-import { committedCheckpoint, runFiles } from '../lib/run-folder.js';
-import { evaluateLoss } from '../lib/train.js';
+import { committedCheckpoint, runFiles } from '../lib/train/run-folder.js';
+import { evaluateLoss } from '../lib/train/trainer.js';
 
 const bin = join(packageRoot, 'bin', 'memgpt.js');
 const tinyConfig = { tokenizer: 'byte', dModel: 16, nHeads: 2, dFF: 32, nLayers: 1, segmentLen: 8, memSlots: 2 };

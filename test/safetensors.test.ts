@@ -5,12 +5,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 
-import { MemgptError } from '../lib/errors.js';
+import { MemgptError } from '../lib/core/errors.js';
 import {
   bfloat16Bytes, float32Bytes, readSafetensors, readSafetensorsHeader, storedToFloat32, writeSafetensors,
   type SafetensorsDType, type StoredTensor,
 } from '../lib/io/safetensors.js';
-import { floatToBf16Bits } from '../lib/dtype.js';
+import { floatToBf16Bits } from '../lib/core/dtype.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'memgpt-st-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));

@@ -9,11 +9,11 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
 import * as mg from '../lib/index.js';
-import { packageRoot } from '../lib/backend.js';
-import { loadModel, saveModel } from '../lib/checkpoint.js';
-import { resolveConfig } from '../lib/config.js';
+import { packageRoot } from '../lib/native/backend.js';
+import { loadModel, saveModel } from '../lib/io/checkpoint.js';
+import { resolveConfig } from '../lib/nn/config.js';
 import { readSafetensors, writeSafetensors } from '../lib/io/safetensors.js';
-import { MemGPT } from '../lib/model.js';
+import { MemGPT } from '../lib/nn/model.js';
 import { referenceSampleNLL } from './reference_model.js';
 
 const bin = join(packageRoot, 'bin', 'memgpt.js');

@@ -36,7 +36,7 @@ done
 # bf16 timings: each sample is 10 calls between two synchronizations; median of 15 samples.
 cat > "$out/linear-bf16.ts" <<TS
 import * as mg from '$PWD/lib/index.js';
-import { synchronize } from '$PWD/lib/backend.js';
+import { synchronize } from '$PWD/lib/native/backend.js';
 
 const m = 16 * 512; // the base preset's batch · T
 const layers: [string, number, number][] = [['qkv', 3 * 768, 768], ['proj', 768, 768], ['fc1', 3072, 768], ['fc2', 768, 3072]];

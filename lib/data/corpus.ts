@@ -6,7 +6,7 @@ import {
 } from 'node:fs';
 import { join, relative, sep as pathSep } from 'node:path';
 
-import { MemgptError } from '../errors.js';
+import { MemgptError } from '../core/errors.js';
 import type { Tokenizer } from './tokenizer.js';
 
 /** A token stream. lossMask[i] = 1 when token i counts as a target; null means every token counts. */

@@ -1,8 +1,8 @@
 // Batches of sample windows (SPEC §4): sample j is t[jN … jN+N] (N inputs, targets shifted by one).
 // Sequential or seeded-random order; its state is a small JSON object so that a resumed run
 // draws exactly the batches that an uninterrupted one would.
-import { MemgptError } from '../errors.js';
-import { Rng } from '../random.js';
+import { MemgptError } from '../core/errors.js';
+import { Rng } from '../core/random.js';
 import type { Corpus } from './corpus.js';
 
 export interface SamplerOptions {

@@ -1,8 +1,8 @@
 // Synthetic long-range tasks for the byte tokenizer, where only a model that carries memory
 // across segments can beat chance: a pass key stated in the first segment and asked for in the
 // last, and a copy of a symbol string that spans several segments.
-import { MemgptError } from '../errors.js';
-import { Rng } from '../random.js';
+import { MemgptError } from '../core/errors.js';
+import { Rng } from '../core/random.js';
 import type { Corpus } from './corpus.js';
 
 export interface PasskeyOptions {

@@ -4,7 +4,7 @@ import { createRequire } from 'node:module';
 
 import { Tiktoken, type TiktokenBPE } from 'js-tiktoken/lite';
 
-import { MemgptError } from '../errors.js';
+import { MemgptError } from '../core/errors.js';
 
 export type TokenizerName = 'byte' | 'gpt2';
 

@@ -8,7 +8,7 @@ import {
 } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 
-import { MemgptError, shapeStr } from '../errors.js';
+import { MemgptError, shapeStr } from '../core/errors.js';
 
 export type SafetensorsDType = 'F32' | 'BF16' | 'F16' | 'F64' | 'I32' | 'I64' | 'U8' | 'I8' | 'BOOL';
 

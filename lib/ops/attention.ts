@@ -3,11 +3,11 @@
 // gradients of qkv, memKV and gateLogits in one native call (native/cpu/attention.cpp has the design).
 // float32 or bfloat16: the inputs share one dtype, which the output, the saved A and R and the gradients take;
 // the per-row logsumexps are float32 either way, and the native math is float32 (bfloat16 rounded once per output).
-import { isGradEnabled, record } from '../autograd.js';
-import { dtypeCode } from '../dtype.js';
-import { MemgptError, shapeStr } from '../errors.js';
-import { empty, type Tensor } from '../tensor.js';
-import type { StorageHandle } from '../backend.js';
+import { isGradEnabled, record } from '../core/autograd.js';
+import { dtypeCode } from '../core/dtype.js';
+import { MemgptError, shapeStr } from '../core/errors.js';
+import { empty, type Tensor } from '../core/tensor.js';
+import type { StorageHandle } from '../native/backend.js';
 import { callNative, checkTensors, sameDtype } from './util.js';
 
 type Ref = [StorageHandle | null, number];

@@ -1,10 +1,10 @@
 // Ops of the family "classifier": the output head: tied logits, cross-entropy and the copy mixture, fused.
 // tokenNLL gives each token's −log P(y) without ever holding the [B·T, V] logits (native/cpu/classifier.cpp);
 // the caller masks and averages it with ordinary ops.
-import { record } from '../autograd.js';
-import type { StorageHandle } from '../backend.js';
-import { MemgptError, shapeStr } from '../errors.js';
-import { empty, type Tensor } from '../tensor.js';
+import { record } from '../core/autograd.js';
+import type { StorageHandle } from '../native/backend.js';
+import { MemgptError, shapeStr } from '../core/errors.js';
+import { empty, type Tensor } from '../core/tensor.js';
 import { callNative, checkTensors } from './util.js';
 
 /** The copy head's inputs (SPEC §3), each computed by plain GEMMs from hf outside this op. */

@@ -1,10 +1,10 @@
 // Elementwise arithmetic with NumPy broadcasting: add, sub, mul, div, and
 // scalar forms (scale, addScalar, neg). Gradients of broadcast inputs are
 // summed back to the input's shape.
-import { record } from '../autograd.js';
-import { dtypeCode } from '../dtype.js';
-import { MemgptError, shapeStr } from '../errors.js';
-import { empty, type Tensor } from '../tensor.js';
+import { record } from '../core/autograd.js';
+import { dtypeCode } from '../core/dtype.js';
+import { MemgptError, shapeStr } from '../core/errors.js';
+import { empty, type Tensor } from '../core/tensor.js';
 import { sumTo } from './reduce.js';
 import { broadcastShapes, broadcastStrides, callNative, checkTensors, compactDims, contiguousStrides, sameDtype } from './util.js';
 

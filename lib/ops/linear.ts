@@ -1,10 +1,10 @@
 // Ops of the family "linear": linear layers y = act(x·Wᵀ + b) (PyTorch's [out, in] weights), the bias
 // add and GELU fused into the GEMM's epilogue; the pre-activation is kept for backward only when needed.
-import { isGradEnabled, record } from '../autograd.js';
-import type { StorageHandle } from '../backend.js';
-import { dtypeCode } from '../dtype.js';
-import { MemgptError, shapeStr } from '../errors.js';
-import { empty, numel, type Tensor } from '../tensor.js';
+import { isGradEnabled, record } from '../core/autograd.js';
+import type { StorageHandle } from '../native/backend.js';
+import { dtypeCode } from '../core/dtype.js';
+import { MemgptError, shapeStr } from '../core/errors.js';
+import { empty, numel, type Tensor } from '../core/tensor.js';
 import { callNative, checkTensors, sameDtype } from './util.js';
 
 /** Activation applied after the bias: none, or GELU in the tanh form (SPEC §1). */

@@ -1,10 +1,10 @@
 // Batched matrix product with either operand transposed. Batch dims must match,
 // or one operand is a plain matrix shared by the whole batch (weights); its
 // gradient is then summed over the batch (one GEMM when the batch folds into rows).
-import { record } from '../autograd.js';
-import { dtypeCode } from '../dtype.js';
-import { MemgptError, shapeStr } from '../errors.js';
-import { empty, numel, type Tensor } from '../tensor.js';
+import { record } from '../core/autograd.js';
+import { dtypeCode } from '../core/dtype.js';
+import { MemgptError, shapeStr } from '../core/errors.js';
+import { empty, numel, type Tensor } from '../core/tensor.js';
 import { sum } from './reduce.js';
 import { reshape } from './shape.js';
 import { callNative, checkTensors, sameDtype } from './util.js';

@@ -1,10 +1,10 @@
 // Ops of the family "memwrite": the memory write (SPEC.md §3, "# memory write") as one fused op. The slot
 // queries mq = M·Wpqᵀ and token keys/values ck, cv = c·Wpk/pvᵀ are plain GEMMs outside; this op does the rest:
 // pointer scores, softmax over tokens, candidates Z, the write gate U and the blend (1 − U)⊙M + U⊙Z.
-import { record } from '../autograd.js';
-import { MemgptError, shapeStr } from '../errors.js';
-import { empty, type Tensor } from '../tensor.js';
-import type { StorageHandle } from '../backend.js';
+import { record } from '../core/autograd.js';
+import { MemgptError, shapeStr } from '../core/errors.js';
+import { empty, type Tensor } from '../core/tensor.js';
+import type { StorageHandle } from '../native/backend.js';
 import { callNative, checkTensors } from './util.js';
 
 interface MemwriteKernels {

@@ -1,10 +1,10 @@
 // Ops of the family "norm": layer norm, token embedding and positions (RoPE, sinusoidal),
 // as SPEC.md §1–§3 defines them. Validation and gradients here; the math in native kernels.
-import { record } from '../autograd.js';
-import type { Device, StorageHandle } from '../backend.js';
-import { dtypeCode } from '../dtype.js';
-import { MemgptError, shapeStr } from '../errors.js';
-import { empty, type Tensor } from '../tensor.js';
+import { record } from '../core/autograd.js';
+import type { Device, StorageHandle } from '../native/backend.js';
+import { dtypeCode } from '../core/dtype.js';
+import { MemgptError, shapeStr } from '../core/errors.js';
+import { empty, type Tensor } from '../core/tensor.js';
 import { callNative, checkTensors, sameDtype } from './util.js';
 
 type H = StorageHandle;

@@ -1,10 +1,10 @@
 // Ops of the family "optim": optimizers (AdamW, SGD), the global gradient norm and its clipping.
 // Each step is one native call over every parameter (a multi-tensor kernel), in place, not recorded by
 // autograd. AdamW follows PyTorch's torch.optim.AdamW exactly, including a step count per parameter.
-import type { StorageHandle } from '../backend.js';
-import type { Device } from '../backend.js';
-import { MemgptError, shapeStr } from '../errors.js';
-import { keep, zeros, type Tensor } from '../tensor.js';
+import type { StorageHandle } from '../native/backend.js';
+import type { Device } from '../native/backend.js';
+import { MemgptError, shapeStr } from '../core/errors.js';
+import { keep, zeros, type Tensor } from '../core/tensor.js';
 import { callNative } from './util.js';
 
 interface OptimKernels {

@@ -1,8 +1,8 @@
 // Sums over axes (and the mean built on it). A sum over several axes runs one
 // native pass per run of adjacent axes; its gradient broadcasts back.
-import { record } from '../autograd.js';
-import { dtypeCode } from '../dtype.js';
-import { empty, numel, type Tensor } from '../tensor.js';
+import { record } from '../core/autograd.js';
+import { dtypeCode } from '../core/dtype.js';
+import { empty, numel, type Tensor } from '../core/tensor.js';
 import { scale } from './elementwise.js';
 import { broadcastTo, reshape } from './shape.js';
 import { callNative, checkTensors, normalizeAxis } from './util.js';

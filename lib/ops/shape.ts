@@ -1,10 +1,10 @@
 // Shape ops: reshape (a view), broadcastTo and permute (copies through strides),
 // cast between dtypes, moves between devices, clone and detach.
-import { record } from '../autograd.js';
-import { backendFor, type Device } from '../backend.js';
-import { dtypeBytes, dtypeCode, type DType } from '../dtype.js';
-import { MemgptError, shapeStr } from '../errors.js';
-import { empty, numel, validateShape, type Tensor } from '../tensor.js';
+import { record } from '../core/autograd.js';
+import { backendFor, type Device } from '../native/backend.js';
+import { dtypeBytes, dtypeCode, type DType } from '../core/dtype.js';
+import { MemgptError, shapeStr } from '../core/errors.js';
+import { empty, numel, validateShape, type Tensor } from '../core/tensor.js';
 import { sumTo } from './reduce.js';
 import { broadcastShapes, broadcastStrides, callNative, checkTensors, compactDims, contiguousStrides, normalizeAxis } from './util.js';
 

@@ -1,8 +1,8 @@
 // Softmax over the last axis, and its backward dx = y * (dy - sum(dy * y)).
-import { record } from '../autograd.js';
-import { dtypeCode } from '../dtype.js';
-import { MemgptError } from '../errors.js';
-import { empty, type Tensor } from '../tensor.js';
+import { record } from '../core/autograd.js';
+import { dtypeCode } from '../core/dtype.js';
+import { MemgptError } from '../core/errors.js';
+import { empty, type Tensor } from '../core/tensor.js';
 import { callNative, checkTensors, normalizeAxis } from './util.js';
 
 export function softmax(x: Tensor, axis = -1): Tensor {

@@ -1,10 +1,10 @@
 // Helpers shared by the ops: argument checks with clear messages, broadcasting
 // and strides, and the wrapper that turns a native failure into an error
 // naming the op and its shapes.
-import type { NativeBackend } from '../backend.js';
-import { type DType } from '../dtype.js';
-import { MemgptError, shapeStr } from '../errors.js';
-import type { Tensor } from '../tensor.js';
+import type { NativeBackend } from '../native/backend.js';
+import { type DType } from '../core/dtype.js';
+import { MemgptError, shapeStr } from '../core/errors.js';
+import type { Tensor } from '../core/tensor.js';
 
 /** Checks that the named tensors are live, on one device, and (if given) of an allowed dtype. */
 export function checkTensors(op: string, named: Record<string, Tensor>, dtypes?: readonly DType[]): void {

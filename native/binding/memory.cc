@@ -14,7 +14,7 @@ namespace {
 // `free` finds no block (a clear error) instead of reading freed memory. Handles have no native
 // finalizer and no ArrayBuffer: Node runs finalizers, and V8 reclaims external ArrayBuffers, only in
 // work queued on the event loop, so a synchronous training loop would pile up one per allocation.
-// Tensors free their storage explicitly, with lib/tensor.ts's FinalizationRegistry as the safety net.
+// Tensors free their storage explicitly, with lib/core/tensor.ts's FinalizationRegistry as the safety net.
 struct Block {
   void* ptr;
   size_t bytes;  // as asked for: the bounds that storage_ptr checks

@@ -11,7 +11,7 @@
 
 namespace mg {
 
-// Element types. The numeric values are part of the JS<->native contract (lib/dtype.ts).
+// Element types. The numeric values are part of the JS<->native contract (lib/core/dtype.ts).
 enum class DType : int { F32 = 0, BF16 = 1, I32 = 2 };
 
 constexpr int kMaxRank = 8;  // dims of a tensor passed to a strided kernel

@@ -1,0 +1,60 @@
+// `memgpt bench [kernels|train|books]`: the kernel microbenchmarks, the training-step benchmark (SPEC §8), as a
+// table or, with --json, one JSON document on stdout; and the long-document benchmark (lib/cli/bench/books).
+import { defaultDevice } from '../../native/backend.js';
+import { presets, type PresetName } from '../../nn/config.js';
+import { choice, int, parse, useDevice } from '../commands.js';
+import { MemgptError } from '../../core/errors.js';
+import { formatKernelBench, runKernelBench, type KernelBenchResult } from './kernels.js';
+import { formatTrainBench, runTrainBench, type TrainBenchResult } from './train.js';
+import type { Preset } from './types.js';
+import { booksCommand } from './books/command.js';
+
+const kernelFlags = { preset: 'string', only: 'string', device: 'string', json: 'boolean' } as const;
+const trainFlags = {
+  preset: 'string', batch: 'string', segments: 'string', steps: 'string', warmup: 'string', device: 'string', json: 'boolean', precision: 'string',
+} as const;
+
+function kernels(argv: string[]): { json: boolean; result: KernelBenchResult } {
+  const flags = parse(argv, kernelFlags);
+  const which = choice(flags, 'preset', ['small', 'base', 'all'] as const, 'small');
+  useDevice(flags);
+  const result = runKernelBench({
+    device: defaultDevice(), presets: which === 'all' ? ['small', 'base'] : [which as Preset],
+    only: typeof flags.only === 'string' ? flags.only : undefined,
+    onError: (message) => console.error(`memgpt bench: ${message}`),
+  });
+  return { json: flags.json === true, result };
+}
+
+function train(argv: string[]): { json: boolean; result: TrainBenchResult } {
+  const flags = parse(argv, trainFlags);
+  const preset = choice(flags, 'preset', Object.keys(presets) as PresetName[], 'small');
+  useDevice(flags);
+  const result = runTrainBench({
+    device: defaultDevice(), preset, batch: int(flags, 'batch', 8), segments: int(flags, 'segments', 4),
+    steps: int(flags, 'steps', 5), warmup: int(flags, 'warmup', 1, 0),
+    precision: choice(flags, 'precision', ['float32', 'bfloat16'] as const, 'float32'),
+  });
+  return { json: flags.json === true, result };
+}
+
+/** `memgpt bench`: returns the exit code. With no subcommand: kernels and train, at the small preset. */
+export async function benchCommand(argv: string[]): Promise<number> {
+  const [sub, ...rest] = argv;
+  if (sub === 'books') return booksCommand(rest);
+  if (sub === 'kernels') {
+    const { json, result } = kernels(rest);
+    console.log(json ? JSON.stringify(result, null, 2) : formatKernelBench(result));
+  } else if (sub === 'train') {
+    const { json, result } = train(rest);
+    console.log(json ? JSON.stringify(result) : formatTrainBench(result));
+  } else if (sub === undefined || sub === '--json' || sub === '--device') {
+    const flags = parse(argv, { device: 'string', json: 'boolean' });
+    console.error('memgpt bench: the kernels at the small preset, then a small-preset training step (memgpt bench kernels|train [flags] for either)');
+    const k = kernels(argv), t = train(argv);
+    console.log(flags.json ? JSON.stringify({ kernels: k.result, train: t.result }, null, 2) : `${formatKernelBench(k.result)}\n\n${formatTrainBench(t.result)}`);
+  } else {
+    throw new MemgptError(`bench: unknown benchmark '${sub}' (kernels, train or books)`);
+  }
+  return 0;
+}

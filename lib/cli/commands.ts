@@ -1,0 +1,427 @@
+// The train, eval and generate commands of the `memgpt` CLI (SPEC.md §8):
+// flag parsing and validation, progress output, and the glue between data,
+// model, trainer, checkpoints and generation. lib/cli/main.ts dispatches here.
+import { accessSync, constants as fsConstants, existsSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { dirname, join, resolve as resolvePath } from 'node:path';
+import { parseArgs } from 'node:util';
+import cliProgress from 'cli-progress';
+
+import { defaultDevice, parseDevice, setDefaultDevice } from '../native/backend.js';
+import { loadModel } from '../io/checkpoint.js';
+import { presets, resolveConfig, type ModelConfig, type PresetName } from '../nn/config.js';
+import { getTokenizer, loadCorpus, splitCorpus, type Corpus } from '../data/index.js';
+import { MemgptError } from '../core/errors.js';
+import { scoreStream, streamTokens } from '../infer/generate.js';
+import { MemGPT } from '../nn/model.js';
+import { defaultPasskeyTask, passkeyAccuracy, passkeyTrainer } from '../tasks/passkey.js';
+import { Trainer, defaultTrainOptions, evaluateLoss, loadRunModel, recipes, savedTrainerState, type Recipe, type StepLog, type TrainerState, type TrainOptions } from '../train/trainer.js';
+import { RunLock, committedCheckpoint, runFiles } from '../train/run-folder.js';
+
+export type Flags = Record<string, string | boolean | undefined>;
+
+/** Lets Node run its queued work (timers, signals, FinalizationRegistry callbacks) between steps. */
+export const yieldToEventLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+export function parse(argv: string[], spec: Record<string, 'string' | 'boolean'>): Flags {
+  const options = Object.fromEntries(Object.entries(spec).map(([k, type]) => [k, { type }])) as Record<string, { type: 'string' | 'boolean' }>;
+  return parseArgs({ args: argv, options, strict: true, allowPositionals: false }).values as Flags;
+}
+
+export function int(flags: Flags, name: string, fallback: number, min = 1): number {
+  const v = flags[name];
+  if (v === undefined) return fallback;
+  const n = Number(v);
+  if (typeof v !== 'string' || !Number.isSafeInteger(n) || n < min) throw new MemgptError(`--${name} must be an integer ≥ ${min} (got '${String(v)}')`);
+  return n;
+}
+
+function num(flags: Flags, name: string, fallback: number, ok: (n: number) => boolean = (n) => n >= 0, what = 'a non-negative number'): number {
+  const v = flags[name];
+  if (v === undefined) return fallback;
+  const n = Number(v);
+  if (typeof v !== 'string' || v.trim() === '' || !Number.isFinite(n) || !ok(n)) throw new MemgptError(`--${name} must be ${what} (got '${String(v)}')`);
+  return n;
+}
+
+export function choice<T extends string>(flags: Flags, name: string, allowed: readonly T[], fallback: T): T {
+  const v = flags[name];
+  if (v === undefined) return fallback;
+  if (!allowed.includes(v as T)) throw new MemgptError(`--${name} must be ${allowed.join(' or ')} (got '${String(v)}')`);
+  return v as T;
+}
+
+function required(flags: Flags, name: string, command: string): string {
+  const v = flags[name];
+  if (typeof v !== 'string' || v === '') throw new MemgptError(`${command}: --${name} is required`);
+  return v;
+}
+
+export function useDevice(flags: Flags): void {
+  if (typeof flags.device === 'string') setDefaultDevice(parseDevice(flags.device, '--device'));
+  defaultDevice();
+}
+
+/**
+ * `--out` must be a folder this process can create or write into, checked before anything is trained: an
+ * existing file, a path below a file, a read-only or unwritable place, or /proc (where Node's recursive mkdir
+ * never returns) is refused with one line.
+ */
+function checkRunFolder(out: string): void {
+  const resolved = resolvePath(out);
+  if (resolved === '/proc' || resolved.startsWith('/proc/') || resolved === '/sys' || resolved.startsWith('/sys/'))
+    throw new MemgptError(`train: --out ${out} is under ${resolved.startsWith('/proc') ? '/proc' : '/sys'}, not a place for a run folder`);
+  let existing = resolved;
+  while (!existsSync(existing)) existing = dirname(existing);  // the nearest part of the path that exists
+  const stat = statSync(existing);
+  if (!stat.isDirectory()) {
+    throw new MemgptError(existing === resolved ? `train: --out ${out} is a file, not a folder`
+      : `train: --out ${out} lies below ${existing}, which is a file`);
+  }
+  try {
+    accessSync(existing, fsConstants.W_OK | fsConstants.X_OK);
+  } catch {
+    throw new MemgptError(`train: --out ${out}: ${existing} is not writable by this process`);
+  }
+}
+
+/** A config file is a small JSON file: anything else (a device, a FIFO, a huge file) is refused before reading. */
+const MAX_CONFIG_BYTES = 1 << 20;
+
+function readConfigFile(path: string): Partial<ModelConfig> {
+  if (!existsSync(path)) throw new MemgptError(`--config: ${path} does not exist`);
+  const stat = statSync(path);
+  if (!stat.isFile()) throw new MemgptError(`--config: ${path} is not a regular file`);
+  if (stat.size > MAX_CONFIG_BYTES) throw new MemgptError(`--config: ${path} is ${stat.size} bytes; a config is at most ${MAX_CONFIG_BYTES}`);
+  try {
+    return JSON.parse(readFileSync(path, 'utf8')) as Partial<ModelConfig>;
+  } catch (e) {
+    throw new MemgptError(`--config: ${path} is not valid JSON (${(e as Error).message})`);
+  }
+}
+
+const trainFlags = {
+  preset: 'string', config: 'string', init: 'string', data: 'string', out: 'string', steps: 'string', 'batch-size': 'string',
+  segments: 'string', lr: 'string', optimizer: 'string', 'weight-decay': 'string', 'grad-clip': 'string', warmup: 'string',
+  schedule: 'string', order: 'string', seed: 'string', device: 'string', resume: 'boolean', json: 'boolean', 'grad-accum': 'string',
+  'eval-every': 'string', 'eval-batches': 'string', 'checkpoint-every': 'string', 'log-every': 'string', 'held-out': 'string',
+  precision: 'string', 'mem-slots': 'string', 'segment-len': 'string',
+} as const;
+
+/** The training options from the flags, on top of a preset's recipe (learning rate, batch, BPTT depth, warmup). */
+export function trainOptionsFromFlags(flags: Flags, recipe: Recipe = recipes.tiny): TrainOptions {
+  const d = defaultTrainOptions;
+  const steps = int(flags, 'steps', d.steps);
+  return {
+    steps,
+    batchSize: int(flags, 'batch-size', recipe.batchSize),
+    segments: int(flags, 'segments', recipe.segments),
+    lr: num(flags, 'lr', recipe.lr, (n) => n > 0, 'a positive number'),
+    minLrRatio: d.minLrRatio,
+    warmup: int(flags, 'warmup', Math.min(recipe.warmup, Math.floor(steps / 10)), 0),
+    schedule: choice(flags, 'schedule', ['cosine', 'constant'] as const, d.schedule),
+    optimizer: choice(flags, 'optimizer', ['adamw', 'sgd'] as const, d.optimizer),
+    weightDecay: num(flags, 'weight-decay', d.weightDecay),
+    gradClip: num(flags, 'grad-clip', d.gradClip),
+    gradAccum: int(flags, 'grad-accum', d.gradAccum),
+    order: choice(flags, 'order', ['random', 'sequential'] as const, d.order),
+    seed: int(flags, 'seed', d.seed, 0),
+    evalEvery: int(flags, 'eval-every', 0, 0),
+    evalBatches: int(flags, 'eval-batches', d.evalBatches),
+    checkpointEvery: int(flags, 'checkpoint-every', 0, 0),
+    logEvery: int(flags, 'log-every', d.logEvery),
+    precision: choice(flags, 'precision', ['float32', 'bfloat16'] as const, d.precision),
+  };
+}
+
+// The flags that define a run: a resumed run keeps the values it was started with, and a different one is refused.
+const runDefiningFlags = {
+  'batch-size': 'batchSize', segments: 'segments', lr: 'lr', optimizer: 'optimizer', 'weight-decay': 'weightDecay',
+  'grad-clip': 'gradClip', warmup: 'warmup', schedule: 'schedule', order: 'order', seed: 'seed', 'grad-accum': 'gradAccum',
+  precision: 'precision',
+} as const satisfies Record<string, keyof TrainOptions>;
+// The flags a resumed run may change: how long it runs, and how often it evaluates, checkpoints and logs.
+const resumableFlags = {
+  steps: 'steps', 'eval-every': 'evalEvery', 'eval-batches': 'evalBatches', 'checkpoint-every': 'checkpointEvery', 'log-every': 'logEvery',
+} as const satisfies Record<string, keyof TrainOptions>;
+const mayChange = Object.keys(resumableFlags).map((f) => `--${f}`).join(', ');
+
+/**
+ * The options of a resumed run: the saved ones, with the flags of resumableFlags applied; a run-defining flag that
+ * differs from the saved value is refused, naming it.
+ */
+function resumedOptions(flags: Flags, asked: TrainOptions, saved: Partial<TrainerState>, checkpoint: string): TrainOptions {
+  const o = saved.options;
+  if (!o || typeof o !== 'object') throw new MemgptError(`${checkpoint}: its trainer state has no options to resume with`);
+  for (const [flag, key] of Object.entries(runDefiningFlags)) {
+    if (flags[flag] !== undefined && asked[key] !== o[key]) {
+      throw new MemgptError(`train --resume: --${flag} ${String(flags[flag])} differs from the run's ${String(o[key])}; a resumed run keeps the options it started with (only ${mayChange} may change)`);
+    }
+  }
+  const options = { ...o } as TrainOptions;
+  for (const [flag, key] of Object.entries(resumableFlags)) if (flags[flag] !== undefined) options[key] = asked[key];
+  if (typeof saved.step === 'number' && options.steps < saved.step) {
+    throw new MemgptError(`train --resume: --steps ${options.steps} is below the checkpoint's step ${saved.step}`);
+  }
+  return options;
+}
+
+/** `memgpt train`: returns the exit code. */
+export async function trainCommand(argv: string[]): Promise<number> {
+  if (argv.length === 0) return defaultTrainCommand();
+  const flags = parse(argv, trainFlags);
+  const data = required(flags, 'data', 'train');
+  const out = required(flags, 'out', 'train');
+  checkRunFolder(out);
+  const sources = ['preset', 'config', 'init'].filter((k) => flags[k] !== undefined);
+  if (sources.length > 1) throw new MemgptError(`train: give one of --preset, --config, --init (got ${sources.map((s) => `--${s}`).join(', ')})`);
+  const presetName = (flags.preset ?? 'tiny') as string;
+  // Own properties only: `--preset __proto__` or `toString` is not a preset.
+  if (typeof flags.preset === 'string' && !Object.hasOwn(presets, presetName)) throw new MemgptError(`--preset must be one of ${Object.keys(presets).join(', ')} (got '${presetName}')`);
+  const asked = trainOptionsFromFlags(flags, recipes[presetName as PresetName] ?? recipes.tiny);
+  // --mem-slots and --segment-len change the architecture of a preset or config (ablations without a config file).
+  const overrides: Partial<ModelConfig> = {};
+  if (flags['mem-slots'] !== undefined) overrides.memSlots = int(flags, 'mem-slots', 0, 0);
+  if (flags['segment-len'] !== undefined) overrides.segmentLen = int(flags, 'segment-len', 1);
+  const checkOverrides = (model: MemGPT, what: string) => {
+    for (const [key, flag] of [['memSlots', 'mem-slots'], ['segmentLen', 'segment-len']] as const) {
+      if (overrides[key] !== undefined && overrides[key] !== model.config[key]) {
+        model.dispose();
+        throw new MemgptError(`train: --${flag} ${overrides[key]} does not fit ${what}, whose ${key} is ${model.config[key]}`);
+      }
+    }
+  };
+  let heldOutFraction = num(flags, 'held-out', 0.05, (n) => n >= 0 && n < 1, 'in [0, 1)');
+  useDevice(flags);
+  // The run folder is locked before it is looked at: two trainings into one --out, or two --resume, cannot both run.
+  const files = runFiles(out);
+  const lock = RunLock.acquire(files);
+  try {
+    const committed = committedCheckpoint(files);
+    let options = asked;
+    let saved: Partial<TrainerState> | undefined;
+    if (!flags.resume && committed) {
+      throw new MemgptError(`train: ${out} already holds a run${committed.legacy ? '' : ` (checkpoint at step ${committed.step})`}; continue it with --resume, or give another --out`);
+    }
+    if (!flags.resume && existsSync(files.metrics)) {
+      // A run that stopped before its first checkpoint left only its log and plots: nothing to resume, so start again.
+      for (const f of [files.metrics, files.lossPlot, files.memoryPlot]) rmSync(f, { force: true });
+      console.error(`memgpt: ${out} holds a run that stopped before its first checkpoint; starting it again`);
+    }
+    let model: MemGPT;
+    if (flags.resume) {
+      // The model comes from the run folder; a --preset or --config given too must describe the same model.
+      if (flags.init !== undefined) throw new MemgptError('train: --resume continues the run folder; --init cannot be combined with it');
+      const found = savedTrainerState(out);
+      if (found) {
+        saved = found.state;
+        options = resumedOptions(flags, asked, saved, found.checkpoint);
+        const h = saved.data?.heldOut;
+        if (typeof h === 'number') {
+          if (flags['held-out'] !== undefined && h !== heldOutFraction) {
+            throw new MemgptError(`train --resume: --held-out ${String(flags['held-out'])} differs from the run's ${h}; a resumed run keeps its split`);
+          }
+          heldOutFraction = h;
+        }
+      }
+      model = loadRunModel(out);
+      const config = typeof flags.config === 'string' ? resolveConfig({ ...readConfigFile(flags.config), ...overrides })
+        : typeof flags.preset === 'string' ? resolveConfig({ ...presets[flags.preset as PresetName], ...overrides }) : undefined;
+      if (config && JSON.stringify(resolveConfig(config)) !== JSON.stringify(model.config)) {
+        model.dispose();
+        throw new MemgptError(`train: the config given does not fit the checkpoint in ${out} (${JSON.stringify(model.config)})`);
+      }
+      checkOverrides(model, `the run in ${out}`);
+    } else if (typeof flags.init === 'string') {
+      model = loadModel(flags.init);
+      checkOverrides(model, flags.init);
+    } else if (typeof flags.config === 'string') {
+      model = MemGPT.init(resolveConfig({ ...readConfigFile(flags.config), ...overrides }), { seed: options.seed });
+    } else {
+      model = MemGPT.init({ ...presets[presetName as PresetName], ...overrides }, { seed: options.seed });
+    }
+    let trainer: Trainer;
+    try {
+      const tokenizer = getTokenizer(model.config.tokenizer);
+      const corpus = loadCorpus(data, tokenizer);
+      let train: Corpus = corpus, heldOut: Corpus | null = null;
+      if (heldOutFraction > 0) ({ train, heldOut } = splitCorpus(corpus, heldOutFraction));
+      const before = saved?.data;
+      if (before && typeof before.trainTokens === 'number' && before.trainTokens !== train.tokens.length) {
+        throw new MemgptError(`train --resume: --data ${data} gives ${train.tokens.length} training tokens; the run was trained on ` +
+          `${before.trainTokens} (from ${String(before.path)}): resume with the same data`);
+      }
+      trainer = new Trainer(model, train, heldOut, out, options, { path: data, heldOut: heldOutFraction, trainTokens: train.tokens.length });
+    } catch (e) {
+      model.dispose();
+      throw e;
+    }
+    try {
+      if (flags.resume) trainer.resume();
+      await runTraining(trainer, flags.json === true);
+    } finally {
+      trainer.dispose();
+      model.dispose();
+    }
+  } finally {
+    lock.release();
+  }
+  return 0;
+}
+
+/** Runs trainer to its last step with a progress bar (or plain lines off a TTY, or JSON lines on stdout). */
+export async function runTraining(trainer: Trainer, json: boolean, label = 'train'): Promise<void> {
+  const o = trainer.options;
+  const bar = !json && process.stderr.isTTY
+    ? new cliProgress.SingleBar(
+        { format: `${label} |{bar}| step {value}/{total} | loss {loss} | {tps} tok/s | ETA {eta_formatted}`, stream: process.stderr, etaBuffer: 20 },
+        cliProgress.Presets.shades_classic,
+      )
+    : null;
+  bar?.start(o.steps, trainer.step, { loss: '-', tps: '-' });
+  const killAt = Number(process.env.MEMGPT_FAULT_KILL_AFTER_STEP ?? NaN); // test-only fault injection (resume tests)
+  while (trainer.step < o.steps) {
+    const logged = trainer.step % o.logEvery === 0 || trainer.step + 1 === o.steps;
+    const entry: StepLog = trainer.trainStep(logged);
+    if ((o.evalEvery > 0 && entry.step % o.evalEvery === 0) || entry.step === o.steps) entry.evalLoss = trainer.evaluate();
+    if (logged || entry.evalLoss !== undefined) {
+      trainer.log(entry);
+      if (json) console.log(JSON.stringify(entry));
+      else if (!bar) console.error(`${label}: step ${entry.step}/${o.steps}  loss ${entry.loss.toFixed(4)}  ${entry.tokensPerSecond.toFixed(0)} tok/s${entry.evalLoss !== undefined ? `  held-out ${entry.evalLoss.toFixed(4)}` : ''}`);
+    }
+    bar?.update(entry.step, { loss: entry.loss.toFixed(4), tps: entry.tokensPerSecond.toFixed(0) });
+    if ((o.checkpointEvery > 0 && entry.step % o.checkpointEvery === 0) || entry.step === o.steps) trainer.checkpoint();
+    if (entry.step === killAt) process.kill(process.pid, 'SIGKILL');
+    await yieldToEventLoop();
+  }
+  bar?.stop();
+  if (!json) console.error(`memgpt: wrote ${trainer.files.model}, ${trainer.files.optimizer}, ${trainer.files.metrics}, ${trainer.files.lossPlot}`);
+}
+
+/** `memgpt eval`. */
+export function evalCommand(argv: string[]): number {
+  const flags = parse(argv, { checkpoint: 'string', data: 'string', segments: 'string', 'batch-size': 'string', stream: 'boolean', json: 'boolean', device: 'string' });
+  const ckpt = required(flags, 'checkpoint', 'eval');
+  const data = required(flags, 'data', 'eval');
+  useDevice(flags);
+  const model = loadModel(ckpt);
+  try {
+    const corpus = loadCorpus(data, getTokenizer(model.config.tokenizer));
+    let loss: number, tokens: number;
+    if (flags.stream) {
+      const r = scoreStream(model, corpus.tokens);
+      [loss, tokens] = [r.nllSum / r.tokens, r.tokens];
+    } else {
+      const batchSize = int(flags, 'batch-size', 1), segments = int(flags, 'segments', 4);
+      ({ loss, tokens } = evaluateLoss(model, corpus, batchSize, segments, Number.MAX_SAFE_INTEGER));
+    }
+    // Finite weights can still overflow float32 on the way (weights near 3e38): a loss that is not a number is no result.
+    if (!Number.isFinite(loss)) throw new MemgptError(`eval: the loss is ${loss}: ${ckpt} gives activations that overflow float32`);
+    const bitsPerToken = loss / Math.LN2;
+    // Bytes per predicted token of this corpus, to turn bits per token into bits per byte.
+    const bytesPerToken = corpus.bytes / corpus.tokens.length;
+    const result = { loss, tokens, bitsPerToken, perplexity: Math.exp(loss), bitsPerByte: bitsPerToken / bytesPerToken, stream: flags.stream === true };
+    if (flags.json) console.log(JSON.stringify(result));
+    else console.log(`loss ${loss.toFixed(4)} nats/token over ${tokens} tokens; perplexity ${result.perplexity.toFixed(3)}; ${bitsPerToken.toFixed(4)} bits/token; ${result.bitsPerByte.toFixed(4)} bits/byte`);
+  } finally {
+    model.dispose();
+  }
+  return 0;
+}
+
+/** Reads --prompt-file: a regular UTF-8 text file of at most 16 MiB (a FIFO or /dev/zero would block or never end). */
+function readPromptFile(path: string): string {
+  let st;
+  try {
+    st = statSync(path);
+  } catch {
+    throw new MemgptError(`generate: --prompt-file ${path} does not exist`);
+  }
+  if (!st.isFile()) throw new MemgptError(`generate: --prompt-file ${path} is not a regular file`);
+  if (st.size > 16 * 2 ** 20) throw new MemgptError(`generate: --prompt-file ${path} is ${st.size} bytes, more than the 16 MiB a prompt may be`);
+  return readFileSync(path, 'utf8');
+}
+
+/**
+ * `memgpt generate`: prints the continuation (not the prompt) token by token as it is generated; with --json, one
+ * line per token (id, log-probability, the text it releases) and a last line saying why it stopped. Ctrl-C ends it
+ * cleanly after the current token (exit 130).
+ */
+export async function generateCommand(argv: string[]): Promise<number> {
+  const spec = {
+    checkpoint: 'string', prompt: 'string', 'prompt-file': 'string', 'max-tokens': 'string', temperature: 'string', 'top-k': 'string',
+    'top-p': 'string', 'min-p': 'string', 'repetition-penalty': 'string', seed: 'string', device: 'string', json: 'boolean',
+  } as const;
+  const parsed = parseArgs({
+    args: argv, strict: true, allowPositionals: false,
+    options: { ...Object.fromEntries(Object.entries(spec).map(([k, type]) => [k, { type }])), stop: { type: 'string', multiple: true } },
+  }).values as Flags & { stop?: string[] };
+  const flags: Flags = { ...parsed, stop: undefined };
+  const ckpt = required(flags, 'checkpoint', 'generate');
+  if ((flags.prompt === undefined) === (flags['prompt-file'] === undefined)) throw new MemgptError('generate: give one of --prompt TEXT and --prompt-file PATH');
+  const promptText = typeof flags.prompt === 'string' ? flags.prompt : readPromptFile(flags['prompt-file'] as string);
+  const options = {
+    maxTokens: int(flags, 'max-tokens', 200, 0),
+    temperature: num(flags, 'temperature', 1),
+    topK: flags['top-k'] === undefined ? undefined : int(flags, 'top-k', 0),
+    topP: num(flags, 'top-p', 1, (n) => n > 0 && n <= 1, 'in (0, 1]'),
+    minP: num(flags, 'min-p', 0, (n) => n >= 0 && n <= 1, 'in [0, 1]'),
+    repetitionPenalty: num(flags, 'repetition-penalty', 1, (n) => n > 0, 'a number > 0'),
+    seed: int(flags, 'seed', 0, 0),
+    stop: parsed.stop ?? [],
+  };
+  if (options.stop.some((s) => s === '')) throw new MemgptError('generate: --stop must not be empty');
+  useDevice(flags);
+  const model = loadModel(ckpt);
+  const abort = new AbortController();
+  const onInterrupt = () => abort.abort();
+  process.once('SIGINT', onInterrupt);
+  try {
+    const tokenizer = getTokenizer(model.config.tokenizer);
+    if (tokenizer.encode(promptText).length === 0) throw new MemgptError('generate: the prompt is empty');
+    const stream = streamTokens(model, tokenizer, promptText, { ...options, signal: abort.signal });
+    let count = 0, text = '';
+    let step = await stream.next();
+    for (; !step.done; step = await stream.next()) {
+      const t = step.value;
+      if (t.token >= 0) count++;
+      text += t.text;
+      if (flags.json) console.log(JSON.stringify(t.token >= 0 ? { token: t.token, logprob: t.logprob, text: t.text } : { text: t.text }));
+      else if (t.text) process.stdout.write(t.text);
+    }
+    const reason = step.value;
+    if (flags.json) console.log(JSON.stringify({ done: true, reason, tokens: count, text }));
+    else process.stdout.write('\n');
+    if (reason === 'aborted') {
+      console.error(`memgpt: generate: interrupted after ${count} tokens`);
+      return 130;
+    }
+  } finally {
+    process.off('SIGINT', onInterrupt);
+    model.dispose();
+  }
+  return 0;
+}
+
+/** `memgpt train` with no arguments: the pass-key task, with and without memory. */
+export async function defaultTrainCommand(task = defaultPasskeyTask, outDir = 'memgpt-default-run', heldOut = 200): Promise<number> {
+  defaultDevice();
+  const seed = 0;
+  console.error(`memgpt: no --data given: training the tiny model on the built-in pass-key task (${task.segments} segments of ${task.segmentLen} bytes, a 5-digit key in the first, the question at the end of the last), with memory and then with memSlots = 0; runs go to ./${outDir}`);
+  const scores = [];
+  for (const memSlots of [presets.tiny.memSlots, 0]) {
+    const label = memSlots > 0 ? `with memory (${memSlots} slots)` : 'memSlots = 0';
+    const trainer = passkeyTrainer(task, memSlots, seed, outDir);
+    try {
+      await runTraining(trainer, false, label);
+      const score = passkeyAccuracy(trainer.model, task, heldOut, seed + 1_000_003);
+      console.error(`${label}: ${(score.exact * 100).toFixed(1)}% of ${heldOut} held-out keys exact, ${(score.digits * 100).toFixed(1)}% of digits (greedy)`);
+      scores.push(score);
+    } finally {
+      trainer.dispose();
+      trainer.model.dispose();
+    }
+  }
+  const [mem, none] = scores;
+  console.log(`pass-key accuracy on ${heldOut} held-out keys (greedy, all 5 digits right): ${(mem.exact * 100).toFixed(1)}% with memory, ${(none.exact * 100).toFixed(1)}% with memSlots = 0 (chance: 0.001%); digits right: ${(mem.digits * 100).toFixed(1)}% vs ${(none.digits * 100).toFixed(1)}% (chance ≈ 10%)`);
+  return 0;
+}

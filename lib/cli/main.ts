@@ -1,0 +1,146 @@
+// The `memgpt` command line. Every failure is one clear line on stderr and a
+// non-zero exit code; nothing here calls process.exit, so output is flushed.
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+
+import { defaultDevice, packageRoot, parseDevice, setDefaultDevice } from '../native/backend.js';
+import { evalCommand, generateCommand, parse, trainCommand } from './commands.js';
+import { doctorReport, formatDoctor } from './doctor.js';
+import { benchCommand } from './bench/command.js';
+import { runDemo } from '../tasks/demo.js';
+import { MemgptError } from '../core/errors.js';
+
+const usage = `memgpt — the Memory-Gated Pointer Transformer in TypeScript
+
+Usage:
+  memgpt train    (no arguments: the built-in pass-key demo, with and without memory)
+  memgpt train    [--preset NAME | --config FILE.json | --init CKPT] --data PATH --out DIR
+                  [--steps N] [--batch-size B] [--segments K] [--lr X] [--optimizer adamw|sgd]
+                  [--weight-decay W] [--grad-clip C] [--warmup N] [--schedule cosine|constant]
+                  [--order random|sequential] [--seed S] [--device cpu|cuda] [--resume] [--json]
+                  [--grad-accum N] [--eval-every N] [--eval-batches N] [--checkpoint-every N]
+                  [--log-every N] [--held-out FRACTION] [--precision float32|bfloat16]
+                  [--mem-slots S] [--segment-len T]   (override the preset's or config's)
+                  --resume: the run's saved options; only --steps, --eval-every, --eval-batches,
+                  --checkpoint-every and --log-every may change
+  memgpt eval     --checkpoint CKPT --data PATH [--segments K] [--batch-size B] [--stream] [--json]
+  memgpt generate --checkpoint CKPT (--prompt TEXT | --prompt-file PATH) [--max-tokens N] [--temperature X]
+                  [--top-k K] [--top-p P] [--min-p P] [--repetition-penalty R] [--stop TEXT]... [--seed S]
+                  [--json]   (one line per token: id, log-probability, text; Ctrl-C ends it cleanly)
+  memgpt bench    [kernels|train|books] [--device cpu|cuda] [--json]
+                  kernels: [--preset small|base|all] [--only SUBSTRING]
+                  train:   [--preset tiny|small|base] [--batch B] [--segments K] [--steps N] [--warmup N]
+                           [--precision float32|bfloat16]
+                  books:   [--corpus kjv|linux-doc|austen|all] [--preset tiny|small] [--variants LIST]
+                           [--seeds N] [--steps N] [--jobs N] [--out FILE.json] (memgpt bench books --help)
+  memgpt demo     [--steps N] [--lr X] [--seed S] [--device cpu|cuda]
+  memgpt doctor   [--json]   (the builds present, GPU, driver and runtime, which backend and why)
+  memgpt --version | --help
+
+The device is CUDA when the CUDA addon loads and a GPU is present, else the CPU;
+MEMGPT_DEVICE=cpu|cuda or --device forces it. MEMGPT_NUM_THREADS sets CPU threads.`;
+
+const commandHelp: Record<string, string> = {
+  train: 'Trains a model on a text file (or, with no arguments, the built-in pass-key demo), writing a run folder with checkpoints, metrics and plots.',
+  eval: 'Scores a checkpoint on a text file: loss and bits per byte (--stream: whole documents, memory carried).',
+  generate: 'Continues a prompt from a checkpoint.',
+  bench: 'Benchmarks: kernels (time and % of ceiling), train (a median training step), books (memory on real text).',
+  demo: 'A few hundred steps of a toy model, to see that the install works.',
+  doctor: 'Says which builds are present, what GPU, driver and runtime were found, and which backend runs and why.',
+};
+
+/** The usage lines of one command, with a line on what it does (memgpt COMMAND --help). */
+function usageOf(command: string): string {
+  const lines = usage.split('\n');
+  const own: string[] = [];
+  let inside = false;
+  for (const line of lines) {
+    if (line.startsWith('  memgpt ')) inside = line.startsWith(`  memgpt ${command} `);
+    else if (!line.startsWith('    ')) inside = false;
+    if (inside) own.push(line);
+  }
+  return `memgpt ${command} — ${commandHelp[command]}\n\nUsage:\n${own.join('\n')}`;
+}
+
+function version(): string {
+  const pkg = JSON.parse(readFileSync(join(packageRoot, 'package.json'), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+function positiveInt(value: string | undefined, flag: string, fallback: number): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (!Number.isSafeInteger(n) || n < 1) throw new MemgptError(`${flag} must be a positive integer (got '${value}')`);
+  return n;
+}
+
+function positiveNumber(value: string | undefined, flag: string, fallback: number): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (!Number.isFinite(n) || n <= 0) throw new MemgptError(`${flag} must be a positive number (got '${value}')`);
+  return n;
+}
+
+function demo(argv: string[]): number {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      steps: { type: 'string' },
+      lr: { type: 'string' },
+      seed: { type: 'string' },
+      device: { type: 'string' },
+    },
+    strict: true,
+    allowPositionals: false,
+  });
+  if (values.device) setDefaultDevice(parseDevice(values.device, '--device'));
+  const device = defaultDevice();
+  const result = runDemo({
+    device,
+    steps: positiveInt(values.steps, '--steps', 500),
+    lr: positiveNumber(values.lr, '--lr', 200),
+    seed: values.seed === undefined ? 0 : positiveInt(values.seed, '--seed', 0),
+    log: (line) => console.log(line),
+  });
+  if (!(result.finalLoss < result.firstLoss)) throw new MemgptError(`demo: the loss did not decrease (${result.firstLoss} -> ${result.finalLoss})`);
+  return 0;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  try {
+    const [command, ...rest] = argv;
+    if (command === undefined || command === '--help' || command === '-h' || command === 'help') {
+      console.log(usage);
+      return command === undefined ? 1 : 0;
+    }
+    if (command === '--version' || command === '-v') {
+      console.log(version());
+      return 0;
+    }
+    const wantsHelp = rest.includes('--help') || rest.includes('-h');
+    // `memgpt bench books --help` has its own, longer help.
+    if (wantsHelp && command in commandHelp && !(command === 'bench' && rest[0] === 'books')) {
+      console.log(usageOf(command));
+      return 0;
+    }
+    if (command === 'demo') return demo(rest);
+    if (command === 'train') return await trainCommand(rest);
+    if (command === 'eval') return evalCommand(rest);
+    if (command === 'generate') return await generateCommand(rest);
+    if (command === 'bench') return await benchCommand(rest);
+    if (command === 'doctor') {
+      const flags = parse(rest, { json: 'boolean' });
+      const report = doctorReport();
+      console.log(flags.json ? JSON.stringify(report, null, 2) : formatDoctor(report));
+      return 0;
+    }
+    throw new MemgptError(`unknown command '${command}' (run memgpt --help)`);
+  } catch (e) {
+    const message = e instanceof Error ? e.message : String(e);
+    // parseArgs errors carry a code; ours are MemgptError; anything else is a bug worth its stack.
+    const known = e instanceof MemgptError || (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS');
+    console.error(`memgpt: ${known ? message.split('\n')[0] : (e as Error).stack ?? message}`);
+    return 2;
+  }
+}

@@ -6,7 +6,7 @@ import { writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { parseArgs } from 'node:util';
 
-import { runTraining } from '../lib/cli/commands.js';
+import { runTraining } from '../lib/cli/train.js';
 import { copyAccuracy, copyTask, copyTrainer } from './copy-task.js';
 import { numThreads } from '../lib/index.js';
 

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 
 import { presets, type ModelConfig } from '../lib/nn/config.js';
 import { segmentedCopyCorpus, segmentedCopyLayout } from '../lib/data/index.js';
-import { Decoder } from '../lib/infer/generate.js';
+import { Decoder } from '../lib/infer/decoder.js';
 import { MemGPT } from '../lib/nn/model.js';
 import { Trainer, defaultTrainOptions, type TrainOptions } from '../lib/train/trainer.js';
 

@@ -8,10 +8,11 @@ import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 
 import * as mg from '../lib/index.js';
-import { yieldToEventLoop } from '../lib/cli/commands.js';
+import { yieldToEventLoop } from '../lib/cli/train.js';
 import { presets, type PresetName } from '../lib/nn/config.js';
 import { MemGPT } from '../lib/nn/model.js';
-import { Decoder, sampleToken } from '../lib/infer/generate.js';
+import { Decoder } from '../lib/infer/decoder.js';
+import { sampleToken } from '../lib/infer/sampling.js';
 
 const { values: flags } = parseArgs({
   options: {

@@ -9,7 +9,7 @@
 import { parseArgs } from 'node:util';
 
 import * as mg from '../lib/index.js';
-import { yieldToEventLoop } from '../lib/cli/commands.js';
+import { yieldToEventLoop } from '../lib/cli/train.js';
 import { presets } from '../lib/nn/config.js';
 import { passkeyDocument } from '../lib/data/index.js';
 import { passkeyAccuracy } from '../lib/tasks/passkey.js';

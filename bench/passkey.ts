@@ -8,7 +8,7 @@ import { writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { parseArgs } from 'node:util';
 
-import { runTraining } from '../lib/cli/commands.js';
+import { runTraining } from '../lib/cli/train.js';
 import { longPasskeyTask, passkeyAccuracy, passkeyTrainer } from '../lib/tasks/passkey.js';
 import { numThreads } from '../lib/index.js';
 

@@ -5,16 +5,15 @@ export {
   availableDevices, cudaStatus, defaultDevice, numThreads, setDefaultDevice, setNumThreads,
   type CudaStatus, type Device,
 } from './native/backend.js';
-export {
-  Parameter, Tensor, arange, emptyCache, full, keep, memory, ones, parameter, rand, randn, resetPeakMemory, tensor, tidy, zeros,
-  type DeviceMemory, type TensorOptions,
-} from './core/tensor.js';
+export { Parameter, Tensor, arange, full, keep, ones, parameter, rand, randn, tensor, tidy, zeros, type TensorOptions } from './core/tensor.js';
+export { emptyCache, memory, resetPeakMemory, type DeviceMemory } from './core/storage.js';
 export { isGradEnabled, noGrad, zeroGrad, type BackwardFn } from './core/autograd.js';
 export { add, addInPlace, addScalar, div, mul, neg, scale, sub } from './ops/elementwise.js';
 export { matmul, type MatmulOptions } from './ops/matmul.js';
-export { mean, sum } from './ops/reduce.js';
+export { broadcastTo, sum } from './ops/reduce.js';
+export { mean } from './ops/mean.js';
 export { softmax } from './ops/softmax.js';
-export { broadcastTo, cast, clone, detach, permute, reshape, to, transpose } from './ops/shape.js';
+export { cast, clone, detach, permute, reshape, to, transpose } from './ops/shape.js';
 export { assertGradients, checkGradients, type GradCheckOptions, type GradCheckResult } from './core/gradcheck.js';
 export { Rng } from './core/random.js';
 export * from './ops/norm.js';
@@ -26,10 +25,10 @@ export * from './ops/optim.js';
 export { presets, parameterShapes, resolveConfig, type ModelConfig, type PresetName } from './nn/config.js';
 export { MemGPT, type ForwardResult, type LayerDiagnostics } from './nn/model.js';
 export * from './data/index.js';
-export {
-  Decoder, generateTokens, penalizeRepeats, sampledTokens, sampleToken, scoreStream, streamText, streamTokens, textPieces,
-  type GenerateOptions, type SampledToken, type StopReason, type TextCodec, type TextGenerateOptions, type TextToken,
-} from './infer/generate.js';
+export { Decoder } from './infer/decoder.js';
+export { generateTokens, penalizeRepeats, sampledTokens, sampleToken, type GenerateOptions, type SampledToken } from './infer/sampling.js';
+export { streamText, streamTokens, textPieces, type StopReason, type TextCodec, type TextGenerateOptions, type TextToken } from './infer/text.js';
+export { scoreStream } from './infer/score.js';
 export {
   bfloat16Bytes, float32Bytes, readSafetensors, readSafetensorsHeader, safetensorsDTypeBytes, storedToFloat32, writeSafetensors,
   type SafetensorsDType, type SafetensorsHeader, type StoredTensor, type TensorInfo,

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 
 import { readSafetensorsHeader } from '../lib/io/safetensors.js';
-import { defaultTrainCommand } from '../lib/cli/commands.js';
+import { defaultTrainCommand } from '../lib/cli/train.js';
 import { defaultPasskeyTask, passkeyAccuracy, passkeyModelConfig } from '../lib/tasks/passkey.js';
 import { copyAccuracy, copyTask, copyTrainer } from '../bench/copy-task.js';
 import { MemGPT } from '../lib/nn/model.js';

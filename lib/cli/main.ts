@@ -5,7 +5,10 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 
 import { defaultDevice, packageRoot, parseDevice, setDefaultDevice } from '../native/backend.js';
-import { evalCommand, generateCommand, parse, trainCommand } from './commands.js';
+import { evalCommand } from './eval.js';
+import { parse } from './flags.js';
+import { generateCommand } from './generate.js';
+import { trainCommand } from './train.js';
 import { doctorReport, formatDoctor } from './doctor.js';
 import { benchCommand } from './bench/command.js';
 import { runDemo } from '../tasks/demo.js';

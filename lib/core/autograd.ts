@@ -6,9 +6,26 @@
 // freed as soon as nothing can reach it; backward() frees saved tensors as it
 // goes unless asked to retain the graph. Leaves accumulate gradients (+=).
 import { MemgptError, shapeStr } from './errors.js';
-import { keep, ones, setBackwardHook, tidy, type GradFn, type Tensor } from './tensor.js';
-import { add, addInPlace } from '../ops/elementwise.js';
-import { zeros } from './tensor.js';
+import { keep, ones, setBackwardHook, tidy, zeros, type GradFn, type Tensor } from './tensor.js';
+
+/**
+ * How gradients are summed: the ops' add and addInPlace, handed to the tape by ops/elementwise.ts when it loads, so
+ * that core/ never imports ops/ (tfjs's engine takes its gradient accumulator the same way).
+ */
+export interface GradientSum {
+  add(a: Tensor, b: Tensor): Tensor;
+  addInPlace(target: Tensor, g: Tensor): void;
+}
+let gradientSum: GradientSum | null = null;
+
+export function setGradientSum(sum: GradientSum): void {
+  gradientSum = sum;
+}
+
+function summer(): GradientSum {
+  if (!gradientSum) throw new MemgptError('internal: backward needs the ops (import memgpt, or lib/ops/elementwise.js, first)');
+  return gradientSum;
+}
 
 let gradEnabled = true;
 
@@ -102,11 +119,11 @@ export function record(op: string, inputs: Tensor[], outputs: Tensor[], saved: T
 function accumulate(current: Tensor | null, g: Tensor): Tensor {
   if (!current) return keep(g);
   if (current.storage.refCount === 1) {
-    addInPlace(current, g);
+    summer().addInPlace(current, g);
     g.dispose();
     return current;
   }
-  const sum = keep(add(current, g));
+  const sum = keep(summer().add(current, g));
   current.dispose();
   g.dispose();
   return sum;

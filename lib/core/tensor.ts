@@ -3,58 +3,11 @@
 // native allocator. Memory is explicit: dispose() (or `using`) frees a tensor,
 // tidy() frees every tensor made inside it but what it returns, and a
 // FinalizationRegistry is only a safety net. memory() shows what is live.
-import { backendFor, defaultDevice, type Device, type NativeBackend, type StorageHandle } from '../native/backend.js';
+import { defaultDevice, type Device, type StorageHandle } from '../native/backend.js';
+import { Storage, counters } from './storage.js';
 import { dtypeBytes, dtypeCode, decodeHost, encodeHost, rawHostBuffer, type DType, type HostArray } from './dtype.js';
 import { MemgptError, shapeStr } from './errors.js';
 import { Rng } from './random.js';
-
-// ---------------------------------------------------------------- storage
-
-interface DeviceCounters {
-  liveTensors: number;
-  liveStorages: number;
-  storageBytes: number;
-}
-const counters: Record<Device, DeviceCounters> = {
-  cpu: { liveTensors: 0, liveStorages: 0, storageBytes: 0 },
-  cuda: { liveTensors: 0, liveStorages: 0, storageBytes: 0 },
-};
-
-/** Device memory shared by the tensors that view it; freed when the last one lets go. */
-export class Storage {
-  private refs = 1;
-  handle: StorageHandle | null;
-  readonly backend: NativeBackend;
-
-  constructor(readonly device: Device, readonly bytes: number) {
-    this.backend = backendFor(device);
-    try {
-      this.handle = this.backend.alloc(bytes);
-    } catch (e) {
-      throw new MemgptError(`cannot allocate ${bytes} bytes on ${device}: ${(e as Error).message}`, { cause: e });
-    }
-    counters[device].liveStorages++;
-    counters[device].storageBytes += bytes;
-  }
-
-  get refCount(): number {
-    return this.refs;
-  }
-
-  retain(): this {
-    if (this.refs <= 0) throw new MemgptError('internal: retain of a freed storage');
-    this.refs++;
-    return this;
-  }
-
-  release(): void {
-    if (--this.refs > 0 || !this.handle) return;
-    this.backend.free(this.handle);
-    this.handle = null;
-    counters[this.device].liveStorages--;
-    counters[this.device].storageBytes -= this.bytes;
-  }
-}
 
 /** The autograd node that made a tensor (lib/core/autograd.ts); tensors only hold and release it. */
 export interface GradFn {
@@ -411,45 +364,4 @@ export function parameter(t: Tensor, name = ''): Parameter {
   const p = new Parameter(t.storage.retain(), t.shape, t.dtype, name);
   t.dispose();
   return p;
-}
-
-// ---------------------------------------------------------------- memory report
-
-export interface DeviceMemory {
-  device: Device;
-  /** Tensor objects not yet disposed (user tensors, gradients and tensors saved for backward). */
-  liveTensors: number;
-  /** Distinct storages behind them. */
-  liveStorages: number;
-  /** Bytes those storages asked for. */
-  tensorBytes: number;
-  /** Bytes the native allocator has handed out (rounded up to its block sizes). */
-  bytesInUse: number;
-  /** High-water mark of bytesInUse since the process started or resetPeakMemory(). */
-  peakBytes: number;
-  /** Bytes held from the system: in use plus cached for reuse. */
-  bytesReserved: number;
-}
-
-export function memory(device: Device = defaultDevice()): DeviceMemory {
-  const stats = backendFor(device).memory();
-  const c = counters[device];
-  return {
-    device,
-    liveTensors: c.liveTensors,
-    liveStorages: c.liveStorages,
-    tensorBytes: c.storageBytes,
-    bytesInUse: stats.bytesInUse,
-    peakBytes: stats.peakBytes,
-    bytesReserved: stats.bytesReserved,
-  };
-}
-
-export function resetPeakMemory(device: Device = defaultDevice()): void {
-  backendFor(device).resetPeak();
-}
-
-/** Returns cached (unused) blocks of the device allocator to the system. */
-export function emptyCache(device: Device = defaultDevice()): void {
-  backendFor(device).emptyCache();
 }

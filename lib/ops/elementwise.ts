@@ -1,7 +1,7 @@
 // Elementwise arithmetic with NumPy broadcasting: add, sub, mul, div, and
 // scalar forms (scale, addScalar, neg). Gradients of broadcast inputs are
 // summed back to the input's shape.
-import { record } from '../core/autograd.js';
+import { record, setGradientSum } from '../core/autograd.js';
 import { dtypeCode } from '../core/dtype.js';
 import { MemgptError, shapeStr } from '../core/errors.js';
 import { empty, type Tensor } from '../core/tensor.js';
@@ -101,3 +101,6 @@ export function addInPlace(target: Tensor, g: Tensor): void {
     k.binary(Code.Add, dtypeCode[target.dtype], dims, strides[0], strides[1], target.handle, target.offset, g.handle, g.offset, target.handle, target.offset),
   );
 }
+
+// The tape sums gradients with these (core/autograd.ts takes them here rather than importing ops/).
+setGradientSum({ add, addInPlace });

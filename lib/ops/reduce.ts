@@ -1,15 +1,15 @@
-// Sums over axes (and the mean built on it). A sum over several axes runs one
-// native pass per run of adjacent axes; its gradient broadcasts back.
+// Sums over axes and broadcasts, in one file because each is the other's gradient. A sum over several axes
+// runs one native pass per run of adjacent axes; its gradient broadcasts back, and a broadcast's sums back.
 import { record } from '../core/autograd.js';
 import { dtypeCode } from '../core/dtype.js';
-import { empty, numel, type Tensor } from '../core/tensor.js';
-import { scale } from './elementwise.js';
-import { broadcastTo, reshape } from './shape.js';
-import { callNative, checkTensors, normalizeAxis } from './util.js';
+import { empty, numel, validateShape, type Tensor } from '../core/tensor.js';
+import { MemgptError, shapeStr } from '../core/errors.js';
+import { reshape, stridedCopyInto } from './shape.js';
+import { broadcastShapes, broadcastStrides, checkTensors, callNative, normalizeAxis } from './util.js';
 
 const FLOAT = ['float32', 'bfloat16'] as const;
 
-function normalizeAxes(op: string, axes: number | readonly number[] | undefined, rank: number): number[] {
+export function normalizeAxes(op: string, axes: number | readonly number[] | undefined, rank: number): number[] {
   if (axes === undefined) return Array.from({ length: rank }, (_, i) => i);
   const list = typeof axes === 'number' ? [axes] : [...axes];
   return [...new Set(list.map((a) => normalizeAxis(op, a, rank)))].sort((a, b) => a - b);
@@ -47,16 +47,6 @@ export function sum(x: Tensor, axes?: number | readonly number[], keepDims = fal
   return out;
 }
 
-/** Mean over `axes` (all by default). */
-export function mean(x: Tensor, axes?: number | readonly number[], keepDims = false): Tensor {
-  const ax = normalizeAxes('mean', axes, x.rank);
-  const count = ax.reduce((n, a) => n * x.shape[a], 1);
-  const s = sum(x, ax, keepDims);
-  const out = scale(s, count === 0 ? NaN : 1 / count);
-  s.dispose();
-  return out;
-}
-
 /** Sums a broadcast gradient back to `shape` (the inverse of broadcasting). */
 export function sumTo(g: Tensor, shape: readonly number[]): Tensor {
   if (g.shape.join() === shape.join()) return g;
@@ -66,5 +56,18 @@ export function sumTo(g: Tensor, shape: readonly number[]): Tensor {
   const s = sum(g, axes, true);
   const out = reshape(s, shape);
   s.dispose();
+  return out;
+}
+
+/** A copy of x broadcast to `shape`. */
+export function broadcastTo(x: Tensor, shape: readonly number[]): Tensor {
+  checkTensors('broadcastTo', { x });
+  const target = validateShape(shape, 'broadcastTo');
+  if (broadcastShapes('broadcastTo', x.shape, target).join() !== target.join()) {
+    throw new MemgptError(`broadcastTo: ${shapeStr(x.shape)} cannot be broadcast to ${shapeStr(target)}`);
+  }
+  const out = empty(target, { dtype: x.dtype, device: x.device });
+  stridedCopyInto('broadcastTo', x, broadcastStrides(x.shape, target), out);
+  record('broadcastTo', [x], [out], [], ([g]) => [sumTo(g, x.shape)]);
   return out;
 }

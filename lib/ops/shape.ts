@@ -5,8 +5,7 @@ import { backendFor, type Device } from '../native/backend.js';
 import { dtypeBytes, dtypeCode, type DType } from '../core/dtype.js';
 import { MemgptError, shapeStr } from '../core/errors.js';
 import { empty, numel, validateShape, type Tensor } from '../core/tensor.js';
-import { sumTo } from './reduce.js';
-import { broadcastShapes, broadcastStrides, callNative, checkTensors, compactDims, contiguousStrides, normalizeAxis } from './util.js';
+import { callNative, checkTensors, compactDims, contiguousStrides, normalizeAxis } from './util.js';
 
 /** The same data seen with another shape; one size may be -1 (inferred). Shares memory. */
 export function reshape(x: Tensor, shape: readonly number[]): Tensor {
@@ -25,20 +24,8 @@ export function reshape(x: Tensor, shape: readonly number[]): Tensor {
   return out;
 }
 
-/** A copy of x broadcast to `shape`. */
-export function broadcastTo(x: Tensor, shape: readonly number[]): Tensor {
-  checkTensors('broadcastTo', { x });
-  const target = validateShape(shape, 'broadcastTo');
-  if (broadcastShapes('broadcastTo', x.shape, target).join() !== target.join()) {
-    throw new MemgptError(`broadcastTo: ${shapeStr(x.shape)} cannot be broadcast to ${shapeStr(target)}`);
-  }
-  const out = empty(target, { dtype: x.dtype, device: x.device });
-  stridedCopyInto('broadcastTo', x, broadcastStrides(x.shape, target), out);
-  record('broadcastTo', [x], [out], [], ([g]) => [sumTo(g, x.shape)]);
-  return out;
-}
-
-function stridedCopyInto(op: string, x: Tensor, strides: number[], out: Tensor): void {
+/** Copies x into out through x's strides `strides` (one per out dim; 0 broadcasts). */
+export function stridedCopyInto(op: string, x: Tensor, strides: number[], out: Tensor): void {
   if (out.size === 0) return;
   const { dims, strides: s } = compactDims([...out.shape], strides);
   callNative(op, { x }, (k) => k.stridedCopy(dtypeCode[x.dtype], dims, s[0], x.handle, x.offset, out.handle, out.offset));

@@ -3,11 +3,12 @@
 // path (tensors, native matmul and softmax, autograd, tidy) on the chosen device.
 import { addInPlace, mul, scale, sub } from '../ops/elementwise.js';
 import { matmul } from '../ops/matmul.js';
-import { mean } from '../ops/reduce.js';
+import { mean } from '../ops/mean.js';
 import { softmax } from '../ops/softmax.js';
 import { noGrad } from '../core/autograd.js';
 import { Rng } from '../core/random.js';
-import { memory, parameter, randn, tidy } from '../core/tensor.js';
+import { memory } from '../core/storage.js';
+import { parameter, randn, tidy } from '../core/tensor.js';
 import type { Device } from '../native/backend.js';
 
 export interface DemoOptions {

@@ -2,7 +2,7 @@
 // table or, with --json, one JSON document on stdout; and the long-document benchmark (lib/cli/bench/books).
 import { defaultDevice } from '../../native/backend.js';
 import { presets, type PresetName } from '../../nn/config.js';
-import { choice, int, parse, useDevice } from '../commands.js';
+import { choice, int, parse, useDevice } from '../flags.js';
 import { MemgptError } from '../../core/errors.js';
 import { formatKernelBench, runKernelBench, type KernelBenchResult } from './kernels.js';
 import { formatTrainBench, runTrainBench, type TrainBenchResult } from './train.js';

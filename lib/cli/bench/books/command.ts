@@ -7,7 +7,7 @@ import { join } from 'node:path';
 
 import { numThreads, packageRoot } from '../../../native/backend.js';
 import { presets, type PresetName } from '../../../nn/config.js';
-import { choice, int, parse, type Flags } from '../../commands.js';
+import { choice, int, parse, type Flags } from '../../flags.js';
 import { MemgptError } from '../../../core/errors.js';
 import { recipeFor } from '../../../train/trainer.js';
 import { bookCorpusNames, defaultBooksCache, ensureBookCorpus, type BookCorpusName } from './corpora.js';

@@ -1,66 +1,22 @@
-// The train, eval and generate commands of the `memgpt` CLI (SPEC.md §8):
-// flag parsing and validation, progress output, and the glue between data,
-// model, trainer, checkpoints and generation. lib/cli/main.ts dispatches here.
+// `memgpt train`: flags and validation, the run folder (locked, resumed with its saved options), progress output,
+// and the built-in pass-key demo that `memgpt train` with no arguments runs.
 import { accessSync, constants as fsConstants, existsSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { dirname, join, resolve as resolvePath } from 'node:path';
-import { parseArgs } from 'node:util';
 import cliProgress from 'cli-progress';
 
-import { defaultDevice, parseDevice, setDefaultDevice } from '../native/backend.js';
+import { MemgptError } from '../core/errors.js';
+import { defaultDevice } from '../native/backend.js';
+import { getTokenizer, loadCorpus, splitCorpus, type Corpus } from '../data/index.js';
 import { loadModel } from '../io/checkpoint.js';
 import { presets, resolveConfig, type ModelConfig, type PresetName } from '../nn/config.js';
-import { getTokenizer, loadCorpus, splitCorpus, type Corpus } from '../data/index.js';
-import { MemgptError } from '../core/errors.js';
-import { scoreStream, streamTokens } from '../infer/generate.js';
 import { MemGPT } from '../nn/model.js';
 import { defaultPasskeyTask, passkeyAccuracy, passkeyTrainer } from '../tasks/passkey.js';
-import { Trainer, defaultTrainOptions, evaluateLoss, loadRunModel, recipes, savedTrainerState, type Recipe, type StepLog, type TrainerState, type TrainOptions } from '../train/trainer.js';
 import { RunLock, committedCheckpoint, runFiles } from '../train/run-folder.js';
-
-export type Flags = Record<string, string | boolean | undefined>;
+import { Trainer, defaultTrainOptions, loadRunModel, recipes, savedTrainerState, type Recipe, type StepLog, type TrainerState, type TrainOptions } from '../train/trainer.js';
+import { choice, int, num, parse, required, useDevice, type Flags } from './flags.js';
 
 /** Lets Node run its queued work (timers, signals, FinalizationRegistry callbacks) between steps. */
 export const yieldToEventLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
-
-export function parse(argv: string[], spec: Record<string, 'string' | 'boolean'>): Flags {
-  const options = Object.fromEntries(Object.entries(spec).map(([k, type]) => [k, { type }])) as Record<string, { type: 'string' | 'boolean' }>;
-  return parseArgs({ args: argv, options, strict: true, allowPositionals: false }).values as Flags;
-}
-
-export function int(flags: Flags, name: string, fallback: number, min = 1): number {
-  const v = flags[name];
-  if (v === undefined) return fallback;
-  const n = Number(v);
-  if (typeof v !== 'string' || !Number.isSafeInteger(n) || n < min) throw new MemgptError(`--${name} must be an integer ≥ ${min} (got '${String(v)}')`);
-  return n;
-}
-
-function num(flags: Flags, name: string, fallback: number, ok: (n: number) => boolean = (n) => n >= 0, what = 'a non-negative number'): number {
-  const v = flags[name];
-  if (v === undefined) return fallback;
-  const n = Number(v);
-  if (typeof v !== 'string' || v.trim() === '' || !Number.isFinite(n) || !ok(n)) throw new MemgptError(`--${name} must be ${what} (got '${String(v)}')`);
-  return n;
-}
-
-export function choice<T extends string>(flags: Flags, name: string, allowed: readonly T[], fallback: T): T {
-  const v = flags[name];
-  if (v === undefined) return fallback;
-  if (!allowed.includes(v as T)) throw new MemgptError(`--${name} must be ${allowed.join(' or ')} (got '${String(v)}')`);
-  return v as T;
-}
-
-function required(flags: Flags, name: string, command: string): string {
-  const v = flags[name];
-  if (typeof v !== 'string' || v === '') throw new MemgptError(`${command}: --${name} is required`);
-  return v;
-}
-
-export function useDevice(flags: Flags): void {
-  if (typeof flags.device === 'string') setDefaultDevice(parseDevice(flags.device, '--device'));
-  defaultDevice();
-}
-
 /**
  * `--out` must be a folder this process can create or write into, checked before anything is trained: an
  * existing file, a path below a file, a read-only or unwritable place, or /proc (where Node's recursive mkdir
@@ -295,111 +251,6 @@ export async function runTraining(trainer: Trainer, json: boolean, label = 'trai
   }
   bar?.stop();
   if (!json) console.error(`memgpt: wrote ${trainer.files.model}, ${trainer.files.optimizer}, ${trainer.files.metrics}, ${trainer.files.lossPlot}`);
-}
-
-/** `memgpt eval`. */
-export function evalCommand(argv: string[]): number {
-  const flags = parse(argv, { checkpoint: 'string', data: 'string', segments: 'string', 'batch-size': 'string', stream: 'boolean', json: 'boolean', device: 'string' });
-  const ckpt = required(flags, 'checkpoint', 'eval');
-  const data = required(flags, 'data', 'eval');
-  useDevice(flags);
-  const model = loadModel(ckpt);
-  try {
-    const corpus = loadCorpus(data, getTokenizer(model.config.tokenizer));
-    let loss: number, tokens: number;
-    if (flags.stream) {
-      const r = scoreStream(model, corpus.tokens);
-      [loss, tokens] = [r.nllSum / r.tokens, r.tokens];
-    } else {
-      const batchSize = int(flags, 'batch-size', 1), segments = int(flags, 'segments', 4);
-      ({ loss, tokens } = evaluateLoss(model, corpus, batchSize, segments, Number.MAX_SAFE_INTEGER));
-    }
-    // Finite weights can still overflow float32 on the way (weights near 3e38): a loss that is not a number is no result.
-    if (!Number.isFinite(loss)) throw new MemgptError(`eval: the loss is ${loss}: ${ckpt} gives activations that overflow float32`);
-    const bitsPerToken = loss / Math.LN2;
-    // Bytes per predicted token of this corpus, to turn bits per token into bits per byte.
-    const bytesPerToken = corpus.bytes / corpus.tokens.length;
-    const result = { loss, tokens, bitsPerToken, perplexity: Math.exp(loss), bitsPerByte: bitsPerToken / bytesPerToken, stream: flags.stream === true };
-    if (flags.json) console.log(JSON.stringify(result));
-    else console.log(`loss ${loss.toFixed(4)} nats/token over ${tokens} tokens; perplexity ${result.perplexity.toFixed(3)}; ${bitsPerToken.toFixed(4)} bits/token; ${result.bitsPerByte.toFixed(4)} bits/byte`);
-  } finally {
-    model.dispose();
-  }
-  return 0;
-}
-
-/** Reads --prompt-file: a regular UTF-8 text file of at most 16 MiB (a FIFO or /dev/zero would block or never end). */
-function readPromptFile(path: string): string {
-  let st;
-  try {
-    st = statSync(path);
-  } catch {
-    throw new MemgptError(`generate: --prompt-file ${path} does not exist`);
-  }
-  if (!st.isFile()) throw new MemgptError(`generate: --prompt-file ${path} is not a regular file`);
-  if (st.size > 16 * 2 ** 20) throw new MemgptError(`generate: --prompt-file ${path} is ${st.size} bytes, more than the 16 MiB a prompt may be`);
-  return readFileSync(path, 'utf8');
-}
-
-/**
- * `memgpt generate`: prints the continuation (not the prompt) token by token as it is generated; with --json, one
- * line per token (id, log-probability, the text it releases) and a last line saying why it stopped. Ctrl-C ends it
- * cleanly after the current token (exit 130).
- */
-export async function generateCommand(argv: string[]): Promise<number> {
-  const spec = {
-    checkpoint: 'string', prompt: 'string', 'prompt-file': 'string', 'max-tokens': 'string', temperature: 'string', 'top-k': 'string',
-    'top-p': 'string', 'min-p': 'string', 'repetition-penalty': 'string', seed: 'string', device: 'string', json: 'boolean',
-  } as const;
-  const parsed = parseArgs({
-    args: argv, strict: true, allowPositionals: false,
-    options: { ...Object.fromEntries(Object.entries(spec).map(([k, type]) => [k, { type }])), stop: { type: 'string', multiple: true } },
-  }).values as Flags & { stop?: string[] };
-  const flags: Flags = { ...parsed, stop: undefined };
-  const ckpt = required(flags, 'checkpoint', 'generate');
-  if ((flags.prompt === undefined) === (flags['prompt-file'] === undefined)) throw new MemgptError('generate: give one of --prompt TEXT and --prompt-file PATH');
-  const promptText = typeof flags.prompt === 'string' ? flags.prompt : readPromptFile(flags['prompt-file'] as string);
-  const options = {
-    maxTokens: int(flags, 'max-tokens', 200, 0),
-    temperature: num(flags, 'temperature', 1),
-    topK: flags['top-k'] === undefined ? undefined : int(flags, 'top-k', 0),
-    topP: num(flags, 'top-p', 1, (n) => n > 0 && n <= 1, 'in (0, 1]'),
-    minP: num(flags, 'min-p', 0, (n) => n >= 0 && n <= 1, 'in [0, 1]'),
-    repetitionPenalty: num(flags, 'repetition-penalty', 1, (n) => n > 0, 'a number > 0'),
-    seed: int(flags, 'seed', 0, 0),
-    stop: parsed.stop ?? [],
-  };
-  if (options.stop.some((s) => s === '')) throw new MemgptError('generate: --stop must not be empty');
-  useDevice(flags);
-  const model = loadModel(ckpt);
-  const abort = new AbortController();
-  const onInterrupt = () => abort.abort();
-  process.once('SIGINT', onInterrupt);
-  try {
-    const tokenizer = getTokenizer(model.config.tokenizer);
-    if (tokenizer.encode(promptText).length === 0) throw new MemgptError('generate: the prompt is empty');
-    const stream = streamTokens(model, tokenizer, promptText, { ...options, signal: abort.signal });
-    let count = 0, text = '';
-    let step = await stream.next();
-    for (; !step.done; step = await stream.next()) {
-      const t = step.value;
-      if (t.token >= 0) count++;
-      text += t.text;
-      if (flags.json) console.log(JSON.stringify(t.token >= 0 ? { token: t.token, logprob: t.logprob, text: t.text } : { text: t.text }));
-      else if (t.text) process.stdout.write(t.text);
-    }
-    const reason = step.value;
-    if (flags.json) console.log(JSON.stringify({ done: true, reason, tokens: count, text }));
-    else process.stdout.write('\n');
-    if (reason === 'aborted') {
-      console.error(`memgpt: generate: interrupted after ${count} tokens`);
-      return 130;
-    }
-  } finally {
-    process.off('SIGINT', onInterrupt);
-    model.dispose();
-  }
-  return 0;
 }
 
 /** `memgpt train` with no arguments: the pass-key task, with and without memory. */

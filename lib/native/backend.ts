@@ -13,8 +13,9 @@ import { MemgptError } from '../core/errors.js';
 export type Device = 'cpu' | 'cuda';
 export const devices: readonly Device[] = ['cpu', 'cuda'];
 
-/** An opaque storage handle made by a backend's alloc (a type-tagged external holding a block id). */
-export type StorageHandle = object;
+import type { FamilyKernels, StorageHandle } from './kernels.js';
+
+export type { StorageHandle } from './kernels.js';
 
 export interface NativeMemoryStats {
   bytesInUse: number;
@@ -24,8 +25,11 @@ export interface NativeMemoryStats {
   systemAllocs: number;
 }
 
-/** The functions every native addon exports (native/binding). Offsets are in elements unless named byte offsets. */
-export interface NativeBackend {
+/**
+ * The functions every native addon exports (native/binding), with the op families' kernels (lib/native/kernels.ts).
+ * Offsets are in elements unless named byte offsets.
+ */
+export interface NativeBackend extends FamilyKernels {
   alloc(bytes: number): StorageHandle;
   free(handle: StorageHandle): void;
   memory(): NativeMemoryStats;

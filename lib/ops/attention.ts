@@ -8,20 +8,10 @@ import { dtypeCode } from '../core/dtype.js';
 import { MemgptError, shapeStr } from '../core/errors.js';
 import { empty, type Tensor } from '../core/tensor.js';
 import type { StorageHandle } from '../native/backend.js';
+import type { AttentionKernels } from '../native/kernels.js';
 import { callNative, checkTensors, sameDtype } from './util.js';
 
 type Ref = [StorageHandle | null, number];
-
-interface AttentionKernels {
-  attentionForward?(
-    dtype: number, B: number, T: number, H: number, d: number, S: number, rope: boolean, memMode: number,
-    ...tensors: (StorageHandle | number | null)[]
-  ): void;
-  attentionBackward?(
-    dtype: number, B: number, T: number, H: number, d: number, S: number, rope: boolean, memMode: number,
-    ...tensors: (StorageHandle | number | null)[]
-  ): void;
-}
 
 /**
  * How the memory is read (SPEC §3). 'gated' (SPEC v1): R from the unrotated query, g = σ(gate logit).
@@ -53,7 +43,7 @@ function ref(t: Tensor | null | undefined): Ref {
 }
 
 function kernels(op: string, x: Tensor): AttentionKernels {
-  const k = x.storage.backend as unknown as AttentionKernels;
+  const k = x.storage.backend;
   if (!k.attentionForward || !k.attentionBackward) throw new MemgptError(`${op}: not implemented on ${x.device} yet`);
   return k;
 }

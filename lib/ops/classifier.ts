@@ -5,6 +5,7 @@ import { record } from '../core/autograd.js';
 import type { StorageHandle } from '../native/backend.js';
 import { MemgptError, shapeStr } from '../core/errors.js';
 import { empty, type Tensor } from '../core/tensor.js';
+import type { ClassifierKernels } from '../native/kernels.js';
 import { callNative, checkTensors } from './util.js';
 
 /** The copy head's inputs (SPEC §3), each computed by plain GEMMs from hf outside this op. */
@@ -27,39 +28,12 @@ export interface TokenNLLOptions {
   chunk?: { rows?: number; vocab?: number };
 }
 
-interface ClassifierKernels {
-  tokenNLLForward(
-    rows: number, vocab: number, dim: number, rowChunk: number, vocabChunk: number,
-    hf: StorageHandle, hfOff: number, emb: StorageHandle, embOff: number, targets: StorageHandle, targetsOff: number,
-    nll: StorageHandle, nllOff: number, lse: StorageHandle, lseOff: number,
-  ): void;
-  tokenNLLBackward(
-    rows: number, vocab: number, dim: number, rowChunk: number, vocabChunk: number,
-    hf: StorageHandle, hfOff: number, emb: StorageHandle, embOff: number, targets: StorageHandle, targetsOff: number,
-    lse: StorageHandle, lseOff: number, coef: StorageHandle, coefOff: number,
-    dhf: StorageHandle, dhfOff: number, demb: StorageHandle, dembOff: number,
-  ): void;
-  copyMixForward(
-    batch: number, len: number, dim: number, vocab: number,
-    cq: StorageHandle, cqOff: number, ck: StorageHandle, ckOff: number, gen: StorageHandle, genOff: number,
-    inputs: StorageHandle, inputsOff: number, targets: StorageHandle, targetsOff: number,
-    nll: StorageHandle, nllOff: number, stats: StorageHandle, statsOff: number,
-  ): void;
-  copyMixBackward(
-    batch: number, len: number, dim: number,
-    cq: StorageHandle, cqOff: number, ck: StorageHandle, ckOff: number, gen: StorageHandle, genOff: number,
-    inputs: StorageHandle, inputsOff: number, targets: StorageHandle, targetsOff: number,
-    stats: StorageHandle, statsOff: number, dnll: StorageHandle, dnllOff: number, coef: StorageHandle, coefOff: number,
-    dcq: StorageHandle, dcqOff: number, dck: StorageHandle, dckOff: number, dgen: StorageHandle, dgenOff: number,
-  ): void;
-}
-
 // 1024 x 1024 floats: a 4 MiB scratch, and GEMMs big enough to amortise packing their operands.
 const defaultRowChunk = 1024;
 const defaultVocabChunk = 1024;
 
 function kernelsOf(op: string, t: Tensor): ClassifierKernels {
-  const k = t.storage.backend as unknown as Partial<ClassifierKernels>;
+  const k = t.storage.backend;
   if (typeof k.tokenNLLForward !== 'function' || typeof k.copyMixForward !== 'function') {
     throw new MemgptError(`${op}: not implemented on ${t.device} yet`);
   }

@@ -5,6 +5,7 @@ import type { StorageHandle } from '../native/backend.js';
 import { dtypeCode } from '../core/dtype.js';
 import { MemgptError, shapeStr } from '../core/errors.js';
 import { empty, numel, type Tensor } from '../core/tensor.js';
+import type { LinearKernels } from '../native/kernels.js';
 import { callNative, checkTensors, sameDtype } from './util.js';
 
 /** Activation applied after the bias: none, or GELU in the tanh form (SPEC §1). */
@@ -17,23 +18,11 @@ export interface LinearOptions {
 
 type Handle = StorageHandle | null;
 
-interface LinearKernels {
-  linearForward?(
-    dtype: number, m: number, n: number, k: number, activation: number, hasBias: boolean, wantZ: boolean,
-    x: Handle, xOff: number, w: Handle, wOff: number, bias: Handle, biasOff: number, z: Handle, zOff: number, y: Handle, yOff: number,
-  ): void;
-  linearBackward?(
-    dtype: number, m: number, n: number, k: number, activation: number, wantDx: boolean, wantDw: boolean, wantDb: boolean,
-    x: Handle, xOff: number, w: Handle, wOff: number, z: Handle, zOff: number, dy: Handle, dyOff: number, dz: Handle, dzOff: number,
-    dx: Handle, dxOff: number, dw: Handle, dwOff: number, db: Handle, dbOff: number,
-  ): void;
-}
-
 const FLOAT = ['float32', 'bfloat16'] as const;
 const activationCode: Record<LinearActivation, number> = { none: 0, gelu: 1 };
 
 function kernels(op: string, x: Tensor): Required<LinearKernels> {
-  const k = x.storage.backend as unknown as LinearKernels;
+  const k = x.storage.backend;
   if (!k.linearForward || !k.linearBackward) throw new MemgptError(`${op}: not implemented on ${x.device} yet`);
   return k as Required<LinearKernels>;
 }

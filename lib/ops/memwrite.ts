@@ -5,32 +5,8 @@ import { record } from '../core/autograd.js';
 import { MemgptError, shapeStr } from '../core/errors.js';
 import { empty, type Tensor } from '../core/tensor.js';
 import type { StorageHandle } from '../native/backend.js';
+import type { MemwriteKernels } from '../native/kernels.js';
 import { callNative, checkTensors } from './util.js';
-
-interface MemwriteKernels {
-  memwriteForward?(
-    B: number, S: number, T: number, D: number,
-    m: StorageHandle, mOff: number, mq: StorageHandle, mqOff: number, ck: StorageHandle, ckOff: number,
-    cv: StorageHandle, cvOff: number, hasValueWeight: boolean, wv: StorageHandle | null, wvOff: number,
-    w: StorageHandle, wOff: number, bias: StorageHandle, biasOff: number,
-    biasCols: number, ptrBias: StorageHandle | null, ptrBiasOff: number,
-    out: StorageHandle, outOff: number, alpha: StorageHandle, alphaOff: number, x: StorageHandle, xOff: number,
-    u: StorageHandle, uOff: number, zp: StorageHandle | null, zpOff: number,
-  ): void;
-  memwriteBackward?(
-    B: number, S: number, T: number, D: number,
-    dout: StorageHandle, doutOff: number, mq: StorageHandle, mqOff: number, ck: StorageHandle, ckOff: number,
-    cv: StorageHandle, cvOff: number, hasValueWeight: boolean, wv: StorageHandle | null, wvOff: number,
-    w: StorageHandle, wOff: number, alpha: StorageHandle, alphaOff: number,
-    x: StorageHandle, xOff: number, u: StorageHandle, uOff: number, zp: StorageHandle | null, zpOff: number,
-    dm: StorageHandle, dmOff: number, dmq: StorageHandle, dmqOff: number, dck: StorageHandle, dckOff: number,
-    dcv: StorageHandle, dcvOff: number, dwv: StorageHandle | null, dwvOff: number,
-    dw: StorageHandle, dwOff: number, dbias: StorageHandle, dbiasOff: number,
-    biasCols: number, dPtrBias: StorageHandle | null, dPtrBiasOff: number,
-    workspace: StorageHandle, workspaceOff: number,
-  ): void;
-  memwriteStats?(B: number, S: number, T: number, D: number, alpha: StorageHandle, alphaOff: number, u: StorageHandle, uOff: number): [number, number];
-}
 
 /** Options of memoryWrite. */
 export interface MemoryWriteOptions {
@@ -59,7 +35,7 @@ export interface MemoryWriteResult {
 }
 
 function kernels(op: string, t: Tensor): Required<MemwriteKernels> {
-  const k = t.storage.backend as unknown as MemwriteKernels;
+  const k = t.storage.backend;
   if (!k.memwriteForward || !k.memwriteBackward || !k.memwriteStats) throw new MemgptError(`${op}: not implemented on ${t.device} yet`);
   return k as Required<MemwriteKernels>;
 }

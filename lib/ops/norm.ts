@@ -5,37 +5,18 @@ import type { Device, StorageHandle } from '../native/backend.js';
 import { dtypeCode } from '../core/dtype.js';
 import { MemgptError, shapeStr } from '../core/errors.js';
 import { empty, type Tensor } from '../core/tensor.js';
+import type { NormKernels } from '../native/kernels.js';
 import { callNative, checkTensors, sameDtype } from './util.js';
 
 type H = StorageHandle;
-
-/** @internal The native functions of this family (native/binding/ops_norm.cc); offsets in elements. */
-export interface NormKernels {
-  layerNormForward(
-    dtype: number, rows: number, d: number, eps: number,
-    x: H, xOff: number, w: H, wOff: number, b: H, bOff: number, y: H, yOff: number, mean: H, meanOff: number, rstd: H, rstdOff: number,
-  ): void;
-  layerNormBackward(
-    dtype: number, rows: number, d: number,
-    x: H, xOff: number, w: H, wOff: number, mean: H, meanOff: number, rstd: H, rstdOff: number,
-    dy: H, dyOff: number, dx: H, dxOff: number, dw: H, dwOff: number, db: H, dbOff: number,
-  ): void;
-  embeddingForward(dtype: number, n: number, vocab: number, d: number, ids: H, idsOff: number, table: H, tableOff: number, out: H, outOff: number): void;
-  embeddingBackward(dtype: number, n: number, vocab: number, d: number, ids: H, idsOff: number, dout: H, doutOff: number, dtable: H, dtableOff: number): void;
-  rope(
-    dtype: number, batch: number, t: number, dModel: number, heads: number, positionOffset: number, inverse: boolean,
-    x: H, xOff: number, y: H, yOff: number,
-  ): void;
-  sinusoidalPositions(dtype: number, t: number, d: number, positionOffset: number, out: H, outOff: number): void;
-}
 
 const FLOAT = ['float32', 'bfloat16'] as const;
 
 /** The family's kernels on t's device, or a clear error where that backend does not have them yet. */
 function kernels(op: string, t: Tensor, name: keyof NormKernels): NormKernels {
-  const k = t.storage.backend as unknown as NormKernels;
+  const k = t.storage.backend;
   if (typeof k[name] !== 'function') throw new MemgptError(`${op}: not implemented on ${t.device} yet`);
-  return k;
+  return k as NormKernels;  // the kernel asked for is there (checked above)
 }
 
 function checkOffset(op: string, offset: number): void {

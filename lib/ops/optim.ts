@@ -5,25 +5,14 @@ import type { StorageHandle } from '../native/backend.js';
 import type { Device } from '../native/backend.js';
 import { MemgptError, shapeStr } from '../core/errors.js';
 import { keep, zeros, type Tensor } from '../core/tensor.js';
+import type { OptimKernels, TensorList } from '../native/kernels.js';
 import { callNative } from './util.js';
 
-interface OptimKernels {
-  adamwStep?(
-    sizes: number[], decay: number[], stepSize: number[], bc2Sqrt: number[], beta1: number, beta2: number, eps: number,
-    params: TensorList, grads: TensorList, m: TensorList, v: TensorList,
-  ): void;
-  sgdStep?(sizes: number[], lr: number, params: TensorList, grads: TensorList): void;
-  sumSquares?(sizes: number[], tensors: TensorList): number;
-  scaleTensors?(sizes: number[], factor: number, tensors: TensorList): void;
-}
-
-/** [handle0, offset0, handle1, offset1, ...]: how a list of tensors crosses into native code. */
-type TensorList = (StorageHandle | number)[];
 
 const flat = (ts: readonly Tensor[]): TensorList => ts.flatMap((t) => [t.handle, t.offset]);
 
 function need<K extends keyof OptimKernels>(op: string, t: Tensor, name: K): NonNullable<OptimKernels[K]> {
-  const fn = (t.storage.backend as unknown as OptimKernels)[name];
+  const fn = (t.storage.backend as OptimKernels)[name];
   if (!fn) throw new MemgptError(`${op}: not implemented on ${t.device} yet`);
   return fn.bind(t.storage.backend) as NonNullable<OptimKernels[K]>;
 }

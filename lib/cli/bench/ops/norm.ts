@@ -2,13 +2,13 @@
 // backward over [batch·T, D], the token embedding forward and backward, and RoPE over a
 // q-sized [batch, T, D]. All are memory-bound: each case counts the bytes read plus written.
 import * as mg from '../../../index.js';
-import type { NormKernels } from '../../../ops/norm.js';
+import type { NormKernels } from '../../../native/kernels.js';
 import { presetShapes, type BenchCase, type Preset } from '../types.js';
 
 const F32 = 0; // dtype code of float32 (lib/core/dtype.ts)
 
 function kernelsOf(t: mg.Tensor): NormKernels {
-  return t.storage.backend as unknown as NormKernels;
+  return t.storage.backend as NormKernels;
 }
 
 export function cases(preset: Preset): BenchCase[] {

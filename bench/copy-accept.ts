@@ -2,6 +2,7 @@
 // task through the library's trainer (bench/copy-task.ts) with its memory and, with --mem-slots 8,0,
 // without; then scores greedy teacher-forced token accuracy on the copied half of fresh samples.
 // Usage: npx tsx bench/copy-accept.ts [--seeds 0,1,2] [--mem-slots 8] [--steps N] [--held-out 200] [--out FILE]
+//          [--register-slots N]   (SPEC v2 ablation: how many slots ptr.pos starts as a shift register; default ⌈S/2⌉)
 import { writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { parseArgs } from 'node:util';
@@ -9,12 +10,13 @@ import { parseArgs } from 'node:util';
 import { runTraining } from '../lib/cli/train.js';
 import { copyAccuracy, copyTask, copyTrainer } from './copy-task.js';
 import { numThreads } from '../lib/index.js';
+import { fillShiftRegister } from '../lib/nn/model.js';
 
 const { values: f } = parseArgs({
   options: {
     seeds: { type: 'string', default: '0,1,2' }, 'mem-slots': { type: 'string', default: '8' }, steps: { type: 'string' },
     'held-out': { type: 'string', default: '200' }, out: { type: 'string', default: 'bench/results/copy-cpu.json' },
-    'run-dir': { type: 'string', default: '/tmp/memgpt-copy' },
+    'run-dir': { type: 'string', default: '/tmp/memgpt-copy' }, 'register-slots': { type: 'string' },
   },
 });
 const task = { ...copyTask, ...(f.steps ? { steps: Number(f.steps) } : {}) };
@@ -23,10 +25,19 @@ for (const seed of f.seeds!.split(',').map(Number)) {
   for (const memSlots of f['mem-slots']!.split(',').map(Number)) {
     const start = performance.now();
     const trainer = copyTrainer(task, memSlots, seed, `${f['run-dir']}/seed-${seed}`);
+    if (f['register-slots'] !== undefined && memSlots > 0) {
+      const { nLayers, segmentLen } = trainer.model.config;
+      for (let l = 0; l < nLayers; l++) {
+        const pos = trainer.model.params.get(`layers.${l}.ptr.pos`)!;
+        const values = new Float32Array(pos.size);
+        fillShiftRegister(values, memSlots, segmentLen, 8, Number(f['register-slots']));
+        pos.storage.backend.copyFromHost(pos.handle, 0, values);
+      }
+    }
     try {
       await runTraining(trainer, false, `copy seed ${seed}, memSlots ${memSlots}`);
       const score = copyAccuracy(trainer.model, Number(f['held-out']), 1_000_003 + seed);
-      const run = { seed, memSlots, ...score, trainSeconds: Math.round((performance.now() - start) / 1000) };
+      const run = { seed, memSlots, ...(f['register-slots'] !== undefined ? { registerSlots: Number(f['register-slots']) } : {}), ...score, trainSeconds: Math.round((performance.now() - start) / 1000) };
       console.log(JSON.stringify(run));
       runs.push(run);
     } finally {

@@ -1,4 +1,4 @@
-// Segmented-copy acceptance runs (issue 4): for each seed, trains the tiny model (8 slots) on the copy
+// Segmented-copy acceptance runs (the memory's second acceptance task): for each seed, trains the tiny model (8 slots) on the copy
 // task through the library's trainer (bench/copy-task.ts) with its memory and, with --mem-slots 8,0,
 // without; then scores greedy teacher-forced token accuracy on the copied half of fresh samples.
 // Usage: npx tsx bench/copy-accept.ts [--seeds 0,1,2] [--mem-slots 8] [--steps N] [--held-out 200] [--out FILE]

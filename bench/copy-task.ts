@@ -1,4 +1,4 @@
-// The segmented-copy task (issue 4's second acceptance task) through the library's own trainer:
+// The segmented-copy task (the memory's second acceptance task) through the library's own trainer:
 // 24 random symbols, '|', the same 24 again, in segments of 8 tokens, so each copied symbol is three
 // segments after its source and only the memory can carry it. Scored by greedy, teacher-forced
 // token accuracy on the copied half of fresh samples.

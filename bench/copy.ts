@@ -1,4 +1,4 @@
-// Segmented-copy experiments (issue 4's acceptance task): 24 random symbols, '|', the same 24
+// Segmented-copy experiments (the memory's acceptance task): 24 random symbols, '|', the same 24
 // again, in segments of 8 tokens; the copied half is 3 segments after its source, so only the
 // memory can carry it. Prints the loss on the copied half and, now and then, greedy token accuracy
 // (teacher-forced) on fresh samples. Fresh samples every step. --easy-until S: periodic samples

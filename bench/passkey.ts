@@ -1,4 +1,4 @@
-// Pass-key acceptance runs (issue 4): for each seed, trains the tiny model on the long pass-key
+// Pass-key acceptance runs (the memory's first acceptance task): for each seed, trains the tiny model on the long pass-key
 // task (4 segments of 64 bytes, key in the first, question at the end of the last) with its memory
 // and with memSlots = 0, through the library's own trainer (lib/tasks/passkey.ts), then scores
 // greedy decoding of held-out keys. Writes one JSON report.

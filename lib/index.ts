@@ -1,4 +1,5 @@
-// The public API of memgpt: tensors and memory, devices, autograd, ops.
+// The public API of memgpt: tensors and their memory, devices, autograd and the ops; the model, its checkpoints,
+// training, generation and scoring; the data side (tokenizers, corpora, samplers) and safetensors.
 export { MemgptError } from './core/errors.js';
 export type { DType } from './core/dtype.js';
 export {

@@ -1,7 +1,7 @@
-// Batched GEMM on the GPU: a plain shared-memory tiled kernel with float32 FMA
-// (64 x 64 tile of C per 256-thread block, 4 x 4 outputs per thread), correct for
-// every shape, transposition and batch stride. Tensor cores are a later step;
-// this is the reference the faster kernel will be checked against.
+// Batched GEMM on the GPU for the generic matmul op: a plain shared-memory tiled kernel with float32 FMA
+// (64 x 64 tile of C per 256-thread block, 4 x 4 outputs per thread), correct for every shape, transposition
+// and batch stride. The model's large GEMMs are the linear layers', on tensor cores in linear.cu; this one
+// serves the small products around them (the memory's pointer queries, user code).
 #include "elem.cuh"
 #include "kernels.h"
 

@@ -1,7 +1,11 @@
 // Test helpers: run a body on every backend (CUDA cases skip only where no GPU
 // can be used, and fail loudly when MEMGPT_DEVICE=cuda demands one), compare
 // arrays with a tolerance, and assert that memory returns to where it started.
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
 import { describe, expect } from 'vitest';
+
+import { packageRoot } from '../lib/native/backend.js';
 
 import { availableDevices, memory, Rng, type Device, type Tensor } from '../lib/index.js';
 
@@ -49,4 +53,12 @@ export function randomArray(n: number, seed: number, low = -1, high = 1): Float3
 
 export function values(t: Tensor): number[] {
   return Array.from(t.toArray());
+}
+
+/** Runs the `memgpt` command as users do (the compiled dist/ through bin/memgpt.js) on the CPU, quietly. */
+export function runMemgpt(args: string[], env: Record<string, string> = {}) {
+  const child = spawnSync(process.execPath, [join(packageRoot, 'bin', 'memgpt.js'), ...args], {
+    encoding: 'utf8', env: { ...process.env, MEMGPT_DEVICE: 'cpu', MEMGPT_QUIET: '1', ...env }, timeout: 120_000,
+  });
+  return { status: child.status, signal: child.signal, stdout: child.stdout, stderr: child.stderr.trim() };
 }

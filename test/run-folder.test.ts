@@ -14,15 +14,13 @@ import { loadModel } from '../lib/io/checkpoint.js';
 import { getTokenizer, loadCorpus } from '../lib/data/index.js';
 import { committedCheckpoint, runFiles } from '../lib/train/run-folder.js';
 import { evaluateLoss } from '../lib/train/trainer.js';
+import { runMemgpt } from './helpers.js';
 
 const bin = join(packageRoot, 'bin', 'memgpt.js');
 const tinyConfig = { tokenizer: 'byte', dModel: 16, nHeads: 2, dFF: 32, nLayers: 1, segmentLen: 8, memSlots: 2 };
 const env = { ...process.env, MEMGPT_DEVICE: 'cpu', MEMGPT_QUIET: '1', MEMGPT_NUM_THREADS: '1' };
 
-function memgpt(args: string[], extra: Record<string, string> = {}) {
-  const child = spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', env: { ...env, ...extra }, timeout: 120_000 });
-  return { status: child.status, signal: child.signal, stdout: child.stdout, stderr: child.stderr.trim() };
-}
+const memgpt = (args: string[], extra: Record<string, string> = {}) => runMemgpt(args, { MEMGPT_NUM_THREADS: '1', ...extra });
 
 /** Starts the command and kills it with SIGKILL after `ms` (if it is still running): its exit code, or 'killed'. */
 function killAfter(args: string[], ms: number): Promise<{ status: number | 'killed'; stderr: string }> {

@@ -14,17 +14,13 @@ import { loadModel, saveModel } from '../lib/io/checkpoint.js';
 import { resolveConfig } from '../lib/nn/config.js';
 import { readSafetensors, writeSafetensors } from '../lib/io/safetensors.js';
 import { MemGPT } from '../lib/nn/model.js';
+import { runMemgpt } from './helpers.js';
 import { referenceSampleNLL } from './reference_model.js';
 
 const bin = join(packageRoot, 'bin', 'memgpt.js');
 const tinyConfig = { tokenizer: 'byte', dModel: 16, nHeads: 2, dFF: 32, nLayers: 1, segmentLen: 8, memSlots: 2 };
 
-function memgpt(args: string[], env: Record<string, string> = {}) {
-  const child = spawnSync(process.execPath, [bin, ...args], {
-    encoding: 'utf8', env: { ...process.env, MEMGPT_DEVICE: 'cpu', MEMGPT_QUIET: '1', ...env }, timeout: 120_000,
-  });
-  return { status: child.status, signal: child.signal, stdout: child.stdout, stderr: child.stderr.trim() };
-}
+const memgpt = runMemgpt;
 
 function workspace() {
   const dir = mkdtempSync(join(tmpdir(), 'memgpt-train-'));

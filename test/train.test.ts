@@ -2,7 +2,7 @@
 // run them (the compiled dist/ through bin/memgpt.js): run folder contents, JSON
 // lines, bit-exact resume after a kill, eval against the plain reference, and
 // one clear line for every kind of bad input.
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';

@@ -22,13 +22,26 @@ const env = { ...process.env, MEMGPT_DEVICE: 'cpu', MEMGPT_QUIET: '1', MEMGPT_NU
 
 const memgpt = (args: string[], extra: Record<string, string> = {}) => runMemgpt(args, { MEMGPT_NUM_THREADS: '1', ...extra });
 
-/** Starts the command and kills it with SIGKILL after `ms` (if it is still running): its exit code, or 'killed'. */
-function killAfter(args: string[], ms: number): Promise<{ status: number | 'killed'; stderr: string }> {
+/**
+ * Starts the command and kills it with SIGKILL `ms` after it printed the JSON line of step `afterStep` (0: after it
+ * started), if it is still running: its exit code, or 'killed'. Counting from the run's own progress rather than
+ * from the clock keeps the kills where they were meant to fall on a machine of any speed or load.
+ */
+function killAfter(args: string[], ms: number, afterStep = 0): Promise<{ status: number | 'killed'; stderr: string }> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [bin, ...args], { env, stdio: ['ignore', 'ignore', 'pipe'] });
+    const child = spawn(process.execPath, [bin, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
     let stderr = '';
+    let stdout = '';
+    let timer: NodeJS.Timeout | undefined;
+    const arm = () => (timer ??= setTimeout(() => child.kill('SIGKILL'), ms));
+    if (afterStep === 0) arm();
+    child.stdout.on('data', (d) => {
+      stdout += d;
+      const lines = stdout.split('\n');
+      stdout = lines.pop()!;
+      if (lines.some((l) => (JSON.parse(l) as { step?: number }).step! >= afterStep)) arm();
+    });
     child.stderr.on('data', (d) => (stderr += d));
-    const timer = setTimeout(() => child.kill('SIGKILL'), ms);
     child.on('exit', (code, signal) => {
       clearTimeout(timer);
       resolve({ status: signal === 'SIGKILL' ? 'killed' : code ?? -1, stderr: stderr.trim() });
@@ -82,7 +95,7 @@ describe('crash-safe run folders', () => {
     const dir = workspace();
     const t0 = performance.now();
     const whole = memgpt(runArgs(dir, join(dir, 'whole')));
-    const wholeMs = performance.now() - t0;  // the kills below are spread over this (a loaded machine is slower)
+    const wholeMs = performance.now() - t0;  // start-up and steps, for placing the kills below
     expect(whole.stderr).toBe('');
     const reference = losses(join(dir, 'whole'));
     expect(reference.map(([s]) => s)).toEqual(Array.from({ length: steps }, (_, i) => i + 1));
@@ -103,23 +116,34 @@ describe('crash-safe run folders', () => {
     expect(finished.status).toBe(0);
     checkFinished(out, reference);
 
-    // Random moments (start-up, a step, a checkpoint), across as many folders as it takes to kill 20 times.
+    // Random moments: up to 4 kills in a folder, then a resume to the end, until 20 kills. A kill falls in start-up (1 in 5),
+    // or in a random step still to run, a random time after its line is printed (into the step's checkpoint or
+    // the next step's work).
+    const stepMs = (1000 * (JSON.parse(readFileSync(join(dir, 'whole', 'metrics.jsonl'), 'utf8').trim().split('\n').at(-1)!) as
+      { elapsedSeconds: number }).elapsedSeconds) / steps;
+    const startMs = wholeMs - stepMs * steps;
     const rng = new mg.Rng(11);
-    let kills = 0;
     const killedAt = new Set<number | null>();
-    for (let folder = 0; kills < 20; folder++) {
-      expect(folder).toBeLessThan(10);
+    let total = 0;
+    for (let folder = 0; total < 20; folder++) {
+      expect(folder).toBeLessThan(8);
       const run = join(dir, `random-${folder}`);
+      let kills = 0;
       for (let attempt = 0; ; attempt++) {
-        expect(attempt).toBeLessThan(60);
+        expect(attempt).toBeLessThan(10);
         const args = existsSync(join(run, 'checkpoint.json')) ? resumeArgs(dir, run) : runArgs(dir, run);
-        const r = await killAfter(args, wholeMs * (0.15 + 0.9 * rng.uniform()));
+        const done = committedCheckpoint(runFiles(run))?.step ?? 0;
+        const [ms, afterStep] = kills === 4 || total === 20 ? [600_000, 0]
+          : rng.uniform() < 0.2 ? [startMs * rng.uniform(), 0]
+          : [2 * stepMs * rng.uniform(), done + 1 + Math.floor(rng.uniform() * (steps - done))];
+        const r = await killAfter(args, ms, afterStep);
         if (r.status !== 'killed') {
           expect(r.stderr.replace(/^memgpt: .* stopped before its first checkpoint; starting it again$/m, '').trim()).toBe('');
           expect(r.status).toBe(0);
           break;
         }
         kills++;
+        total++;
         killedAt.add(checkAfterKill(dir, run));
       }
       checkFinished(run, reference);

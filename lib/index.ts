@@ -22,6 +22,7 @@ export * from './ops/linear.js';
 export * from './ops/attention.js';
 export * from './ops/memwrite.js';
 export * from './ops/classifier.js';
+export * from './ops/decode.js';
 export * from './ops/optim.js';
 export { presets, parameterShapes, resolveConfig, type ModelConfig, type PresetName } from './nn/config.js';
 export { MemGPT, type ForwardResult, type LayerDiagnostics } from './nn/model.js';

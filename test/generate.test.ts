@@ -91,7 +91,7 @@ describe('Decoder', () => {
         expect(after10.liveTensors).toBe(after2.liveTensors);
         expect(after10.bytesInUse).toBe(after2.bytesInUse);
         const probs = decoder.distribution();
-        expect(probs.reduce((a, p) => a + p, 0)).toBeCloseTo(1, 10);
+        expect(probs.reduce((a, p) => a + p, 0)).toBeCloseTo(1, 6);  // float32 probabilities, summed in double on the device
         decoder.dispose();
         expect(() => decoder.feed(1)).toThrow(/disposed/);
       });

@@ -1,33 +1,19 @@
-// Incremental decoding (SPEC.md §5): a Decoder feeds one token at a time with a key/value cache for the current,
-// partial segment only, and writes each layer's memory when the segment is full, so memory and time per token stay
-// bounded by T and S however long the text. Sampling is in sampling.ts, text streaming in text.ts.
+// Incremental decoding (SPEC.md §5) on the native kernels: a BatchDecoder runs B sequences at once, each with its
+// own position, memory and copy context, one token per sequence a step, through the model's own block() with the
+// attention family's decode kernel. Per layer the current segment's qkv rows and outputs stay on the device, and
+// the memory is written there when a sequence's segment is full, so memory and time per token stay bounded by T
+// and S however long the text. A step sends the tokens and positions to the device and, when asked for, brings
+// back the distributions: nothing else crosses per token. Decoder is the one-sequence form. Sampling is in
+// sampling.ts, text streaming in text.ts.
 import { noGrad } from '../core/autograd.js';
-import type { ModelConfig } from '../nn/config.js';
 import { MemgptError } from '../core/errors.js';
-import type { MemGPT } from '../nn/model.js';
+import { keep, tensor, tidy, zeros, type Tensor } from '../core/tensor.js';
+import type { MemGPT, Precision } from '../nn/model.js';
+import { attentionDecode, copyMixProbs, scatterRows } from '../ops/decode.js';
 import { add } from '../ops/elementwise.js';
-import { linear } from '../ops/linear.js';
 import { embedding, layerNorm, sinusoidalPositions } from '../ops/norm.js';
-import { keep, tensor, tidy, type Tensor } from '../core/tensor.js';
-
-/** Per-layer state of the current segment. Host arrays of T rows, reused (overwritten) segment after segment. */
-interface LayerCache {
-  /** RoPE-rotated keys (unrotated under sinusoidal positions), [T, D]. */
-  keys: Float32Array;
-  values: Float32Array;
-  /** The layer's output h of each token: the memory write's candidates c = LN(h; ptr.ln) are formed from them. */
-  outputs: Float32Array;
-  /** The memory M_l [1, S, D] (absent when memSlots = 0). */
-  memory: Tensor | null;
-  /** Memory keys and values LN(M_l)·Wkvᵀ + b, [S, 2D]: fixed for a whole segment, so computed once per segment. */
-  memKV: Float32Array;
-}
-
-/** What the copy head points at: one segment's tokens and their copy keys hf·Wckᵀ [T, D]. */
-interface CopySegment {
-  tokens: Int32Array;
-  keys: Float32Array;
-}
+import { reshape, stridedCopyInto } from '../ops/shape.js';
+import { contiguousStrides } from '../ops/util.js';
 
 /** Throws unless token is an id of the model's vocabulary. */
 export function checkToken(model: MemGPT, token: number, what: string): void {
@@ -36,313 +22,323 @@ export function checkToken(model: MemGPT, token: number, what: string): void {
   }
 }
 
-/**
- * One sample's state for incremental decoding with batch size 1 (no gradients). feed() runs one token
- * through every layer exactly as SPEC §3 at its position in the current segment; distribution() is the
- * model's P(y) for the token after the last one fed.
- */
-export class Decoder {
-  readonly model: MemGPT;
-  private readonly cfg: ModelConfig;
-  private readonly layers: LayerCache[] = [];
-  /** Position in the current segment of the next token (0 … T−1). */
-  private pos = 0;
-  /** The segment being filled (rows 0 … pos−1), and the last finished one: right after a boundary, pos = 0 and
-   *  the copy head of the next prediction points into `previous`. Two buffers, swapped at each boundary. */
-  private current: CopySegment;
-  private previous: CopySegment;
-  /** ln_f output of the last token fed. */
-  private lastHf: Float32Array | null = null;
-  private readonly ropeTheta: Float64Array;
-  private disposed = false;
-  private fed = 0;
+/** One layer's device state: the segment's qkv rows [B, T, 3D] and outputs [B, T, D], the memory and its K/V. */
+interface LayerState {
+  qkv: Tensor;
+  outputs: Tensor | null;
+  memory: Tensor | null;
+  memKV: Tensor | null;
+}
 
-  constructor(model: MemGPT) {
+/** Copies src (contiguous) into `rows` rows of dst starting at row `at` (dst seen as [*, rowSize]). */
+function copyRowsInto(src: Tensor, dst: Tensor, at: number, rowSize: number): void {
+  const view = dst._view(src.shape, true, dst.offset + at * rowSize);
+  try {
+    stridedCopyInto('decoder', src, contiguousStrides(src.shape), view);
+  } finally {
+    view.dispose();
+  }
+}
+
+/**
+ * B sequences decoded together (no gradients). step() feeds one token to each active sequence at its next
+ * position; prefill() feeds a prompt to one sequence; distributions() is each sequence's P(y) for its next token.
+ * Sequences that sit a step out keep their state; the dense layers still run their rows (the price of one batch).
+ */
+export class BatchDecoder {
+  readonly model: MemGPT;
+  readonly batch: number;
+  /** The precision the caches were made in (the model's at construction). */
+  readonly precision: Precision;
+  private readonly layers: LayerState[] = [];
+  /** Per sequence: the position of its next token in the current segment (0 … T−1), and the tokens fed so far. */
+  private readonly pos: Int32Array;
+  private readonly fed: Float64Array;
+  /** Copy head: each sequence's copy keys [B, T, D] and token ids [B, T] of its context rows. */
+  private readonly copyKeys: Tensor | null;
+  private readonly copyTokens: Tensor | null;
+  /** ln_f of each sequence's last token [B, D]: what the next distribution is made from. */
+  private readonly lastHf: Tensor;
+  private disposed = false;
+
+  constructor(model: MemGPT, batch: number) {
+    if (!Number.isSafeInteger(batch) || batch < 1) throw new MemgptError(`decoder: batch must be an integer ≥ 1 (got ${batch})`);
     this.model = model;
-    this.cfg = model.config;
-    const { dModel: D, segmentLen: T, memSlots: S, nHeads: H } = this.cfg;
-    const d = D / H;
-    this.ropeTheta = Float64Array.from({ length: d / 2 }, (_, i) => Math.pow(10000, (-2 * i) / d));
-    const init = noGrad(() => model.initialMemory(1));
-    for (let l = 0; l < this.cfg.nLayers; l++) {
-      const memory = S > 0 ? keep(init[l]) : null;
-      this.layers.push({ keys: new Float32Array(T * D), values: new Float32Array(T * D), outputs: new Float32Array(T * D), memory, memKV: new Float32Array(0) });
-      this.refreshMemKV(l);
+    this.batch = batch;
+    this.precision = model.precision;
+    const { dModel: D, segmentLen: T, memSlots: S, nLayers: L, copyHead } = model.config;
+    const device = model.device;
+    const dtype = this.precision === 'bfloat16' ? 'bfloat16' : 'float32';
+    this.pos = new Int32Array(batch);
+    this.fed = new Float64Array(batch);
+    const made: Tensor[] = [];
+    const make = (t: Tensor) => (made.push(t), keep(t));
+    try {
+      noGrad(() => {
+        const init = S > 0 ? model.initialMemory(batch) : [];
+        for (let l = 0; l < L; l++) {
+          const memory = S > 0 ? make(init[l]) : null;
+          this.layers.push({
+            qkv: make(zeros([batch, T, 3 * D], { device, dtype })),
+            outputs: S > 0 ? make(zeros([batch, T, D], { device })) : null,
+            memory,
+            memKV: memory ? make(tidy(() => model.memoryKV(l, memory))) : null,
+          });
+        }
+      });
+      this.copyKeys = copyHead ? make(zeros([batch, T, D], { device })) : null;
+      this.copyTokens = copyHead ? make(zeros([batch, T], { device, dtype: 'int32' })) : null;
+      this.lastHf = make(zeros([batch, D], { device }));
+    } catch (e) {
+      for (const t of made) t.dispose();
+      throw e;
     }
-    const segment = (): CopySegment => ({ tokens: new Int32Array(T), keys: new Float32Array(this.cfg.copyHead ? T * D : 0) });
-    this.current = segment();
-    this.previous = segment();
   }
 
-  /** Tokens fed so far. */
-  get length(): number {
-    return this.fed;
+  /** Tokens fed so far to sequence b. */
+  length(b: number): number {
+    return this.fed[this.index(b, 'length')];
+  }
+
+  private index(b: number, what: string): number {
+    if (!Number.isInteger(b) || b < 0 || b >= this.batch) throw new MemgptError(`${what}: sequence ${b} is not in 0 … ${this.batch - 1}`);
+    return b;
+  }
+
+  private check(what: string): void {
+    if (this.disposed) throw new MemgptError(`${what}: this decoder was disposed`);
+    if (this.model.precision !== this.precision) {
+      throw new MemgptError(`${what}: the model's precision changed to ${this.model.precision} after this decoder was made in ${this.precision}; make a new decoder`);
+    }
   }
 
   private param(name: string): Tensor {
     const p = this.model.params.get(name);
-    if (!p) throw new MemgptError(`generate: the model has no parameter ${name}`);
+    if (!p) throw new MemgptError(`decoder: the model has no parameter ${name}`);
     return p;
   }
 
-  private check(what: string): void {
-    if (this.disposed) throw new MemgptError(`${what}: this Decoder was disposed`);
-  }
-
-  private refreshMemKV(l: number): void {
-    const M = this.layers[l].memory;
-    if (!M) return;
-    const P = (n: string) => this.param(`layers.${l}.${n}`);
-    const kv = noGrad(() =>
-      tidy(() => linear(layerNorm(M, P('mem.ln.weight'), P('mem.ln.bias')), P('mem.kv.weight'), P('mem.kv.bias')).toArray() as Float32Array),
+  /**
+   * Feeds tokens[b] to each sequence b with active[b] (all by default) at its next position: every layer's block
+   * with the decode attention, the copy context, and each full segment's memory write.
+   */
+  step(tokens: ArrayLike<number>, active?: ArrayLike<boolean>): void {
+    this.check('step');
+    const B = this.batch;
+    if (tokens.length !== B) throw new MemgptError(`step: ${tokens.length} tokens given for ${B} sequences`);
+    if (active !== undefined && active.length !== B) throw new MemgptError(`step: active has ${active.length} entries for ${B} sequences`);
+    const on = (b: number) => active === undefined || active[b];
+    const ids = new Int32Array(B);
+    const positions = new Int32Array(B).fill(-1);
+    for (let b = 0; b < B; b++) {
+      if (!on(b)) continue;
+      checkToken(this.model, tokens[b], `step (sequence ${b})`);
+      ids[b] = tokens[b];
+      positions[b] = this.pos[b];
+    }
+    if (!positions.some((p) => p >= 0)) return;
+    const { dModel: D, nHeads: H, segmentLen: T, memSlots: S, positional } = this.model.config;
+    const model = this.model, device = model.device;
+    noGrad(() =>
+      tidy(() => {
+        const at = tensor(positions, [B], { dtype: 'int32', device });
+        let h = embedding(tensor(ids, [B, 1], { dtype: 'int32', device }), this.param('tok_emb'));
+        if (positional === 'sinusoidal') h = add(h, this.sinusoidal(positions));
+        for (let l = 0; l < this.layers.length; l++) {
+          const state = this.layers[l];
+          h = model.block(l, h, (qkv, gateLogits) => {
+            scatterRows(qkv, at, state.qkv);
+            const o = attentionDecode(state.qkv, at, {
+              nHeads: H, rope: positional === 'rope', memoryRead: model.memoryRead,
+              ...(S > 0 ? { memKV: state.memKV!, gateLogits: gateLogits! } : {}),
+            });
+            return reshape(o, [B, 1, D]);
+          });
+          if (state.outputs) scatterRows(h, at, state.outputs);
+        }
+        const hf = layerNorm(h, this.param('ln_f.weight'), this.param('ln_f.bias'));
+        scatterRows(hf, tensor(positions.map((p) => (p >= 0 ? 0 : -1)), [B], { dtype: 'int32', device }), reshape(this.lastHf, [B, 1, D]));
+        if (this.copyKeys && this.copyTokens) {
+          scatterRows(model.linear(hf, this.param('copy.k.weight'), null), at, this.copyKeys);
+          scatterRows(tensor(ids, [B, 1], { dtype: 'int32', device }), at, reshape(this.copyTokens, [B, T, 1]));
+        }
+      }),
     );
-    // SPEC v2 with RoPE: slot j's key is rotated at position j (the slots sit at −S … −1 before the segment,
-    // and the query at p is rotated at p + S: only the distance counts).
-    if (this.positionalRead) {
-      const { dModel: D, nHeads: H, memSlots: S } = this.cfg;
-      const d = D / H;
-      for (let j = 0; j < S; j++) for (let hd = 0; hd < H; hd++) this.rotate(kv, j * 2 * D + hd * d, j);
+    const full: number[] = [];
+    for (let b = 0; b < B; b++) {
+      if (positions[b] < 0) continue;
+      this.fed[b]++;
+      if (++this.pos[b] === T) {
+        this.pos[b] = 0;
+        full.push(b);
+      }
     }
-    this.layers[l].memKV = kv;
+    if (S > 0 && full.length > 0) this.writeMemory(full);
   }
 
-  /** Whether the memory is read by position (SPEC v2 with RoPE): rotated queries against rotated slot keys. */
-  private get positionalRead(): boolean {
-    return this.cfg.specVersion >= 2 && this.cfg.positional === 'rope';
+  /** The sinusoidal position rows [B, 1, D] of each sequence's position (SPEC §3 with positional 'sinusoidal'). */
+  private sinusoidal(positions: Int32Array): Tensor {
+    const D = this.model.config.dModel, device = this.model.device;
+    const rows = zeros([this.batch, 1, D], { device });
+    for (let b = 0; b < this.batch; b++) if (positions[b] >= 0) copyRowsInto(sinusoidalPositions(1, D, { positionOffset: positions[b], device }), rows, b, D);
+    return rows;
   }
 
-  /** Rotate-half RoPE in place of the head row z[at … at + d) at position p. */
-  private rotate(z: Float32Array | Float64Array, at: number, p: number): void {
-    const half = this.ropeTheta.length;
-    for (let i = 0; i < half; i++) {
-      const c = Math.cos(p * this.ropeTheta[i]), s = Math.sin(p * this.ropeTheta[i]);
-      const a = at + i, b = a + half;
-      [z[a], z[b]] = [z[a] * c - z[b] * s, z[a] * s + z[b] * c];
+  /** The memory writes of the sequences whose segment just filled: all at once when all did, else one by one. */
+  private writeMemory(full: number[]): void {
+    const { dModel: D, segmentLen: T, memSlots: S } = this.model.config;
+    noGrad(() => {
+      for (let l = 0; l < this.layers.length; l++) {
+        const state = this.layers[l];
+        if (full.length === this.batch) {
+          const next = keep(tidy(() => this.model.writeMemory(l, state.memory!, state.outputs!).M));
+          state.memory!.dispose();
+          state.memory = next;
+        } else {
+          for (const b of full) {
+            tidy(() => {
+              const M = state.memory!._view([1, S, D], true, state.memory!.offset + b * S * D);
+              const h = state.outputs!._view([1, T, D], true, state.outputs!.offset + b * T * D);
+              copyRowsInto(this.model.writeMemory(l, M, h).M, state.memory!, b, S * D);
+            });
+          }
+        }
+        const kv = keep(tidy(() => this.model.memoryKV(l, state.memory!)));
+        state.memKV!.dispose();
+        state.memKV = kv;
+      }
+    });
+  }
+
+  /**
+   * Feeds a prompt to sequence b alone. Whole segments that start on an empty segment go through model.segment()
+   * (the full-segment kernels, which also write the memory); the rest token by token (the others sit those out).
+   */
+  prefill(b: number, tokens: ArrayLike<number>): void {
+    this.check('prefill');
+    this.index(b, 'prefill');
+    for (let i = 0; i < tokens.length; i++) checkToken(this.model, tokens[i], `prefill (index ${i})`);
+    const T = this.model.config.segmentLen;
+    const one = new Int32Array(this.batch);
+    const only = Array.from({ length: this.batch }, (_, i) => i === b);
+    let i = 0;
+    while (i < tokens.length) {
+      if (this.pos[b] === 0 && tokens.length - i >= T) {
+        this.prefillSegment(b, tokens, i);
+        i += T;
+      } else {
+        one[b] = tokens[i++];
+        this.step(one, only);
+      }
     }
+  }
+
+  private prefillSegment(b: number, tokens: ArrayLike<number>, start: number): void {
+    const { dModel: D, segmentLen: T, memSlots: S } = this.model.config;
+    const device = this.model.device;
+    const ids = Int32Array.from({ length: T }, (_, t) => tokens[start + t]);
+    noGrad(() =>
+      tidy(() => {
+        const x = tensor(ids, [1, T], { dtype: 'int32', device });
+        const memory = S > 0 ? this.layers.map((s) => s.memory!._view([1, S, D], true, s.memory!.offset + b * S * D)) : [];
+        const out = this.model.segment(x, memory);
+        for (let l = 0; l < out.memory.length; l++) {
+          const state = this.layers[l];
+          copyRowsInto(out.memory[l], state.memory!, b, S * D);
+          const kv = keep(this.model.memoryKV(l, state.memory!));
+          state.memKV!.dispose();
+          state.memKV = kv;
+        }
+        copyRowsInto(out.hf._view([1, D], true, out.hf.offset + (T - 1) * D), this.lastHf, b, D);
+        if (this.copyKeys && this.copyTokens) {
+          copyRowsInto(this.model.linear(out.hf, this.param('copy.k.weight'), null), this.copyKeys, b, T * D);
+          copyRowsInto(x, this.copyTokens, b, T);
+        }
+      }),
+    );
+    this.fed[b] += T;
+  }
+
+  /**
+   * P(y) of each sequence's next token, [B·V] row by row (SPEC §3, the copy mixture included): one transfer from
+   * the device. A sequence that has been fed nothing gets no row: asking for it is an error.
+   */
+  distributions(): Float32Array {
+    this.check('distributions');
+    for (let b = 0; b < this.batch; b++) {
+      if (this.fed[b] === 0) throw new MemgptError(`distribution: no token has been fed yet${this.batch > 1 ? ` to sequence ${b}` : ''}`);
+    }
+    const { segmentLen: T } = this.model.config;
+    const device = this.model.device;
+    return noGrad(() =>
+      tidy(() => {
+        const hf = this.lastHf;
+        const logits = this.model.linear(hf, this.param('tok_emb'), null);
+        if (!this.copyKeys || !this.copyTokens) return copyMixProbs(logits).toArray() as Float32Array;
+        // The context of the next prediction: the current segment's rows, or right after a boundary the last segment.
+        const lengths = Int32Array.from(this.pos, (p) => (p > 0 ? p : T));
+        return copyMixProbs(logits, {
+          cq: this.model.linear(hf, this.param('copy.q.weight'), null),
+          ck: this.copyKeys,
+          gen: reshape(this.model.linear(hf, this.param('copy.gen.weight'), this.param('copy.gen.bias')), [this.batch]),
+          tokens: this.copyTokens,
+          lengths: tensor(lengths, [this.batch], { dtype: 'int32', device }),
+        }).toArray() as Float32Array;
+      }),
+    );
+  }
+
+  /** Frees the device state; the decoder cannot be used afterwards. */
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    for (const s of this.layers) for (const t of [s.qkv, s.outputs, s.memory, s.memKV]) t?.dispose();
+    this.copyKeys?.dispose();
+    this.copyTokens?.dispose();
+    this.lastHf.dispose();
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
+
+/** One sequence's incremental decoding: a BatchDecoder of one, with feed() and distribution() for it. */
+export class Decoder {
+  private readonly inner: BatchDecoder;
+
+  constructor(model: MemGPT) {
+    this.inner = new BatchDecoder(model, 1);
+  }
+
+  get model(): MemGPT {
+    return this.inner.model;
+  }
+
+  /** Tokens fed so far. */
+  get length(): number {
+    return this.inner.length(0);
   }
 
   /** Processes one token at the next position of the current segment. */
   feed(token: number): void {
-    this.check('feed');
     checkToken(this.model, token, 'feed');
-    const { dModel: D, nLayers: L, segmentLen: T, memSlots: S, copyHead } = this.cfg;
-    const p = this.pos;
-    const device = this.model.device;
-    noGrad(() =>
-      tidy(() => {
-        let h = embedding(tensor([token], [1, 1], { dtype: 'int32', device }), this.param('tok_emb'));
-        if (this.cfg.positional === 'sinusoidal') h = add(h, sinusoidalPositions(1, D, { positionOffset: p, device }));
-        for (let l = 0; l < L; l++) {
-          const P = (n: string) => this.param(`layers.${l}.${n}`);
-          const u = layerNorm(h, P('ln1.weight'), P('ln1.bias'));
-          const qkv = linear(u, P('attn.qkv.weight'), P('attn.qkv.bias')).toArray() as Float32Array;
-          const gateLogits = S > 0 ? (linear(u, P('mem.gate.weight'), P('mem.gate.bias')).toArray() as Float32Array) : null;
-          const o = this.attend(l, p, qkv, gateLogits);
-          h = add(h, linear(tensor(o, [1, 1, D], { device }), P('attn.out.weight'), P('attn.out.bias')));
-          const z = linear(layerNorm(h, P('ln2.weight'), P('ln2.bias')), P('ffn.fc1.weight'), P('ffn.fc1.bias'), { activation: 'gelu' });
-          h = add(h, linear(z, P('ffn.fc2.weight'), P('ffn.fc2.bias')));
-          if (S > 0) this.layers[l].outputs.set(h.toArray(), p * D);
-        }
-        const hf = layerNorm(h, this.param('ln_f.weight'), this.param('ln_f.bias'));
-        this.lastHf = hf.toArray() as Float32Array;
-        if (copyHead) this.current.keys.set(linear(hf, this.param('copy.k.weight'), null).toArray(), p * D);
-      }),
-    );
-    this.current.tokens[p] = token;
-    this.pos++;
-    this.fed++;
-    if (this.pos === T) this.endSegment();
+    this.inner.step([token]);
   }
 
-  /**
-   * Self-attention of token p's query over the cached keys 0 … p and the gated memory read, for every
-   * head (SPEC §3, the row p of A, R and O); caches this token's key and value. Float64 accumulation.
-   */
-  private attend(l: number, p: number, qkv: Float32Array, gateLogits: Float32Array | null): Float32Array {
-    const { dModel: D, nHeads: H, memSlots: S } = this.cfg;
-    const d = D / H, half = d / 2;
-    const cache = this.layers[l];
-    const q0 = qkv.subarray(0, D);
-    const q = Float64Array.from(q0);
-    const k = cache.keys.subarray(p * D, (p + 1) * D);
-    k.set(qkv.subarray(D, 2 * D));
-    cache.values.set(qkv.subarray(2 * D, 3 * D), p * D);
-    if (this.cfg.positional === 'rope') {
-      for (let hd = 0; hd < H; hd++) {
-        for (let i = 0; i < half; i++) {
-          const c = Math.cos(p * this.ropeTheta[i]), s = Math.sin(p * this.ropeTheta[i]);
-          const a = hd * d + i, b = a + half;
-          [q[a], q[b]] = [q[a] * c - q[b] * s, q[a] * s + q[b] * c];
-          [k[a], k[b]] = [k[a] * c - k[b] * s, k[a] * s + k[b] * c];
-        }
-      }
-    }
-    const out = new Float32Array(D);
-    const scores = new Float64Array(Math.max(p + 1, S));
-    const scale = 1 / Math.sqrt(d);
-    // softmax(scores[0..n)) · rows of `table` (row stride `stride`, columns hd·d … from `col`) into acc; returns
-    // the scores' logsumexp.
-    const weighted = (n: number, table: Float32Array, stride: number, col: number, acc: Float64Array): number => {
-      let mx = -Infinity;
-      for (let j = 0; j < n; j++) mx = Math.max(mx, scores[j]);
-      let total = 0;
-      for (let j = 0; j < n; j++) total += (scores[j] = Math.exp(scores[j] - mx));
-      for (let j = 0; j < n; j++) {
-        const w = scores[j] / total;
-        for (let i = 0; i < d; i++) acc[i] += w * table[j * stride + col + i];
-      }
-      return mx + Math.log(total);
-    };
-    // The query that reads the memory: unrotated (SPEC v1, or sinusoidal positions), or rotated at p + S (v2).
-    const qm = Float64Array.from(q0);
-    if (this.positionalRead) for (let hd = 0; hd < H; hd++) this.rotate(qm, hd * d, p + S);
-    const joint = this.cfg.specVersion >= 2;
-    for (let hd = 0; hd < H; hd++) {
-      const off = hd * d;
-      for (let j = 0; j <= p; j++) {
-        let dot = 0;
-        for (let i = 0; i < d; i++) dot += q[off + i] * cache.keys[j * D + off + i];
-        scores[j] = dot * scale;
-      }
-      const A = new Float64Array(d);
-      const lseSelf = weighted(p + 1, cache.values, D, off, A);
-      if (S > 0 && gateLogits) {
-        const mkv = cache.memKV;
-        for (let s = 0; s < S; s++) {
-          let dot = 0;
-          for (let i = 0; i < d; i++) dot += qm[off + i] * mkv[s * 2 * D + off + i];
-          scores[s] = dot * scale;
-        }
-        const R = new Float64Array(d);
-        const lseMem = weighted(S, mkv, 2 * D, D + off, R);
-        // v2: the joint softmax's share of the memory, moved by the gate logit; v1: the gate alone.
-        const g = 1 / (1 + Math.exp(-(gateLogits[hd] + (joint ? lseMem - lseSelf : 0))));
-        for (let i = 0; i < d; i++) out[off + i] = g * R[i] + (1 - g) * A[i];
-      } else {
-        for (let i = 0; i < d; i++) out[off + i] = A[i];
-      }
-    }
-    return out;
-  }
-
-  /** The segment is full: each layer's memory write from its cached outputs, then an empty cache. */
-  private endSegment(): void {
-    const { dModel: D, segmentLen: T, memSlots: S } = this.cfg;
-    if (S > 0) {
-      for (let l = 0; l < this.cfg.nLayers; l++) {
-        const cache = this.layers[l];
-        const M = cache.memory!;
-        const next = noGrad(() => tidy(() => this.model.writeMemory(l, M, tensor(cache.outputs, [1, T, D], { device: M.device })).M));
-        cache.memory = keep(next);
-        M.dispose();
-        this.refreshMemKV(l);
-      }
-    }
-    this.startSegment();
-  }
-
-  private startSegment(): void {
-    this.pos = 0;
-    [this.previous, this.current] = [this.current, this.previous];
-  }
-
-  /**
-   * Feeds a prompt. Whole segments that start on an empty cache go through model.segment() (the fast
-   * full-segment path, which also writes the memory); the rest token by token.
-   */
+  /** Feeds a prompt (whole segments through the full-segment kernels, the rest token by token). */
   feedMany(tokens: ArrayLike<number>): void {
-    this.check('feedMany');
-    for (let i = 0; i < tokens.length; i++) checkToken(this.model, tokens[i], `feedMany (index ${i})`);
-    const T = this.cfg.segmentLen;
-    let i = 0;
-    while (i < tokens.length) {
-      if (this.pos === 0 && tokens.length - i >= T) {
-        this.feedSegment(tokens, i);
-        i += T;
-      } else {
-        this.feed(tokens[i++]);
-      }
-    }
-  }
-
-  private feedSegment(tokens: ArrayLike<number>, start: number): void {
-    const { dModel: D, segmentLen: T, memSlots: S, copyHead } = this.cfg;
-    const ids = Int32Array.from({ length: T }, (_, t) => tokens[start + t]);
-    const memory = this.layers.map((c) => c.memory).filter((m): m is Tensor => m !== null);
-    const next = noGrad(() =>
-      tidy(() => {
-        const out = this.model.segment(tensor(ids, [1, T], { dtype: 'int32', device: this.model.device }), memory);
-        const hf = out.hf.toArray() as Float32Array;
-        this.lastHf = hf.slice((T - 1) * D);
-        if (copyHead) this.current.keys.set(linear(out.hf, this.param('copy.k.weight'), null).toArray());
-        return out.memory;
-      }),
-    );
-    this.current.tokens.set(ids);
-    if (S > 0) {
-      for (let l = 0; l < this.cfg.nLayers; l++) {
-        this.layers[l].memory!.dispose();
-        this.layers[l].memory = keep(next[l]);
-        this.refreshMemKV(l);
-      }
-    }
-    this.fed += T;
-    this.startSegment();
+    this.inner.prefill(0, tokens);
   }
 
   /** P(y) over the vocabulary for the token after the last one fed (SPEC §3, copy mixture included). */
   distribution(): Float64Array {
-    this.check('distribution');
-    const hfRow = this.lastHf;
-    if (!hfRow) throw new MemgptError('distribution: no token has been fed yet');
-    const { dModel: D, vocabSize: V, copyHead } = this.cfg;
-    const device = this.model.device;
-    const { logits, cq, gen } = noGrad(() =>
-      tidy(() => {
-        const hf = tensor(hfRow, [1, D], { device });
-        return {
-          logits: linear(hf, this.param('tok_emb'), null).toArray(),
-          cq: copyHead ? linear(hf, this.param('copy.q.weight'), null).toArray() : null,
-          gen: copyHead ? linear(hf, this.param('copy.gen.weight'), this.param('copy.gen.bias')).toArray()[0] : 0,
-        };
-      }),
-    );
-    const probs = new Float64Array(V);
-    let mx = -Infinity;
-    for (let v = 0; v < V; v++) mx = Math.max(mx, logits[v]);
-    let total = 0;
-    for (let v = 0; v < V; v++) total += (probs[v] = Math.exp(logits[v] - mx));
-    if (!copyHead || !cq) {
-      for (let v = 0; v < V; v++) probs[v] /= total;
-      return probs;
-    }
-    const pgen = 1 / (1 + Math.exp(-gen));
-    for (let v = 0; v < V; v++) probs[v] *= pgen / total;
-    const [seg, n] = this.pos > 0 ? [this.current, this.pos] : [this.previous, this.cfg.segmentLen];
-    const scores = new Float64Array(n);
-    let smx = -Infinity;
-    for (let j = 0; j < n; j++) {
-      let dot = 0;
-      for (let i = 0; i < D; i++) dot += cq[i] * seg.keys[j * D + i];
-      scores[j] = dot / Math.sqrt(D);
-      smx = Math.max(smx, scores[j]);
-    }
-    let stotal = 0;
-    for (let j = 0; j < n; j++) stotal += (scores[j] = Math.exp(scores[j] - smx));
-    // 1 − σ(g) = σ(−g), computed so that it does not round to 0 when pgen is near 1.
-    const pcopy = 1 / (1 + Math.exp(gen));
-    for (let j = 0; j < n; j++) probs[seg.tokens[j]] += (pcopy * scores[j]) / stotal;
-    return probs;
+    return Float64Array.from(this.inner.distributions());
   }
 
-  /** Frees the memory tensors; the Decoder cannot be used afterwards. */
+  /** Frees the device state; the Decoder cannot be used afterwards. */
   dispose(): void {
-    if (this.disposed) return;
-    this.disposed = true;
-    for (const c of this.layers) {
-      c.memory?.dispose();
-      c.memory = null;
-    }
+    this.inner.dispose();
   }
 
   [Symbol.dispose](): void {

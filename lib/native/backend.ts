@@ -46,6 +46,7 @@ export interface NativeBackend extends FamilyKernels {
     a: StorageHandle, aOff: number, b: StorageHandle, bOff: number, out: StorageHandle, outOff: number,
   ): void;
   stridedCopy(dtype: number, dims: number[], xStrides: number[], x: StorageHandle, xOff: number, out: StorageHandle, outOff: number): void;
+  scatterRows(dtype: number, B: number, T: number, n: number, src: StorageHandle, srcOff: number, positions: StorageHandle, positionsOff: number, dst: StorageHandle, dstOff: number): void;
   sumAxis(
     dtype: number, outer: number, reduce: number, inner: number, accumulate: boolean,
     x: StorageHandle, xOff: number, y: StorageHandle, yOff: number,

@@ -19,6 +19,11 @@ export interface AttentionKernels {
     dtype: number, B: number, T: number, H: number, d: number, S: number, rope: boolean, memMode: number,
     ...tensors: (StorageHandle | number | null)[]
   ): void;
+  /** Tensors: cache, positions (int32), memKV, gateLogits, out, each as (handle, offset); memKV and gateLogits (null, 0) without memory. */
+  attentionDecode?(
+    dtype: number, B: number, T: number, H: number, d: number, S: number, rope: boolean, memMode: number,
+    ...tensors: (StorageHandle | number | null)[]
+  ): void;
 }
 
 // native/common/classifier.inc
@@ -46,6 +51,11 @@ export interface ClassifierKernels {
     inputs: StorageHandle, inputsOff: number, targets: StorageHandle, targetsOff: number,
     stats: StorageHandle, statsOff: number, dnll: StorageHandle, dnllOff: number, coef: StorageHandle, coefOff: number,
     dcq: StorageHandle, dcqOff: number, dck: StorageHandle, dckOff: number, dgen: StorageHandle, dgenOff: number,
+  ): void;
+  copyMixProbs(
+    batch: number, len: number, dim: number, vocab: number, hasCopy: boolean,
+    logits: H, logitsOff: number, cq: Handle, cqOff: number, ck: Handle, ckOff: number, gen: Handle, genOff: number,
+    tokens: Handle, tokensOff: number, lengths: Handle, lengthsOff: number, probs: H, probsOff: number,
   ): void;
 }
 

@@ -135,8 +135,11 @@ export class MemGPT {
     return t;
   }
 
-  /** A linear layer in this model's precision (see Precision); the gradients reach the float32 weights through the casts. */
-  private linear(x: Tensor, weight: Tensor, bias: Tensor | null, options: LinearOptions = {}, keepBf16 = false): Tensor {
+  /**
+   * A linear layer in this model's precision (see Precision); the gradients reach the float32 weights through the
+   * casts. The output is float32, or bfloat16 with keepBf16 in bfloat16 precision.
+   */
+  linear(x: Tensor, weight: Tensor, bias: Tensor | null, options: LinearOptions = {}, keepBf16 = false): Tensor {
     if (this.precision === 'float32') return linear(x, weight, bias, options);
     const bf = (t: Tensor) => (t.dtype === 'bfloat16' ? t : cast(t, 'bfloat16'));
     const y = linear(bf(x), bf(weight), bias && bf(bias), options);
@@ -164,24 +167,14 @@ export class MemGPT {
     if (cfg.positional === 'sinusoidal') h = add(h, sinusoidalPositions(T, D, { device: x.device }));
     const next: Tensor[] = [];
     for (let l = 0; l < cfg.nLayers; l++) {
-      const P = (n: string) => this.p(`layers.${l}.${n}`);
-      const u = layerNorm(h, P('ln1.weight'), P('ln1.bias'));
-      // In bfloat16 precision the attention's inputs and output stay bf16 (its softmax statistics are float32).
-      const qkv = this.linear(u, P('attn.qkv.weight'), P('attn.qkv.bias'), {}, true);
-      let o: Tensor;
-      if (S > 0) {
-        const M = memory[l];
-        const mkv = this.linear(layerNorm(M, P('mem.ln.weight'), P('mem.ln.bias')), P('mem.kv.weight'), P('mem.kv.bias'), {}, true);
-        const gateLogits = this.linear(u, P('mem.gate.weight'), P('mem.gate.bias'), {}, true);
+      h = this.block(l, h, (qkv, gateLogits) => {
+        if (S === 0) return attention(qkv, { nHeads: H, rope: cfg.positional === 'rope' });
         if (diagnostics) diagnostics[l] = { readGate: NaN, writeGate: NaN, pointerEntropy: NaN };
         const onReadGate = diagnostics ? (g: number) => (diagnostics[l].readGate = g) : undefined;
-        o = attention(qkv, { nHeads: H, rope: cfg.positional === 'rope', memKV: mkv, gateLogits, memoryRead: this.memoryRead, onReadGate });
-      } else {
-        o = attention(qkv, { nHeads: H, rope: cfg.positional === 'rope' });
-      }
-      h = add(h, this.linear(o, P('attn.out.weight'), P('attn.out.bias')));
-      const z = this.linear(layerNorm(h, P('ln2.weight'), P('ln2.bias')), P('ffn.fc1.weight'), P('ffn.fc1.bias'), { activation: 'gelu' });
-      h = add(h, this.linear(z, P('ffn.fc2.weight'), P('ffn.fc2.bias')));
+        return attention(qkv, {
+          nHeads: H, rope: cfg.positional === 'rope', memKV: this.memoryKV(l, memory[l]), gateLogits: gateLogits!, memoryRead: this.memoryRead, onReadGate,
+        });
+      });
       if (S > 0 && write) {
         const w = this.writeMemory(l, memory[l], h, diagnostics !== undefined, pointerQueries?.[l]);
         if (diagnostics) {
@@ -192,6 +185,30 @@ export class MemGPT {
       }
     }
     return { hf: layerNorm(h, this.p('ln_f.weight'), this.p('ln_f.bias')), memory: next };
+  }
+
+  /**
+   * Layer l's block (SPEC §3) on the residual stream h [B, T, D]: the one layer body that training and decoding
+   * share. LN, the qkv and gate projections, then `attend` (the attention with its memory read: the full op over a
+   * segment in training, one cached row per sequence in decoding), then the output projection, the FFN and both
+   * residual adds. attend gets qkv [B, T, 3D] and the gate logits [B, T, H] (null without memory), in this model's
+   * precision, and returns the heads' output [B, T, D].
+   */
+  block(l: number, h: Tensor, attend: (qkv: Tensor, gateLogits: Tensor | null) => Tensor): Tensor {
+    const P = (n: string) => this.p(`layers.${l}.${n}`);
+    const u = layerNorm(h, P('ln1.weight'), P('ln1.bias'));
+    // In bfloat16 precision the attention's inputs and output stay bf16 (its softmax statistics are float32).
+    const qkv = this.linear(u, P('attn.qkv.weight'), P('attn.qkv.bias'), {}, true);
+    const gateLogits = this.config.memSlots > 0 ? this.linear(u, P('mem.gate.weight'), P('mem.gate.bias'), {}, true) : null;
+    h = add(h, this.linear(attend(qkv, gateLogits), P('attn.out.weight'), P('attn.out.bias')));
+    const z = this.linear(layerNorm(h, P('ln2.weight'), P('ln2.bias')), P('ffn.fc1.weight'), P('ffn.fc1.bias'), { activation: 'gelu' });
+    return add(h, this.linear(z, P('ffn.fc2.weight'), P('ffn.fc2.bias')));
+  }
+
+  /** Layer l's memory keys and values LN(M)·Wkvᵀ + b [B, S, 2D] from its memory M [B, S, D], in this model's precision. */
+  memoryKV(l: number, M: Tensor): Tensor {
+    const P = (n: string) => this.p(`layers.${l}.${n}`);
+    return this.linear(layerNorm(M, P('mem.ln.weight'), P('mem.ln.bias')), P('mem.kv.weight'), P('mem.kv.bias'), {}, true);
   }
 
   /**

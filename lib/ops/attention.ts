@@ -21,7 +21,7 @@ type Ref = [StorageHandle | null, number];
  */
 export type MemoryRead = 'gated' | 'positional' | 'joint';
 // 'joint' (the joint softmax without slot positions) exists for ablations only.
-const memModes: Record<MemoryRead, number> = { gated: 0, joint: 1, positional: 3 };
+export const memModes: Record<MemoryRead, number> = { gated: 0, joint: 1, positional: 3 };
 
 /** Options of attention(): heads, RoPE, and the memory read (memKV [B, S, 2D] with gateLogits [B, T, H], both or neither). */
 export interface AttentionOptions {

@@ -165,9 +165,23 @@ MG_OP(matmul) {
   });
 }
 
+MG_OP(scatterRows) {
+  return guarded(info, "scatterRows", [&] {
+    Args args(info, "scatterRows");
+    DType dt = args.dtype("dtype");
+    int64_t B = args.integer("B"), T = args.integer("T"), n = args.integer("n");
+    const void* src = args.tensor("src", dt, checked_mul(B, n, "scatterRows"));
+    auto positions = static_cast<const int32_t*>(args.tensor("positions", DType::I32, B));
+    void* dst = args.tensor("dst", dt, checked_mul(checked_mul(B, T, "scatterRows"), n, "scatterRows"));
+    if (B && n) K::scatter_rows(dt, src, positions, dst, B, T, n);
+    return info.Env().Undefined();
+  });
+}
+
 }  // namespace
 
 void register_ops(Napi::Env env, Napi::Object exports) {
+  exports.Set("scatterRows", Napi::Function::New(env, scatterRows, "scatterRows"));
   exports.Set("fill", Napi::Function::New(env, fill, "fill"));
   exports.Set("cast", Napi::Function::New(env, cast, "cast"));
   exports.Set("affine", Napi::Function::New(env, affine, "affine"));

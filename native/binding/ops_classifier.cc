@@ -86,9 +86,31 @@ Napi::Value copyMixBackward(const Napi::CallbackInfo& info) {
   });
 }
 
+// copyMixProbs(batch, len, dim, vocab, hasCopy, logits, cq, ck, gen, tokens, lengths, probs): the copy-head
+// tensors (cq, ck, gen, tokens, lengths) are (null, 0) pairs without a copy head.
+Napi::Value copyMixProbs(const Napi::CallbackInfo& info) {
+  return guarded(info, "copyMixProbs", [&] {
+    Args args(info, "copyMixProbs");
+    int64_t batch = args.integer("batch"), len = args.integer("len"), dim = args.integer("dim", 1);
+    int64_t vocab = args.integer("vocab", 1);
+    bool copy = args.flag("hasCopy");
+    auto logits = static_cast<const float*>(args.tensor("logits", DType::F32, checked_mul(batch, vocab, "copyMixProbs")));
+    auto cq = static_cast<const float*>(args.optional_tensor("cq", copy, DType::F32, checked_mul(batch, dim, "copyMixProbs")));
+    auto ck = static_cast<const float*>(
+        args.optional_tensor("ck", copy, DType::F32, checked_mul(checked_mul(batch, len, "copyMixProbs"), dim, "copyMixProbs")));
+    auto gen = static_cast<const float*>(args.optional_tensor("gen", copy, DType::F32, batch));
+    auto tokens = static_cast<const int32_t*>(args.optional_tensor("tokens", copy, DType::I32, checked_mul(batch, len, "copyMixProbs")));
+    auto lengths = static_cast<const int32_t*>(args.optional_tensor("lengths", copy, DType::I32, batch));
+    auto probs = static_cast<float*>(args.tensor("probs", DType::F32, checked_mul(batch, vocab, "copyMixProbs")));
+    if (batch) K::copy_mix_probs(logits, cq, ck, gen, tokens, lengths, probs, batch, len, dim, vocab);
+    return info.Env().Undefined();
+  });
+}
+
 }  // namespace
 
 void register_classifier(Napi::Env env, Napi::Object exports) {
+  exports.Set("copyMixProbs", Napi::Function::New(env, copyMixProbs, "copyMixProbs"));
   exports.Set("tokenNLLForward", Napi::Function::New(env, tokenNLLForward, "tokenNLLForward"));
   exports.Set("tokenNLLBackward", Napi::Function::New(env, tokenNLLBackward, "tokenNLLBackward"));
   exports.Set("copyMixForward", Napi::Function::New(env, copyMixForward, "copyMixForward"));

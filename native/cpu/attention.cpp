@@ -415,6 +415,80 @@ void forward_range_generic(const ForwardArgs<T>& a, size_t lo, size_t hi) {
   forward_range(a, lo, hi);
 }
 
+// ---------------------------------------------------------------- decoding
+
+// One decoding task: sequence b, head h, the query of row p = positions[b] of the cache. It is forward_task at
+// rows = 1 over the same rows, so it computes what the full forward computes for that row, bit for bit: the key
+// tiles start at 0 in steps of kKB as there, and each score, exponential and sum runs in the same order.
+template <typename T>
+struct DecodeArgs {
+  const Dims* s;
+  const RopeTable* rt;
+  const T *cache, *mem_kv, *gate_logits;
+  const int32_t* positions;
+  T* out;
+};
+
+template <typename T>
+MG_INLINE void decode_task(const DecodeArgs<T>& a, int64_t b, int64_t h, ForwardScratch& w, float* a_row,
+                           float* r_row) {
+  const Dims& s = *a.s;
+  const RopeTable& rt = *a.rt;
+  const int64_t D = s.D(), d = s.d, p = a.positions[b];
+  const float scale = s.scale();
+  T* o = a.out + b * D + h * d;
+  if (p < 0 || p >= s.T) {
+    std::fill(w.tmp.begin(), w.tmp.end(), 0.f);
+    store_row(o, w.tmp.data(), d);
+    return;
+  }
+  const T* qsrc = a.cache + (b * s.T + p) * 3 * D + h * d;
+  int64_t ldq0;
+  const float* q0 = widen_rows(qsrc, 3 * D, 1, d, (s.rope ? w.q0 : w.q).data(), &ldq0);
+  const float* q = q0;
+  int64_t ldq = ldq0;
+  if (s.rope) {
+    rope_rotate(qsrc, w.q.data(), rt, p);
+    q = w.q.data();
+    ldq = d;
+  }
+  const T* kbase = a.cache + b * s.T * 3 * D + D + h * d;
+  float lse_self = 0.f, lse_mem = 0.f;
+  attend_rows(q, ldq, 1, p, kbase, kbase + D, 3 * D, s.T, true, s.rope ? &rt : nullptr, d, scale, w, a_row, &lse_self);
+  if (s.S == 0) {
+    store_row(o, a_row, d);
+    return;
+  }
+  const T* mk = a.mem_kv + b * s.S * 2 * D + h * d;
+  if (s.mem_positions()) {
+    rope_rotate(qsrc, w.qm.data(), rt, p + s.S);
+    attend_rows(w.qm.data(), d, 1, 0, mk, mk + D, 2 * D, s.S, false, &rt, d, scale, w, r_row, &lse_mem);
+  } else {
+    attend_rows(q0, ldq0, 1, 0, mk, mk + D, 2 * D, s.S, false, nullptr, d, scale, w, r_row, &lse_mem);
+  }
+  const float g = gate_of(s, a.gate_logits + b * s.H + h, lse_mem, lse_self);
+  float* mixed = w.tmp.data();
+  for (int64_t i = 0; i < d; i++) mixed[i] = g * r_row[i] + (1.f - g) * a_row[i];
+  store_row(o, mixed, d);
+}
+
+template <typename T>
+MG_INLINE void decode_range(const DecodeArgs<T>& a, size_t lo, size_t hi) {
+  const Dims& s = *a.s;
+  ForwardScratch w(s.d);
+  std::vector<float> a_row(size_t(s.d)), r_row(size_t(s.d));
+  for (size_t task = lo; task < hi; task++) decode_task(a, int64_t(task) / s.H, int64_t(task) % s.H, w, a_row.data(), r_row.data());
+}
+
+template <typename T>
+__attribute__((target("avx2,fma"))) void decode_range_avx2(const DecodeArgs<T>& a, size_t lo, size_t hi) {
+  decode_range(a, lo, hi);
+}
+template <typename T>
+void decode_range_generic(const DecodeArgs<T>& a, size_t lo, size_t hi) {
+  decode_range(a, lo, hi);
+}
+
 // ---------------------------------------------------------------- backward
 
 template <typename T>
@@ -664,6 +738,25 @@ void attention_forward(DType dt, int64_t B, int64_t T, int64_t H, int64_t d, int
     parallel_for(0, tasks, 1, [&](size_t lo, size_t hi) {
       if (avx2) forward_range_avx2(a, lo, hi);
       else forward_range_generic(a, lo, hi);
+    });
+  });
+}
+
+void attention_decode(DType dt, int64_t B, int64_t T, int64_t H, int64_t d, int64_t S, bool rope, int mem_mode,
+                      const void* cache, const int32_t* positions, const void* mem_kv, const void* gate_logits,
+                      void* out) {
+  const Dims s{B, T, H, d, S, rope, mem_mode};
+  check_dims(s);
+  dispatch_float(dt, "attention_decode", [&](auto tag) {
+    using E = decltype(tag);
+    if (B == 0) return;
+    const RopeTable& rt = rope_table(s);
+    const DecodeArgs<E> a{&s, &rt, static_cast<const E*>(cache), static_cast<const E*>(mem_kv),
+                          static_cast<const E*>(gate_logits), positions, static_cast<E*>(out)};
+    const bool avx2 = use_avx2();
+    parallel_for(0, size_t(B * H), 1, [&](size_t lo, size_t hi) {
+      if (avx2) decode_range_avx2(a, lo, hi);
+      else decode_range_generic(a, lo, hi);
     });
   });
 }

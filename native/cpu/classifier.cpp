@@ -287,4 +287,45 @@ void copy_mix_backward(const float* cq, const float* ck, const float* gen_logit,
   });
 }
 
+// ---------------------------------------------------------------- decoding
+
+void copy_mix_probs(const float* logits, const float* cq, const float* ck, const float* gen_logit,
+                    const int32_t* tokens, const int32_t* lengths, float* probs, int64_t batch, int64_t len,
+                    int64_t dim, int64_t vocab) {
+  const double scale = 1.0 / std::sqrt(double(dim));
+  parallel_for(0, size_t(batch), 1, [&](size_t lo, size_t hi) {
+    std::vector<double> p(static_cast<size_t>(vocab)), e(static_cast<size_t>(len));
+    for (size_t bi = lo; bi < hi; bi++) {
+      const int64_t b = int64_t(bi);
+      const float* lg = logits + b * vocab;
+      float mx = -INFINITY;
+      for (int64_t v = 0; v < vocab; v++) mx = std::max(mx, lg[v]);
+      double total = 0;
+      for (int64_t v = 0; v < vocab; v++) total += (p[size_t(v)] = std::exp(double(lg[v]) - mx));
+      const int64_t n = gen_logit ? std::min<int64_t>(std::max<int32_t>(lengths[b], 0), len) : 0;
+      // σ(g) and σ(−g) each computed directly, so that neither rounds to 0 next to a 1.
+      const double g = n > 0 ? double(gen_logit[b]) : INFINITY;
+      const double pgen = n > 0 ? 1.0 / (1.0 + std::exp(-g)) : 1.0, pcopy = n > 0 ? 1.0 / (1.0 + std::exp(g)) : 0.0;
+      for (int64_t v = 0; v < vocab; v++) p[size_t(v)] *= pgen / total;
+      if (n > 0) {
+        double emx = -INFINITY, etotal = 0;
+        for (int64_t j = 0; j < n; j++) {
+          const float* k = ck + (b * len + j) * dim;
+          const float* q = cq + b * dim;
+          double dot = 0;
+          for (int64_t i = 0; i < dim; i++) dot += double(q[i]) * double(k[i]);
+          e[size_t(j)] = dot * scale;
+          emx = std::max(emx, e[size_t(j)]);
+        }
+        for (int64_t j = 0; j < n; j++) etotal += (e[size_t(j)] = std::exp(e[size_t(j)] - emx));
+        for (int64_t j = 0; j < n; j++) {
+          const int32_t y = tokens[b * len + j];
+          if (y >= 0 && y < vocab) p[size_t(y)] += pcopy * e[size_t(j)] / etotal;
+        }
+      }
+      for (int64_t v = 0; v < vocab; v++) probs[b * vocab + v] = float(p[size_t(v)]);
+    }
+  });
+}
+
 }  // namespace mg::cpu

@@ -1,6 +1,7 @@
 // Elementwise CPU kernels: fill, cast, affine, broadcasting binary ops and
 // strided copies. bfloat16 is computed in float32 and rounded on store.
 #include <cmath>
+#include <cstring>
 
 #include "../common/threadpool.h"
 #include "elem.h"
@@ -173,6 +174,15 @@ void strided_copy(DType dt, const void* x, const int64_t* sx, void* out, const i
   // A copy moves bits, so each dtype is copied by its storage width.
   if (dtype_size(dt) == 2) run(uint16_t{});
   else run(uint32_t{});
+}
+
+void scatter_rows(DType dt, const void* src, const int32_t* positions, void* dst, int64_t B, int64_t T, int64_t n) {
+  const size_t row = size_t(n) * dtype_size(dt);
+  for (int64_t b = 0; b < B; b++) {
+    const int64_t p = positions[b];
+    if (p < 0 || p >= T) continue;
+    std::memcpy(static_cast<char*>(dst) + size_t(b * T + p) * row, static_cast<const char*>(src) + size_t(b) * row, row);
+  }
 }
 
 }  // namespace mg::cpu

@@ -715,4 +715,61 @@ void copy_mix_backward(const float* cq, const float* ck, const float* gen_logit,
   }
 }
 
+// ---------------------------------------------------------------- decoding
+
+// copy_mix_probs: one block of kThreads per sequence. The softmax of the logits and of the copy scores are block
+// reductions in double, as the CPU sums them; the copy weights are then added into their tokens by one thread, in
+// order j = 0, 1, … (a token can occur many times: atomics would make the sum's order, and so its rounding, vary).
+__global__ void copy_mix_probs_kernel(const float* logits, const float* cq, const float* ck, const float* gen_logit,
+                                      const int32_t* tokens, const int32_t* lengths, float* probs, double* scratch,
+                                      int64_t len, int64_t dim, int64_t vocab) {
+  __shared__ float red[32];
+  __shared__ double dred[32];
+  const int64_t b = blockIdx.x;
+  const float* lg = logits + b * vocab;
+  float mx = -INFINITY;
+  for (int64_t v = threadIdx.x; v < vocab; v += blockDim.x) mx = fmaxf(mx, lg[v]);
+  mx = block_max(mx, red);
+  double total = 0;
+  for (int64_t v = threadIdx.x; v < vocab; v += blockDim.x) total += exp(double(lg[v]) - mx);
+  total = block_sum(total, dred);
+  const int64_t n = gen_logit ? min(max(int64_t(lengths[b]), int64_t(0)), len) : 0;
+  const double g = n > 0 ? double(gen_logit[b]) : 0.0;
+  const double pgen = n > 0 ? 1.0 / (1.0 + exp(-g)) : 1.0, pcopy = n > 0 ? 1.0 / (1.0 + exp(g)) : 0.0;
+  float* out = probs + b * vocab;
+  for (int64_t v = threadIdx.x; v < vocab; v += blockDim.x) out[v] = float(exp(double(lg[v]) - mx) * (pgen / total));
+  if (n == 0) return;
+  double* e = scratch + b * len;
+  const double scale = 1.0 / sqrt(double(dim));
+  double emx = -INFINITY;
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+    const float* k = ck + (b * len + j) * dim;
+    const float* q = cq + b * dim;
+    double dot = 0;
+    for (int64_t i = 0; i < dim; i++) dot += double(q[i]) * double(k[i]);
+    e[j] = dot * scale;
+    emx = fmax(emx, e[j]);
+  }
+  emx = block_max(emx, dred);
+  double etotal = 0;
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) etotal += (e[j] = exp(e[j] - emx));
+  etotal = block_sum(etotal, dred);  // its barriers publish e and out
+  if (threadIdx.x == 0) {
+    for (int64_t j = 0; j < n; j++) {
+      const int32_t y = tokens[b * len + j];
+      if (y >= 0 && y < vocab) out[y] = float(double(out[y]) + pcopy * e[j] / etotal);
+    }
+  }
+}
+
+void copy_mix_probs(const float* logits, const float* cq, const float* ck, const float* gen_logit,
+                    const int32_t* tokens, const int32_t* lengths, float* probs, int64_t batch, int64_t len,
+                    int64_t dim, int64_t vocab) {
+  if (batch > INT32_MAX) fail("copyMixProbs: %lld rows are more than one launch can have", (long long)batch);
+  double* scratch = gen_logit ? static_cast<double*>(reduction_scratch(size_t(batch * len) * sizeof(double))) : nullptr;
+  copy_mix_probs_kernel<<<unsigned(batch), kThreads, 0, stream()>>>(logits, cq, ck, gen_logit, tokens, lengths, probs,
+                                                                    scratch, len, dim, vocab);
+  check_launch("copyMixProbs");
+}
+
 }  // namespace mg::cuda

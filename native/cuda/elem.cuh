@@ -84,4 +84,33 @@ __device__ __forceinline__ float block_sum(float v, float* shared) {
   return v;
 }
 
+// Max over a whole block, and the double sum and max: as block_sum (`shared` holds 32 values; every thread gets
+// the result; the trailing barrier lets the caller reuse `shared` at once).
+template <typename V, typename Op>
+__device__ __forceinline__ V block_reduce(V v, V* shared, V identity, Op op) {
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  for (int offset = 16; offset > 0; offset >>= 1) v = op(v, __shfl_xor_sync(kFullMask, v, offset));
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    v = lane < warps ? shared[lane] : identity;
+    for (int offset = 16; offset > 0; offset >>= 1) v = op(v, __shfl_xor_sync(kFullMask, v, offset));
+    if (lane == 0) shared[0] = v;
+  }
+  __syncthreads();
+  v = shared[0];
+  __syncthreads();
+  return v;
+}
+
+__device__ __forceinline__ float block_max(float v, float* shared) {
+  return block_reduce(v, shared, -INFINITY, [](float a, float b) { return fmaxf(a, b); });
+}
+__device__ __forceinline__ double block_max(double v, double* shared) {
+  return block_reduce(v, shared, -double(INFINITY), [](double a, double b) { return fmax(a, b); });
+}
+__device__ __forceinline__ double block_sum(double v, double* shared) {
+  return block_reduce(v, shared, 0.0, [](double a, double b) { return a + b; });
+}
+
 }  // namespace mg::cuda

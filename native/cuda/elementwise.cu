@@ -258,4 +258,26 @@ void strided_copy(DType dt, const void* x, const int64_t* sx, void* out, const i
   check_launch("stridedCopy");
 }
 
+// scatter_rows: one block row per (sequence, chunk of columns); a sequence whose position is out of range writes
+// nothing. The row moves as bits, by its storage width.
+template <typename T>
+__global__ void scatter_rows_kernel(const T* src, const int32_t* positions, T* dst, int64_t B, int64_t T_len, int64_t n) {
+  for (int64_t idx = global_thread(); idx < B * n; idx += grid_threads()) {
+    const int64_t b = idx / n, i = idx % n;
+    const int64_t p = positions[b];
+    if (p >= 0 && p < T_len) dst[(b * T_len + p) * n + i] = src[idx];
+  }
+}
+
+void scatter_rows(DType dt, const void* src, const int32_t* positions, void* dst, int64_t B, int64_t T, int64_t n) {
+  auto run = [&](auto tag) {
+    using E = decltype(tag);
+    scatter_rows_kernel<<<blocks_for(B * n), kThreads, 0, stream()>>>(static_cast<const E*>(src), positions,
+                                                                       static_cast<E*>(dst), B, T, n);
+  };
+  if (dtype_size(dt) == 2) run(uint16_t{});
+  else run(uint32_t{});
+  check_launch("scatterRows");
+}
+
 }  // namespace mg::cuda

@@ -1,0 +1,156 @@
+// Ops of incremental decoding (SPEC §5): the attention family's decode row, the rows of one step scattered into
+// per-sequence caches, and the output distribution with the copy head. Inference only: none of them records a
+// gradient, and scatterRows writes into its destination in place.
+import { isGradEnabled } from '../core/autograd.js';
+import { dtypeCode } from '../core/dtype.js';
+import { MemgptError, shapeStr } from '../core/errors.js';
+import { empty, type Tensor } from '../core/tensor.js';
+import type { StorageHandle } from '../native/kernels.js';
+import { memModes, type MemoryRead } from './attention.js';
+import { callNative, checkTensors, sameDtype } from './util.js';
+
+const own = (t: Tensor): [StorageHandle, number] => [t.handle, t.offset];
+const ref = (t: Tensor | null | undefined): [StorageHandle | null, number] => (t ? [t.handle, t.offset] : [null, 0]);
+
+function inferenceOnly(op: string, tensors: (Tensor | null | undefined)[]): void {
+  if (isGradEnabled() && tensors.some((t) => t?.requiresGrad)) {
+    throw new MemgptError(`${op}: decoding records no gradient; call it under noGrad() (an input requires grad)`);
+  }
+}
+
+function checkPositions(op: string, positions: Tensor, B: number, name = 'positions'): void {
+  if (positions.dtype !== 'int32' || positions.rank !== 1 || positions.shape[0] !== B) {
+    throw new MemgptError(`${op}: ${name} must be int32 [${B}], got ${positions.dtype} ${shapeStr(positions.shape)}`);
+  }
+}
+
+/**
+ * dst[b, positions[b], :] = src[b, :] for each sequence b whose position is in [0, T); the others are left alone.
+ * src [B, n] (or [B, 1, n]), positions int32 [B], dst [B, T, n] of src's dtype. Writes dst in place.
+ */
+export function scatterRows(src: Tensor, positions: Tensor, dst: Tensor): void {
+  const op = 'scatterRows';
+  checkTensors(op, { src, positions, dst });
+  sameDtype(op, src, dst);
+  if (dst.rank !== 3) throw new MemgptError(`${op}: dst must be [B, T, n], got ${shapeStr(dst.shape)}`);
+  const [B, T, n] = dst.shape;
+  if (src.size !== B * n || src.shape[0] !== B || src.shape[src.rank - 1] !== n) {
+    throw new MemgptError(`${op}: src ${shapeStr(src.shape)} does not hold one row of ${n} for each of the ${B} sequences of dst ${shapeStr(dst.shape)}`);
+  }
+  checkPositions(op, positions, B);
+  callNative(op, { src, dst }, (k) => k.scatterRows(dtypeCode[dst.dtype], B, T, n, ...own(src), ...own(positions), ...own(dst)));
+}
+
+/** Options of attentionDecode: as attention's, with gateLogits one row per sequence ([B, H]). */
+export interface AttentionDecodeOptions {
+  nHeads: number;
+  rope: boolean;
+  memKV?: Tensor;
+  gateLogits?: Tensor;
+  memoryRead?: MemoryRead;
+}
+
+/**
+ * One decoding step of attention: cache [B, T, 3D] holds each sequence's qkv rows of its current segment, and
+ * positions (int32 [B]) the row of its newest token (−1: the sequence sits this step out; its row of the output is
+ * 0). Returns out [B, D]: row positions[b] of attention(cache[b], options), computed from that row's query and the
+ * rows before it only.
+ */
+export function attentionDecode(cache: Tensor, positions: Tensor, options: AttentionDecodeOptions): Tensor {
+  const op = 'attentionDecode';
+  const { nHeads: H, rope, memKV, gateLogits } = options;
+  const memMode = memModes[options.memoryRead ?? 'gated'];
+  if (memMode === undefined) throw new MemgptError(`${op}: memoryRead must be 'gated', 'positional' or 'joint' (got ${String(options.memoryRead)})`);
+  if ((memKV === undefined) !== (gateLogits === undefined)) throw new MemgptError(`${op}: memKV and gateLogits come together`);
+  checkTensors(op, memKV ? { cache, memKV, gateLogits: gateLogits! } : { cache }, ['float32', 'bfloat16']);
+  checkTensors(op, { cache, positions });
+  if (memKV) {
+    sameDtype(op, cache, memKV);
+    sameDtype(op, cache, gateLogits!);
+  }
+  inferenceOnly(op, [cache, memKV, gateLogits]);
+  if (cache.rank !== 3 || cache.shape[2] % 3 !== 0 || cache.shape[1] < 1) throw new MemgptError(`${op}: cache must be [B, T ≥ 1, 3D], got ${shapeStr(cache.shape)}`);
+  const [B, T, threeD] = cache.shape;
+  const D = threeD / 3;
+  if (!Number.isInteger(H) || H < 1 || D % H !== 0) throw new MemgptError(`${op}: nHeads ${H} does not divide the width D = ${D} of cache ${shapeStr(cache.shape)}`);
+  const d = D / H;
+  if (rope && d % 2 !== 0) throw new MemgptError(`${op}: rope needs an even head width, got d = ${d}`);
+  checkPositions(op, positions, B);
+  let S = 0;
+  if (memKV) {
+    if (memKV.rank !== 3 || memKV.shape[0] !== B || memKV.shape[2] !== 2 * D || memKV.shape[1] < 1) {
+      throw new MemgptError(`${op}: memKV must be [${B}, S ≥ 1, ${2 * D}], got ${shapeStr(memKV.shape)}`);
+    }
+    if (gateLogits!.size !== B * H || gateLogits!.shape[0] !== B || gateLogits!.shape[gateLogits!.rank - 1] !== H) {
+      throw new MemgptError(`${op}: gateLogits must be [${B}, ${H}], got ${shapeStr(gateLogits!.shape)}`);
+    }
+    S = memKV.shape[1];
+  }
+  const k = cache.storage.backend;
+  if (!k.attentionDecode) throw new MemgptError(`${op}: not implemented on ${cache.device} yet`);
+  const out = empty([B, D], { dtype: cache.dtype, device: cache.device });
+  try {
+    callNative(op, { cache }, () =>
+      k.attentionDecode!(dtypeCode[cache.dtype], B, T, H, d, S, rope, memMode, ...ref(cache), ...ref(positions), ...ref(memKV), ...ref(gateLogits), ...ref(out)),
+    );
+  } catch (e) {
+    out.dispose();
+    throw e;
+  }
+  return out;
+}
+
+/** The copy head's context of each sequence while decoding: its query, keys and tokens, and how many rows count. */
+export interface CopyContext {
+  /** [B, D]: the copy query of each sequence's newest row. */
+  cq: Tensor;
+  /** [B, T, D]: the copy keys of its context rows. */
+  ck: Tensor;
+  /** [B] (or [B, 1]): the generate-or-copy logit. */
+  gen: Tensor;
+  /** int32 [B, T]: the token ids of the context rows. */
+  tokens: Tensor;
+  /** int32 [B]: how many of the T rows are the context (0: none, the generator alone). */
+  lengths: Tensor;
+}
+
+/**
+ * P(y) [B, V] (float32) for each sequence's next token: softmax(logits [B, V]), mixed with the copy head's pointer
+ * over its context when `copy` is given (SPEC §3's output distribution, one row per sequence).
+ */
+export function copyMixProbs(logits: Tensor, copy?: CopyContext): Tensor {
+  const op = 'copyMixProbs';
+  checkTensors(op, copy ? { logits, cq: copy.cq, ck: copy.ck, gen: copy.gen } : { logits }, ['float32']);
+  if (logits.rank !== 2) throw new MemgptError(`${op}: logits must be [B, V], got ${shapeStr(logits.shape)}`);
+  const [B, V] = logits.shape;
+  let T = 0, D = 0;
+  if (copy) {
+    checkTensors(op, { logits, tokens: copy.tokens, lengths: copy.lengths }, ['float32', 'int32']);
+    inferenceOnly(op, [logits, copy.cq, copy.ck, copy.gen]);
+    const { cq, ck, gen, tokens, lengths } = copy;
+    if (cq.rank !== 2 || cq.shape[0] !== B) throw new MemgptError(`${op}: cq must be [${B}, D], got ${shapeStr(cq.shape)}`);
+    D = cq.shape[1];
+    if (ck.rank !== 3 || ck.shape[0] !== B || ck.shape[2] !== D) throw new MemgptError(`${op}: ck must be [${B}, T, ${D}], got ${shapeStr(ck.shape)}`);
+    T = ck.shape[1];
+    if (gen.size !== B || gen.shape[0] !== B) throw new MemgptError(`${op}: gen must be [${B}], got ${shapeStr(gen.shape)}`);
+    if (tokens.dtype !== 'int32' || tokens.rank !== 2 || tokens.shape[0] !== B || tokens.shape[1] !== T) {
+      throw new MemgptError(`${op}: tokens must be int32 [${B}, ${T}], got ${tokens.dtype} ${shapeStr(tokens.shape)}`);
+    }
+    checkPositions(op, lengths, B, 'lengths');
+  } else {
+    inferenceOnly(op, [logits]);
+  }
+  const k = logits.storage.backend;
+  if (!k.copyMixProbs) throw new MemgptError(`${op}: not implemented on ${logits.device} yet`);
+  const probs = empty([B, V], { dtype: 'float32', device: logits.device });
+  try {
+    callNative(op, { logits }, () =>
+      k.copyMixProbs!(B, T, Math.max(D, 1), V, copy !== undefined, ...own(logits),
+        ...ref(copy?.cq), ...ref(copy?.ck), ...ref(copy?.gen), ...ref(copy?.tokens), ...ref(copy?.lengths), ...own(probs)),
+    );
+  } catch (e) {
+    probs.dispose();
+    throw e;
+  }
+  return probs;
+}

@@ -1,0 +1,181 @@
+// The decoding ops against the training ops they stand in for: attentionDecode's row for each sequence equals
+// that row of the full attention (bit for bit on the CPU, whose decode task is the forward's at one row), in every
+// memory read mode, with and without RoPE and memory, in float32 and bfloat16; scatterRows writes each
+// sequence's row at its own position and nothing else; copyMixProbs is a distribution whose −log P(y) equals
+// tokenNLL's with the copy head, row by row. Bad shapes are clear errors; nothing leaks.
+import { describe, expect, it } from 'vitest';
+
+import * as mg from '../lib/index.js';
+import { BatchDecoder, Decoder } from '../lib/infer/decoder.js';
+import type { ModelConfig } from '../lib/nn/config.js';
+import { MemGPT } from '../lib/nn/model.js';
+import { expectClose, expectNoLeaks, forEachDevice, randomArray } from './helpers.js';
+import { randomModel, randomTokens } from './models.js';
+
+forEachDevice((device) => {
+  const opts = { device };
+  const int32 = { device, dtype: 'int32' as const };
+
+  describe('attentionDecode', () => {
+    const cases: { rope: boolean; S: number; memoryRead?: mg.MemoryRead; T: number }[] = [
+      { rope: true, S: 0, T: 9 },
+      { rope: false, S: 0, T: 70 },
+      { rope: true, S: 3, memoryRead: 'gated', T: 9 },
+      { rope: true, S: 5, memoryRead: 'positional', T: 70 },
+      { rope: false, S: 2, memoryRead: 'positional', T: 5 },
+      { rope: true, S: 4, memoryRead: 'joint', T: 33 },
+      { rope: true, S: 130, memoryRead: 'positional', T: 140 },
+    ];
+    for (const dtype of ['float32', 'bfloat16'] as const) {
+      for (const c of cases) {
+        it(`equals the full attention's row at each sequence's position (${dtype}, rope ${c.rope}, S ${c.S}${c.memoryRead ? `, ${c.memoryRead}` : ''}, T ${c.T})`, () => {
+          expectNoLeaks(device, () => mg.tidy(() => {
+            const B = 4, H = 2, d = 8, D = H * d, { T, S } = c;
+            const qkv = mg.cast(mg.tensor(randomArray(B * T * 3 * D, 1), [B, T, 3 * D], opts), dtype);
+            const memKV = S ? mg.cast(mg.tensor(randomArray(B * S * 2 * D, 2), [B, S, 2 * D], opts), dtype) : undefined;
+            const gateHost = randomArray(B * T * H, 3, -3, 3);
+            const gate = S ? mg.cast(mg.tensor(gateHost, [B, T, H], opts), dtype) : undefined;
+            const full = mg.cast(mg.attention(qkv, { nHeads: H, rope: c.rope, memKV, gateLogits: gate, memoryRead: c.memoryRead }), 'float32').toArray();
+            // Each sequence at its own position; the last sits the step out.
+            const positions = [T - 1, 0, Math.floor(T / 2), -1];
+            const gateRows = new Float32Array(B * H);
+            for (let b = 0; b < B; b++) for (let h = 0; h < H; h++) gateRows[b * H + h] = gateHost[(b * T + Math.max(positions[b], 0)) * H + h];
+            const out = mg.cast(mg.attentionDecode(qkv, mg.tensor(positions, [B], int32), {
+              nHeads: H, rope: c.rope, memKV, gateLogits: S ? mg.cast(mg.tensor(gateRows, [B, H], opts), dtype) : undefined, memoryRead: c.memoryRead,
+            }), 'float32').toArray();
+            const expected = new Float32Array(B * D);
+            for (let b = 0; b < B; b++) if (positions[b] >= 0) expected.set(full.subarray((b * T + positions[b]) * D, (b * T + positions[b] + 1) * D), b * D);
+            if (device === 'cpu') expect(Array.from(out)).toEqual(Array.from(expected));
+            else expectClose(out, expected, dtype === 'float32' ? 2e-6 : 1e-2, dtype === 'float32' ? 2e-5 : 1e-2);
+          }));
+        });
+      }
+    }
+
+    it('refuses bad shapes and inputs that require grad, with one clear error', () => {
+      mg.tidy(() => {
+        const cache = mg.zeros([2, 4, 12], opts);
+        const pos = mg.tensor([0, 1], [2], int32);
+        expect(() => mg.attentionDecode(cache, mg.tensor([0, 1], [2], opts), { nHeads: 2, rope: false })).toThrow(/positions must be int32 \[2\]/);
+        expect(() => mg.attentionDecode(mg.zeros([2, 4, 10], opts), pos, { nHeads: 2, rope: false })).toThrow(/cache must be \[B, T ≥ 1, 3D\]/);
+        expect(() => mg.attentionDecode(cache, pos, { nHeads: 3, rope: false })).toThrow(/nHeads 3 does not divide/);
+        expect(() => mg.attentionDecode(cache, pos, { nHeads: 2, rope: false, memKV: mg.zeros([2, 3, 8], opts), gateLogits: mg.zeros([2, 3], opts) })).toThrow(/gateLogits must be \[2, 2\]/);
+        const p = mg.parameter(mg.zeros([2, 4, 12], opts));
+        expect(() => mg.attentionDecode(p, pos, { nHeads: 2, rope: false })).toThrow(/records no gradient/);
+        p.dispose();
+      });
+    });
+  });
+
+  describe('scatterRows', () => {
+    it('writes each sequence\'s row at its own position and leaves the rest (float32, bfloat16, int32)', () => {
+      expectNoLeaks(device, () => mg.tidy(() => {
+        for (const dtype of ['float32', 'bfloat16', 'int32'] as const) {
+          const B = 3, T = 4, n = 5;
+          const dst = mg.cast(mg.full([B, T, n], 7, opts), dtype);
+          const src = mg.cast(mg.tensor(Array.from({ length: B * n }, (_, i) => i), [B, 1, n], opts), dtype);
+          mg.scatterRows(src, mg.tensor([2, -1, 3], [B], int32), dst);
+          const got = Array.from(mg.cast(dst, 'float32').toArray());
+          const want = new Array(B * T * n).fill(7);
+          for (let i = 0; i < n; i++) {
+            want[(0 * T + 2) * n + i] = i;
+            want[(2 * T + 3) * n + i] = 2 * n + i;
+          }
+          expect(got).toEqual(want);
+        }
+        expect(() => mg.scatterRows(mg.zeros([3, 4], opts), mg.tensor([0, 0, 0], [3], int32), mg.zeros([3, 2, 5], opts))).toThrow(/does not hold one row of 5/);
+      }));
+    });
+  });
+
+  describe('copyMixProbs', () => {
+    it("is a distribution whose −log P(y) is tokenNLL's with the copy head, at every row of the context", () => {
+      expectNoLeaks(device, () => mg.tidy(() => {
+        const T = 6, D = 8, V = 11;
+        const hf = mg.tensor(randomArray(T * D, 4), [1, T, D], opts);
+        const emb = mg.tensor(randomArray(V * D, 5), [V, D], opts);
+        const cq = mg.tensor(randomArray(T * D, 6, -2, 2), [1, T, D], opts);
+        const ck = mg.tensor(randomArray(T * D, 7, -2, 2), [1, T, D], opts);
+        const genHost = randomArray(T, 8, -2, 2);
+        const inputs = [3, 1, 3, 10, 0, 3];
+        const targets = [1, 3, 4, 3, 3, 9];
+        const nll = mg.tokenNLL(hf, emb, mg.tensor(targets, [1, T], int32), {
+          copy: { cq, ck, genLogit: mg.tensor(genHost, [1, T], opts), inputs: mg.tensor(inputs, [1, T], int32) },
+        }).toArray();
+        // Row p as a batch of T sequences: sequence p's context is rows 0 … p.
+        const logits = mg.matmul(mg.reshape(hf, [T, D]), emb, { transB: true });
+        const ckRows = mg.reshape(mg.broadcastTo(ck, [T, T, D]), [T, T, D]);
+        const probs = mg.copyMixProbs(logits, {
+          cq: mg.reshape(cq, [T, D]), ck: mg.clone(ckRows), gen: mg.tensor(genHost, [T], opts),
+          tokens: mg.tensor(Array.from({ length: T * T }, (_, i) => inputs[i % T]), [T, T], int32),
+          lengths: mg.tensor(Array.from({ length: T }, (_, p) => p + 1), [T], int32),
+        }).toArray();
+        for (let p = 0; p < T; p++) {
+          const row = probs.subarray(p * V, (p + 1) * V);
+          expect(Math.abs(Array.from(row).reduce((a, x) => a + x, 0) - 1)).toBeLessThan(1e-5);
+          expect(-Math.log(row[targets[p]])).toBeCloseTo(nll[p], 4);
+        }
+        // Without a copy head, or with an empty context: the softmax of the logits.
+        const plain = mg.copyMixProbs(logits).toArray();
+        const soft = mg.softmax(logits).toArray();
+        expectClose(plain, soft, 1e-6, 1e-5);
+      }));
+    });
+  });
+});
+
+// Batched decoding on each device against one-sequence decoding on the CPU (itself checked against the plain
+// reference and model.forward in generate.test.ts): three sequences with prompts of different lengths, so they sit
+// at different positions and cross segment boundaries (and write their memories) at different steps, one of them
+// sitting every third step out.
+describe('BatchDecoder', () => {
+  const base: Partial<ModelConfig> = { vocabSize: 256, dModel: 16, nHeads: 2, dFF: 24, nLayers: 2, segmentLen: 5, memSlots: 3, copyHead: true, positional: 'rope', specVersion: 2 };
+  const variants: Partial<ModelConfig>[] = [base, { ...base, specVersion: 1 }, { ...base, positional: 'sinusoidal', copyHead: false }, { ...base, memSlots: 0 }];
+  for (const variant of variants) {
+    forEachDevice((device) => {
+      it(`each sequence's distributions equal its own decoding's (SPEC v${variant.specVersion}, ${variant.positional}, copy ${variant.copyHead}, S ${variant.memSlots})`, () => {
+        const cpuModel = randomModel(variant, 3);
+        const model = device === 'cpu' ? cpuModel : onDevice(cpuModel, device);
+        const singles = [0, 1, 2].map(() => new Decoder(cpuModel));
+        try {
+          const T = model.config.segmentLen;
+          const streams = [0, 1, 2].map((s) => randomTokens(6 * T, 20 + s));
+          const promptLengths = [2 * T + 1, 3, T];
+          expectNoLeaks(device, () => {
+            const batch = new BatchDecoder(model, 3);
+            try {
+              const fedTo = promptLengths.slice();
+              streams.forEach((s, b) => {
+                batch.prefill(b, s.subarray(0, promptLengths[b]));
+                singles[b].feedMany(s.subarray(0, promptLengths[b]));
+              });
+              for (let step = 0; step < 2 * T + 2; step++) {
+                const probs = batch.distributions();
+                for (let b = 0; b < 3; b++) expectClose(probs.subarray(b * 256, (b + 1) * 256), singles[b].distribution(), 2e-6, 2e-5);
+                const active = [true, step % 3 !== 1, true];
+                const next = streams.map((s, b) => s[fedTo[b]]);
+                batch.step(next, active);
+                for (let b = 0; b < 3; b++) {
+                  if (!active[b]) continue;
+                  singles[b].feed(next[b]);
+                  fedTo[b]++;
+                }
+              }
+              expect([0, 1, 2].map((b) => batch.length(b))).toEqual(fedTo);
+            } finally {
+              batch.dispose();
+            }
+          });
+        } finally {
+          for (const s of singles) s.dispose();
+          for (const d of new Set([model, cpuModel])) d.dispose();
+        }
+      });
+    });
+  }
+});
+
+/** The same weights on another device. */
+function onDevice(model: MemGPT, device: mg.Device): MemGPT {
+  return new MemGPT(model.config, new Map([...model.params].map(([name, p]) => [name, mg.parameter(mg.to(p, device), name)])));
+}

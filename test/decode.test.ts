@@ -179,3 +179,38 @@ describe('BatchDecoder', () => {
 function onDevice(model: MemGPT, device: mg.Device): MemGPT {
   return new MemGPT(model.config, new Map([...model.params].map(([name, p]) => [name, mg.parameter(mg.to(p, device), name)])));
 }
+
+// On CUDA a decoding step queues its kernels and waits for the device a fixed number of times (the uploads of the
+// step's ids and positions, the embedding's id check), however many layers the model has: no wait per layer.
+// The addon counts every wait it makes (cudaStreamSynchronize goes through one counted function).
+const cudaRunnable = process.env.MEMGPT_DEVICE === 'cuda' || mg.availableDevices().includes('cuda');
+describe.skipIf(!cudaRunnable)('on cuda', () => {
+  it('a decoding step waits for the device as often with 1 layer as with 3 (no host synchronisation per layer)', async () => {
+    const { cudaBackend } = await import('../lib/native/backend.js');
+    const cuda = cudaBackend();
+    const waitsPerStep = (nLayers: number) => {
+      const cpuModel = randomModel({ vocabSize: 256, dModel: 16, nHeads: 2, dFF: 24, nLayers, segmentLen: 4, memSlots: 2, copyHead: true }, 5);
+      const model = onDevice(cpuModel, 'cuda');
+      const decoder = new BatchDecoder(model, 2);
+      try {
+        decoder.prefill(0, [1, 2]);
+        decoder.prefill(1, [3]);
+        const counts: number[] = [];
+        for (let i = 0; i < 3; i++) {  // positions 1, 2, 3 for sequence 1: no segment boundary in these steps
+          const before = cuda.synchronizations();
+          decoder.step([4, 5], [i < 1, true]);
+          counts.push(cuda.synchronizations() - before);
+        }
+        return counts;
+      } finally {
+        decoder.dispose();
+        model.dispose();
+        cpuModel.dispose();
+      }
+    };
+    const one = waitsPerStep(1), three = waitsPerStep(3);
+    expect(three).toEqual(one);
+    // The step's one upload, and the embedding's check of the ids.
+    expect(one).toEqual([2, 2, 2]);
+  });
+});

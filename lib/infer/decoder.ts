@@ -128,21 +128,29 @@ export class BatchDecoder {
     if (tokens.length !== B) throw new MemgptError(`step: ${tokens.length} tokens given for ${B} sequences`);
     if (active !== undefined && active.length !== B) throw new MemgptError(`step: active has ${active.length} entries for ${B} sequences`);
     const on = (b: number) => active === undefined || active[b];
-    const ids = new Int32Array(B);
-    const positions = new Int32Array(B).fill(-1);
+    // One upload a step (each is a wait for the device on CUDA): the ids, each sequence's position (−1: sitting
+    // out) and its row of lastHf (0, or −1).
+    const host = new Int32Array(3 * B);
+    const ids = host.subarray(0, B), positions = host.subarray(B, 2 * B), lastRow = host.subarray(2 * B);
+    positions.fill(-1);
+    lastRow.fill(-1);
     for (let b = 0; b < B; b++) {
       if (!on(b)) continue;
       checkToken(this.model, tokens[b], `step (sequence ${b})`);
       ids[b] = tokens[b];
       positions[b] = this.pos[b];
+      lastRow[b] = 0;
     }
     if (!positions.some((p) => p >= 0)) return;
     const { dModel: D, nHeads: H, segmentLen: T, memSlots: S, positional } = this.model.config;
     const model = this.model, device = model.device;
     noGrad(() =>
       tidy(() => {
-        const at = tensor(positions, [B], { dtype: 'int32', device });
-        let h = embedding(tensor(ids, [B, 1], { dtype: 'int32', device }), this.param('tok_emb'));
+        const uploaded = tensor(host, [3 * B], { dtype: 'int32', device });
+        const idsT = uploaded._view([B, 1], true, uploaded.offset);
+        const at = uploaded._view([B], true, uploaded.offset + B);
+        const last = uploaded._view([B], true, uploaded.offset + 2 * B);
+        let h = embedding(idsT, this.param('tok_emb'));
         if (positional === 'sinusoidal') h = add(h, this.sinusoidal(positions));
         for (let l = 0; l < this.layers.length; l++) {
           const state = this.layers[l];
@@ -157,10 +165,10 @@ export class BatchDecoder {
           if (state.outputs) scatterRows(h, at, state.outputs);
         }
         const hf = layerNorm(h, this.param('ln_f.weight'), this.param('ln_f.bias'));
-        scatterRows(hf, tensor(positions.map((p) => (p >= 0 ? 0 : -1)), [B], { dtype: 'int32', device }), reshape(this.lastHf, [B, 1, D]));
+        scatterRows(hf, last, reshape(this.lastHf, [B, 1, D]));
         if (this.copyKeys && this.copyTokens) {
           scatterRows(model.linear(hf, this.param('copy.k.weight'), null), at, this.copyKeys);
-          scatterRows(tensor(ids, [B, 1], { dtype: 'int32', device }), at, reshape(this.copyTokens, [B, T, 1]));
+          scatterRows(idsT, at, reshape(this.copyTokens, [B, T, 1]));
         }
       }),
     );

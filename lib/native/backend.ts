@@ -99,6 +99,8 @@ export interface CudaAddon extends NativeBackend {
   probe(): CudaProbe;
   info(): CudaInfo;
   synchronize(): void;
+  /** How many times the host has waited for the op stream so far (every wait of the addon counts). */
+  synchronizations(): number;
   /** Device-to-device copy bandwidth in GB/s (bytes read plus written), best of reps. */
   probeCopyBandwidth(bytes: number, reps: number): number;
 }

@@ -101,9 +101,14 @@ Napi::Value info(const Napi::CallbackInfo& info) {
 // earlier kernel (an illegal address, say) surfaces here as a JS exception.
 Napi::Value synchronize(const Napi::CallbackInfo& info) {
   return mg::binding::guarded(info, "synchronize", [&]() -> Napi::Value {
-    mg::cuda::check(cudaStreamSynchronize(mg::cuda::stream()), "synchronize");
+    mg::cuda::synchronize_stream("synchronize");
     return info.Env().Undefined();
   });
+}
+
+// How many times the host has waited for the op stream (every synchronisation of this addon counts).
+Napi::Value synchronizations(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), double(mg::cuda::synchronizations()));
 }
 
 // (bytes, reps): the device-to-device copy bandwidth in GB/s (bytes read plus written), best of reps
@@ -169,6 +174,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   exports.Set("probe", Napi::Function::New(env, probe, "probe"));
   exports.Set("info", Napi::Function::New(env, info, "info"));
   exports.Set("synchronize", Napi::Function::New(env, synchronize, "synchronize"));
+  exports.Set("synchronizations", Napi::Function::New(env, synchronizations, "synchronizations"));
   exports.Set("probeCopyBandwidth", Napi::Function::New(env, probe_copy_bandwidth, "probeCopyBandwidth"));
 #if defined(MG_CUDA_EMU)
   exports.Set("emulatorLaunches", Napi::Function::New(env, emulator_launches, "emulatorLaunches"));

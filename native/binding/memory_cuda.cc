@@ -29,6 +29,7 @@ void raw_device_free(void* ptr) {
   try {
     // Kernels queued before the block was freed may still use it; cudaFree would
     // wait for the device too, but saying so here does not depend on that.
+    cuda::count_synchronization();
     cudaStreamSynchronize(cuda::stream());
   } catch (...) {
   }
@@ -62,14 +63,14 @@ void out_of_memory(int64_t bytes) {
 void copy_host_to_storage(void* dst, const void* host_src, size_t bytes) {
   cudaStream_t s = cuda::stream();
   cuda::check(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, s), "copyFromHost");
-  cuda::check(cudaStreamSynchronize(s), "copyFromHost");
+  cuda::synchronize_stream("copyFromHost");
 }
 
 // Runs after every kernel queued before it (so it also reports their errors).
 void copy_storage_to_host(void* host_dst, const void* src, size_t bytes) {
   cudaStream_t s = cuda::stream();
   cuda::check(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, s), "copyToHost");
-  cuda::check(cudaStreamSynchronize(s), "copyToHost");
+  cuda::synchronize_stream("copyToHost");
 }
 
 // Queued on the stream (returns at once). cudaMemcpy leaves overlapping copies undefined, so

@@ -42,11 +42,11 @@ int64_t first_bad_id(const int32_t* ids, int64_t n, int64_t vocab, int32_t* bad,
   check_launch(op);
   unsigned long long first = 0;
   check(cudaMemcpyAsync(&first, flag, sizeof first, cudaMemcpyDeviceToHost, s), op);
-  check(cudaStreamSynchronize(s), op);
+  synchronize_stream(op);
   if (first == ~0ull) return -1;
   int32_t id = 0;
   check(cudaMemcpyAsync(&id, ids + first, sizeof id, cudaMemcpyDeviceToHost, s), op);
-  check(cudaStreamSynchronize(s), op);
+  synchronize_stream(op);
   *bad = id;
   return int64_t(first);
 }

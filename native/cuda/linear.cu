@@ -830,7 +830,7 @@ bool wgmma_usable() {
     if (cudaGetLastError() != cudaSuccess) return false;  // no code for this device: the other path
     int host = 0;
     check(cudaMemcpyAsync(&host, flag, sizeof(int), cudaMemcpyDeviceToHost, s), "linear");
-    check(cudaStreamSynchronize(s), "linear");
+    synchronize_stream("linear");
     return host == 1;
   }();
   return usable;

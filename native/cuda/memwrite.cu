@@ -267,7 +267,7 @@ void memwrite_stats(int64_t B, int64_t S, int64_t T, int64_t D, const float* alp
   check_launch("memwriteStats");
   double host[2] = {0, 0};
   check(cudaMemcpyAsync(host, total, sizeof host, cudaMemcpyDeviceToHost, s), "memwriteStats");
-  check(cudaStreamSynchronize(s), "memwriteStats");
+  synchronize_stream("memwriteStats");
   stats[0] = R * D > 0 ? host[0] / double(R * D) : 0.0;
   stats[1] = host[1] / double(R);
 }

@@ -34,7 +34,7 @@ Chunk* device_chunks(const std::vector<Chunk>& chunks) {
   std::lock_guard<std::mutex> lock(mu);
   if (chunks.size() > capacity) {
     if (buffer) {
-      check(cudaStreamSynchronize(stream()), "optim chunk list");
+      synchronize_stream("optim chunk list");
       check(cudaFree(buffer), "optim chunk list");
       buffer = nullptr;
       capacity = 0;
@@ -189,7 +189,7 @@ double sum_squares(int64_t count, const int64_t* sizes, const float* const* x) {
   check_launch("sumSquares");
   double result = 0;
   check(cudaMemcpyAsync(&result, total, sizeof(double), cudaMemcpyDeviceToHost, stream()), "sumSquares");
-  check(cudaStreamSynchronize(stream()), "sumSquares");
+  synchronize_stream("sumSquares");
   return result;
 }
 

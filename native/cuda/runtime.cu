@@ -42,7 +42,7 @@ void* reduction_scratch(size_t bytes) {
   if (bytes > capacity) {
     if (buffer) {
       // Earlier reductions may still be reading it.
-      check(cudaStreamSynchronize(stream()), "reduction scratch");
+      synchronize_stream("reduction scratch");
       cudaFree(buffer);
       buffer = nullptr;
       capacity = 0;
@@ -54,5 +54,18 @@ void* reduction_scratch(size_t bytes) {
   }
   return buffer;
 }
+
+namespace {
+std::atomic<unsigned long long> waits{0};
+}
+
+void count_synchronization() { waits.fetch_add(1, std::memory_order_relaxed); }
+
+void synchronize_stream(const char* op) {
+  count_synchronization();
+  check(cudaStreamSynchronize(stream()), op);
+}
+
+unsigned long long synchronizations() { return waits.load(std::memory_order_relaxed); }
 
 }  // namespace mg::cuda

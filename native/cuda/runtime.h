@@ -25,6 +25,14 @@ void* reduction_scratch(size_t bytes);
 
 [[noreturn]] void fail_cuda(const char* op, cudaError_t err);
 
+// Waits for everything queued on stream(), and counts the wait: every host synchronisation of this addon goes
+// through here, so that a test can check that decoding waits once a token, not once a layer.
+void synchronize_stream(const char* op);
+// How many times the host has waited for the stream so far (synchronize_stream, and the allocator's frees).
+unsigned long long synchronizations();
+// Counts a wait made without synchronize_stream (where throwing is not allowed).
+void count_synchronization();
+
 inline void check(cudaError_t err, const char* op) {
   if (err != cudaSuccess) fail_cuda(op, err);
 }

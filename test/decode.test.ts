@@ -36,17 +36,29 @@ forEachDevice((device) => {
             const gateHost = randomArray(B * T * H, 3, -3, 3);
             const gate = S ? mg.cast(mg.tensor(gateHost, [B, T, H], opts), dtype) : undefined;
             const full = mg.cast(mg.attention(qkv, { nHeads: H, rope: c.rope, memKV, gateLogits: gate, memoryRead: c.memoryRead }), 'float32').toArray();
-            // Each sequence at its own position; the last sits the step out.
-            const positions = [T - 1, 0, Math.floor(T / 2), -1];
-            const gateRows = new Float32Array(B * H);
-            for (let b = 0; b < B; b++) for (let h = 0; h < H; h++) gateRows[b * H + h] = gateHost[(b * T + Math.max(positions[b], 0)) * H + h];
-            const out = mg.cast(mg.attentionDecode(qkv, mg.tensor(positions, [B], int32), {
-              nHeads: H, rope: c.rope, memKV, gateLogits: S ? mg.cast(mg.tensor(gateRows, [B, H], opts), dtype) : undefined, memoryRead: c.memoryRead,
-            }), 'float32').toArray();
-            const expected = new Float32Array(B * D);
-            for (let b = 0; b < B; b++) if (positions[b] >= 0) expected.set(full.subarray((b * T + positions[b]) * D, (b * T + positions[b] + 1) * D), b * D);
-            if (device === 'cpu') expect(Array.from(out)).toEqual(Array.from(expected));
-            else expectClose(out, expected, dtype === 'float32' ? 2e-6 : 1e-2, dtype === 'float32' ? 2e-5 : 1e-2);
+            // Token by token, each sequence starting at its own step (so at its own position), the last sitting
+            // every third step out: every row decoded equals the full attention's row.
+            const qkvHost = mg.cast(qkv, 'float32').toArray();
+            const start = [0, 2, 1, 3];
+            const cache = { keys: mg.zeros([B, H, d, T], opts), values: mg.cast(mg.zeros([B, T, D], opts), dtype) };
+            const fed = [0, 0, 0, 0];
+            for (let step = 0; fed.some((n) => n < T); step++) {
+              const positions = fed.map((n, b) => (step >= start[b] && n < T && !(b === 3 && step % 3 === 0) ? n : -1));
+              const rows = new Float32Array(B * 3 * D), gateRows = new Float32Array(B * H);
+              for (let b = 0; b < B; b++) {
+                const t = Math.max(positions[b], 0);
+                rows.set(qkvHost.subarray((b * T + t) * 3 * D, (b * T + t + 1) * 3 * D), b * 3 * D);
+                gateRows.set(gateHost.subarray((b * T + t) * H, (b * T + t + 1) * H), b * H);
+              }
+              const out = mg.tidy(() => mg.cast(mg.attentionDecode(mg.cast(mg.tensor(rows, [B, 3 * D], opts), dtype), mg.tensor(positions, [B], int32), cache, {
+                nHeads: H, rope: c.rope, memKV, gateLogits: S ? mg.cast(mg.tensor(gateRows, [B, H], opts), dtype) : undefined, memoryRead: c.memoryRead,
+              }), 'float32').toArray());
+              const expected = new Float32Array(B * D);
+              for (let b = 0; b < B; b++) if (positions[b] >= 0) expected.set(full.subarray((b * T + positions[b]) * D, (b * T + positions[b] + 1) * D), b * D);
+              if (device === 'cpu') expect(Array.from(out)).toEqual(Array.from(expected));
+              else expectClose(out, expected, dtype === 'float32' ? 2e-6 : 1e-2, dtype === 'float32' ? 2e-5 : 1e-2);
+              for (let b = 0; b < B; b++) if (positions[b] >= 0) fed[b]++;
+            }
           }));
         });
       }
@@ -54,14 +66,18 @@ forEachDevice((device) => {
 
     it('refuses bad shapes and inputs that require grad, with one clear error', () => {
       mg.tidy(() => {
-        const cache = mg.zeros([2, 4, 12], opts);
+        const qkv = mg.zeros([2, 12], opts);
         const pos = mg.tensor([0, 1], [2], int32);
-        expect(() => mg.attentionDecode(cache, mg.tensor([0, 1], [2], opts), { nHeads: 2, rope: false })).toThrow(/positions must be int32 \[2\]/);
-        expect(() => mg.attentionDecode(mg.zeros([2, 4, 10], opts), pos, { nHeads: 2, rope: false })).toThrow(/cache must be \[B, T ≥ 1, 3D\]/);
-        expect(() => mg.attentionDecode(cache, pos, { nHeads: 3, rope: false })).toThrow(/nHeads 3 does not divide/);
-        expect(() => mg.attentionDecode(cache, pos, { nHeads: 2, rope: false, memKV: mg.zeros([2, 3, 8], opts), gateLogits: mg.zeros([2, 3], opts) })).toThrow(/gateLogits must be \[2, 2\]/);
-        const p = mg.parameter(mg.zeros([2, 4, 12], opts));
-        expect(() => mg.attentionDecode(p, pos, { nHeads: 2, rope: false })).toThrow(/records no gradient/);
+        const cache = { keys: mg.zeros([2, 2, 2, 4], opts), values: mg.zeros([2, 4, 4], opts) };
+        const attend = (q: mg.Tensor, p: mg.Tensor, c: typeof cache, o: Partial<Parameters<typeof mg.attentionDecode>[3]> = {}) =>
+          mg.attentionDecode(q, p, c, { nHeads: 2, rope: false, ...o });
+        expect(() => attend(qkv, mg.tensor([0, 1], [2], opts), cache)).toThrow(/positions must be int32 \[2\]/);
+        expect(() => attend(mg.zeros([2, 10], opts), pos, cache)).toThrow(/qkv must be \[B, 3D\]/);
+        expect(() => attend(qkv, pos, cache, { nHeads: 3 })).toThrow(/nHeads 3 does not divide/);
+        expect(() => attend(qkv, pos, { keys: mg.zeros([2, 2, 2, 5], opts), values: cache.values })).toThrow(/keys must be \[2, 2, 2, 4\]/);
+        expect(() => attend(qkv, pos, cache, { memKV: mg.zeros([2, 3, 8], opts), gateLogits: mg.zeros([2, 3], opts) })).toThrow(/gateLogits must be \[2, 2\]/);
+        const p = mg.parameter(mg.zeros([2, 12], opts));
+        expect(() => attend(p, pos, cache)).toThrow(/records no gradient/);
         p.dispose();
       });
     });

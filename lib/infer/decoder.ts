@@ -1,6 +1,6 @@
 // Incremental decoding (SPEC.md §5) on the native kernels: a BatchDecoder runs B sequences at once, each with its
 // own position, memory and copy context, one token per sequence a step, through the model's own block() with the
-// attention family's decode kernel. Per layer the current segment's qkv rows and outputs stay on the device, and
+// attention family's decode kernel. Per layer the current segment's keys, values and outputs stay on the device, and
 // the memory is written there when a sequence's segment is full, so memory and time per token stay bounded by T
 // and S however long the text. A step sends the tokens and positions to the device and, when asked for, brings
 // back the distributions: nothing else crosses per token. Decoder is the one-sequence form. Sampling is in
@@ -9,7 +9,7 @@ import { noGrad } from '../core/autograd.js';
 import { MemgptError } from '../core/errors.js';
 import { keep, tensor, tidy, zeros, type Tensor } from '../core/tensor.js';
 import type { MemGPT, Precision } from '../nn/model.js';
-import { attentionDecode, copyMixProbs, scatterRows } from '../ops/decode.js';
+import { attentionDecode, copyMixProbs, scatterRows, type DecodeCache } from '../ops/decode.js';
 import { add } from '../ops/elementwise.js';
 import { embedding, layerNorm, sinusoidalPositions } from '../ops/norm.js';
 import { reshape, stridedCopyInto } from '../ops/shape.js';
@@ -22,9 +22,9 @@ export function checkToken(model: MemGPT, token: number, what: string): void {
   }
 }
 
-/** One layer's device state: the segment's qkv rows [B, T, 3D] and outputs [B, T, D], the memory and its K/V. */
+/** One layer's device state: the segment's key/value cache and outputs [B, T, D], the memory and its K/V. */
 interface LayerState {
-  qkv: Tensor;
+  cache: DecodeCache;
   outputs: Tensor | null;
   memory: Tensor | null;
   memKV: Tensor | null;
@@ -66,7 +66,7 @@ export class BatchDecoder {
     this.model = model;
     this.batch = batch;
     this.precision = model.precision;
-    const { dModel: D, segmentLen: T, memSlots: S, nLayers: L, copyHead } = model.config;
+    const { dModel: D, segmentLen: T, memSlots: S, nLayers: L, nHeads: H, copyHead } = model.config;
     const device = model.device;
     const dtype = this.precision === 'bfloat16' ? 'bfloat16' : 'float32';
     this.pos = new Int32Array(batch);
@@ -79,7 +79,7 @@ export class BatchDecoder {
         for (let l = 0; l < L; l++) {
           const memory = S > 0 ? make(init[l]) : null;
           this.layers.push({
-            qkv: make(zeros([batch, T, 3 * D], { device, dtype })),
+            cache: { keys: make(zeros([batch, H, D / H, T], { device })), values: make(zeros([batch, T, D], { device, dtype })) },
             outputs: S > 0 ? make(zeros([batch, T, D], { device })) : null,
             memory,
             memKV: memory ? make(tidy(() => model.memoryKV(l, memory))) : null,
@@ -155,8 +155,7 @@ export class BatchDecoder {
         for (let l = 0; l < this.layers.length; l++) {
           const state = this.layers[l];
           h = model.block(l, h, (qkv, gateLogits) => {
-            scatterRows(qkv, at, state.qkv);
-            const o = attentionDecode(state.qkv, at, {
+            const o = attentionDecode(qkv, at, state.cache, {
               nHeads: H, rope: positional === 'rope', memoryRead: model.memoryRead,
               ...(S > 0 ? { memKV: state.memKV!, gateLogits: gateLogits! } : {}),
             });
@@ -300,7 +299,7 @@ export class BatchDecoder {
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
-    for (const s of this.layers) for (const t of [s.qkv, s.outputs, s.memory, s.memKV]) t?.dispose();
+    for (const s of this.layers) for (const t of [s.cache.keys, s.cache.values, s.outputs, s.memory, s.memKV]) t?.dispose();
     this.copyKeys?.dispose();
     this.copyTokens?.dispose();
     this.lastHf.dispose();

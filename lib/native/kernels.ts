@@ -19,7 +19,7 @@ export interface AttentionKernels {
     dtype: number, B: number, T: number, H: number, d: number, S: number, rope: boolean, memMode: number,
     ...tensors: (StorageHandle | number | null)[]
   ): void;
-  /** Tensors: cache, positions (int32), memKV, gateLogits, out, each as (handle, offset); memKV and gateLogits (null, 0) without memory. */
+  /** Tensors: qkv, positions (int32), keys (float32), values, memKV, gateLogits, out, each as (handle, offset); memKV and gateLogits (null, 0) without memory. */
   attentionDecode?(
     dtype: number, B: number, T: number, H: number, d: number, S: number, rope: boolean, memMode: number,
     ...tensors: (StorageHandle | number | null)[]

@@ -50,31 +50,43 @@ export interface AttentionDecodeOptions {
   memoryRead?: MemoryRead;
 }
 
+/** The key and value caches of one layer's current segment for B sequences (see attentionDecode). */
+export interface DecodeCache {
+  /** float32 [B, H, d, T]: each head's keys, rotated as attention rotates them, transposed (feature-major). */
+  keys: Tensor;
+  /** [B, T, D] in the qkv rows' dtype: the values. */
+  values: Tensor;
+}
+
 /**
- * One decoding step of attention: cache [B, T, 3D] holds each sequence's qkv rows of its current segment, and
- * positions (int32 [B]) the row of its newest token (−1: the sequence sits this step out; its row of the output is
- * 0). Returns out [B, D]: row positions[b] of attention(cache[b], options), computed from that row's query and the
- * rows before it only.
+ * One decoding step of attention. qkv [B, 3D] (or [B, 1, 3D]) is each sequence's new row, positions (int32 [B]) its
+ * row in the segment (−1: the sequence sits this step out; nothing is written for it and its output row is 0). The
+ * new keys and values are written into `cache` at those rows, then out [B, D] is row positions[b] of
+ * attention(segment rows 0 … positions[b], options): what the full op gives that row.
  */
-export function attentionDecode(cache: Tensor, positions: Tensor, options: AttentionDecodeOptions): Tensor {
+export function attentionDecode(qkv: Tensor, positions: Tensor, cache: DecodeCache, options: AttentionDecodeOptions): Tensor {
   const op = 'attentionDecode';
   const { nHeads: H, rope, memKV, gateLogits } = options;
+  const { keys, values } = cache;
   const memMode = memModes[options.memoryRead ?? 'gated'];
   if (memMode === undefined) throw new MemgptError(`${op}: memoryRead must be 'gated', 'positional' or 'joint' (got ${String(options.memoryRead)})`);
   if ((memKV === undefined) !== (gateLogits === undefined)) throw new MemgptError(`${op}: memKV and gateLogits come together`);
-  checkTensors(op, memKV ? { cache, memKV, gateLogits: gateLogits! } : { cache }, ['float32', 'bfloat16']);
-  checkTensors(op, { cache, positions });
-  if (memKV) {
-    sameDtype(op, cache, memKV);
-    sameDtype(op, cache, gateLogits!);
-  }
-  inferenceOnly(op, [cache, memKV, gateLogits]);
-  if (cache.rank !== 3 || cache.shape[2] % 3 !== 0 || cache.shape[1] < 1) throw new MemgptError(`${op}: cache must be [B, T ≥ 1, 3D], got ${shapeStr(cache.shape)}`);
-  const [B, T, threeD] = cache.shape;
+  checkTensors(op, memKV ? { qkv, values, memKV, gateLogits: gateLogits! } : { qkv, values }, ['float32', 'bfloat16']);
+  checkTensors(op, { qkv, positions, keys });
+  for (const t of [values, memKV, gateLogits]) if (t) sameDtype(op, qkv, t);
+  if (keys.dtype !== 'float32') throw new MemgptError(`${op}: the key cache is float32, got ${keys.dtype}`);
+  inferenceOnly(op, [qkv, memKV, gateLogits]);
+  const B = qkv.shape[0], threeD = qkv.shape[qkv.rank - 1];
+  if (qkv.size !== B * threeD || threeD % 3 !== 0) throw new MemgptError(`${op}: qkv must be [B, 3D], got ${shapeStr(qkv.shape)}`);
   const D = threeD / 3;
-  if (!Number.isInteger(H) || H < 1 || D % H !== 0) throw new MemgptError(`${op}: nHeads ${H} does not divide the width D = ${D} of cache ${shapeStr(cache.shape)}`);
+  if (!Number.isInteger(H) || H < 1 || D % H !== 0) throw new MemgptError(`${op}: nHeads ${H} does not divide the width D = ${D} of qkv ${shapeStr(qkv.shape)}`);
   const d = D / H;
   if (rope && d % 2 !== 0) throw new MemgptError(`${op}: rope needs an even head width, got d = ${d}`);
+  if (values.rank !== 3 || values.shape[0] !== B || values.shape[2] !== D || values.shape[1] < 1) {
+    throw new MemgptError(`${op}: values must be [${B}, T ≥ 1, ${D}], got ${shapeStr(values.shape)}`);
+  }
+  const T = values.shape[1];
+  if (keys.shape.join() !== [B, H, d, T].join()) throw new MemgptError(`${op}: keys must be [${B}, ${H}, ${d}, ${T}], got ${shapeStr(keys.shape)}`);
   checkPositions(op, positions, B);
   let S = 0;
   if (memKV) {
@@ -86,12 +98,13 @@ export function attentionDecode(cache: Tensor, positions: Tensor, options: Atten
     }
     S = memKV.shape[1];
   }
-  const k = cache.storage.backend;
-  if (!k.attentionDecode) throw new MemgptError(`${op}: not implemented on ${cache.device} yet`);
-  const out = empty([B, D], { dtype: cache.dtype, device: cache.device });
+  const k = qkv.storage.backend;
+  if (!k.attentionDecode) throw new MemgptError(`${op}: not implemented on ${qkv.device} yet`);
+  const out = empty([B, D], { dtype: qkv.dtype, device: qkv.device });
   try {
-    callNative(op, { cache }, () =>
-      k.attentionDecode!(dtypeCode[cache.dtype], B, T, H, d, S, rope, memMode, ...ref(cache), ...ref(positions), ...ref(memKV), ...ref(gateLogits), ...ref(out)),
+    callNative(op, { qkv }, () =>
+      k.attentionDecode!(dtypeCode[qkv.dtype], B, T, H, d, S, rope, memMode,
+        ...ref(qkv), ...ref(positions), ...ref(keys), ...ref(values), ...ref(memKV), ...ref(gateLogits), ...ref(out)),
     );
   } catch (e) {
     out.dispose();

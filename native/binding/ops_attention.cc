@@ -1,5 +1,5 @@
 // N-API bindings of the op family "attention" (shared by the CPU and CUDA addons): argument checks, no math.
-// attentionDecode takes the decoding cache [B, T, 3D] and the positions [B] (int32) where the forward takes qkv.
+// attentionDecode takes the new rows qkv [B, 3D], the positions [B] (int32) and the key and value caches.
 // The dtype code first (float32 or bfloat16: every tensor but the logsumexps, which are float32), then the sizes
 // (B, T, H, d, S, rope, memory read mode), then (handle, element offset) per tensor; a tensor that is absent (no memory, or nothing
 // to save) is passed as (null, 0). S = 0 means no memory.
@@ -110,13 +110,15 @@ Napi::Value attentionDecode(const Napi::CallbackInfo& info) {
     if (s.T < 1) fail("attentionDecode: the cache needs T >= 1 rows");
     const bool mem = s.S > 0;
     const int64_t D = s.D();
-    const void* cache = tensor_arg(args, "cache", dt, s.B * s.T * 3 * D, true);
+    const void* qkv = tensor_arg(args, "qkv", dt, s.B * 3 * D, true);
     const auto* positions = static_cast<const int32_t*>(tensor_arg(args, "positions", DType::I32, s.B, true));
+    float* keys = f32_arg(args, "keys", s.B * s.T * D, true);
+    void* values = tensor_arg(args, "values", dt, s.B * s.T * D, true);
     const void* mem_kv = tensor_arg(args, "memKV", dt, s.B * s.S * 2 * D, mem);
     const void* gate = tensor_arg(args, "gateLogits", dt, s.B * s.H, mem);
     void* out = tensor_arg(args, "out", dt, s.B * D, true);
     if (!mem && (mem_kv || gate)) fail("attentionDecode: memKV and gateLogits need S > 0");
-    K::attention_decode(dt, s.B, s.T, s.H, s.d, s.S, s.rope, s.mem_mode, cache, positions, mem_kv, gate, out);
+    K::attention_decode(dt, s.B, s.T, s.H, s.d, s.S, s.rope, s.mem_mode, qkv, positions, keys, values, mem_kv, gate, out);
     return info.Env().Undefined();
   });
 }

@@ -294,10 +294,13 @@ struct ForwardScratch {
 // Online-softmax attention of `rows` query rows (q, leading dim ldq; query r is at position qpos0 + r) over nk
 // keys/values (row j at k + j·ld, v + j·ld). Causal: query p sees keys j ≤ p. Keys are rotated when rt is set.
 // Writes out (rows × d, normalised) and lse (rows).
+// With kt_cache (decoding), the keys come from there instead: already rotated and transposed, [d, ldkt] (key j
+// of feature i at kt_cache[i·ldkt + j]), copied into the tile row by row.
 template <typename T>
 MG_INLINE void attend_rows(const float* q, int64_t ldq, int64_t rows, int64_t qpos0, const T* k, const T* v,
                            int64_t ld, int64_t nk, bool causal, const RopeTable* rt, int64_t d, float scale,
-                           ForwardScratch& w, float* out, float* lse) {
+                           ForwardScratch& w, float* out, float* lse, const float* kt_cache = nullptr,
+                           int64_t ldkt = 0) {
   float* m = w.m.data();
   float* l = w.l.data();
   for (int64_t r = 0; r < rows; r++) {
@@ -308,7 +311,11 @@ MG_INLINE void attend_rows(const float* q, int64_t ldq, int64_t rows, int64_t qp
   int64_t k_end = causal ? std::min(nk, qpos0 + rows) : nk;
   for (int64_t k0 = 0; k0 < k_end; k0 += kKB) {
     int64_t n = std::min(kKB, k_end - k0);
-    load_tile_t(k + k0 * ld, ld, n, d, rt, k0, w.tmp.data(), w.kt.data());
+    if (kt_cache) {
+      for (int64_t i = 0; i < d; i++) std::memcpy(w.kt.data() + i * kKB, kt_cache + i * ldkt + k0, size_t(n) * sizeof(float));
+    } else {
+      load_tile_t(k + k0 * ld, ld, n, d, rt, k0, w.tmp.data(), w.kt.data());
+    }
     score_tile(q, ldq, rows, w.kt.data(), n, d, scale, w.s.data());
     int64_t ldv;
     const float* vt = widen_rows(v + k0 * ld, ld, n, d, w.vrows.data(), &ldv);
@@ -417,15 +424,19 @@ void forward_range_generic(const ForwardArgs<T>& a, size_t lo, size_t hi) {
 
 // ---------------------------------------------------------------- decoding
 
-// One decoding task: sequence b, head h, the query of row p = positions[b] of the cache. It is forward_task at
-// rows = 1 over the same rows, so it computes what the full forward computes for that row, bit for bit: the key
-// tiles start at 0 in steps of kKB as there, and each score, exponential and sum runs in the same order.
+// One decoding task: sequence b, head h, the new token at row p = positions[b]. It appends the token's key (rotated
+// at p, transposed) and value to the caches, then is forward_task at rows = 1: the key tiles start at 0 in steps of
+// kKB as there and hold the same float32 values (a key is rotated by the same rope_rotate, once, when it arrives),
+// and each score, exponential and sum runs in the same order, so it computes the full forward's row bit for bit.
 template <typename T>
 struct DecodeArgs {
   const Dims* s;
   const RopeTable* rt;
-  const T *cache, *mem_kv, *gate_logits;
+  const T* qkv;
   const int32_t* positions;
+  float* keys;
+  T* values;
+  const T *mem_kv, *gate_logits;
   T* out;
 };
 
@@ -442,7 +453,14 @@ MG_INLINE void decode_task(const DecodeArgs<T>& a, int64_t b, int64_t h, Forward
     store_row(o, w.tmp.data(), d);
     return;
   }
-  const T* qsrc = a.cache + (b * s.T + p) * 3 * D + h * d;
+  const T* qsrc = a.qkv + b * 3 * D + h * d;
+  const T* ksrc = qsrc + D;
+  const T* vsrc = ksrc + D;
+  float* kt = a.keys + (b * s.H + h) * d * s.T;
+  if (s.rope) rope_rotate(ksrc, w.tmp.data(), rt, p);
+  for (int64_t i = 0; i < d; i++) kt[i * s.T + p] = s.rope ? w.tmp[size_t(i)] : load(ksrc + i);
+  T* values = a.values + b * s.T * D + h * d;
+  std::copy(vsrc, vsrc + d, values + p * D);
   int64_t ldq0;
   const float* q0 = widen_rows(qsrc, 3 * D, 1, d, (s.rope ? w.q0 : w.q).data(), &ldq0);
   const float* q = q0;
@@ -452,9 +470,8 @@ MG_INLINE void decode_task(const DecodeArgs<T>& a, int64_t b, int64_t h, Forward
     q = w.q.data();
     ldq = d;
   }
-  const T* kbase = a.cache + b * s.T * 3 * D + D + h * d;
   float lse_self = 0.f, lse_mem = 0.f;
-  attend_rows(q, ldq, 1, p, kbase, kbase + D, 3 * D, s.T, true, s.rope ? &rt : nullptr, d, scale, w, a_row, &lse_self);
+  attend_rows<T>(q, ldq, 1, p, nullptr, values, D, s.T, true, nullptr, d, scale, w, a_row, &lse_self, kt, s.T);
   if (s.S == 0) {
     store_row(o, a_row, d);
     return;
@@ -743,16 +760,16 @@ void attention_forward(DType dt, int64_t B, int64_t T, int64_t H, int64_t d, int
 }
 
 void attention_decode(DType dt, int64_t B, int64_t T, int64_t H, int64_t d, int64_t S, bool rope, int mem_mode,
-                      const void* cache, const int32_t* positions, const void* mem_kv, const void* gate_logits,
-                      void* out) {
+                      const void* qkv, const int32_t* positions, float* keys, void* values, const void* mem_kv,
+                      const void* gate_logits, void* out) {
   const Dims s{B, T, H, d, S, rope, mem_mode};
   check_dims(s);
   dispatch_float(dt, "attention_decode", [&](auto tag) {
     using E = decltype(tag);
     if (B == 0) return;
     const RopeTable& rt = rope_table(s);
-    const DecodeArgs<E> a{&s, &rt, static_cast<const E*>(cache), static_cast<const E*>(mem_kv),
-                          static_cast<const E*>(gate_logits), positions, static_cast<E*>(out)};
+    const DecodeArgs<E> a{&s, &rt, static_cast<const E*>(qkv), positions, keys, static_cast<E*>(values),
+                          static_cast<const E*>(mem_kv), static_cast<const E*>(gate_logits), static_cast<E*>(out)};
     const bool avx2 = use_avx2();
     parallel_for(0, size_t(B * H), 1, [&](size_t lo, size_t hi) {
       if (avx2) decode_range_avx2(a, lo, hi);

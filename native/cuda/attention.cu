@@ -1009,10 +1009,11 @@ __global__ void __launch_bounds__(kBlock) attention_dq_kernel(BwdParams<E> p) {
 
 // ---------------------------------------------------------------- decoding
 
-// attention_decode: one block of kDecodeThreads per (sequence, head), the query of the sequence's newest cache row
-// against the rows before it. The keys are walked in chunks of kDecodeThreads, one key a thread, with an online
-// softmax (so any segment length fits the fixed shared memory); thread c < d accumulates output column c over the
-// chunk's weights. Then the same over the memory slots, then the gate, as attention_forward_kernel does it.
+// attention_decode: one block of kDecodeThreads per (sequence, head). Thread c < d appends feature c of the new
+// key (rotated) and value to the caches; then the query against the keys before it, walked in chunks of
+// kDecodeThreads, one key a thread (the transposed key cache makes those reads coalesced), with an online softmax
+// (so any segment length fits the fixed shared memory); thread c < d accumulates output column c over each chunk's
+// weights. Then the same over the memory slots, then the gate, as attention_forward_kernel does it.
 constexpr int kDecodeThreads = 128;
 
 template <typename E>
@@ -1020,42 +1021,37 @@ struct DecodeParams {
   int64_t T, H, d, S, D;
   float scale;
   bool joint, mem_positions;
-  const E* cache;           // [B, T, 3D]
+  const E* qkv;              // [B, 3D]: the new rows
   const int32_t* positions;  // [B]
+  float* keys;               // [B, H, d, T]: rotated, transposed
+  E* values;                 // [B, T, D]
   const E* mem_kv;
-  const E* gate_logits;     // [B, H]
-  const float* cos_t;       // RoPE table [T (+ S with mem_positions), d/2]; nullptr without rope
+  const E* gate_logits;      // [B, H]
+  const float* cos_t;        // RoPE table [T (+ S with mem_positions), d/2]; nullptr without rope
   const float* sin_t;
-  E* out;                   // [B, D]
+  E* out;                    // [B, D]
 };
 
-// Online softmax of q (shared, float32) against n rows (row j at rows + j·ld, rotated at position j when cos_t is
-// set), weighting the value rows (vals + j·ld): thread c < d gets column c of the normalised output in *acc_out;
-// every thread gets the logsumexp. sc and red are shared scratch of kDecodeThreads and 32 floats.
+// Feature c of row z (head width d) rotated at position pos (rotate-half, as the CPU's rope_rotate).
 template <typename E>
-__device__ float decode_attend(const float* q, const E* rows, const E* vals, int64_t ld, int64_t n, int d,
-                               const float* cos_t, const float* sin_t, float scale, float* sc, float* red,
-                               float* acc_out) {
-  const int half = d >> 1, c = threadIdx.x;
+__device__ __forceinline__ float rotated(const E* z, int c, int d, const float* cos_t, const float* sin_t, int64_t pos) {
+  const int half = d >> 1, i = c < half ? c : c - half;
+  const float a = load(z + i), b = load(z + i + half);
+  const int64_t at = pos * half + i;
+  return c < half ? a * cos_t[at] - b * sin_t[at] : a * sin_t[at] + b * cos_t[at];
+}
+
+// Online softmax of the scores score(j) of n keys, weighting the value rows (vals + j·ld): thread c < d gets
+// column c of the normalised output in *acc_out; every thread gets the logsumexp. sc and red are shared scratch
+// of kDecodeThreads and 32 floats.
+template <typename E, typename Score>
+__device__ float decode_attend(Score score_of, const E* vals, int64_t ld, int64_t n, int d, float scale, float* sc,
+                               float* red, float* acc_out) {
+  const int c = threadIdx.x;
   float m = -INFINITY, l = 0.f, acc = 0.f;
   for (int64_t k0 = 0; k0 < n; k0 += kDecodeThreads) {
     const int64_t j = k0 + threadIdx.x;
-    float score = -INFINITY;
-    if (j < n) {
-      const E* k = rows + j * ld;
-      float dot = 0.f;
-      if (cos_t) {
-        for (int i = 0; i < half; i++) {
-          const float cs = cos_t[j * half + i], sn = sin_t[j * half + i];
-          const float a = load(k + i), b = load(k + i + half);
-          dot += q[i] * (a * cs - b * sn);
-          dot += q[i + half] * (a * sn + b * cs);
-        }
-      } else {
-        for (int i = 0; i < d; i++) dot += q[i] * load(k + i);
-      }
-      score = dot * scale;
-    }
+    const float score = j < n ? score_of(j) * scale : -INFINITY;
     const float m_new = fmaxf(m, block_max(score, red));
     const float e = j < n ? expf(score - m_new) : 0.f;
     sc[threadIdx.x] = e;
@@ -1080,44 +1076,50 @@ __global__ void __launch_bounds__(kDecodeThreads) attention_decode_kernel(Decode
   __shared__ float qm[kMaxHeadDim];
   __shared__ float sc[kDecodeThreads];
   __shared__ float red[32];
-  const int64_t b = blockIdx.x / p.H, h = blockIdx.x % p.H, D = p.D;
-  const int d = int(p.d), half = d >> 1, c = threadIdx.x;
+  const int64_t b = blockIdx.x / p.H, h = blockIdx.x % p.H, D = p.D, T = p.T;
+  const int d = int(p.d), c = threadIdx.x;
   E* o = p.out + b * D + h * d;
   const int64_t pos = p.positions[b];
-  if (pos < 0 || pos >= p.T) {
+  if (pos < 0 || pos >= T) {
     if (c < d) store(o + c, 0.f);
     return;
   }
-  const E* row = p.cache + (b * p.T + pos) * 3 * D + h * d;
+  const E* row = p.qkv + b * 3 * D + h * d;
+  float* keys = p.keys + (b * p.H + h) * d * T;
+  E* values = p.values + b * T * D + h * d;
   if (c < d) {
     const float x = load(row + c);
-    if (p.cos_t) {
-      const int i = c < half ? c : c - half;
-      const float a = load(row + i), bb = load(row + i + half);
-      const int64_t at = pos * half + i;
-      q[c] = c < half ? a * p.cos_t[at] - bb * p.sin_t[at] : a * p.sin_t[at] + bb * p.cos_t[at];
-      if (p.mem_positions) {
-        const int64_t am = (pos + p.S) * half + i;
-        qm[c] = c < half ? a * p.cos_t[am] - bb * p.sin_t[am] : a * p.sin_t[am] + bb * p.cos_t[am];
-      } else {
-        qm[c] = x;
-      }
-    } else {
-      q[c] = qm[c] = x;
-    }
+    q[c] = p.cos_t ? rotated(row, c, d, p.cos_t, p.sin_t, pos) : x;
+    qm[c] = p.mem_positions ? rotated(row, c, d, p.cos_t, p.sin_t, pos + p.S) : x;
+    keys[c * T + pos] = p.cos_t ? rotated(row + D, c, d, p.cos_t, p.sin_t, pos) : load(row + D + c);
+    values[pos * D + c] = row[2 * D + c];
   }
-  __syncthreads();
-  const E* keys = p.cache + b * p.T * 3 * D + D + h * d;
+  __syncthreads();  // the appended key and value, and q, are read by other threads below
   float a_c = 0.f, r_c = 0.f;
-  const float lse_self = decode_attend(q, keys, keys + D, 3 * D, pos + 1, d, p.cos_t, p.sin_t, p.scale, sc, red, &a_c);
+  const float lse_self = decode_attend<E>(
+      [&](int64_t j) {
+        float dot = 0.f;
+        for (int i = 0; i < d; i++) dot += q[i] * keys[i * T + j];
+        return dot;
+      },
+      values, D, pos + 1, d, p.scale, sc, red, &a_c);
   if (p.S == 0) {
     if (c < d) store(o + c, a_c);
     return;
   }
   const E* mk = p.mem_kv + b * p.S * 2 * D + h * d;
-  const bool rotated = p.mem_positions;
-  const float lse_mem = decode_attend(qm, mk, mk + D, 2 * D, p.S, d, rotated ? p.cos_t : nullptr,
-                                      rotated ? p.sin_t : nullptr, p.scale, sc, red, &r_c);
+  const float lse_mem = decode_attend<E>(
+      [&](int64_t j) {
+        const E* k = mk + j * 2 * D;
+        float dot = 0.f;
+        if (p.mem_positions) {
+          for (int i = 0; i < d; i++) dot += qm[i] * rotated(k, i, d, p.cos_t, p.sin_t, j);
+        } else {
+          for (int i = 0; i < d; i++) dot += qm[i] * load(k + i);
+        }
+        return dot;
+      },
+      mk + D, 2 * D, p.S, d, p.scale, sc, red, &r_c);
   const float logit = load(p.gate_logits + b * p.H + h);
   const float g = p.joint ? sigmoid_ref(float(double(logit) + double(lse_mem) - double(lse_self))) : sigmoid_ref(logit);
   if (c < d) store(o + c, g * r_c + (1.f - g) * a_c);
@@ -1264,8 +1266,8 @@ void attention_forward(DType dt, int64_t B, int64_t T, int64_t H, int64_t d, int
 }
 
 void attention_decode(DType dt, int64_t B, int64_t T, int64_t H, int64_t d, int64_t S, bool rope, int mem_mode,
-                      const void* cache, const int32_t* positions, const void* mem_kv, const void* gate_logits,
-                      void* out) {
+                      const void* qkv, const int32_t* positions, float* keys, void* values, const void* mem_kv,
+                      const void* gate_logits, void* out) {
   check_dims(H, d, rope);
   const bool mem_positions = S > 0 && rope && (mem_mode & kMemPositions);
   const int64_t rope_rows = T + (mem_positions ? S : 0);
@@ -1273,8 +1275,9 @@ void attention_decode(DType dt, int64_t B, int64_t T, int64_t H, int64_t d, int6
     using E = decltype(tag);
     if (B == 0) return;
     DecodeParams<E> p{T, H, d, S, H * d, float(1.0 / std::sqrt(double(d))), S > 0 && (mem_mode & kMemJoint) != 0,
-                      mem_positions, static_cast<const E*>(cache), positions, static_cast<const E*>(mem_kv),
-                      static_cast<const E*>(gate_logits), nullptr, nullptr, static_cast<E*>(out)};
+                      mem_positions, static_cast<const E*>(qkv), positions, keys, static_cast<E*>(values),
+                      static_cast<const E*>(mem_kv), static_cast<const E*>(gate_logits), nullptr, nullptr,
+                      static_cast<E*>(out)};
     if (rope) {
       float* scratch =
           static_cast<float*>(reduction_scratch(size_t(2 * aligned(rope_rows * (d / 2))) * sizeof(float)));

@@ -1,0 +1,126 @@
+// Decoding speed on the native decode path: greedy tokens/s at batch 1 (Decoder: distribution(), argmax, feed(),
+// what `memgpt generate` does a token) and the throughput of B sequences at once (BatchDecoder: distributions(),
+// argmax per row, step()), each sequence prefilled with its own random prompt, over enough tokens to cross segment
+// boundaries (and write the memories). Median of the repeats; FLOPs and weight bytes per token beside them.
+// Usage: npx tsx bench/decode.ts [--preset small] [--threads 1] [--batches 1,4,16] [--tokens 320] [--repeats 3]
+//        [--decoder-only] [--out FILE]
+// --decoder-only times batch 1 through Decoder alone: the API older versions have too, for a before/after.
+import { closeSync, fsyncSync, openSync, renameSync, writeFileSync } from 'node:fs';
+import { cpus } from 'node:os';
+import { parseArgs } from 'node:util';
+
+import * as mg from '../lib/index.js';
+import { presets, type PresetName } from '../lib/nn/config.js';
+import { MemGPT } from '../lib/nn/model.js';
+import * as decoding from '../lib/infer/decoder.js';
+
+const { values: flags } = parseArgs({
+  options: {
+    preset: { type: 'string', default: 'small' },
+    threads: { type: 'string', default: '1' },
+    batches: { type: 'string', default: '1,4,16' },
+    tokens: { type: 'string', default: '320' },
+    repeats: { type: 'string', default: '3' },
+    'decoder-only': { type: 'boolean', default: false },
+    out: { type: 'string' },
+  },
+});
+const preset = flags.preset as PresetName;
+if (!(preset in presets)) throw new Error(`unknown preset ${preset}`);
+mg.setNumThreads(Number(flags.threads));
+const cfg = presets[preset];
+const steps = Number(flags.tokens), repeats = Number(flags.repeats);
+const model = MemGPT.init(cfg, { seed: 0, device: 'cpu' });
+const promptLength = 32;
+const prompts = (B: number, seed: number) => {
+  const rng = new mg.Rng(seed);
+  return Array.from({ length: B }, () => Int32Array.from({ length: promptLength }, () => rng.int(cfg.vocabSize)));
+};
+const argmax = (p: ArrayLike<number>, from: number, n: number) => {
+  let best = 0;
+  for (let v = 1; v < n; v++) if (p[from + v] > p[from + best]) best = v;
+  return best;
+};
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+/** Seconds for `steps` greedy tokens of one sequence through Decoder. */
+function timeDecoder(seed: number): number {
+  const decoder = new decoding.Decoder(model);
+  try {
+    decoder.feedMany(prompts(1, seed)[0]);
+    const t0 = performance.now();
+    for (let i = 0; i < steps; i++) decoder.feed(argmax(decoder.distribution(), 0, cfg.vocabSize));
+    return (performance.now() - t0) / 1000;
+  } finally {
+    decoder.dispose();
+  }
+}
+
+/** Seconds for `steps` greedy tokens of each of B sequences through BatchDecoder. */
+function timeBatch(B: number, seed: number): number {
+  const decoder = new decoding.BatchDecoder(model, B);
+  try {
+    prompts(B, seed).forEach((p, b) => decoder.prefill(b, p));
+    const next = new Int32Array(B);
+    const t0 = performance.now();
+    for (let i = 0; i < steps; i++) {
+      const probs = decoder.distributions();
+      for (let b = 0; b < B; b++) next[b] = argmax(probs, b * cfg.vocabSize, cfg.vocabSize);
+      decoder.step(next);
+    }
+    return (performance.now() - t0) / 1000;
+  } finally {
+    decoder.dispose();
+  }
+}
+
+// Multiply-adds of one token's dense layers (×2 for FLOPs): per layer qkv, out, FFN and the read gate; the tied
+// output head and the copy head's query, key and gate. Attention (≤ 4·T·D a layer) and the memory write (once a
+// segment) come on top; the weights these stream are the bytes per token below.
+const { dModel: D, dFF: F, nLayers: L, nHeads: H, vocabSize: V, memSlots: S, copyHead } = cfg;
+const macs = L * (4 * D * D + 2 * D * F + (S > 0 ? D * H : 0)) + V * D + (copyHead ? 2 * D * D + D : 0);
+const flopsPerToken = 2 * macs;
+
+const rows: Record<string, unknown>[] = [];
+timeDecoder(99);  // warm-up (JIT, allocator caches)
+const decoderSeconds = Array.from({ length: repeats }, (_, r) => timeDecoder(r));
+const decoderTps = steps / median(decoderSeconds);
+rows.push({ api: 'Decoder', batch: 1, tokensPerSecond: Math.round(decoderTps), secondsPerRepeat: decoderSeconds.map((s) => +s.toFixed(3)) });
+console.error(JSON.stringify(rows.at(-1)));
+if (!flags['decoder-only']) {
+  for (const B of flags.batches.split(',').map(Number)) {
+    timeBatch(B, 98);
+    const seconds = Array.from({ length: repeats }, (_, r) => timeBatch(B, r));
+    const tps = (B * steps) / median(seconds);
+    rows.push({ api: 'BatchDecoder', batch: B, tokensPerSecond: Math.round(tps), secondsPerRepeat: seconds.map((s) => +s.toFixed(3)) });
+    console.error(JSON.stringify(rows.at(-1)));
+  }
+}
+for (const row of rows) {
+  const tps = row.tokensPerSecond as number;
+  row.gflopsPerSecond = +((tps * flopsPerToken) / 1e9).toFixed(2);
+}
+
+const result = {
+  bench: 'decode',
+  preset,
+  device: 'cpu',
+  machine: { cpu: cpus()[0]?.model ?? 'unknown', threads: mg.numThreads() },
+  greedyTokensPerSequence: steps,
+  promptTokens: promptLength,
+  segmentLen: cfg.segmentLen,
+  flopsPerToken,
+  weightBytesPerToken: macs * 4,
+  rows,
+  date: new Date().toISOString(),
+};
+const text = JSON.stringify(result, null, 2) + '\n';
+console.log(text);
+if (flags.out) {
+  const tmp = `${flags.out}.tmp-${process.pid}`;
+  writeFileSync(tmp, text);
+  const fd = openSync(tmp, 'r');
+  fsyncSync(fd);
+  closeSync(fd);
+  renameSync(tmp, flags.out);
+}

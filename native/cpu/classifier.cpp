@@ -312,9 +312,13 @@ void copy_mix_probs(const float* logits, const float* cq, const float* ck, const
         for (int64_t j = 0; j < n; j++) {
           const float* k = ck + (b * len + j) * dim;
           const float* q = cq + b * dim;
-          double dot = 0;
-          for (int64_t i = 0; i < dim; i++) dot += double(q[i]) * double(k[i]);
-          e[size_t(j)] = dot * scale;
+          // Four partial sums (fixed order): one chain of dependent double adds made this latency-bound.
+          double part[4] = {0, 0, 0, 0};
+          int64_t i = 0;
+          for (; i + 4 <= dim; i += 4)
+            for (int u = 0; u < 4; u++) part[u] += double(q[i + u]) * double(k[i + u]);
+          for (; i < dim; i++) part[0] += double(q[i]) * double(k[i]);
+          e[size_t(j)] = ((part[0] + part[1]) + (part[2] + part[3])) * scale;
           emx = std::max(emx, e[size_t(j)]);
         }
         for (int64_t j = 0; j < n; j++) etotal += (e[size_t(j)] = std::exp(e[size_t(j)] - emx));

@@ -2,7 +2,7 @@
 // what `memgpt generate` does a token) and the throughput of B sequences at once (BatchDecoder: distributions(),
 // argmax per row, step()), each sequence prefilled with its own random prompt, over enough tokens to cross segment
 // boundaries (and write the memories). Median of the repeats; FLOPs and weight bytes per token beside them.
-// Usage: npx tsx bench/decode.ts [--preset small] [--threads 1] [--batches 1,4,16] [--tokens 320] [--repeats 3]
+// Usage: npx tsx bench/decode.ts [--preset small] [--device cpu|cuda] [--threads 1] [--batches 1,4,16] [--tokens 320] [--repeats 3]
 //        [--decoder-only] [--out FILE]
 // --decoder-only times batch 1 through Decoder alone: the API older versions have too, for a before/after.
 import { closeSync, fsyncSync, openSync, renameSync, writeFileSync } from 'node:fs';
@@ -17,6 +17,7 @@ import * as decoding from '../lib/infer/decoder.js';
 const { values: flags } = parseArgs({
   options: {
     preset: { type: 'string', default: 'small' },
+    device: { type: 'string', default: 'cpu' },
     threads: { type: 'string', default: '1' },
     batches: { type: 'string', default: '1,4,16' },
     tokens: { type: 'string', default: '320' },
@@ -30,7 +31,9 @@ if (!(preset in presets)) throw new Error(`unknown preset ${preset}`);
 mg.setNumThreads(Number(flags.threads));
 const cfg = presets[preset];
 const steps = Number(flags.tokens), repeats = Number(flags.repeats);
-const model = MemGPT.init(cfg, { seed: 0, device: 'cpu' });
+const device = flags.device as mg.Device;
+if (!mg.availableDevices().includes(device)) throw new Error(`device ${device} is not available here (${mg.availableDevices().join(', ')})`);
+const model = MemGPT.init(cfg, { seed: 0, device });
 const promptLength = 32;
 const prompts = (B: number, seed: number) => {
   const rng = new mg.Rng(seed);
@@ -104,8 +107,8 @@ for (const row of rows) {
 const result = {
   bench: 'decode',
   preset,
-  device: 'cpu',
-  machine: { cpu: cpus()[0]?.model ?? 'unknown', threads: mg.numThreads() },
+  device,
+  machine: { cpu: cpus()[0]?.model ?? 'unknown', threads: mg.numThreads(), ...(device === 'cuda' ? { gpu: mg.cudaStatus().info?.name } : {}) },
   greedyTokensPerSequence: steps,
   promptTokens: promptLength,
   segmentLen: cfg.segmentLen,

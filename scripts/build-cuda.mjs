@@ -5,8 +5,10 @@
 // cannot mistake it for the CPU addon). cmake-js uses the node-api-headers package
 // because package.json declares "binary": {"napi_versions": [...]}, so nothing is
 // downloaded. With --if-available a machine without nvcc or cmake is not an
-// error: it gets the CPU addon only. With --if-missing (the npm install hook) a
-// prebuilt CUDA addon already present is kept.
+// error: it gets the CPU addon only; and it builds only where an NVIDIA driver is
+// installed (a GPU to run it on), or when MEMGPT_BUILD_CUDA=1 asks (0 never builds):
+// compiling it took a fresh install on a machine without a GPU from 2 to 12 minutes.
+// With --if-missing (the npm install hook) a prebuilt CUDA addon already present is kept.
 import { spawnSync } from 'node:child_process';
 import { accessSync, constants, copyFileSync, existsSync, mkdirSync, renameSync, statSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
@@ -48,6 +50,22 @@ function unavailable(what) {
 }
 
 if (process.argv.includes('--if-missing') && existsSync(prebuilt)) process.exit(0);
+
+// Whether this machine has an NVIDIA driver: its kernel module, or its user-space library.
+function hasNvidiaDriver() {
+  if (existsSync('/proc/driver/nvidia/version') || existsSync('/dev/nvidiactl')) return true;
+  const ldconfig = spawnSync('ldconfig', ['-p'], { encoding: 'utf8' });
+  return ldconfig.status === 0 && /libcuda\.so\.1\b/.test(ldconfig.stdout);
+}
+
+if (ifAvailable) {
+  const asked = process.env.MEMGPT_BUILD_CUDA;
+  if (asked === '0') process.exit(0);
+  if (asked !== '1' && !hasNvidiaDriver()) {
+    console.error('memgpt: no NVIDIA driver here, so the CUDA addon was not built (CPU only); MEMGPT_BUILD_CUDA=1 npm install, or npm run build:cuda, builds it');
+    process.exit(0);
+  }
+}
 
 const nvcc = findNvcc();
 if (!nvcc) unavailable('nvcc');

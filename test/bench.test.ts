@@ -15,7 +15,7 @@ function memgpt(...args: string[]) {
 
 describe('memgpt bench', () => {
   it('train: times real training steps of the model it names', () => {
-    const r = memgpt('bench', 'train', '--preset', 'tiny', '--steps', '2', '--batch', '2', '--segments', '2', '--json');
+    const r = memgpt('bench', 'train', '--preset', 'tiny', '--steps', '2', '--batch-size', '2', '--segments', '2', '--json');
     expect(r.status).toBe(0);
     const out = JSON.parse(r.stdout) as Record<string, unknown>;
     // The tiny preset's parameters: SPEC v1's 184,261 plus v2's pointer position bias, 2 layers × S 8 × T 32.

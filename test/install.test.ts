@@ -53,6 +53,8 @@ describe('npm pack, then an offline install without a compiler', () => {
     const shipped = packed.files.map((f) => f.path);
     expect(shipped).toContain('dist/cli/main.js');
     expect(shipped).toContain('bin/memgpt.js');
+    expect(shipped).toContain('LICENSE');
+    expect(shipped).toContain('bench/torch_load.py');
     expect(shipped.some((p) => p.startsWith(`prebuilds/${tuple}/`) && p.endsWith('.node'))).toBe(true);
     expect(shipped.includes(`prebuilds/${tuple}-cuda/memgpt_cuda.node`)).toBe(withCuda);
     expect(shipped.filter((p) => /^(build|build-cuda|lib|test|node_modules)\//.test(p))).toEqual([]);

@@ -111,7 +111,9 @@ describe('memgpt train', () => {
     expect(r.stderr).toBe(`memgpt: train: --mem-slots 5 does not fit ${join(dir, 'config', 'model.safetensors')}, whose memSlots is 3`);
     expect(existsSync(join(dir, 'init'))).toBe(false);
     r = run('bad', ['--preset', 'tiny', '--segment-len', '0']);
-    expect(r.stderr).toBe("memgpt: --segment-len must be an integer ≥ 1 (got '0')");
+    expect(r.stderr).toBe("memgpt: --segment-len must be a decimal integer ≥ 1 (got '0')");
+    // Decimal digits only: Number() alone would take these.
+    for (const steps of ['0x2', '1e0', ' 2']) expect(run('bad', ['--preset', 'tiny', '--steps', steps]).stderr).toBe(`memgpt: --steps must be a decimal integer ≥ 1 (got '${steps}')`);
   });
 
   it('resumes after a kill and continues bit for bit', () => {

@@ -67,7 +67,7 @@ gpu_info() {
 
 op_tests() {
   MEMGPT_DEVICE=cuda $vitest run -t "on cuda" test/ops.test.ts test/norm.test.ts test/linear.test.ts test/attention.test.ts \
-    test/memwrite.test.ts test/classifier.test.ts test/optim.test.ts test/memory.test.ts test/autograd.test.ts \
+    test/memwrite.test.ts test/classifier.test.ts test/optim.test.ts test/memory.test.ts test/autograd.test.ts test/decode.test.ts \
     > "$out/test-cuda.log" 2>&1
   local rc=$?
   sed 's/\x1b\[[0-9;]*m//g' "$out/test-cuda.log" | grep -E "Test Files|Tests |FAIL" | head -n 12 | sed 's/^/   /' >> "$summary"

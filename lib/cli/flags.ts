@@ -16,8 +16,9 @@ export function parse(argv: string[], spec: Record<string, 'string' | 'boolean' 
 export function int(flags: Flags, name: string, fallback: number, min = 1): number {
   const v = flags[name];
   if (v === undefined) return fallback;
-  const n = Number(v);
-  if (typeof v !== 'string' || !Number.isSafeInteger(n) || n < min) throw new MemgptError(`--${name} must be an integer ≥ ${min} (got '${String(v)}')`);
+  // Decimal digits only: Number() would also take '0x2', '1e0' and ' 2'.
+  const n = typeof v === 'string' && /^[0-9]+$/.test(v) ? Number(v) : NaN;
+  if (!Number.isSafeInteger(n) || n < min) throw new MemgptError(`--${name} must be a decimal integer ≥ ${min} (got '${String(v)}')`);
   return n;
 }
 

@@ -4,7 +4,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 
-import { defaultDevice, packageRoot, parseDevice, setDefaultDevice } from '../native/backend.js';
+import { cudaKernelsVerified, defaultDevice, packageRoot, parseDevice, setDefaultDevice } from '../native/backend.js';
 import { evalCommand } from './eval.js';
 import { parse } from './flags.js';
 import { generateCommand } from './generate.js';
@@ -33,7 +33,7 @@ Usage:
                   [--json]   (one line per token: id, log-probability, text; Ctrl-C ends it cleanly)
   memgpt bench    [kernels|train|books] [--device cpu|cuda] [--json]
                   kernels: [--preset small|base|all] [--only SUBSTRING]
-                  train:   [--preset tiny|small|base] [--batch B] [--segments K] [--steps N] [--warmup N]
+                  train:   [--preset tiny|small|base] [--batch-size B] [--segments K] [--steps N] [--warmup N]
                            [--precision float32|bfloat16]
                   books:   [--corpus kjv|linux-doc|austen|all] [--preset tiny|small] [--variants LIST]
                            [--seeds N] [--steps N] [--jobs N] [--out FILE.json] (memgpt bench books --help)
@@ -41,8 +41,10 @@ Usage:
   memgpt doctor   [--json]   (the builds present, GPU, driver and runtime, which backend and why)
   memgpt --version | --help
 
-The device is CUDA when the CUDA addon loads and a GPU is present, else the CPU;
-MEMGPT_DEVICE=cpu|cuda or --device forces it. MEMGPT_NUM_THREADS sets CPU threads.`;
+${cudaKernelsVerified
+    ? 'The device is CUDA when the CUDA addon loads and a GPU is present, else the CPU;\nMEMGPT_DEVICE=cpu|cuda or --device forces it.'
+    : 'The device is the CPU unless CUDA is asked for (--device cuda or MEMGPT_DEVICE=cuda): the CUDA kernels\nare not yet verified on a GPU.'}
+\`memgpt doctor\` says which is used and why. MEMGPT_NUM_THREADS sets CPU threads.`;
 
 const commandHelp: Record<string, string> = {
   train: 'Trains a model on a text file (or, with no arguments, the built-in pass-key demo), writing a run folder with checkpoints, metrics and plots.',

@@ -11,7 +11,7 @@ import { booksCommand } from './books/command.js';
 
 const kernelFlags = { preset: 'string', only: 'string', device: 'string', json: 'boolean' } as const;
 const trainFlags = {
-  preset: 'string', batch: 'string', segments: 'string', steps: 'string', warmup: 'string', device: 'string', json: 'boolean', precision: 'string',
+  preset: 'string', 'batch-size': 'string', segments: 'string', steps: 'string', warmup: 'string', device: 'string', json: 'boolean', precision: 'string',
 } as const;
 
 function kernels(argv: string[]): { json: boolean; result: KernelBenchResult } {
@@ -31,7 +31,7 @@ function train(argv: string[]): { json: boolean; result: TrainBenchResult } {
   const preset = choice(flags, 'preset', Object.keys(presets) as PresetName[], 'small');
   useDevice(flags);
   const result = runTrainBench({
-    device: defaultDevice(), preset, batch: int(flags, 'batch', 8), segments: int(flags, 'segments', 4),
+    device: defaultDevice(), preset, batch: int(flags, 'batch-size', 8), segments: int(flags, 'segments', 4),
     steps: int(flags, 'steps', 5), warmup: int(flags, 'warmup', 1, 0),
     precision: choice(flags, 'precision', ['float32', 'bfloat16'] as const, 'float32'),
   });

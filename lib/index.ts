@@ -36,5 +36,5 @@ export {
   type SafetensorsDType, type SafetensorsHeader, type StoredTensor, type TensorInfo,
 } from './io/safetensors.js';
 export { CHECKPOINT_FORMAT, loadModel, loadTrainingState, readModelConfig, saveModel, saveTrainingState, type SaveModelOptions } from './io/checkpoint.js';
-export { Trainer, defaultTrainOptions, evaluateLoss, learningRate, type StepLog, type TrainOptions } from './train/trainer.js';
+export { Trainer, defaultTrainOptions, evaluateLoss, learningRate, type RunCallbacks, type StepLog, type TrainOptions } from './train/trainer.js';
 export { lineChart, type Series } from './train/plot.js';

@@ -14,6 +14,7 @@ import { loadModel, saveModel } from '../lib/io/checkpoint.js';
 import { resolveConfig } from '../lib/nn/config.js';
 import { readSafetensors, writeSafetensors } from '../lib/io/safetensors.js';
 import { MemGPT } from '../lib/nn/model.js';
+import { committedCheckpoint, runFiles } from '../lib/train/run-folder.js';
 import { runMemgpt } from './helpers.js';
 import { referenceSampleNLL } from './reference_model.js';
 
@@ -63,7 +64,7 @@ describe('memgpt train', () => {
       expect(Number.isFinite(l.loss)).toBe(true);
       expect(l.tokensPerSecond).toBeGreaterThan(0);
     }
-    expect(readdirSync(out).sort()).toEqual(['checkpoint.json', 'checkpoints', 'loss.svg', 'memory.svg', 'metrics.jsonl', 'model.safetensors', 'optimizer.safetensors']);
+    expect(readdirSync(out).sort()).toEqual(['checkpoint.json', 'checkpoints', 'loss.svg', 'memory.svg', 'metrics.jsonl', 'model.safetensors', 'optimizer.safetensors', 'optimizer.svg']);
     // One committed checkpoint (the last step's); the top-level pair are links to it.
     expect(readdirSync(join(out, 'checkpoints'))).toEqual(['step-6']);
     expect(JSON.parse(readFileSync(join(out, 'checkpoint.json'), 'utf8'))).toEqual({ format: 1, step: 6, folder: 'step-6' });
@@ -283,5 +284,43 @@ describe('memgpt train', () => {
       expect(lines[0]).toMatch(pattern);
     }
     expect(existsSync(out) ? readdirSync(out) : []).toEqual([]);
+  });
+});
+
+describe('Trainer.run (the training loop in the API)', () => {
+  it('takes partial options over the documented defaults, reports every step, redraws the plots at each evaluation, and stops on a signal after a checkpoint', async () => {
+    const dir = workspace();
+    const corpus = mg.loadCorpus(join(dir, 'data.txt'), mg.getTokenizer('byte'));
+    const model = MemGPT.init({ ...tinyConfig, tokenizer: 'byte' }, { seed: 1, device: 'cpu' });
+    const out = join(dir, 'api');
+    const trainer = new mg.Trainer(model, corpus, corpus, out, { steps: 6, batchSize: 2, segments: 2, warmup: 2, evalEvery: 2, evalBatches: 1, logEvery: 1 });
+    try {
+      // Everything not given is the default.
+      expect(trainer.options).toEqual({ ...mg.defaultTrainOptions, steps: 6, batchSize: 2, segments: 2, warmup: 2, evalEvery: 2, evalBatches: 1, logEvery: 1 });
+      const seen: number[] = [];
+      const evaluated: number[] = [];
+      const stop = new AbortController();
+      const last = await trainer.run({
+        signal: stop.signal,
+        onStep: (entry) => {
+          seen.push(entry.step);
+          if (entry.evalLoss !== undefined) {
+            evaluated.push(entry.step);
+            expect(Number.isFinite(entry.evalLoss)).toBe(true);
+          }
+          if (entry.step === 4) stop.abort();
+        },
+      });
+      expect(seen).toEqual([1, 2, 3, 4]);
+      expect(evaluated).toEqual([2, 4]);
+      expect(last?.step).toBe(4);
+      // Stopped at step 4 with a checkpoint of it (checkpointEvery 0 would write only at the end), and the plots.
+      expect(committedCheckpoint(runFiles(out))?.step).toBe(4);
+      for (const plot of ['loss.svg', 'optimizer.svg', 'memory.svg']) expect(readFileSync(join(out, plot), 'utf8')).toMatch(/^<svg/);
+      expect(readFileSync(join(out, 'optimizer.svg'), 'utf8')).toContain('learning rate');
+    } finally {
+      trainer.dispose();
+      model.dispose();
+    }
   });
 });

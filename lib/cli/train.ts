@@ -12,7 +12,7 @@ import { presets, resolveConfig, type ModelConfig, type PresetName } from '../nn
 import { MemGPT } from '../nn/model.js';
 import { defaultPasskeyTask, passkeyAccuracy, passkeyTrainer } from '../tasks/passkey.js';
 import { RunLock, committedCheckpoint, runFiles } from '../train/run-folder.js';
-import { Trainer, defaultTrainOptions, loadRunModel, recipes, savedTrainerState, type Recipe, type StepLog, type TrainerState, type TrainOptions } from '../train/trainer.js';
+import { Trainer, defaultTrainOptions, loadRunModel, recipes, savedTrainerState, type Recipe, type TrainerState, type TrainOptions } from '../train/trainer.js';
 import { choice, int, num, parse, required, useDevice, type Flags } from './flags.js';
 
 /** Lets Node run its queued work (timers, signals, FinalizationRegistry callbacks) between steps. */
@@ -160,7 +160,7 @@ export async function trainCommand(argv: string[]): Promise<number> {
     }
     if (!flags.resume && existsSync(files.metrics)) {
       // A run that stopped before its first checkpoint left only its log and plots: nothing to resume, so start again.
-      for (const f of [files.metrics, files.lossPlot, files.memoryPlot]) rmSync(f, { force: true });
+      for (const f of [files.metrics, files.lossPlot, files.memoryPlot, files.optimizerPlot]) rmSync(f, { force: true });
       console.error(`memgpt: ${out} holds a run that stopped before its first checkpoint; starting it again`);
     }
     let model: MemGPT;
@@ -229,28 +229,24 @@ export async function runTraining(trainer: Trainer, json: boolean, label = 'trai
   const o = trainer.options;
   const bar = !json && process.stderr.isTTY
     ? new cliProgress.SingleBar(
-        { format: `${label} |{bar}| step {value}/{total} | loss {loss} | {tps} tok/s | ETA {eta_formatted}`, stream: process.stderr, etaBuffer: 20 },
+        { format: `${label} |{bar}| step {value}/{total} | loss {loss} | held-out {heldOut} | {tps} tok/s | ETA {eta_formatted}`, stream: process.stderr, etaBuffer: 20 },
         cliProgress.Presets.shades_classic,
       )
     : null;
-  bar?.start(o.steps, trainer.step, { loss: '-', tps: '-' });
-  const killAt = Number(process.env.MEMGPT_FAULT_KILL_AFTER_STEP ?? NaN); // test-only fault injection (resume tests)
-  while (trainer.step < o.steps) {
-    const logged = trainer.step % o.logEvery === 0 || trainer.step + 1 === o.steps;
-    const entry: StepLog = trainer.trainStep(logged);
-    if ((o.evalEvery > 0 && entry.step % o.evalEvery === 0) || entry.step === o.steps) entry.evalLoss = trainer.evaluate();
-    if (logged || entry.evalLoss !== undefined) {
-      trainer.log(entry);
-      if (json) console.log(JSON.stringify(entry));
-      else if (!bar) console.error(`${label}: step ${entry.step}/${o.steps}  loss ${entry.loss.toFixed(4)}  ${entry.tokensPerSecond.toFixed(0)} tok/s${entry.evalLoss !== undefined ? `  held-out ${entry.evalLoss.toFixed(4)}` : ''}`);
-    }
-    bar?.update(entry.step, { loss: entry.loss.toFixed(4), tps: entry.tokensPerSecond.toFixed(0) });
-    if ((o.checkpointEvery > 0 && entry.step % o.checkpointEvery === 0) || entry.step === o.steps) trainer.checkpoint();
-    if (entry.step === killAt) process.kill(process.pid, 'SIGKILL');
-    await yieldToEventLoop();
-  }
+  let heldOut = '-';
+  bar?.start(o.steps, trainer.step, { loss: '-', heldOut, tps: '-' });
+  await trainer.run({
+    onStep: (entry, logged) => {
+      if (entry.evalLoss !== undefined) heldOut = entry.evalLoss.toFixed(4);
+      if (logged || entry.evalLoss !== undefined) {
+        if (json) console.log(JSON.stringify(entry));
+        else if (!bar) console.error(`${label}: step ${entry.step}/${o.steps}  loss ${entry.loss.toFixed(4)}  ${entry.tokensPerSecond.toFixed(0)} tok/s${entry.evalLoss !== undefined ? `  held-out ${entry.evalLoss.toFixed(4)}` : ''}`);
+      }
+      bar?.update(entry.step, { loss: entry.loss.toFixed(4), heldOut, tps: entry.tokensPerSecond.toFixed(0) });
+    },
+  });
   bar?.stop();
-  if (!json) console.error(`memgpt: wrote ${trainer.files.model}, ${trainer.files.optimizer}, ${trainer.files.metrics}, ${trainer.files.lossPlot}`);
+  if (!json) console.error(`memgpt: wrote ${trainer.files.model}, ${trainer.files.optimizer}, ${trainer.files.metrics}, ${trainer.files.lossPlot}, ${trainer.files.optimizerPlot}`);
 }
 
 /** `memgpt train` with no arguments: the pass-key task, with and without memory. */

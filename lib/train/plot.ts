@@ -26,8 +26,10 @@ export function lineChart(series: Series[], options: { title: string; xLabel: st
   const m = { left: 64, right: 150, top: 36, bottom: 48 };
   const pts = series.flatMap((s) => s.points).filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y));
   const xs = pts.map((p) => p[0]), ys = pts.map((p) => p[1]);
-  let [x0, x1] = xs.length ? [Math.min(...xs), Math.max(...xs)] : [0, 1];
-  let [y0, y1] = ys.length ? [Math.min(...ys), Math.max(...ys)] : [0, 1];
+  // Folded, not spread: Math.min(...xs) overflows the call stack past about 100k points (a long run logging every step).
+  const range = (v: number[]): [number, number] => (v.length ? [v.reduce((a, b) => Math.min(a, b)), v.reduce((a, b) => Math.max(a, b))] : [0, 1]);
+  let [x0, x1] = range(xs);
+  let [y0, y1] = range(ys);
   if (x1 === x0) x1 = x0 + 1;
   if (y1 === y0) [y0, y1] = [y0 - 0.5, y1 + 0.5];
   const pad = (y1 - y0) * 0.05;

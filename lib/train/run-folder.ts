@@ -24,6 +24,8 @@ export interface RunFiles {
   metrics: string;
   lossPlot: string;
   memoryPlot: string;
+  /** The learning rate and the gradient's global norm over the steps. */
+  optimizerPlot: string;
 }
 
 export function runFiles(dir: string): RunFiles {
@@ -37,6 +39,7 @@ export function runFiles(dir: string): RunFiles {
     metrics: join(dir, 'metrics.jsonl'),
     lossPlot: join(dir, 'loss.svg'),
     memoryPlot: join(dir, 'memory.svg'),
+    optimizerPlot: join(dir, 'optimizer.svg'),
   };
 }
 

@@ -12,72 +12,27 @@ import { readSafetensorsHeader } from '../io/safetensors.js';
 import { BatchSampler, samplesIn, sequentialBatches, type Corpus, type SamplerState } from '../data/index.js';
 import { noGrad } from '../core/autograd.js';
 import { MemgptError } from '../core/errors.js';
-import { MemGPT, type LayerDiagnostics, type Precision } from '../nn/model.js';
-import type { PresetName } from '../nn/config.js';
+import { MemGPT, type LayerDiagnostics } from '../nn/model.js';
 import { AdamW, SGD, clipGradNorm, gradNorm } from '../ops/optim.js';
 import { lineChart } from './plot.js';
 import { tidy, type Parameter } from '../core/tensor.js';
 import { scale } from '../ops/elementwise.js';
+import { defaultTrainOptions, learningRate, validateTrainOptions, type TrainOptions } from './options.js';
 import { RunLock, commitCheckpoint, committedCheckpoint, runFiles, truncateMetrics, writeFileAtomic, type RunFiles } from './run-folder.js';
 
 export { runFiles, type RunFiles } from './run-folder.js';
+export { defaultTrainOptions, learningRate, recipeFor, recipes, validateTrainOptions, type Recipe, type TrainOptions } from './options.js';
 
 /** Metadata key of the training step in a run folder's model.safetensors. */
 const STEP_KEY = 'memgpt.step';
 
-export interface TrainOptions {
-  steps: number;
-  batchSize: number;
-  segments: number;
-  lr: number;
-  /** The cosine schedule ends at lr · minLrRatio. */
-  minLrRatio: number;
-  warmup: number;
-  schedule: 'cosine' | 'constant';
-  optimizer: 'adamw' | 'sgd';
-  weightDecay: number;
-  /** Global-norm clipping threshold; 0 turns it off. */
-  gradClip: number;
-  /** Micro-batches whose gradients are summed (averaged) per optimizer step. */
-  gradAccum: number;
-  order: 'random' | 'sequential';
-  seed: number;
-  /** Evaluate on the held-out corpus every this many steps (0: only at the end). */
-  evalEvery: number;
-  evalBatches: number;
-  /** Write the checkpoint every this many steps (0: only at the end). */
-  checkpointEvery: number;
-  logEvery: number;
-  /** The forward's precision (see Precision in model.ts); master weights and optimizer state are float32 either way. */
-  precision: Precision;
+/** What Trainer.run() reports and obeys. */
+export interface RunCallbacks {
+  /** After each step, with its log; `logged` says whether it went to metrics.jsonl (every logEvery-th step). */
+  onStep?: (entry: StepLog, logged: boolean) => void;
+  /** Ends the run between steps, after a checkpoint. */
+  signal?: AbortSignal;
 }
-
-/**
- * The training recipe each preset starts from (the flags override it): the learning rate, batch and BPTT depth
- * (segments a sample) that the books benchmark measured the memory paying with (bench/results/books-cpu.json).
- */
-export interface Recipe {
-  lr: number;
-  batchSize: number;
-  segments: number;
-  warmup: number;
-}
-
-export const recipes: Record<PresetName, Recipe> = {
-  tiny: { lr: 3e-3, batchSize: 8, segments: 4, warmup: 100 },
-  small: { lr: 1e-3, batchSize: 8, segments: 4, warmup: 100 },
-  base: { lr: 6e-4, batchSize: 16, segments: 2, warmup: 200 },
-};
-
-export function recipeFor(preset: PresetName): Recipe {
-  return recipes[preset];
-}
-
-export const defaultTrainOptions: TrainOptions = {
-  steps: 1000, batchSize: recipes.tiny.batchSize, segments: recipes.tiny.segments, lr: recipes.tiny.lr, minLrRatio: 0.1, warmup: recipes.tiny.warmup, schedule: 'cosine', optimizer: 'adamw',
-  weightDecay: 0.1, gradClip: 1, gradAccum: 1, order: 'random', seed: 0, evalEvery: 0, evalBatches: 8, checkpointEvery: 0, logEvery: 10,
-  precision: 'float32',
-};
 
 export interface StepLog {
   step: number;
@@ -114,37 +69,6 @@ function groupGradNorms(model: MemGPT): Record<ParamGroup, number> {
   }
   for (const k of Object.keys(sums) as ParamGroup[]) sums[k] = Math.sqrt(sums[k]);
   return sums;
-}
-
-/** The learning rate at a step (0-based): linear warmup, then cosine to lr·minLrRatio, or constant. */
-export function learningRate(o: Pick<TrainOptions, 'lr' | 'warmup' | 'steps' | 'schedule' | 'minLrRatio'>, step: number): number {
-  if (step < o.warmup) return (o.lr * (step + 1)) / o.warmup;
-  if (o.schedule === 'constant') return o.lr;
-  const progress = Math.min(1, (step - o.warmup) / Math.max(1, o.steps - o.warmup));
-  const min = o.lr * o.minLrRatio;
-  return min + 0.5 * (o.lr - min) * (1 + Math.cos(Math.PI * progress));
-}
-
-export function validateTrainOptions(o: TrainOptions): TrainOptions {
-  const int = (k: keyof TrainOptions, min: number) => {
-    const v = o[k] as number;
-    if (!Number.isSafeInteger(v) || v < min) throw new MemgptError(`train: ${k} must be an integer ≥ ${min} (got ${v})`);
-  };
-  int('steps', 1); int('batchSize', 1); int('segments', 1); int('warmup', 0); int('gradAccum', 1); int('seed', 0);
-  int('evalEvery', 0); int('evalBatches', 1); int('checkpointEvery', 0); int('logEvery', 1);
-  const num = (k: keyof TrainOptions, ok: (v: number) => boolean, what: string) => {
-    const v = o[k] as number;
-    if (typeof v !== 'number' || !ok(v)) throw new MemgptError(`train: ${k} must be ${what} (got ${v})`);
-  };
-  num('lr', (v) => v > 0 && Number.isFinite(v), 'a positive number');
-  num('minLrRatio', (v) => v >= 0 && v <= 1, 'in [0, 1]');
-  num('weightDecay', (v) => v >= 0 && Number.isFinite(v), 'non-negative');
-  num('gradClip', (v) => v >= 0 && Number.isFinite(v), 'non-negative (0 turns clipping off)');
-  if (o.schedule !== 'cosine' && o.schedule !== 'constant') throw new MemgptError(`train: schedule must be cosine or constant (got ${o.schedule})`);
-  if (o.optimizer !== 'adamw' && o.optimizer !== 'sgd') throw new MemgptError(`train: optimizer must be adamw or sgd (got ${o.optimizer})`);
-  if (o.order !== 'random' && o.order !== 'sequential') throw new MemgptError(`train: order must be random or sequential (got ${o.order})`);
-  if (o.precision !== 'float32' && o.precision !== 'bfloat16') throw new MemgptError(`train: precision must be float32 or bfloat16 (got ${o.precision})`);
-  return o;
 }
 
 /** Weight decay goes to the matrices only: not to norms, biases or the memory's initial state. */
@@ -203,7 +127,10 @@ export function savedTrainerState(dir: string): { state: Partial<TrainerState>; 
   }
 }
 
-/** Training state for one run folder; `step()` does one optimizer step. */
+/**
+ * Training state for one run folder. run() trains to options.steps (evaluating, logging and checkpointing as the
+ * options say); trainStep(), evaluate() and checkpoint() are its pieces, for a loop of your own.
+ */
 export class Trainer {
   readonly files: RunFiles;
   readonly options: TrainOptions;
@@ -225,10 +152,10 @@ export class Trainer {
     private readonly train: Corpus,
     private readonly heldOut: Corpus | null,
     outDir: string,
-    options: TrainOptions,
+    options: Partial<TrainOptions> = {},
     private readonly data?: RunData,
   ) {
-    this.options = validateTrainOptions({ ...options, precision: options.precision ?? 'float32' });
+    this.options = validateTrainOptions({ ...defaultTrainOptions, ...options });
     // A held-out split too short for one sample would fail at the first evaluation, after steps of training and
     // with a run folder that can neither resume nor restart: refuse it before anything runs.
     const sampleLen = this.options.segments * model.config.segmentLen;
@@ -241,12 +168,11 @@ export class Trainer {
     try {
       model.precision = this.options.precision;
       this.params = [...model.params.values()];
-      this.sampler = new BatchSampler(train, {
-        batchSize: options.batchSize, segments: options.segments, segmentLen: model.config.segmentLen, order: options.order, seed: options.seed,
-      });
-      this.optimizer = options.optimizer === 'adamw'
-        ? new AdamW(this.params, { lr: options.lr, weightDecay: options.weightDecay, betas: [0.9, 0.95], eps: 1e-8, noDecay: noDecay(model) })
-        : new SGD(this.params, { lr: options.lr });
+      const o = this.options;
+      this.sampler = new BatchSampler(train, { batchSize: o.batchSize, segments: o.segments, segmentLen: model.config.segmentLen, order: o.order, seed: o.seed });
+      this.optimizer = o.optimizer === 'adamw'
+        ? new AdamW(this.params, { lr: o.lr, weightDecay: o.weightDecay, betas: [0.9, 0.95], eps: 1e-8, noDecay: noDecay(model) })
+        : new SGD(this.params, { lr: o.lr });
     } catch (e) {
       this.lock.release();
       throw e;
@@ -321,6 +247,36 @@ export class Trainer {
     };
   }
 
+  /**
+   * Trains from the current step to options.steps: each step's log goes to onStep (with evalLoss on evaluation
+   * steps); metrics.jsonl gets every logEvery-th step and each evaluation; the plots are redrawn at each evaluation
+   * and the checkpoint written every checkpointEvery steps and at the end. Between steps the event loop runs, and an
+   * aborted signal ends the run after a checkpoint of the step reached. Returns the last step's log.
+   */
+  async run(callbacks: RunCallbacks = {}): Promise<StepLog | undefined> {
+    const o = this.options;
+    let last: StepLog | undefined;
+    const killAt = Number(process.env.MEMGPT_FAULT_KILL_AFTER_STEP ?? NaN); // test-only fault injection (resume tests)
+    while (this.step < o.steps) {
+      const logged = this.step % o.logEvery === 0 || this.step + 1 === o.steps;
+      const entry = this.trainStep(logged);
+      if ((o.evalEvery > 0 && entry.step % o.evalEvery === 0) || entry.step === o.steps) entry.evalLoss = this.evaluate();
+      if (logged || entry.evalLoss !== undefined) this.log(entry);
+      callbacks.onStep?.(entry, logged);
+      const checkpointDue = (o.checkpointEvery > 0 && entry.step % o.checkpointEvery === 0) || entry.step === o.steps;
+      if (checkpointDue) this.checkpoint();
+      else if (entry.evalLoss !== undefined) this.plot();
+      last = entry;
+      if (entry.step === killAt) process.kill(process.pid, 'SIGKILL');
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      if (callbacks.signal?.aborted) {
+        if (!checkpointDue) this.checkpoint();
+        break;
+      }
+    }
+    return last;
+  }
+
   evaluate(): number | undefined {
     if (!this.heldOut) return undefined;
     return evaluateLoss(this.model, this.heldOut, this.options.batchSize, this.options.segments, this.options.evalBatches).loss;
@@ -356,6 +312,13 @@ export class Trainer {
       { name: 'train loss', points: rows.map((r) => [r.step, r.loss]) },
       { name: 'held-out loss', points: rows.filter((r) => r.evalLoss !== undefined).map((r) => [r.step, r.evalLoss!]) },
     ], { title: 'Loss (nats per token)', xLabel: 'step', yLabel: 'loss' }));
+    // The learning rate scaled to the gradient norm's range, so that both read on one axis.
+    const peakNorm = rows.reduce((a, r) => Math.max(a, r.gradNorm), 0), peakLr = rows.reduce((a, r) => Math.max(a, r.lr), 0);
+    const lrScale = peakLr > 0 && peakNorm > 0 ? peakNorm / peakLr : 1;
+    atomic(this.files.optimizerPlot, lineChart([
+      { name: 'gradient norm (before clipping)', points: rows.map((r) => [r.step, r.gradNorm]) },
+      { name: `learning rate × ${lrScale.toPrecision(3)}`, points: rows.map((r) => [r.step, r.lr * lrScale]) },
+    ], { title: `Optimizer: gradient norm and learning rate (peak ${peakLr.toPrecision(3)})`, xLabel: 'step', yLabel: 'norm' }));
     const withMemory = rows.filter((r) => r.memory?.length);
     if (withMemory.length) {
       const layers = withMemory[0].memory!.length;

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
 import { packageRoot } from '../lib/native/backend.js';
+import { flagDocs, type CommandName, type FlagDoc } from '../lib/cli/flag-docs.js';
 
 function memgpt(...args: string[]) {
   const child = spawnSync(process.execPath, [join(packageRoot, 'bin', 'memgpt.js'), ...args], {
@@ -46,6 +47,14 @@ describe('memgpt command', () => {
         expect(r.stdout).toContain(`  memgpt ${command} `);
         if (command !== 'doctor') expect(r.stdout).not.toContain('  memgpt doctor'); // its own lines, not the whole usage
       }
+      // Every flag the command parses has a line of its own in the help, with its default where it has one.
+      const help = memgpt(command, '--help').stdout;
+      for (const doc of flagDocs[command as CommandName] as FlagDoc[]) {
+        const line = help.split('\n').find((l) => l.startsWith(`  --${doc.name} `) || l === `  --${doc.name}` || l.startsWith(`  --${doc.name}  `));
+        expect(line, `${command} --${doc.name}`).toBeDefined();
+        expect(line).toContain(doc.help);
+        if (doc.default) expect(line).toContain(`(default: ${doc.default})`);
+      }
     }
     // Help wins over the other flags: nothing is trained, and no run folder is asked for.
     expect(memgpt('train', '--data', 'missing.txt', '--help').status).toBe(0);
@@ -69,7 +78,7 @@ describe('memgpt command', () => {
     for (const [args, pattern] of [
       [['frobnicate'], /^memgpt: unknown command 'frobnicate'/],
       [['demo', '--bogus'], /^memgpt: Unknown option '--bogus'/],
-      [['demo', '--steps', 'ten'], /^memgpt: --steps must be a positive integer \(got 'ten'\)$/],
+      [['demo', '--steps', 'ten'], /^memgpt: --steps must be a decimal integer ≥ 1 \(got 'ten'\)$/],
       [['demo', '--device', 'tpu'], /^memgpt: --device: unknown device 'tpu'/],
       [['bench', 'books', '--variants', 'S8,S9'], /^memgpt: --variants: unknown variant 'S9'/],
       [['bench', 'books', '--corpus', 'kjv,quran'], /^memgpt: --corpus must be kjv, linux-doc, austen, all, or a comma-separated list of them \(got 'quran'\)$/],

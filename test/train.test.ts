@@ -117,6 +117,24 @@ describe('memgpt train', () => {
     for (const steps of ['0x2', '1e0', ' 2']) expect(run('bad', ['--preset', 'tiny', '--steps', steps]).stderr).toBe(`memgpt: --steps must be a decimal integer ≥ 1 (got '${steps}')`);
   });
 
+  it('--tokenizer overrides the preset\'s, --min-lr ends the schedule there, --sample-every prints greedy samples', () => {
+    const dir = workspace();
+    let r = memgpt(['train', '--preset', 'tiny', '--data', join(dir, 'data.txt'), '--out', join(dir, 'a'), '--steps', '4', '--warmup', '0', '--held-out', '0', '--segments', '1',
+      '--lr', '0.002', '--min-lr', '0.0005', '--log-every', '1', '--sample-every', '2', '--json']);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stderr.split('\n').filter((l) => l.startsWith('sample at step ')).map((l) => l.split(':')[0])).toEqual(['sample at step 2', 'sample at step 4']);
+    const lrs = r.stdout.trim().split('\n').map((l) => (JSON.parse(l) as { lr: number }).lr);
+    expect(lrs[0]).toBeCloseTo(0.002, 10);
+    expect(lrs[3]).toBeCloseTo(0.0005 + 0.5 * 0.0015 * (1 + Math.cos(Math.PI * 3 / 4)), 10);
+    r = memgpt(['train', '--preset', 'tiny', '--tokenizer', 'gpt2', '--data', join(dir, 'data.txt'), '--out', join(dir, 'g'), '--steps', '1', '--held-out', '0', '--segments', '1']);
+    expect(r.status, r.stderr).toBe(0);
+    const model = loadModel(join(dir, 'g', 'model.safetensors'));
+    expect([model.config.tokenizer, model.config.vocabSize, model.config.dModel]).toEqual(['gpt2', 50257, 64]);
+    model.dispose();
+    expect(memgpt(['train', '--preset', 'tiny', '--data', join(dir, 'data.txt'), '--out', join(dir, 'x'), '--lr', '0.001', '--min-lr', '0.01']).stderr)
+      .toBe("memgpt: --min-lr must be a number in [0, --lr 0.001] (got '0.01')");
+  });
+
   it('resumes after a kill and continues bit for bit', () => {
     const dir = workspace();
     const args = (out: string) => ['train', '--config', join(dir, 'config.json'), '--data', join(dir, 'data.txt'), '--out', out,

@@ -5,10 +5,11 @@ import { scoreStream } from '../infer/score.js';
 import { loadModel } from '../io/checkpoint.js';
 import { evaluateLoss } from '../train/trainer.js';
 import { int, parse, required, useDevice } from './flags.js';
+import { specOf } from './flag-docs.js';
 
 /** `memgpt eval`. */
 export function evalCommand(argv: string[]): number {
-  const flags = parse(argv, { checkpoint: 'string', data: 'string', segments: 'string', 'batch-size': 'string', stream: 'boolean', json: 'boolean', device: 'string' });
+  const flags = parse(argv, specOf('eval'));
   const ckpt = required(flags, 'checkpoint', 'eval');
   const data = required(flags, 'data', 'eval');
   useDevice(flags);

@@ -7,6 +7,7 @@ import { getTokenizer } from '../data/index.js';
 import { streamTokens } from '../infer/text.js';
 import { loadModel } from '../io/checkpoint.js';
 import { int, num, parse, required, useDevice } from './flags.js';
+import { specOf } from './flag-docs.js';
 
 /** Reads --prompt-file: a regular UTF-8 text file of at most 16 MiB (a FIFO or /dev/zero would block or never end). */
 function readPromptFile(path: string): string {
@@ -27,11 +28,7 @@ function readPromptFile(path: string): string {
  * cleanly after the current token (exit 130).
  */
 export async function generateCommand(argv: string[]): Promise<number> {
-  const spec = {
-    checkpoint: 'string', prompt: 'string', 'prompt-file': 'string', 'max-tokens': 'string', temperature: 'string', 'top-k': 'string',
-    'top-p': 'string', 'min-p': 'string', 'repetition-penalty': 'string', seed: 'string', device: 'string', json: 'boolean',
-  } as const;
-  const flags = parse(argv, { ...spec, stop: 'strings' });
+  const flags = parse(argv, specOf('generate'));
   const stops = (flags.stop ?? []) as string[];
   const ckpt = required(flags, 'checkpoint', 'generate');
   if ((flags.prompt === undefined) === (flags['prompt-file'] === undefined)) throw new MemgptError('generate: give one of --prompt TEXT and --prompt-file PATH');

@@ -6,7 +6,8 @@ import { parseArgs } from 'node:util';
 
 import { cudaKernelsVerified, defaultDevice, packageRoot, parseDevice, setDefaultDevice } from '../native/backend.js';
 import { evalCommand } from './eval.js';
-import { parse } from './flags.js';
+import { int, num, parse, useDevice } from './flags.js';
+import { flagDocs, flagTable, specOf, type CommandName } from './flag-docs.js';
 import { generateCommand } from './generate.js';
 import { trainCommand } from './train.js';
 import { doctorReport, formatDoctor } from './doctor.js';
@@ -24,7 +25,8 @@ Usage:
                   [--order random|sequential] [--seed S] [--device cpu|cuda] [--resume] [--json]
                   [--grad-accum N] [--eval-every N] [--eval-batches N] [--checkpoint-every N]
                   [--log-every N] [--held-out FRACTION] [--precision float32|bfloat16]
-                  [--mem-slots S] [--segment-len T]   (override the preset's or config's)
+                  [--mem-slots S] [--segment-len T] [--tokenizer byte|gpt2]   (override the preset's or config's)
+                  [--min-lr X] [--sample-every N]
                   --resume: the run's saved options; only --steps, --eval-every, --eval-batches,
                   --checkpoint-every and --log-every may change
   memgpt eval     --checkpoint CKPT --data PATH [--segments K] [--batch-size B] [--stream] [--json]
@@ -65,7 +67,8 @@ function usageOf(command: string): string {
     else if (!line.startsWith('    ')) inside = false;
     if (inside) own.push(line);
   }
-  return `memgpt ${command} — ${commandHelp[command]}\n\nUsage:\n${own.join('\n')}`;
+  const flags = command in flagDocs ? `\n\nFlags:\n${flagTable(command as CommandName)}` : '';
+  return `memgpt ${command} — ${commandHelp[command]}\n\nUsage:\n${own.join('\n')}${flags}`;
 }
 
 function version(): string {
@@ -88,24 +91,14 @@ function positiveNumber(value: string | undefined, flag: string, fallback: numbe
 }
 
 function demo(argv: string[]): number {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      steps: { type: 'string' },
-      lr: { type: 'string' },
-      seed: { type: 'string' },
-      device: { type: 'string' },
-    },
-    strict: true,
-    allowPositionals: false,
-  });
-  if (values.device) setDefaultDevice(parseDevice(values.device, '--device'));
+  const flags = parse(argv, specOf('demo'));
+  useDevice(flags);
   const device = defaultDevice();
   const result = runDemo({
     device,
-    steps: positiveInt(values.steps, '--steps', 500),
-    lr: positiveNumber(values.lr, '--lr', 200),
-    seed: values.seed === undefined ? 0 : positiveInt(values.seed, '--seed', 0),
+    steps: int(flags, 'steps', 500),
+    lr: num(flags, 'lr', 200, (n) => n > 0, 'a positive number'),
+    seed: int(flags, 'seed', 0, 0),
     log: (line) => console.log(line),
   });
   if (!(result.finalLoss < result.firstLoss)) throw new MemgptError(`demo: the loss did not decrease (${result.firstLoss} -> ${result.finalLoss})`);
@@ -135,7 +128,7 @@ export async function main(argv: string[]): Promise<number> {
     if (command === 'generate') return await generateCommand(rest);
     if (command === 'bench') return await benchCommand(rest);
     if (command === 'doctor') {
-      const flags = parse(rest, { json: 'boolean' });
+      const flags = parse(rest, specOf('doctor'));
       const report = doctorReport();
       console.log(flags.json ? JSON.stringify(report, null, 2) : formatDoctor(report));
       return 0;

@@ -10,6 +10,8 @@ import { getTokenizer, loadCorpus, splitCorpus, type Corpus } from '../data/inde
 import { loadModel } from '../io/checkpoint.js';
 import { presets, resolveConfig, type ModelConfig, type PresetName } from '../nn/config.js';
 import { MemGPT } from '../nn/model.js';
+import { generateTokens } from '../infer/sampling.js';
+import { specOf } from './flag-docs.js';
 import { defaultPasskeyTask, passkeyAccuracy, passkeyTrainer } from '../tasks/passkey.js';
 import { RunLock, committedCheckpoint, runFiles } from '../train/run-folder.js';
 import { Trainer, defaultTrainOptions, loadRunModel, recipes, savedTrainerState, type Recipe, type TrainerState, type TrainOptions } from '../train/trainer.js';
@@ -55,24 +57,19 @@ function readConfigFile(path: string): Partial<ModelConfig> {
   }
 }
 
-const trainFlags = {
-  preset: 'string', config: 'string', init: 'string', data: 'string', out: 'string', steps: 'string', 'batch-size': 'string',
-  segments: 'string', lr: 'string', optimizer: 'string', 'weight-decay': 'string', 'grad-clip': 'string', warmup: 'string',
-  schedule: 'string', order: 'string', seed: 'string', device: 'string', resume: 'boolean', json: 'boolean', 'grad-accum': 'string',
-  'eval-every': 'string', 'eval-batches': 'string', 'checkpoint-every': 'string', 'log-every': 'string', 'held-out': 'string',
-  precision: 'string', 'mem-slots': 'string', 'segment-len': 'string',
-} as const;
+const trainFlags = specOf('train');
 
 /** The training options from the flags, on top of a preset's recipe (learning rate, batch, BPTT depth, warmup). */
 export function trainOptionsFromFlags(flags: Flags, recipe: Recipe = recipes.tiny): TrainOptions {
   const d = defaultTrainOptions;
   const steps = int(flags, 'steps', d.steps);
+  const lr = num(flags, 'lr', recipe.lr, (n) => n > 0, 'a positive number');
   return {
     steps,
     batchSize: int(flags, 'batch-size', recipe.batchSize),
     segments: int(flags, 'segments', recipe.segments),
-    lr: num(flags, 'lr', recipe.lr, (n) => n > 0, 'a positive number'),
-    minLrRatio: d.minLrRatio,
+    lr,
+    minLrRatio: flags['min-lr'] === undefined ? d.minLrRatio : num(flags, 'min-lr', 0, (n) => n <= lr, `a number in [0, --lr ${lr}]`) / lr,
     warmup: int(flags, 'warmup', Math.min(recipe.warmup, Math.floor(steps / 10)), 0),
     schedule: choice(flags, 'schedule', ['cosine', 'constant'] as const, d.schedule),
     optimizer: choice(flags, 'optimizer', ['adamw', 'sgd'] as const, d.optimizer),
@@ -93,7 +90,7 @@ export function trainOptionsFromFlags(flags: Flags, recipe: Recipe = recipes.tin
 const runDefiningFlags = {
   'batch-size': 'batchSize', segments: 'segments', lr: 'lr', optimizer: 'optimizer', 'weight-decay': 'weightDecay',
   'grad-clip': 'gradClip', warmup: 'warmup', schedule: 'schedule', order: 'order', seed: 'seed', 'grad-accum': 'gradAccum',
-  precision: 'precision',
+  precision: 'precision', 'min-lr': 'minLrRatio',
 } as const satisfies Record<string, keyof TrainOptions>;
 // The flags a resumed run may change: how long it runs, and how often it evaluates, checkpoints and logs.
 const resumableFlags = {
@@ -138,8 +135,13 @@ export async function trainCommand(argv: string[]): Promise<number> {
   const overrides: Partial<ModelConfig> = {};
   if (flags['mem-slots'] !== undefined) overrides.memSlots = int(flags, 'mem-slots', 0, 0);
   if (flags['segment-len'] !== undefined) overrides.segmentLen = int(flags, 'segment-len', 1);
+  if (flags.tokenizer !== undefined) {
+    overrides.tokenizer = choice(flags, 'tokenizer', ['byte', 'gpt2'] as const, 'byte');
+    overrides.vocabSize = getTokenizer(overrides.tokenizer).vocabSize;
+  }
+  const sampleEvery = int(flags, 'sample-every', 0, 0);
   const checkOverrides = (model: MemGPT, what: string) => {
-    for (const [key, flag] of [['memSlots', 'mem-slots'], ['segmentLen', 'segment-len']] as const) {
+    for (const [key, flag] of [['memSlots', 'mem-slots'], ['segmentLen', 'segment-len'], ['tokenizer', 'tokenizer']] as const) {
       if (overrides[key] !== undefined && overrides[key] !== model.config[key]) {
         model.dispose();
         throw new MemgptError(`train: --${flag} ${overrides[key]} does not fit ${what}, whose ${key} is ${model.config[key]}`);
@@ -196,6 +198,7 @@ export async function trainCommand(argv: string[]): Promise<number> {
       model = MemGPT.init({ ...presets[presetName as PresetName], ...overrides }, { seed: options.seed });
     }
     let trainer: Trainer;
+    let promptFrom: Int32Array;
     try {
       const tokenizer = getTokenizer(model.config.tokenizer);
       const corpus = loadCorpus(data, tokenizer);
@@ -207,13 +210,24 @@ export async function trainCommand(argv: string[]): Promise<number> {
           `${before.trainTokens} (from ${String(before.path)}): resume with the same data`);
       }
       trainer = new Trainer(model, train, heldOut, out, options, { path: data, heldOut: heldOutFraction, trainTokens: train.tokens.length });
+      promptFrom = (heldOut ?? train).tokens;
     } catch (e) {
       model.dispose();
       throw e;
     }
+    // --sample-every: a short greedy continuation of the held-out text's (or the training text's) first tokens.
+    const codec = getTokenizer(model.config.tokenizer);
+    const prompt = promptFrom.subarray(0, Math.min(32, promptFrom.length));
+    const sample = sampleEvery > 0 && prompt.length > 0 ? {
+      every: sampleEvery,
+      print: (step: number) => {
+        const tokens = [...generateTokens(model, prompt, { maxTokens: 48, temperature: 0 })];
+        console.error(`sample at step ${step}: ${JSON.stringify(codec.decode(prompt))} → ${JSON.stringify(codec.decode(tokens))}`);
+      },
+    } : undefined;
     try {
       if (flags.resume) trainer.resume();
-      await runTraining(trainer, flags.json === true);
+      await runTraining(trainer, flags.json === true, 'train', sample);
     } finally {
       trainer.dispose();
       model.dispose();
@@ -225,7 +239,8 @@ export async function trainCommand(argv: string[]): Promise<number> {
 }
 
 /** Runs trainer to its last step with a progress bar (or plain lines off a TTY, or JSON lines on stdout). */
-export async function runTraining(trainer: Trainer, json: boolean, label = 'train'): Promise<void> {
+/** Runs a trainer to its end with a progress bar (or JSON lines), and `sample` (if given) every sample.every steps. */
+export async function runTraining(trainer: Trainer, json: boolean, label = 'train', sample?: { every: number; print: (step: number) => void }): Promise<void> {
   const o = trainer.options;
   const bar = !json && process.stderr.isTTY
     ? new cliProgress.SingleBar(
@@ -243,6 +258,11 @@ export async function runTraining(trainer: Trainer, json: boolean, label = 'trai
         else if (!bar) console.error(`${label}: step ${entry.step}/${o.steps}  loss ${entry.loss.toFixed(4)}  ${entry.tokensPerSecond.toFixed(0)} tok/s${entry.evalLoss !== undefined ? `  held-out ${entry.evalLoss.toFixed(4)}` : ''}`);
       }
       bar?.update(entry.step, { loss: entry.loss.toFixed(4), heldOut, tps: entry.tokensPerSecond.toFixed(0) });
+      if (sample && entry.step % sample.every === 0) {
+        bar?.stop();
+        sample.print(entry.step);
+        if (bar && entry.step < o.steps) bar.start(o.steps, entry.step, { loss: entry.loss.toFixed(4), heldOut, tps: entry.tokensPerSecond.toFixed(0) });
+      }
     },
   });
   bar?.stop();

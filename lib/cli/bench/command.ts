@@ -3,16 +3,16 @@
 import { defaultDevice } from '../../native/backend.js';
 import { presets, type PresetName } from '../../nn/config.js';
 import { choice, int, parse, useDevice } from '../flags.js';
+import { specOf } from '../flag-docs.js';
 import { MemgptError } from '../../core/errors.js';
 import { formatKernelBench, runKernelBench, type KernelBenchResult } from './kernels.js';
 import { formatTrainBench, runTrainBench, type TrainBenchResult } from './train.js';
 import type { Preset } from './types.js';
 import { booksCommand } from './books/command.js';
 
-const kernelFlags = { preset: 'string', only: 'string', device: 'string', json: 'boolean' } as const;
-const trainFlags = {
-  preset: 'string', 'batch-size': 'string', segments: 'string', steps: 'string', warmup: 'string', device: 'string', json: 'boolean', precision: 'string',
-} as const;
+// Each bench takes its own flags of the bench table (lib/cli/flag-docs.ts).
+const kernelFlags = specOf('bench', ['preset', 'only', 'device', 'json']);
+const trainFlags = specOf('bench', ['preset', 'batch-size', 'segments', 'steps', 'warmup', 'device', 'json', 'precision']);
 
 function kernels(argv: string[]): { json: boolean; result: KernelBenchResult } {
   const flags = parse(argv, kernelFlags);
@@ -49,7 +49,7 @@ export async function benchCommand(argv: string[]): Promise<number> {
     const { json, result } = train(rest);
     console.log(json ? JSON.stringify(result) : formatTrainBench(result));
   } else if (sub === undefined || sub === '--json' || sub === '--device') {
-    const flags = parse(argv, { device: 'string', json: 'boolean' });
+    const flags = parse(argv, specOf('bench', ['device', 'json']));
     console.error('memgpt bench: the kernels at the small preset, then a small-preset training step (memgpt bench kernels|train [flags] for either)');
     const k = kernels(argv), t = train(argv);
     console.log(flags.json ? JSON.stringify({ kernels: k.result, train: t.result }, null, 2) : `${formatKernelBench(k.result)}\n\n${formatTrainBench(t.result)}`);

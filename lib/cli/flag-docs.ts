@@ -1,0 +1,113 @@
+// Every flag of every `memgpt` command, once: its type, what it means and its default. The commands parse against
+// specOf(command), and `memgpt COMMAND --help` prints flagTable(command), so a flag cannot be parsed and left out
+// of the help.
+import { cudaKernelsVerified } from '../native/backend.js';
+
+/** One flag: how it is parsed, the placeholder of its value, its default (in words) and one line on what it does. */
+export interface FlagDoc {
+  name: string;
+  type: 'string' | 'boolean' | 'strings';
+  value?: string;
+  default?: string;
+  help: string;
+}
+
+const device: FlagDoc = {
+  name: 'device', type: 'string', value: 'cpu|cuda', help: 'where to run; MEMGPT_DEVICE does the same',
+  default: cudaKernelsVerified ? 'cuda where a GPU is usable, else cpu' : 'cpu (CUDA is opt-in until its kernels are verified on a GPU)',
+};
+const json: FlagDoc = { name: 'json', type: 'boolean', help: 'machine-readable output: JSON lines on stdout' };
+
+export const flagDocs = {
+  train: [
+    { name: 'preset', type: 'string', value: 'tiny|small|base', default: 'tiny', help: 'the model shape and its training recipe (lr, batch, segments, warmup)' },
+    { name: 'config', type: 'string', value: 'FILE.json', help: 'a model config (SPEC §2 keys) instead of a preset' },
+    { name: 'init', type: 'string', value: 'CKPT', help: 'start from a checkpoint\'s weights (its architecture) instead of a fresh init' },
+    { name: 'data', type: 'string', value: 'PATH', help: 'the training text (required); the last --held-out of it is held out' },
+    { name: 'out', type: 'string', value: 'DIR', help: 'the run folder: checkpoints, metrics.jsonl, plots (required)' },
+    { name: 'tokenizer', type: 'string', value: 'byte|gpt2', default: "the preset's or config's", help: 'the tokenizer, overriding the preset\'s or config\'s (its vocabulary size follows)' },
+    { name: 'mem-slots', type: 'string', value: 'S', default: "the preset's or config's", help: 'memory slots a layer (0: no memory), overriding the preset or config' },
+    { name: 'segment-len', type: 'string', value: 'T', default: "the preset's or config's", help: 'tokens a segment, overriding the preset or config' },
+    { name: 'steps', type: 'string', value: 'N', default: '1000', help: 'optimizer steps of the whole run' },
+    { name: 'batch-size', type: 'string', value: 'B', default: "the preset's recipe (8; base 16)", help: 'samples a step' },
+    { name: 'segments', type: 'string', value: 'K', default: "the preset's recipe (4; base 2)", help: 'segments a sample: how far back the gradient reaches through the memory' },
+    { name: 'lr', type: 'string', value: 'X', default: "the preset's recipe (tiny 3e-3, small 1e-3, base 6e-4)", help: 'peak learning rate' },
+    { name: 'min-lr', type: 'string', value: 'X', default: '0.1 × --lr', help: 'where the cosine schedule ends (at most --lr)' },
+    { name: 'warmup', type: 'string', value: 'N', default: "the recipe's (100; base 200), at most steps/10", help: 'steps of linear warmup' },
+    { name: 'schedule', type: 'string', value: 'cosine|constant', default: 'cosine', help: 'the learning rate after the warmup' },
+    { name: 'optimizer', type: 'string', value: 'adamw|sgd', default: 'adamw', help: 'AdamW (betas 0.9, 0.95) or plain SGD' },
+    { name: 'weight-decay', type: 'string', value: 'W', default: '0.1', help: 'AdamW weight decay, on the matrices only' },
+    { name: 'grad-clip', type: 'string', value: 'C', default: '1', help: 'clip the gradient\'s global norm to C (0: off)' },
+    { name: 'grad-accum', type: 'string', value: 'N', default: '1', help: 'micro-batches summed into each step' },
+    { name: 'order', type: 'string', value: 'random|sequential', default: 'random', help: 'how samples are drawn from the training text' },
+    { name: 'seed', type: 'string', value: 'S', default: '0', help: 'seed of the initialisation and the sample order' },
+    { name: 'held-out', type: 'string', value: 'FRACTION', default: '0.05', help: 'the fraction at the end of --data held out for evaluation (0: none)' },
+    { name: 'eval-every', type: 'string', value: 'N', default: '0 (only at the end)', help: 'evaluate on the held-out text every N steps' },
+    { name: 'eval-batches', type: 'string', value: 'N', default: '8', help: 'held-out batches an evaluation reads' },
+    { name: 'checkpoint-every', type: 'string', value: 'N', default: '0 (only at the end)', help: 'write a checkpoint every N steps' },
+    { name: 'log-every', type: 'string', value: 'N', default: '10', help: 'log a metrics row (and a progress line) every N steps' },
+    { name: 'sample-every', type: 'string', value: 'N', default: '0 (never)', help: 'print a short greedy generation every N steps, to watch what the model learns' },
+    { name: 'precision', type: 'string', value: 'float32|bfloat16', default: 'float32', help: 'the forward\'s precision (weights and optimizer state stay float32)' },
+    { name: 'resume', type: 'boolean', help: 'continue the run in --out with its saved options (only --steps and the every-N flags may change)' },
+    device,
+    json,
+  ],
+  eval: [
+    { name: 'checkpoint', type: 'string', value: 'CKPT', help: 'the model to score (required)' },
+    { name: 'data', type: 'string', value: 'PATH', help: 'the text to score (required)' },
+    { name: 'stream', type: 'boolean', help: 'score the whole file as one stream, the memory carried from start to end' },
+    { name: 'segments', type: 'string', value: 'K', default: '4', help: 'segments a sample (without --stream)' },
+    { name: 'batch-size', type: 'string', value: 'B', default: '1', help: 'samples a batch (without --stream)' },
+    device,
+    json,
+  ],
+  generate: [
+    { name: 'checkpoint', type: 'string', value: 'CKPT', help: 'the model (required)' },
+    { name: 'prompt', type: 'string', value: 'TEXT', help: 'the prompt (or --prompt-file)' },
+    { name: 'prompt-file', type: 'string', value: 'PATH', help: 'read the prompt from a file (at most 16 MiB)' },
+    { name: 'max-tokens', type: 'string', value: 'N', default: '200', help: 'tokens to generate' },
+    { name: 'temperature', type: 'string', value: 'X', default: '1', help: 'divides log P before sampling; 0 is greedy' },
+    { name: 'top-k', type: 'string', value: 'K', default: 'off', help: 'sample among the K most likely tokens' },
+    { name: 'top-p', type: 'string', value: 'P', default: '1 (off)', help: 'sample among the most likely tokens whose probabilities add up to P' },
+    { name: 'min-p', type: 'string', value: 'P', default: '0 (off)', help: 'drop tokens less likely than P times the most likely one' },
+    { name: 'repetition-penalty', type: 'string', value: 'R', default: '1 (off)', help: 'P^R for tokens already in the context (> 1 discourages repeats)' },
+    { name: 'stop', type: 'strings', value: 'TEXT', help: 'end before this text (repeatable; the stop text is not printed)' },
+    { name: 'seed', type: 'string', value: 'S', default: '0', help: 'seed of the sampler' },
+    device,
+    { ...json, help: 'one JSON line per token (id, log-probability, text), then {done, reason, tokens, text}' },
+  ],
+  bench: [
+    { name: 'preset', type: 'string', value: 'NAME', default: 'small', help: 'kernels: small|base|all; train: tiny|small|base' },
+    { name: 'only', type: 'string', value: 'SUBSTRING', help: 'kernels: only the kernels whose name contains this' },
+    { name: 'batch-size', type: 'string', value: 'B', default: '8', help: 'train: samples a step' },
+    { name: 'segments', type: 'string', value: 'K', default: '4', help: 'train: segments a sample' },
+    { name: 'steps', type: 'string', value: 'N', default: '5', help: 'train: timed steps (their median is reported)' },
+    { name: 'warmup', type: 'string', value: 'N', default: '1', help: 'train: untimed steps first' },
+    { name: 'precision', type: 'string', value: 'float32|bfloat16', default: 'float32', help: 'train: the forward\'s precision' },
+    device,
+    json,
+  ],
+  demo: [
+    { name: 'steps', type: 'string', value: 'N', default: '500', help: 'training steps of the demo' },
+    { name: 'lr', type: 'string', value: 'X', default: '200', help: 'learning rate of its plain gradient descent' },
+    { name: 'seed', type: 'string', value: 'S', default: '0', help: 'seed' },
+    device,
+  ],
+  doctor: [json],
+} satisfies Record<string, FlagDoc[]>;
+
+export type CommandName = keyof typeof flagDocs;
+
+/** The parse spec of a command's flags (or of the named ones only). */
+export function specOf(command: CommandName, only?: readonly string[]): Record<string, FlagDoc['type']> {
+  const docs: FlagDoc[] = flagDocs[command];
+  return Object.fromEntries(docs.filter((f) => !only || only.includes(f.name)).map((f) => [f.name, f.type]));
+}
+
+/** The "Flags:" section of `memgpt COMMAND --help`: one line a flag, with its default. */
+export function flagTable(command: CommandName): string {
+  const docs: FlagDoc[] = flagDocs[command];
+  const heads = docs.map((f) => `--${f.name}${f.value ? ` ${f.value}` : ''}${f.type === 'strings' ? ' (repeatable)' : ''}`);
+  const width = Math.max(...heads.map((h) => h.length)) + 2;
+  return docs.map((f, i) => `  ${heads[i].padEnd(width)}${f.help}${f.default ? ` (default: ${f.default})` : ''}`).join('\n');
+}

@@ -27,7 +27,7 @@ export * from './ops/optim.js';
 export { presets, parameterShapes, resolveConfig, type ModelConfig, type PresetName } from './nn/config.js';
 export { MemGPT, type ForwardResult, type LayerDiagnostics } from './nn/model.js';
 export * from './data/index.js';
-export { Decoder } from './infer/decoder.js';
+export { BatchDecoder, Decoder } from './infer/decoder.js';
 export { generateTokens, penalizeRepeats, sampledTokens, sampleToken, type GenerateOptions, type SampledToken } from './infer/sampling.js';
 export { streamText, streamTokens, textPieces, type StopReason, type TextCodec, type TextGenerateOptions, type TextToken } from './infer/text.js';
 export { scoreStream } from './infer/score.js';

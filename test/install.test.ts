@@ -107,6 +107,27 @@ describe('npm pack, then an offline install without a compiler', () => {
     expect(existsSync(join(project, 'run', 'model.safetensors'))).toBe(true);
   });
 
+  it('the typings compile for a consumer on lib es2022 with @types/node (no esnext needed for Symbol.dispose)', () => {
+    const work = mkdtempSync(join(tmpdir(), 'memgpt-types-'));
+    writeFileSync(join(work, 'use.ts'), [
+      `import * as mg from ${JSON.stringify(join(packageRoot, 'dist', 'index.js'))};`,
+      'const t: mg.Tensor = mg.zeros([2]);',
+      'const d = new mg.Decoder(mg.MemGPT.init(mg.presets.tiny));',
+      'd.dispose();',
+      'export const shape: readonly number[] = t.shape;',
+    ].join('\n'));
+    writeFileSync(join(work, 'tsconfig.json'), JSON.stringify({
+      compilerOptions: {
+        target: 'es2022', lib: ['es2022'], module: 'nodenext', moduleResolution: 'nodenext', strict: true, noEmit: true,
+        typeRoots: [join(packageRoot, 'node_modules', '@types')], types: ['node'],
+      },
+      files: ['use.ts'],
+    }));
+    const r = run(process.execPath, [join(packageRoot, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', work], work);
+    expect(r.stdout + r.stderr).toBe('');
+    expect(r.status).toBe(0);
+  });
+
   it('the install hook keeps a prebuilt addon that loads, and rebuilds (here: fails saying why) one that does not', () => {
     const pkg = mkdtempSync(join(tmpdir(), 'memgpt-hook-'));
     mkdirSync(join(pkg, 'scripts'));

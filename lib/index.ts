@@ -28,6 +28,7 @@ export { presets, parameterShapes, resolveConfig, type ModelConfig, type PresetN
 export { MemGPT, type ForwardResult, type LayerDiagnostics } from './nn/model.js';
 export * from './data/index.js';
 export { BatchDecoder, Decoder } from './infer/decoder.js';
+export { generateBatch, type BatchGenerateOptions, type BatchSample } from './infer/batch.js';
 export { generateTokens, penalizeRepeats, sampledTokens, sampleToken, type GenerateOptions, type SampledToken } from './infer/sampling.js';
 export { streamText, streamTokens, textPieces, type StopReason, type TextCodec, type TextGenerateOptions, type TextToken } from './infer/text.js';
 export { scoreStream } from './infer/score.js';

@@ -9,7 +9,7 @@ import { MemGPT } from '../lib/nn/model.js';
 import { Decoder } from '../lib/infer/decoder.js';
 import { generateTokens } from '../lib/infer/sampling.js';
 import { scoreStream } from '../lib/infer/score.js';
-import { expectNoLeaks } from './helpers.js';
+import { expectClose, expectNoLeaks } from './helpers.js';
 import { referenceSampleNLL, type RefParams } from './reference_model.js';
 import { randomModel, refParams, randomTokens } from './models.js';
 
@@ -314,6 +314,38 @@ describe('generateTokens and streamText', () => {
       expect(pieces.join('')).toBe([...mg.textPieces(generateTokens(model, codec.encode('abcab'), options), bytes)].join(''));
       for await (const piece of mg.streamText(model, codec, 'abcab', options)) if (piece) break;
       expect(mg.memory('cpu').liveTensors).toBe(before);
+    } finally {
+      model.dispose();
+    }
+  });
+});
+
+describe('generateBatch (several continuations decoded together)', () => {
+  it('sample b is what a lone generation with seed + b gives; stop strings and stopAt end each sequence on its own', async () => {
+    const model = randomModel({ ...small, positional: 'rope' }, 3);
+    try {
+      const prompts = [[1, 2, 3, 1, 2, 3, 4], [5, 6], [7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7]];
+      const options = { maxTokens: 12, temperature: 1, topP: 0.9, seed: 4 };
+      const batch = await mg.generateBatch(model, prompts, options);
+      prompts.forEach((p, b) => {
+        const lone = [...mg.sampledTokens(model, p, { ...options, seed: options.seed + b })];
+        expect(batch[b].tokens).toEqual(lone.map((t) => t.token));
+        expectClose(batch[b].logprobs, lone.map((t) => t.logprob), 1e-6, 1e-6);
+        expect(batch[b].reason).toBe('max-tokens');
+      });
+      // stopAt ends the sequences that produce the token, the others run on.
+      const first = batch.map((s) => s.tokens[3]);
+      const stopped = await mg.generateBatch(model, prompts, { ...options, stopAt: (t) => t === first[1] });
+      expect(stopped[1].tokens.length).toBeLessThanOrEqual(4);
+      expect(stopped[1].reason).toBe('stop-token');
+      // Stop strings with a codec: the text is cut before the stop, and that sequence ends there.
+      const codec = mg.getTokenizer('byte');
+      const withText = await mg.generateBatch(model, prompts, options, codec);
+      const stopText = codec.decode(withText[0].tokens.slice(2, 4));
+      const cut = await mg.generateBatch(model, prompts, { ...options, stop: [stopText] }, codec);
+      expect(cut[0].reason).toBe('stop');
+      expect(cut[0].text).toBe(codec.decode(withText[0].tokens).slice(0, codec.decode(withText[0].tokens).indexOf(stopText)));
+      await expect(mg.generateBatch(model, [[]], options)).rejects.toThrow(/prompt 0 is empty/);
     } finally {
       model.dispose();
     }

@@ -236,6 +236,13 @@ describe('memgpt train', () => {
     writeFileSync(join(dir, 'prompt.txt'), 'Line 3: the');
     const stopped = memgpt(['generate', '--checkpoint', ckpt, '--prompt-file', join(dir, 'prompt.txt'), '--max-tokens', '12', '--temperature', '0', '--stop', stop, '--stop', 'zzz']);
     expect(stopped.stdout).toBe(`${last.text.slice(0, last.text.indexOf(stop))}\n`);
+    // --num-samples: continuations decoded together; the greedy ones all equal the lone greedy text, and sample b
+    // with temperature is what --seed S + b gives alone.
+    const greedy = jsonLines(memgpt(['generate', '--checkpoint', ckpt, '--prompt', 'Line 3: the', '--max-tokens', '12', '--temperature', '0', '--num-samples', '3', '--json']).stdout) as unknown as { sample: number; text: string; reason: string }[];
+    expect(greedy.map((l) => [l.sample, l.text, l.reason])).toEqual([0, 1, 2].map((b) => [b, last.text, 'max-tokens']));
+    const sampled = jsonLines(memgpt(['generate', '--checkpoint', ckpt, '--prompt', 'Line', '--max-tokens', '8', '--seed', '5', '--num-samples', '2', '--json']).stdout) as unknown as { text: string }[];
+    const alone = jsonLines(memgpt(['generate', '--checkpoint', ckpt, '--prompt', 'Line', '--max-tokens', '8', '--seed', '6', '--json']).stdout).pop() as unknown as { text: string };
+    expect(sampled[1].text).toBe(alone.text);
     // The sampling controls are flags too; bad values and a prompt given twice are one clear line.
     expect(memgpt(['generate', '--checkpoint', ckpt, '--prompt', 'Line', '--max-tokens', '5', '--top-p', '0.9', '--min-p', '0.05', '--repetition-penalty', '1.3', '--seed', '2']).status).toBe(0);
     for (const [args, message] of [

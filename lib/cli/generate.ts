@@ -7,6 +7,9 @@ import { getTokenizer } from '../data/index.js';
 import { streamTokens } from '../infer/text.js';
 import { loadModel } from '../io/checkpoint.js';
 import { int, num, parse, required, useDevice } from './flags.js';
+import { generateBatch, type BatchGenerateOptions } from '../infer/batch.js';
+import type { TextCodec } from '../infer/text.js';
+import type { MemGPT } from '../nn/model.js';
 import { specOf } from './flag-docs.js';
 
 /** Reads --prompt-file: a regular UTF-8 text file of at most 16 MiB (a FIFO or /dev/zero would block or never end). */
@@ -20,6 +23,22 @@ function readPromptFile(path: string): string {
   if (!st.isFile()) throw new MemgptError(`generate: --prompt-file ${path} is not a regular file`);
   if (st.size > 16 * 2 ** 20) throw new MemgptError(`generate: --prompt-file ${path} is ${st.size} bytes, more than the 16 MiB a prompt may be`);
   return readFileSync(path, 'utf8');
+}
+
+/** --num-samples N: N continuations decoded as one batch, printed when all are done (text, or one JSON line each). */
+async function generateSamples(model: MemGPT, codec: TextCodec, prompt: string, n: number, options: BatchGenerateOptions, json: boolean): Promise<number> {
+  const ids = codec.encode(prompt);
+  const results = await generateBatch(model, Array.from({ length: n }, () => ids), options, codec);
+  results.forEach((r, b) => {
+    const seed = (options.seed ?? 0) + b;
+    if (json) console.log(JSON.stringify({ sample: b, seed, tokens: r.tokens, logprobs: r.logprobs, text: r.text, reason: r.reason }));
+    else process.stdout.write(`--- sample ${b + 1} of ${n} (seed ${seed}, ${r.reason}) ---\n${r.text}\n`);
+  });
+  if (results.some((r) => r.reason === 'aborted')) {
+    console.error(`memgpt: generate: interrupted after ${Math.max(...results.map((r) => r.tokens.length))} tokens`);
+    return 130;
+  }
+  return 0;
 }
 
 /**
@@ -52,6 +71,8 @@ export async function generateCommand(argv: string[]): Promise<number> {
   try {
     const tokenizer = getTokenizer(model.config.tokenizer);
     if (tokenizer.encode(promptText).length === 0) throw new MemgptError('generate: the prompt is empty');
+    const samples = int(flags, 'num-samples', 1);
+    if (samples > 1) return await generateSamples(model, tokenizer, promptText, samples, { ...options, signal: abort.signal }, flags.json === true);
     const stream = streamTokens(model, tokenizer, promptText, { ...options, signal: abort.signal });
     let count = 0, text = '';
     let step = await stream.next();

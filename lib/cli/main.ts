@@ -32,6 +32,7 @@ Usage:
   memgpt eval     --checkpoint CKPT --data PATH [--segments K] [--batch-size B] [--stream] [--json]
   memgpt generate --checkpoint CKPT (--prompt TEXT | --prompt-file PATH) [--max-tokens N] [--temperature X]
                   [--top-k K] [--top-p P] [--min-p P] [--repetition-penalty R] [--stop TEXT]... [--seed S]
+                  [--num-samples N]   (N continuations decoded together, each printed when all are done)
                   [--json]   (one line per token: id, log-probability, text; Ctrl-C ends it cleanly)
   memgpt bench    [kernels|train|books] [--device cpu|cuda] [--json]
                   kernels: [--preset small|base|all] [--only SUBSTRING]

@@ -31,7 +31,8 @@ export interface GenerateOptions {
 
 type SamplerOptions = Required<Omit<GenerateOptions, 'stopAt' | 'topK'>> & Pick<GenerateOptions, 'stopAt' | 'topK'>;
 
-function validateOptions(options: GenerateOptions): SamplerOptions {
+/** Checks generate options and fills in their defaults (each bad one is one clear error). */
+export function validateOptions(options: GenerateOptions): SamplerOptions {
   const { maxTokens, temperature = 1, topK, topP = 1, minP = 0, repetitionPenalty = 1, seed = 0, stopAt } = options;
   if (!Number.isSafeInteger(maxTokens) || maxTokens < 0) throw new MemgptError(`generate: maxTokens must be an integer ≥ 0 (got ${maxTokens})`);
   if (typeof temperature !== 'number' || !Number.isFinite(temperature) || temperature < 0) throw new MemgptError(`generate: temperature must be a number ≥ 0 (got ${temperature})`);

@@ -75,9 +75,9 @@ export class BatchDecoder {
     const make = (t: Tensor) => (made.push(t), keep(t));
     try {
       noGrad(() => {
-        const init = S > 0 ? model.initialMemory(batch) : [];
+        const init = (S > 0 ? model.initialMemory(batch) : []).map(make);
         for (let l = 0; l < L; l++) {
-          const memory = S > 0 ? make(init[l]) : null;
+          const memory = S > 0 ? init[l] : null;
           this.layers.push({
             cache: { keys: make(zeros([batch, H, D / H, T], { device })), values: make(zeros([batch, T, D], { device, dtype })) },
             outputs: S > 0 ? make(zeros([batch, T, D], { device })) : null,

@@ -119,7 +119,7 @@ export function formatDoctor(r: DoctorReport): string {
     `memgpt ${r.memgpt} on Node.js ${r.node} (N-API ${r.napi}), ${r.platform}`,
     `CPU addon:    ${r.cpu.loaded ?? `cannot load: ${r.cpu.error}`}${r.cpu.threads ? ` (${r.cpu.threads} threads, ${r.cpu.simd})` : ''}`,
     `  builds:     ${r.cpu.builds.join(', ') || 'none'}`,
-    `CUDA addon:   ${r.cuda.addon ?? 'none (npm run build:cuda needs nvcc)'}` +
+    `CUDA addon:   ${r.cuda.addon ?? 'none (not built: npm install builds it only where an NVIDIA driver is found, or with MEMGPT_BUILD_CUDA=1; npm run build:cuda builds it, with nvcc)'}` +
       (r.cuda.runtime ? ` (CUDA runtime ${r.cuda.runtime}, code for ${r.cuda.architectures})` : ''),
     `  builds:     ${r.cuda.builds.join(', ') || 'none'}`,
     `NVIDIA driver: ${r.cuda.driver ?? 'none found'}${r.cuda.driverCuda ? ` (supports CUDA ${r.cuda.driverCuda})` : ''}`,

@@ -157,7 +157,7 @@ export function cudaStatus(): CudaStatus {
   if (cudaState) return cudaState;
   const addonPath = cudaAddonPath();
   if (!addonPath) {
-    cudaState = { available: false, reason: 'the CUDA addon is not built (npm run build:cuda needs nvcc)' };
+    cudaState = { available: false, reason: 'the CUDA addon is not built (npm install builds it only where an NVIDIA driver is found, or with MEMGPT_BUILD_CUDA=1; npm run build:cuda builds it, with nvcc)' };
     return cudaState;
   }
   const script = `const a = require(${JSON.stringify(addonPath)}); process.stdout.write(JSON.stringify(a.probe()));`;

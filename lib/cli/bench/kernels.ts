@@ -8,13 +8,14 @@ import * as mg from '../../index.js';
 import { cpuBackend, cudaBackend, synchronize } from '../../native/backend.js';
 import * as attention from './ops/attention.js';
 import * as classifier from './ops/classifier.js';
+import * as decode from './ops/decode.js';
 import * as linear from './ops/linear.js';
 import * as memwrite from './ops/memwrite.js';
 import * as norm from './ops/norm.js';
 import * as optim from './ops/optim.js';
 import type { BenchCase, Preset } from './types.js';
 
-const families = [attention, classifier, linear, memwrite, norm, optim];
+const families = [attention, classifier, decode, linear, memwrite, norm, optim];
 
 export interface KernelBenchOptions {
   device: mg.Device;

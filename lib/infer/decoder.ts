@@ -79,7 +79,7 @@ export class BatchDecoder {
         for (let l = 0; l < L; l++) {
           const memory = S > 0 ? init[l] : null;
           this.layers.push({
-            cache: { keys: make(zeros([batch, H, D / H, T], { device })), values: make(zeros([batch, T, D], { device, dtype })) },
+            cache: { keys: make(zeros([batch, H, D / H, T], { device })), values: make(zeros([batch, H, T, D / H], { device, dtype })) },
             outputs: S > 0 ? make(zeros([batch, T, D], { device })) : null,
             memory,
             memKV: memory ? make(tidy(() => model.memoryKV(l, memory))) : null,

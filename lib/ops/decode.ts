@@ -54,7 +54,7 @@ export interface AttentionDecodeOptions {
 export interface DecodeCache {
   /** float32 [B, H, d, T]: each head's keys, rotated as attention rotates them, transposed (feature-major). */
   keys: Tensor;
-  /** [B, T, D] in the qkv rows' dtype: the values. */
+  /** [B, H, T, d] in the qkv rows' dtype: each head's values, contiguous. */
   values: Tensor;
 }
 
@@ -82,10 +82,10 @@ export function attentionDecode(qkv: Tensor, positions: Tensor, cache: DecodeCac
   if (!Number.isInteger(H) || H < 1 || D % H !== 0) throw new MemgptError(`${op}: nHeads ${H} does not divide the width D = ${D} of qkv ${shapeStr(qkv.shape)}`);
   const d = D / H;
   if (rope && d % 2 !== 0) throw new MemgptError(`${op}: rope needs an even head width, got d = ${d}`);
-  if (values.rank !== 3 || values.shape[0] !== B || values.shape[2] !== D || values.shape[1] < 1) {
-    throw new MemgptError(`${op}: values must be [${B}, T ≥ 1, ${D}], got ${shapeStr(values.shape)}`);
+  if (values.rank !== 4 || values.shape[0] !== B || values.shape[1] !== H || values.shape[3] !== d || values.shape[2] < 1) {
+    throw new MemgptError(`${op}: values must be [${B}, ${H}, T ≥ 1, ${d}], got ${shapeStr(values.shape)}`);
   }
-  const T = values.shape[1];
+  const T = values.shape[2];
   if (keys.shape.join() !== [B, H, d, T].join()) throw new MemgptError(`${op}: keys must be [${B}, ${H}, ${d}, ${T}], got ${shapeStr(keys.shape)}`);
   checkPositions(op, positions, B);
   let S = 0;

@@ -294,13 +294,12 @@ struct ForwardScratch {
 // Online-softmax attention of `rows` query rows (q, leading dim ldq; query r is at position qpos0 + r) over nk
 // keys/values (row j at k + j·ld, v + j·ld). Causal: query p sees keys j ≤ p. Keys are rotated when rt is set.
 // Writes out (rows × d, normalised) and lse (rows).
-// With kt_cache (decoding), the keys come from there instead: already rotated and transposed, [d, ldkt] (key j
-// of feature i at kt_cache[i·ldkt + j]), copied into the tile row by row.
+// With scores (decoding, rows = 1), the row's scaled scores over the keys are given, computed as score_tile
+// computes them, and only the softmax and the values run here.
 template <typename T>
 MG_INLINE void attend_rows(const float* q, int64_t ldq, int64_t rows, int64_t qpos0, const T* k, const T* v,
                            int64_t ld, int64_t nk, bool causal, const RopeTable* rt, int64_t d, float scale,
-                           ForwardScratch& w, float* out, float* lse, const float* kt_cache = nullptr,
-                           int64_t ldkt = 0) {
+                           ForwardScratch& w, float* out, float* lse, const float* scores = nullptr) {
   float* m = w.m.data();
   float* l = w.l.data();
   for (int64_t r = 0; r < rows; r++) {
@@ -311,12 +310,12 @@ MG_INLINE void attend_rows(const float* q, int64_t ldq, int64_t rows, int64_t qp
   int64_t k_end = causal ? std::min(nk, qpos0 + rows) : nk;
   for (int64_t k0 = 0; k0 < k_end; k0 += kKB) {
     int64_t n = std::min(kKB, k_end - k0);
-    if (kt_cache) {
-      for (int64_t i = 0; i < d; i++) std::memcpy(w.kt.data() + i * kKB, kt_cache + i * ldkt + k0, size_t(n) * sizeof(float));
+    if (scores) {
+      std::copy(scores + k0, scores + k0 + n, w.s.data());
     } else {
       load_tile_t(k + k0 * ld, ld, n, d, rt, k0, w.tmp.data(), w.kt.data());
+      score_tile(q, ldq, rows, w.kt.data(), n, d, scale, w.s.data());
     }
-    score_tile(q, ldq, rows, w.kt.data(), n, d, scale, w.s.data());
     int64_t ldv;
     const float* vt = widen_rows(v + k0 * ld, ld, n, d, w.vrows.data(), &ldv);
     for (int64_t r = 0; r < rows; r++) {
@@ -427,7 +426,9 @@ void forward_range_generic(const ForwardArgs<T>& a, size_t lo, size_t hi) {
 // One decoding task: sequence b, head h, the new token at row p = positions[b]. It appends the token's key (rotated
 // at p, transposed) and value to the caches, then is forward_task at rows = 1: the key tiles start at 0 in steps of
 // kKB as there and hold the same float32 values (a key is rotated by the same rope_rotate, once, when it arrives),
-// and each score, exponential and sum runs in the same order, so it computes the full forward's row bit for bit.
+// and each score, exponential and sum runs in the same order. So it computes the full forward's row to float32
+// rounding: whether the compiler contracts a loop into FMAs can differ between the forward's 4-row and this 1-row
+// code (measured: bit-equal without memory, within 1e-7 with the positional memory read).
 template <typename T>
 struct DecodeArgs {
   const Dims* s;
@@ -459,8 +460,8 @@ MG_INLINE void decode_task(const DecodeArgs<T>& a, int64_t b, int64_t h, Forward
   float* kt = a.keys + (b * s.H + h) * d * s.T;
   if (s.rope) rope_rotate(ksrc, w.tmp.data(), rt, p);
   for (int64_t i = 0; i < d; i++) kt[i * s.T + p] = s.rope ? w.tmp[size_t(i)] : load(ksrc + i);
-  T* values = a.values + b * s.T * D + h * d;
-  std::copy(vsrc, vsrc + d, values + p * D);
+  T* values = a.values + (b * s.H + h) * s.T * d;
+  std::copy(vsrc, vsrc + d, values + p * d);
   int64_t ldq0;
   const float* q0 = widen_rows(qsrc, 3 * D, 1, d, (s.rope ? w.q0 : w.q).data(), &ldq0);
   const float* q = q0;
@@ -470,8 +471,24 @@ MG_INLINE void decode_task(const DecodeArgs<T>& a, int64_t b, int64_t h, Forward
     q = w.q.data();
     ldq = d;
   }
+  // The scores of keys 0 … p, feature by feature: the transposed cache is then read as one stream (row i of kt
+  // is contiguous, and follows row i − 1), where tiles of kKB keys read d rows side by side. Each score sums its
+  // features in order and is scaled once, as score_tile does it, so the values are the same.
+  static thread_local std::vector<float> scores;
+  scores.resize(size_t(s.T));
+  float* sc = scores.data();
+  const int64_t n = p + 1;
+  std::fill(sc, sc + n, 0.f);
+  for (int64_t i = 0; i < d; i++) {
+    const float qi = q[i];
+    const float* __restrict row = kt + i * s.T;
+    for (int64_t j = 0; j < n; j++) sc[j] += qi * row[j];
+  }
+  if (scale != 1.f) {
+    for (int64_t j = 0; j < n; j++) sc[j] *= scale;
+  }
   float lse_self = 0.f, lse_mem = 0.f;
-  attend_rows<T>(q, ldq, 1, p, nullptr, values, D, s.T, true, nullptr, d, scale, w, a_row, &lse_self, kt, s.T);
+  attend_rows<T>(q, ldq, 1, p, nullptr, values, d, s.T, true, nullptr, d, scale, w, a_row, &lse_self, sc);
   if (s.S == 0) {
     store_row(o, a_row, d);
     return;

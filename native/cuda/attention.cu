@@ -1024,7 +1024,7 @@ struct DecodeParams {
   const E* qkv;              // [B, 3D]: the new rows
   const int32_t* positions;  // [B]
   float* keys;               // [B, H, d, T]: rotated, transposed
-  E* values;                 // [B, T, D]
+  E* values;                 // [B, H, T, d]
   const E* mem_kv;
   const E* gate_logits;      // [B, H]
   const float* cos_t;        // RoPE table [T (+ S with mem_positions), d/2]; nullptr without rope
@@ -1086,13 +1086,13 @@ __global__ void __launch_bounds__(kDecodeThreads) attention_decode_kernel(Decode
   }
   const E* row = p.qkv + b * 3 * D + h * d;
   float* keys = p.keys + (b * p.H + h) * d * T;
-  E* values = p.values + b * T * D + h * d;
+  E* values = p.values + (b * p.H + h) * T * d;
   if (c < d) {
     const float x = load(row + c);
     q[c] = p.cos_t ? rotated(row, c, d, p.cos_t, p.sin_t, pos) : x;
     qm[c] = p.mem_positions ? rotated(row, c, d, p.cos_t, p.sin_t, pos + p.S) : x;
     keys[c * T + pos] = p.cos_t ? rotated(row + D, c, d, p.cos_t, p.sin_t, pos) : load(row + D + c);
-    values[pos * D + c] = row[2 * D + c];
+    values[pos * d + c] = row[2 * D + c];
   }
   __syncthreads();  // the appended key and value, and q, are read by other threads below
   float a_c = 0.f, r_c = 0.f;
@@ -1102,7 +1102,7 @@ __global__ void __launch_bounds__(kDecodeThreads) attention_decode_kernel(Decode
         for (int i = 0; i < d; i++) dot += q[i] * keys[i * T + j];
         return dot;
       },
-      values, D, pos + 1, d, p.scale, sc, red, &a_c);
+      values, d, pos + 1, d, p.scale, sc, red, &a_c);
   if (p.S == 0) {
     if (c < d) store(o + c, a_c);
     return;

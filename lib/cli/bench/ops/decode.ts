@@ -18,7 +18,7 @@ export function cases(preset: Preset): BenchCase[] {
     bytes: 4 * (B * T * D * 2 + B * S * 2 * D + B * 3 * D + B * D),
     setup: () => {
       const x = {
-        qkv: keep(mg.randn([B, 3 * D], { seed: 1 })), keys: keep(mg.randn([B, H, d, T], { seed: 2 })), values: keep(mg.randn([B, T, D], { seed: 3 })),
+        qkv: keep(mg.randn([B, 3 * D], { seed: 1 })), keys: keep(mg.randn([B, H, d, T], { seed: 2 })), values: keep(mg.randn([B, H, T, d], { seed: 3 })),
         memKV: keep(mg.randn([B, S, 2 * D], { seed: 4 })), gate: keep(mg.randn([B, H], { seed: 5 })), at: keep(mg.tensor(new Array(B).fill(T - 1), [B], int32)),
       };
       const run = () => mg.noGrad(() => mg.attentionDecode(x.qkv, x.at, { keys: x.keys, values: x.values }, {

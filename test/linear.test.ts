@@ -25,8 +25,11 @@ forEachDevice((device) => {
       });
     });
 
-    // [x shape, N]: tiny, odd, more rows/cols than one 6x16 tile, K over one 256-wide panel, a plain vector.
-    const cases: [number[], number][] = [[[3, 5, 7], 9], [[2, 13, 37], 70], [[50, 300], 33], [[11], 5], [[1, 1], 1]];
+    // [x shape, N]: tiny, odd, more rows/cols than one 6x16 tile, K over one 256-wide panel, a plain vector; then
+    // decoding's few rows (the CPU's GEMV path, up to 16 rows: groups of 3, then 2 or 1; columns past its 8-wide
+    // tiles and past a 64-column task; K not a multiple of 8).
+    const cases: [number[], number][] = [[[3, 5, 7], 9], [[2, 13, 37], 70], [[50, 300], 33], [[11], 5], [[1, 1], 1],
+      [[1, 37], 70], [[2, 1, 300], 45], [[16, 130], 67]];
     for (const [xShape, n] of cases) {
       for (const activation of ['none', 'gelu'] as const) {
         for (const withBias of [true, false]) {

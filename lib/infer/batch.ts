@@ -6,13 +6,13 @@ import { Rng } from '../core/random.js';
 import type { MemGPT } from '../nn/model.js';
 import { BatchDecoder, checkToken } from './decoder.js';
 import { penalizeRepeats, sampleToken, validateOptions, type GenerateOptions } from './sampling.js';
-import type { TextCodec } from './text.js';
+import { TokenText, type TextCodec } from './text.js';
 
 /** One sequence's continuation: its tokens, their log-probabilities, its text (with stop strings), and why it ended. */
 export interface BatchSample {
   tokens: number[];
   logprobs: number[];
-  /** The decoded continuation, cut before the first stop string (with a codec). */
+  /** The decoded continuation, cut before the first stop string (with a codec; as streamTokens releases it). */
   text?: string;
   reason: 'max-tokens' | 'stop' | 'stop-token' | 'aborted';
 }
@@ -45,7 +45,8 @@ export async function generateBatch(model: MemGPT, prompts: ArrayLike<number>[],
     prompts.forEach((p, b) => decoder.prefill(b, p));
     const rngs = prompts.map((_, b) => new Rng(opts.seed + b));
     const contexts = prompts.map((p) => Array.from(p));
-    const out: BatchSample[] = prompts.map(() => ({ tokens: [], logprobs: [], reason: 'max-tokens' }));
+    const out: BatchSample[] = prompts.map(() => ({ tokens: [], logprobs: [], reason: 'max-tokens', ...(codec ? { text: '' } : {}) }));
+    const texts = codec ? prompts.map(() => new TokenText(codec, stops)) : null;
     const running = prompts.map(() => opts.maxTokens > 0);
     const next = new Int32Array(B);
     while (running.some(Boolean)) {
@@ -62,25 +63,22 @@ export async function generateBatch(model: MemGPT, prompts: ArrayLike<number>[],
         out[b].tokens.push(token);
         out[b].logprobs.push(Math.log(p[token]));
         next[b] = token;
-        if (opts.stopAt?.(token)) [running[b], out[b].reason] = [false, 'stop-token'];
+        const piece = texts?.[b].push(token);
+        if (piece) out[b].text += piece.release;
+        if (piece?.stopped) [running[b], out[b].reason] = [false, 'stop'];
+        else if (opts.stopAt?.(token)) [running[b], out[b].reason] = [false, 'stop-token'];
         else if (out[b].tokens.length === opts.maxTokens) running[b] = false;
-        if (codec && stops.length > 0 && running[b]) {
-          const text = codec.decode(out[b].tokens);
-          if (stops.some((s) => text.includes(s))) [running[b], out[b].reason] = [false, 'stop'];
-        }
       }
       options.onStep?.(running.filter(Boolean).length);
       if (running.some(Boolean)) decoder.step(next, running);
       await new Promise<void>((resolve) => setImmediate(resolve));
     }
-    if (codec) {
-      for (const o of out) {
-        let text = codec.decode(o.tokens);
-        const cut = stops.map((s) => text.indexOf(s)).filter((i) => i >= 0);
-        if (cut.length > 0) text = text.slice(0, Math.min(...cut));
-        o.text = text;
-      }
-    }
+    texts?.forEach((t, b) => {
+      if (out[b].reason === 'stop') return;
+      const end = t.finish();
+      out[b].text += end.release + end.held;
+      if (end.stopped) out[b].reason = 'stop';
+    });
     return out;
   } finally {
     decoder.dispose();

@@ -35,15 +35,13 @@ const maxHeldTokens = 4;
  * ends in U+FFFD) are held until the character is complete, or until 4 are held (then the bytes are invalid).
  */
 export function* textPieces(tokens: Iterable<number>, decode: (tokens: ArrayLike<number>) => string): Generator<string> {
-  let held: number[] = [];
+  const text = new TokenText({ decode }, []);
   for (const token of tokens) {
-    held.push(token);
-    const text = decode(held);
-    if (text.endsWith('\uFFFD') && held.length < maxHeldTokens) continue;
-    held = [];
-    if (text) yield text;
+    const { release } = text.push(token);
+    if (release) yield release;
   }
-  if (held.length > 0) yield decode(held);
+  const end = text.finish();
+  if (end.release + end.held) yield end.release + end.held;
 }
 
 /** Holds back text that may be the start of a stop string, and finds the first stop string in the output. */
@@ -85,6 +83,37 @@ class StopMatcher {
   }
 }
 
+/**
+ * A token stream's text as it may be released: tokens inside a multi-byte character are held until it is
+ * complete (or 4 are held: then the bytes are invalid), text that may begin a stop string is held, and a stop
+ * string ends it. What streamTokens and generateBatch share.
+ */
+export class TokenText {
+  private bytes: number[] = [];
+  private readonly stops: StopMatcher;
+
+  constructor(private readonly codec: Pick<TextCodec, 'decode'>, stop: string[]) {
+    this.stops = new StopMatcher(stop);
+  }
+
+  /** The text that token releases, and whether a stop string ended the stream with it. */
+  push(token: number): { release: string; stopped: boolean } {
+    this.bytes.push(token);
+    let piece = this.codec.decode(this.bytes);
+    if (piece.endsWith('\uFFFD') && this.bytes.length < maxHeldTokens) piece = '';
+    else this.bytes = [];
+    return this.stops.push(piece);
+  }
+
+  /** At the end: the held bytes decoded (release, which may complete a stop string), then the text still held. */
+  finish(): { release: string; stopped: boolean; held: string } {
+    const rest = this.bytes.length ? this.codec.decode(this.bytes) : '';
+    this.bytes = [];
+    const tail = this.stops.push(rest);
+    return { ...tail, held: tail.stopped ? '' : this.stops.flush() };
+  }
+}
+
 function validateTextOptions(options: TextGenerateOptions): string[] {
   const stop = options.stop ?? [];
   if (!Array.isArray(stop) || !stop.every((s) => typeof s === 'string' && s.length > 0)) {
@@ -100,36 +129,28 @@ function validateTextOptions(options: TextGenerateOptions): string[] {
  * flushes and a signal can end it.
  */
 export async function* streamTokens(model: MemGPT, codec: TextCodec, prompt: string, options: TextGenerateOptions): AsyncGenerator<TextToken, StopReason> {
-  const stops = new StopMatcher(validateTextOptions(options));
+  const text = new TokenText(codec, validateTextOptions(options));
   const tokens = sampledTokens(model, codec.encode(prompt), options);
   let count = 0;
-  let bytes: number[] = [];
   try {
     for (;;) {
       await new Promise<void>((resolve) => setImmediate(resolve));
       if (options.signal?.aborted) {
-        const rest = bytes.length ? codec.decode(bytes) : '';
-        const text = stops.push(rest).release + stops.flush();
-        if (text) yield { token: -1, logprob: 0, text };
+        const end = text.finish();
+        if (end.release + end.held) yield { token: -1, logprob: 0, text: end.release + end.held };
         return 'aborted';
       }
       const next = tokens.next();
       if (next.done) break;
       count++;
-      bytes.push(next.value.token);
-      let piece = codec.decode(bytes);
-      if (piece.endsWith('\uFFFD') && bytes.length < maxHeldTokens) piece = '';
-      else bytes = [];
-      const { release, stopped } = stops.push(piece);
+      const { release, stopped } = text.push(next.value.token);
       yield { ...next.value, text: release };
       if (stopped) return 'stop';
     }
-    const rest = bytes.length ? codec.decode(bytes) : '';
-    const tail = stops.push(rest);
-    if (tail.release || tail.stopped) yield { token: -1, logprob: 0, text: tail.release };
-    if (tail.stopped) return 'stop';
-    const held = stops.flush();
-    if (held) yield { token: -1, logprob: 0, text: held };
+    const end = text.finish();
+    if (end.release || end.stopped) yield { token: -1, logprob: 0, text: end.release };
+    if (end.stopped) return 'stop';
+    if (end.held) yield { token: -1, logprob: 0, text: end.held };
     return count === options.maxTokens ? 'max-tokens' : 'stop-token';
   } finally {
     // Stopped early: closing the token generator disposes the decoder.

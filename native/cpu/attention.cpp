@@ -443,7 +443,7 @@ struct DecodeArgs {
 
 template <typename T>
 MG_INLINE void decode_task(const DecodeArgs<T>& a, int64_t b, int64_t h, ForwardScratch& w, float* a_row,
-                           float* r_row) {
+                           float* r_row, float* sc) {
   const Dims& s = *a.s;
   const RopeTable& rt = *a.rt;
   const int64_t D = s.D(), d = s.d, p = a.positions[b];
@@ -474,9 +474,6 @@ MG_INLINE void decode_task(const DecodeArgs<T>& a, int64_t b, int64_t h, Forward
   // The scores of keys 0 … p, feature by feature: the transposed cache is then read as one stream (row i of kt
   // is contiguous, and follows row i − 1), where tiles of kKB keys read d rows side by side. Each score sums its
   // features in order and is scaled once, as score_tile does it, so the values are the same.
-  static thread_local std::vector<float> scores;
-  scores.resize(size_t(s.T));
-  float* sc = scores.data();
   const int64_t n = p + 1;
   std::fill(sc, sc + n, 0.f);
   for (int64_t i = 0; i < d; i++) {
@@ -513,8 +510,9 @@ MG_INLINE void decode_range(const DecodeArgs<T>& a, size_t lo, size_t hi) {
   static thread_local std::unique_ptr<ForwardScratch> w;
   static thread_local std::vector<float> rows;
   if (!w || int64_t(w->tmp.size()) != s.d) w = std::make_unique<ForwardScratch>(s.d);
-  rows.resize(size_t(2 * s.d));
-  for (size_t task = lo; task < hi; task++) decode_task(a, int64_t(task) / s.H, int64_t(task) % s.H, *w, rows.data(), rows.data() + s.d);
+  rows.resize(size_t(2 * s.d + s.T));  // A, R and the scores of one row
+  float* const r = rows.data();
+  for (size_t task = lo; task < hi; task++) decode_task(a, int64_t(task) / s.H, int64_t(task) % s.H, *w, r, r + s.d, r + 2 * s.d);
 }
 
 template <typename T>

@@ -7,11 +7,9 @@ import { isGradEnabled, record } from '../core/autograd.js';
 import { dtypeCode } from '../core/dtype.js';
 import { MemgptError, shapeStr } from '../core/errors.js';
 import { empty, type Tensor } from '../core/tensor.js';
-import type { StorageHandle } from '../native/backend.js';
 import type { AttentionKernels } from '../native/kernels.js';
-import { callNative, checkTensors, sameDtype } from './util.js';
+import { callNative, checkTensors, handleOf, sameDtype } from './util.js';
 
-type Ref = [StorageHandle | null, number];
 
 /**
  * How the memory is read (SPEC §3). 'gated' (SPEC v1): R from the unrotated query, g = σ(gate logit).
@@ -38,9 +36,6 @@ export interface AttentionOptions {
   onReadGate?: (meanGate: number) => void;
 }
 
-function ref(t: Tensor | null | undefined): Ref {
-  return t ? [t.handle, t.offset] : [null, 0];
-}
 
 function kernels(op: string, x: Tensor): AttentionKernels {
   const k = x.storage.backend;
@@ -101,7 +96,7 @@ export function attention(qkv: Tensor, options: AttentionOptions): Tensor {
     callNative(op, named, () =>
       k.attentionForward!(
         dtypeCode[dt], B, T, H, d, S, rope, memMode,
-        ...ref(qkv), ...ref(memKV), ...ref(gateLogits), ...ref(out), ...ref(lseSelf), ...ref(lseMem), ...ref(saveA), ...ref(saveR),
+        ...handleOf(qkv), ...handleOf(memKV), ...handleOf(gateLogits), ...handleOf(out), ...handleOf(lseSelf), ...handleOf(lseMem), ...handleOf(saveA), ...handleOf(saveR),
       ),
     );
     if (mem && options.onReadGate) options.onReadGate(meanReadGate(gateLogits!.toArray(), lseSelf.toArray(), lseMem!.toArray(), B, T, H, memMode !== 0));
@@ -114,8 +109,8 @@ export function attention(qkv: Tensor, options: AttentionOptions): Tensor {
       callNative('attention backward', { qkv: sq, dOut }, () =>
         k.attentionBackward!(
           dtypeCode[dt], B, T, H, d, S, rope, memMode,
-          ...ref(sq), ...ref(sm), ...ref(sg), ...ref(sa), ...ref(sr), ...ref(sls), ...ref(slm), ...ref(dOut),
-          ...ref(dQkv), ...ref(dMem), ...ref(dGate),
+          ...handleOf(sq), ...handleOf(sm), ...handleOf(sg), ...handleOf(sa), ...handleOf(sr), ...handleOf(sls), ...handleOf(slm), ...handleOf(dOut),
+          ...handleOf(dQkv), ...handleOf(dMem), ...handleOf(dGate),
         ),
       );
       const grads = [dQkv, dMem, dGate].slice(0, inputs.length);

@@ -5,12 +5,8 @@ import { isGradEnabled } from '../core/autograd.js';
 import { dtypeCode } from '../core/dtype.js';
 import { MemgptError, shapeStr } from '../core/errors.js';
 import { empty, type Tensor } from '../core/tensor.js';
-import type { StorageHandle } from '../native/kernels.js';
 import { memModes, type MemoryRead } from './attention.js';
-import { callNative, checkTensors, sameDtype } from './util.js';
-
-const own = (t: Tensor): [StorageHandle, number] => [t.handle, t.offset];
-const ref = (t: Tensor | null | undefined): [StorageHandle | null, number] => (t ? [t.handle, t.offset] : [null, 0]);
+import { callNative, checkTensors, handleOf, sameDtype } from './util.js';
 
 function inferenceOnly(op: string, tensors: (Tensor | null | undefined)[]): void {
   if (isGradEnabled() && tensors.some((t) => t?.requiresGrad)) {
@@ -38,7 +34,7 @@ export function scatterRows(src: Tensor, positions: Tensor, dst: Tensor): void {
     throw new MemgptError(`${op}: src ${shapeStr(src.shape)} does not hold one row of ${n} for each of the ${B} sequences of dst ${shapeStr(dst.shape)}`);
   }
   checkPositions(op, positions, B);
-  callNative(op, { src, dst }, (k) => k.scatterRows(dtypeCode[dst.dtype], B, T, n, ...own(src), ...own(positions), ...own(dst)));
+  callNative(op, { src, dst }, (k) => k.scatterRows(dtypeCode[dst.dtype], B, T, n, ...handleOf(src), ...handleOf(positions), ...handleOf(dst)));
 }
 
 /** Options of attentionDecode: as attention's, with gateLogits one row per sequence ([B, H]). */
@@ -104,7 +100,7 @@ export function attentionDecode(qkv: Tensor, positions: Tensor, cache: DecodeCac
   try {
     callNative(op, { qkv }, () =>
       k.attentionDecode!(dtypeCode[qkv.dtype], B, T, H, d, S, rope, memMode,
-        ...ref(qkv), ...ref(positions), ...ref(keys), ...ref(values), ...ref(memKV), ...ref(gateLogits), ...ref(out)),
+        ...handleOf(qkv), ...handleOf(positions), ...handleOf(keys), ...handleOf(values), ...handleOf(memKV), ...handleOf(gateLogits), ...handleOf(out)),
     );
   } catch (e) {
     out.dispose();
@@ -158,8 +154,8 @@ export function copyMixProbs(logits: Tensor, copy?: CopyContext): Tensor {
   const probs = empty([B, V], { dtype: 'float32', device: logits.device });
   try {
     callNative(op, { logits }, () =>
-      k.copyMixProbs!(B, T, Math.max(D, 1), V, copy !== undefined, ...own(logits),
-        ...ref(copy?.cq), ...ref(copy?.ck), ...ref(copy?.gen), ...ref(copy?.tokens), ...ref(copy?.lengths), ...own(probs)),
+      k.copyMixProbs!(B, T, Math.max(D, 1), V, copy !== undefined, ...handleOf(logits),
+        ...handleOf(copy?.cq), ...handleOf(copy?.ck), ...handleOf(copy?.gen), ...handleOf(copy?.tokens), ...handleOf(copy?.lengths), ...handleOf(probs)),
     );
   } catch (e) {
     probs.dispose();

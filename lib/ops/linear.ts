@@ -1,12 +1,11 @@
 // Ops of the family "linear": linear layers y = act(x·Wᵀ + b) (PyTorch's [out, in] weights), the bias
 // add and GELU fused into the GEMM's epilogue; the pre-activation is kept for backward only when needed.
 import { isGradEnabled, record } from '../core/autograd.js';
-import type { StorageHandle } from '../native/backend.js';
 import { dtypeCode } from '../core/dtype.js';
 import { MemgptError, shapeStr } from '../core/errors.js';
 import { empty, numel, type Tensor } from '../core/tensor.js';
 import type { LinearKernels } from '../native/kernels.js';
-import { callNative, checkTensors, sameDtype } from './util.js';
+import { callNative, checkTensors, handleOf, sameDtype } from './util.js';
 
 /** Activation applied after the bias: none, or GELU in the tanh form (SPEC §1). */
 export type LinearActivation = 'none' | 'gelu';
@@ -15,8 +14,6 @@ export type LinearActivation = 'none' | 'gelu';
 export interface LinearOptions {
   activation?: LinearActivation;
 }
-
-type Handle = StorageHandle | null;
 
 const FLOAT = ['float32', 'bfloat16'] as const;
 const activationCode: Record<LinearActivation, number> = { none: 0, gelu: 1 };
@@ -27,7 +24,6 @@ function kernels(op: string, x: Tensor): Required<LinearKernels> {
   return k as Required<LinearKernels>;
 }
 
-const handleOf = (t: Tensor | null): [Handle, number] => (t ? [t.handle, t.offset] : [null, 0]);
 
 /** act(x·weightᵀ + bias) over the last axis of x: x [..., K], weight [N, K], bias [N] or null → [..., N]. */
 export function linear(x: Tensor, weight: Tensor, bias: Tensor | null, options: LinearOptions = {}): Tensor {

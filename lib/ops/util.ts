@@ -1,7 +1,7 @@
 // Helpers shared by the ops: argument checks with clear messages, broadcasting
 // and strides, and the wrapper that turns a native failure into an error
 // naming the op and its shapes.
-import type { NativeBackend } from '../native/backend.js';
+import type { NativeBackend, StorageHandle } from '../native/backend.js';
 import { type DType } from '../core/dtype.js';
 import { MemgptError, shapeStr } from '../core/errors.js';
 import type { Tensor } from '../core/tensor.js';
@@ -80,6 +80,13 @@ export function compactDims(dims: number[], ...strides: number[][]): { dims: num
   }
   if (outDims.length > 8) throw new MemgptError(`tensors of more than 8 non-mergeable dims are not supported (${shapeStr(dims)})`);
   return { dims: outDims, strides: outStrides };
+}
+
+/** How a tensor crosses into a native kernel: its storage handle and element offset, or (null, 0) for an absent one. */
+export function handleOf(t: Tensor): [StorageHandle, number];
+export function handleOf(t: Tensor | null | undefined): [StorageHandle | null, number];
+export function handleOf(t: Tensor | null | undefined): [StorageHandle | null, number] {
+  return t ? [t.handle, t.offset] : [null, 0];
 }
 
 /** Calls a native kernel; a failure there becomes an error naming the op and the tensors. */

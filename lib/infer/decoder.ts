@@ -201,6 +201,9 @@ export class BatchDecoder {
           const next = keep(tidy(() => this.model.writeMemory(l, state.memory!, state.outputs!).M));
           state.memory!.dispose();
           state.memory = next;
+          const kv = keep(tidy(() => this.model.memoryKV(l, state.memory!)));
+          state.memKV!.dispose();
+          state.memKV = kv;
         } else {
           for (const b of full) {
             tidy(() => {
@@ -208,13 +211,18 @@ export class BatchDecoder {
               const h = state.outputs!._view([1, T, D], true, state.outputs!.offset + b * T * D);
               copyRowsInto(this.model.writeMemory(l, M, h).M, state.memory!, b, S * D);
             });
+            this.refreshMemKV(l, b);
           }
         }
-        const kv = keep(tidy(() => this.model.memoryKV(l, state.memory!)));
-        state.memKV!.dispose();
-        state.memKV = kv;
       }
     });
+  }
+
+  /** Layer l's memory K/V of sequence b alone, from its memory row (the others' are unchanged). */
+  private refreshMemKV(l: number, b: number): void {
+    const { dModel: D, memSlots: S } = this.model.config;
+    const state = this.layers[l];
+    noGrad(() => tidy(() => copyRowsInto(this.model.memoryKV(l, state.memory!._view([1, S, D], true, state.memory!.offset + b * S * D)), state.memKV!, b, S * 2 * D)));
   }
 
   /**
@@ -250,11 +258,8 @@ export class BatchDecoder {
         const memory = S > 0 ? this.layers.map((s) => s.memory!._view([1, S, D], true, s.memory!.offset + b * S * D)) : [];
         const out = this.model.segment(x, memory);
         for (let l = 0; l < out.memory.length; l++) {
-          const state = this.layers[l];
-          copyRowsInto(out.memory[l], state.memory!, b, S * D);
-          const kv = keep(this.model.memoryKV(l, state.memory!));
-          state.memKV!.dispose();
-          state.memKV = kv;
+          copyRowsInto(out.memory[l], this.layers[l].memory!, b, S * D);
+          this.refreshMemKV(l, b);
         }
         copyRowsInto(out.hf._view([1, D], true, out.hf.offset + (T - 1) * D), this.lastHf, b, D);
         if (this.copyKeys && this.copyTokens) {

@@ -40,6 +40,10 @@ if (existsSync(cudaFile) || process.env.MEMGPT_PACK_CPU_ONLY !== '1') {
 } else {
   console.error('memgpt: packing without the CUDA addon (MEMGPT_PACK_CPU_ONLY=1)');
 }
+// The gloo addon (data parallel on the CPU) is shipped when built; without it users are told to build it.
+const glooFile = join(root, 'prebuilds', `${tuple}-gloo`, 'memgpt_gloo.node');
+if (existsSync(glooFile)) problems.push(check('gloo', glooFile, ['native/parallel'], [], 'npm run build:gloo'));
+else console.error('memgpt: packing without the gloo addon (no libgloo-dev here): data-parallel training on the CPU will ask users to build it');
 const errors = problems.filter(Boolean);
 for (const e of errors) console.error(`memgpt: cannot pack: ${e}`);
 process.exit(errors.length ? 1 : 0);

@@ -16,6 +16,8 @@ import { defaultPasskeyTask, passkeyAccuracy, passkeyTrainer } from '../tasks/pa
 import { RunLock, committedCheckpoint, runFiles } from '../train/run-folder.js';
 import { Trainer, defaultTrainOptions, loadRunModel, recipes, savedTrainerState, type Recipe, type TrainerState, type TrainOptions } from '../train/trainer.js';
 import { choice, int, num, parse, required, useDevice, type Flags } from './flags.js';
+import { DEFAULT_TIMEOUT_SECONDS, ProcessGroup, cpuEngineStatus, rankFromEnv } from '../parallel/group.js';
+import { launchRanks } from '../parallel/launch.js';
 
 /** Lets Node run its queued work (timers, signals, FinalizationRegistry callbacks) between steps. */
 export const yieldToEventLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
@@ -118,6 +120,23 @@ function resumedOptions(flags: Flags, asked: TrainOptions, saved: Partial<Traine
   return options;
 }
 
+/** The flags of the launcher, which its ranks do not get. */
+const launcherFlags = ['nproc-per-node', 'nnodes', 'node-rank', 'master-addr', 'master-port'];
+
+/** argv without the given flags (as `--flag value` or `--flag=value`). */
+function withoutFlags(argv: string[], names: string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const name = argv[i].replace(/^--/, '').split('=')[0];
+    if (argv[i].startsWith('--') && names.includes(name)) {
+      if (!argv[i].includes('=')) i++;
+      continue;
+    }
+    out.push(argv[i]);
+  }
+  return out;
+}
+
 /** `memgpt train`: returns the exit code. */
 export async function trainCommand(argv: string[]): Promise<number> {
   if (argv.length === 0) return defaultTrainCommand();
@@ -125,12 +144,43 @@ export async function trainCommand(argv: string[]): Promise<number> {
   const data = required(flags, 'data', 'train');
   const out = required(flags, 'out', 'train');
   checkRunFolder(out);
+  const nprocPerNode = int(flags, 'nproc-per-node', 1), nnodes = int(flags, 'nnodes', 1);
+  const zero = Number(choice(flags, 'zero', ['0', '1'] as const, '0')) as 0 | 1;
+  const timeout = num(flags, 'dist-timeout', DEFAULT_TIMEOUT_SECONDS, (n) => n > 0, 'a positive number of seconds');
+  // Under torchrun (WORLD_SIZE set) this process is already a rank; otherwise --nproc-per-node starts the ranks.
+  if ((nprocPerNode > 1 || nnodes > 1) && process.env.WORLD_SIZE === undefined) {
+    const engine = cpuEngineStatus();  // said once here, not by every rank
+    if (!engine.available) throw new MemgptError(engine.detail);
+    return launchRanks(['train', ...withoutFlags(argv, launcherFlags)], {
+      nprocPerNode, nnodes, nodeRank: int(flags, 'node-rank', 0, 0),
+      masterAddr: typeof flags['master-addr'] === 'string' ? flags['master-addr'] : undefined,
+      masterPort: flags['master-port'] === undefined ? undefined : int(flags, 'master-port', 29500),
+    });
+  }
+  const rank = rankFromEnv();
+  if (rank && rank.worldSize > 1 && (flags.device ?? process.env.MEMGPT_DEVICE) === 'cuda') {
+    throw new MemgptError('train: data parallel on CUDA needs NCCL, which this version does not use yet; train with --device cpu (gloo), or on one GPU');
+  }
+  if (rank && rank.worldSize > 1) flags.device ??= 'cpu';
+  const group = ProcessGroup.join(rank, timeout);
+  try {
+    return await trainRank(flags, data, out, group, zero);
+  } finally {
+    group.close();
+  }
+}
+
+/** One rank's training (the only one without data parallelism). */
+async function trainRank(flags: Flags, data: string, out: string, group: ProcessGroup, zero: 0 | 1): Promise<number> {
+  const root = group.rank === 0;
   const sources = ['preset', 'config', 'init'].filter((k) => flags[k] !== undefined);
   if (sources.length > 1) throw new MemgptError(`train: give one of --preset, --config, --init (got ${sources.map((s) => `--${s}`).join(', ')})`);
   const presetName = (flags.preset ?? 'tiny') as string;
   // Own properties only: `--preset __proto__` or `toString` is not a preset.
   if (typeof flags.preset === 'string' && !Object.hasOwn(presets, presetName)) throw new MemgptError(`--preset must be one of ${Object.keys(presets).join(', ')} (got '${presetName}')`);
   const asked = trainOptionsFromFlags(flags, recipes[presetName as PresetName] ?? recipes.tiny);
+  // --batch-size is per rank; the run's options (and its checkpoints) hold the global batch.
+  asked.batchSize *= group.worldSize;
   // --mem-slots and --segment-len change the architecture of a preset or config (ablations without a config file).
   const overrides: Partial<ModelConfig> = {};
   if (flags['mem-slots'] !== undefined) overrides.memSlots = int(flags, 'mem-slots', 0, 0);
@@ -152,7 +202,7 @@ export async function trainCommand(argv: string[]): Promise<number> {
   useDevice(flags);
   // The run folder is locked before it is looked at: two trainings into one --out, or two --resume, cannot both run.
   const files = runFiles(out);
-  const lock = RunLock.acquire(files);
+  const lock = root ? RunLock.acquire(files) : null;
   try {
     const committed = committedCheckpoint(files);
     let options = asked;
@@ -160,7 +210,7 @@ export async function trainCommand(argv: string[]): Promise<number> {
     if (!flags.resume && committed) {
       throw new MemgptError(`train: ${out} already holds a run${committed.legacy ? '' : ` (checkpoint at step ${committed.step})`}; continue it with --resume, or give another --out`);
     }
-    if (!flags.resume && existsSync(files.metrics)) {
+    if (!flags.resume && existsSync(files.metrics) && root) {
       // A run that stopped before its first checkpoint left only its log and plots: nothing to resume, so start again.
       for (const f of [files.metrics, files.lossPlot, files.memoryPlot, files.optimizerPlot]) rmSync(f, { force: true });
       console.error(`memgpt: ${out} holds a run that stopped before its first checkpoint; starting it again`);
@@ -209,7 +259,10 @@ export async function trainCommand(argv: string[]): Promise<number> {
         throw new MemgptError(`train --resume: --data ${data} gives ${train.tokens.length} training tokens; the run was trained on ` +
           `${before.trainTokens} (from ${String(before.path)}): resume with the same data`);
       }
-      trainer = new Trainer(model, train, heldOut, out, options, { path: data, heldOut: heldOutFraction, trainTokens: train.tokens.length });
+      if (options.batchSize % group.worldSize !== 0) {
+        throw new MemgptError(`train --resume: the run's global batch of ${options.batchSize} does not split over ${group.worldSize} ranks`);
+      }
+      trainer = new Trainer(model, train, heldOut, out, options, { path: data, heldOut: heldOutFraction, trainTokens: train.tokens.length }, { group, zero });
       promptFrom = (heldOut ?? train).tokens;
     } catch (e) {
       model.dispose();
@@ -227,13 +280,19 @@ export async function trainCommand(argv: string[]): Promise<number> {
     } : undefined;
     try {
       if (flags.resume) trainer.resume();
-      await runTraining(trainer, flags.json === true, 'train', sample);
+      if (root && group.worldSize > 1) {
+        console.error(`memgpt: data parallel over ${group.worldSize} ranks (${group.engine}${zero ? ', ZeRO-1' : ''}): a batch of ` +
+          `${trainer.options.batchSize / group.worldSize} samples a rank, ${trainer.options.batchSize} a step`);
+      }
+      if (root) await runTraining(trainer, flags.json === true, 'train', sample);
+      else await trainer.run();
+      group.barrier();  // no rank leaves (closing its connections) while another still sums
     } finally {
       trainer.dispose();
       model.dispose();
     }
   } finally {
-    lock.release();
+    lock?.release();
   }
   return 0;
 }

@@ -244,11 +244,12 @@ export function gradNorm(params: Tensor[]): number {
 /**
  * Scales every gradient in place by maxNorm / (norm + 1e-6) when that is below 1 (torch's clip_grad_norm_),
  * and returns the norm before clipping. A non-finite norm is returned and the gradients left as they are.
+ * `norm`, if given, is the norm to clip by instead of these params' own (data parallelism with sharded gradients
+ * clips each shard by the global norm).
  */
-export function clipGradNorm(params: Tensor[], maxNorm: number): number {
+export function clipGradNorm(params: Tensor[], maxNorm: number, norm = gradNorm(params)): number {
   const op = 'clipGradNorm';
   checkRange(op, 'maxNorm', maxNorm, (v) => v >= 0 && Number.isFinite(v), 'a non-negative finite number');
-  const norm = gradNorm(params);
   if (!Number.isFinite(norm)) return norm;
   const coef = maxNorm / (norm + 1e-6);
   if (coef >= 1) return norm;

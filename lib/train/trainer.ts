@@ -19,6 +19,8 @@ import { tidy, type Parameter } from '../core/tensor.js';
 import { scale } from '../ops/elementwise.js';
 import { defaultTrainOptions, learningRate, validateTrainOptions, type TrainOptions } from './options.js';
 import { RunLock, commitCheckpoint, committedCheckpoint, runFiles, truncateMetrics, writeFileAtomic, type RunFiles } from './run-folder.js';
+import { ProcessGroup } from '../parallel/group.js';
+import { GradientAllReduce, ZeroAdamW, broadcastParams } from '../parallel/data-parallel.js';
 
 export { runFiles, type RunFiles } from './run-folder.js';
 export { defaultTrainOptions, learningRate, recipeFor, recipes, validateTrainOptions, type Recipe, type TrainOptions } from './options.js';
@@ -76,22 +78,49 @@ function noDecay(model: MemGPT): Parameter[] {
   return [...model.params].filter(([name, p]) => p.rank < 2 || name.endsWith('mem.init')).map(([, p]) => p);
 }
 
-/** Mean loss over the first `batches` batches of every sample in order (all of them by default), without gradients. */
-export function evaluateLoss(model: MemGPT, corpus: Corpus, batchSize: number, segments: number, batches = Infinity): { loss: number; tokens: number } {
+/** Rows [from, to) of a batch of samples of N tokens (tokens: rows of N + 1; mask: rows of N). */
+function batchRows(tokens: Int32Array, mask: Float32Array | null, N: number, from: number, to: number) {
+  return { tokens: tokens.subarray(from * (N + 1), to * (N + 1)), mask: mask ? mask.subarray(from * N, to * N) : null };
+}
+
+/** The loss weight of a batch's targets: its mask's sum, or every target. */
+const targetCount = (mask: Float32Array | null, rows: number, N: number) => (mask ? mask.reduce((a, m) => a + m, 0) : rows * N);
+
+/**
+ * Mean loss over the first `batches` batches of every sample in order (all of them by default), without gradients.
+ * With a process group of W ranks each rank scores its share of every batch's rows and the sums are added over the
+ * ranks: every rank gets the loss one process would.
+ */
+export function evaluateLoss(model: MemGPT, corpus: Corpus, batchSize: number, segments: number, batches = Infinity,
+  group: ProcessGroup = ProcessGroup.single()): { loss: number; tokens: number } {
+  const N = segments * model.config.segmentLen;
   let nll = 0, tokens = 0, seen = 0;
-  for (const batch of sequentialBatches(corpus, segments * model.config.segmentLen, batchSize)) {
+  for (const batch of sequentialBatches(corpus, N, batchSize)) {
     if (seen++ >= batches) break;
-    if (batch.mask && !batch.mask.some((m) => m > 0)) continue;  // no target of this batch counts
+    const share = Math.ceil(batch.count / group.worldSize);
+    const from = Math.min(batch.count, group.rank * share), to = Math.min(batch.count, from + share);
+    const rows = batchRows(batch.tokens, batch.mask, N, from, to);
+    if (to === from || targetCount(rows.mask, to - from, N) === 0) continue;  // no target of this share counts
     const out = noGrad(() => tidy(() => {
-      const r = model.forward(batch.tokens, batch.count, segments, batch.mask ?? undefined);
+      const r = model.forward(rows.tokens, to - from, segments, rows.mask ?? undefined);
       r.loss.dispose();
       return { nllSum: r.nllSum, tokens: r.tokens };
     }));
     nll += out.nllSum;
     tokens += out.tokens;
   }
+  const sums = Float64Array.of(nll, tokens);
+  group.allreduce(sums);
+  [nll, tokens] = sums;
   if (tokens === 0) throw new MemgptError(`${corpus.source}: no token to evaluate (the loss mask selects none)`);
   return { loss: nll / tokens, tokens };
+}
+
+/** Data parallelism for a Trainer: the ranks' group, and whether the optimizer state is sharded (ZeRO-1). */
+export interface ParallelOptions {
+  group: ProcessGroup;
+  /** 1: ZeRO-1 (AdamW only). Default 0. */
+  zero?: 0 | 1;
 }
 
 /** What a run's data was, saved with its state so that --resume can tell a different corpus or split. */
@@ -130,15 +159,26 @@ export function savedTrainerState(dir: string): { state: Partial<TrainerState>; 
 /**
  * Training state for one run folder. run() trains to options.steps (evaluating, logging and checkpointing as the
  * options say); trainStep(), evaluate() and checkpoint() are its pieces, for a loop of your own.
+ *
+ * Data parallel (`parallel`): options.batchSize is the global batch; each of W ranks computes rows
+ * [rank·B/W, (rank + 1)·B/W) of every batch one process would draw, the gradients are summed over the ranks (each
+ * rank's loss weighted by its share of the batch's targets, so that the sum is the gradient of the global mean),
+ * and every rank takes the same step. Rank 0 alone writes the run folder. Every method is then collective: all
+ * ranks call it in the same order.
  */
 export class Trainer {
   readonly files: RunFiles;
   readonly options: TrainOptions;
   private readonly sampler: BatchSampler;
-  private readonly optimizer: AdamW | SGD;
+  private readonly optimizer: AdamW | SGD | ZeroAdamW;
   private readonly params: Parameter[];
-  private readonly lock: RunLock;
+  private readonly lock: RunLock | null;
+  readonly group: ProcessGroup;
+  private readonly gradientSum: GradientAllReduce | null = null;
   step = 0;
+  /** Set by run() when its signal aborts; with several ranks the stop is agreed at the next step's sum. */
+  private stopAsked = false;
+  private stopAgreed = false;
   private elapsed = 0;
   private tokens = 0;
 
@@ -154,8 +194,15 @@ export class Trainer {
     outDir: string,
     options: Partial<TrainOptions> = {},
     private readonly data?: RunData,
+    parallel?: ParallelOptions,
   ) {
     this.options = validateTrainOptions({ ...defaultTrainOptions, ...options });
+    this.group = parallel?.group ?? ProcessGroup.single();
+    const W = this.group.worldSize;
+    if (this.options.batchSize % W !== 0) {
+      throw new MemgptError(`train: the global batch of ${this.options.batchSize} does not split over ${W} ranks`);
+    }
+    if (parallel?.zero === 1 && this.options.optimizer !== 'adamw') throw new MemgptError('train: --zero 1 shards AdamW\'s state; SGD has none');
     // A held-out split too short for one sample would fail at the first evaluation, after steps of training and
     // with a run folder that can neither resume nor restart: refuse it before anything runs.
     const sampleLen = this.options.segments * model.config.segmentLen;
@@ -164,18 +211,38 @@ export class Trainer {
         `${sampleLen} + 1; give more data, a larger --held-out, or --held-out 0`);
     }
     this.files = runFiles(outDir);
-    this.lock = RunLock.acquire(this.files);
+    this.lock = this.group.rank === 0 ? RunLock.acquire(this.files) : null;
     try {
       model.precision = this.options.precision;
       this.params = [...model.params.values()];
       const o = this.options;
       this.sampler = new BatchSampler(train, { batchSize: o.batchSize, segments: o.segments, segmentLen: model.config.segmentLen, order: o.order, seed: o.seed });
-      this.optimizer = o.optimizer === 'adamw'
-        ? new AdamW(this.params, { lr: o.lr, weightDecay: o.weightDecay, betas: [0.9, 0.95], eps: 1e-8, noDecay: noDecay(model) })
-        : new SGD(this.params, { lr: o.lr });
+      const adamw = { lr: o.lr, weightDecay: o.weightDecay, betas: [0.9, 0.95] as [number, number], eps: 1e-8, noDecay: noDecay(model) };
+      if (parallel?.zero === 1) this.optimizer = new ZeroAdamW(this.group, this.params, adamw);
+      else {
+        this.optimizer = o.optimizer === 'adamw' ? new AdamW(this.params, adamw) : new SGD(this.params, { lr: o.lr });
+        if (W > 1) this.gradientSum = new GradientAllReduce(this.group, this.params);
+      }
+      broadcastParams(this.group, this.params);
     } catch (e) {
-      this.lock.release();
+      this.lock?.release();
       throw e;
+    }
+  }
+
+  /** Whether this process writes the run folder (rank 0, or the only process). */
+  get isRoot(): boolean {
+    return this.group.rank === 0;
+  }
+
+  /** The optimizer in the single-process form (for a checkpoint); under ZeRO-1 gathered from every rank (collective). */
+  private fullOptimizer<T>(use: (optimizer: AdamW | SGD) => T): T {
+    if (!(this.optimizer instanceof ZeroAdamW)) return use(this.optimizer);
+    const full = this.optimizer.gathered();
+    try {
+      return use(full);
+    } finally {
+      full.dispose();
     }
   }
 
@@ -186,7 +253,17 @@ export class Trainer {
   resume(): void {
     const cp = committedCheckpoint(this.files);
     if (!cp) throw new MemgptError(`--resume: ${this.files.dir} has no checkpoint to resume from`);
-    const state = loadTrainingState(cp.optimizer, this.model, this.optimizer) as unknown as TrainerState;
+    let state: TrainerState;
+    if (this.optimizer instanceof ZeroAdamW) {
+      const zero = this.optimizer;
+      const full = new AdamW(this.params, zero.options);
+      try {
+        state = loadTrainingState(cp.optimizer, this.model, full) as unknown as TrainerState;
+        zero.loadFrom(full);
+      } finally {
+        full.dispose();
+      }
+    } else state = loadTrainingState(cp.optimizer, this.model, this.optimizer) as unknown as TrainerState;
     if (typeof state.step !== 'number' || !state.sampler) throw new MemgptError(`${cp.optimizer}: no trainer state to resume from`);
     // Every field is checked: a step of 2.5 or a negative token count used to run on and write nothing.
     const count = (v: unknown) => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
@@ -204,7 +281,7 @@ export class Trainer {
     this.elapsed = state.elapsedSeconds ?? 0;
     this.tokens = state.tokens ?? 0;
     this.sampler.setState(state.sampler);
-    truncateMetrics(this.files, this.step);
+    if (this.isRoot) truncateMetrics(this.files, this.step);
   }
 
   /** One optimizer step over gradAccum micro-batches; returns what was logged. */
@@ -215,6 +292,8 @@ export class Trainer {
     let lossSum = 0;
     let diagnostics: LayerDiagnostics[] | undefined;
     let tokens = 0;
+    const N = o.segments * this.model.config.segmentLen;
+    const W = this.group.worldSize, rows = o.batchSize / W, from = this.group.rank * rows;
     for (let micro = 0; micro < o.gradAccum; micro++) {
       let batch = this.sampler.next();
       // A window of a prompt/completion corpus may hold no completion token: draw on (bounded by an epoch).
@@ -222,17 +301,38 @@ export class Trainer {
         if (tries > this.sampler.batchesPerEpoch) throw new MemgptError('train: no batch of the corpus has a token whose loss counts');
         batch = this.sampler.next();
       }
+      tokens += o.batchSize * N;
+      // This rank's rows; its mean loss is weighted by its share of the batch's targets, so that the gradients
+      // summed over the ranks are those of the whole batch's mean loss.
+      const mine = W > 1 ? batchRows(batch.tokens, batch.mask, N, from, from + rows) : batch;
+      const share = W > 1 ? targetCount(mine.mask, rows, N) / targetCount(batch.mask, o.batchSize, N) : 1;
+      if (share === 0) continue;  // none of this rank's targets count: it adds nothing to this micro-batch
       tidy(() => {
-        const out = this.model.forward(batch.tokens, o.batchSize, o.segments, batch.mask ?? undefined, { diagnostics: withDiagnostics && micro === 0 });
-        const scaled = o.gradAccum > 1 ? scale(out.loss, 1 / o.gradAccum) : out.loss;
+        const out = this.model.forward(mine.tokens, rows, o.segments, mine.mask ?? undefined, { diagnostics: withDiagnostics && micro === 0 });
+        const weight = share / o.gradAccum;
+        const scaled = weight !== 1 ? scale(out.loss, weight) : out.loss;
         scaled.backward();
-        lossSum += out.nllSum / out.tokens;
-        tokens += o.batchSize * o.segments * this.model.config.segmentLen;
+        lossSum += (out.nllSum / out.tokens) * share;
         diagnostics ??= out.diagnostics;
       });
     }
-    const gradNorms = withDiagnostics ? groupGradNorms(this.model) : undefined;
-    const norm = o.gradClip > 0 ? clipGradNorm(this.params, o.gradClip) : gradNorm(this.params);
+    let norm: number;
+    let gradNorms: Record<ParamGroup, number> | undefined;
+    if (this.optimizer instanceof ZeroAdamW) {
+      norm = this.optimizer.reduceGradients();
+      if (o.gradClip > 0 && Number.isFinite(norm)) this.optimizer.clip(o.gradClip, norm);
+    } else {
+      this.gradientSum?.sum();
+      gradNorms = withDiagnostics ? groupGradNorms(this.model) : undefined;
+      norm = o.gradClip > 0 ? clipGradNorm(this.params, o.gradClip) : gradNorm(this.params);
+    }
+    if (W > 1) {
+      // The global mean loss, and whether any rank was asked to stop (all ranks then stop at this same step).
+      const sums = Float64Array.of(lossSum, this.stopAsked ? 1 : 0);
+      this.group.allreduce(sums);
+      lossSum = sums[0];
+      this.stopAgreed = sums[1] > 0;
+    }
     if (!Number.isFinite(norm)) throw new MemgptError(`train: the gradient norm is ${norm} at step ${this.step + 1}; lower the learning rate`);
     this.optimizer.step(lr);
     this.optimizer.zeroGrad();
@@ -261,15 +361,17 @@ export class Trainer {
       const logged = this.step % o.logEvery === 0 || this.step + 1 === o.steps;
       const entry = this.trainStep(logged);
       if ((o.evalEvery > 0 && entry.step % o.evalEvery === 0) || entry.step === o.steps) entry.evalLoss = this.evaluate();
-      if (logged || entry.evalLoss !== undefined) this.log(entry);
-      callbacks.onStep?.(entry, logged);
+      if (this.isRoot && (logged || entry.evalLoss !== undefined)) this.log(entry);
+      if (this.isRoot) callbacks.onStep?.(entry, logged);
       const checkpointDue = (o.checkpointEvery > 0 && entry.step % o.checkpointEvery === 0) || entry.step === o.steps;
       if (checkpointDue) this.checkpoint();
-      else if (entry.evalLoss !== undefined) this.plot();
+      else if (entry.evalLoss !== undefined && this.isRoot) this.plot();
       last = entry;
-      if (entry.step === killAt) process.kill(process.pid, 'SIGKILL');
+      if (entry.step === killAt && (process.env.MEMGPT_FAULT_RANK ?? '0') === String(this.group.rank)) process.kill(process.pid, 'SIGKILL');
       await new Promise<void>((resolve) => setImmediate(resolve));
-      if (callbacks.signal?.aborted) {
+      this.stopAsked ||= callbacks.signal?.aborted === true;
+      // One process stops at once; ranks stop at the step where the sum showed that one of them was asked to.
+      if (this.group.worldSize === 1 ? this.stopAsked : this.stopAgreed) {
         if (!checkpointDue) this.checkpoint();
         break;
       }
@@ -279,7 +381,7 @@ export class Trainer {
 
   evaluate(): number | undefined {
     if (!this.heldOut) return undefined;
-    return evaluateLoss(this.model, this.heldOut, this.options.batchSize, this.options.segments, this.options.evalBatches).loss;
+    return evaluateLoss(this.model, this.heldOut, this.options.batchSize, this.options.segments, this.options.evalBatches, this.group).loss;
   }
 
   /**
@@ -291,11 +393,14 @@ export class Trainer {
       step: this.step, sampler: this.sampler.state(), options: this.options, elapsedSeconds: this.elapsed, tokens: this.tokens,
       ...(this.data ? { data: this.data } : {}),
     };
-    commitCheckpoint(this.files, this.step, (model, optimizer) => {
-      saveTrainingState(optimizer, this.model, this.optimizer, state as unknown as Record<string, unknown>);
-      saveModel(model, this.model, { metadata: { [STEP_KEY]: String(this.step) } });
+    this.fullOptimizer((full) => {
+      if (!this.isRoot) return;
+      commitCheckpoint(this.files, this.step, (model, optimizer) => {
+        saveTrainingState(optimizer, this.model, full, state as unknown as Record<string, unknown>);
+        saveModel(model, this.model, { metadata: { [STEP_KEY]: String(this.step) } });
+      });
+      this.plot();
     });
-    this.plot();
   }
 
   log(entry: StepLog): void {
@@ -337,7 +442,7 @@ export class Trainer {
   /** Frees the optimizer state and releases the run folder's lock. */
   dispose(): void {
     this.optimizer.dispose();
-    this.lock.release();
+    this.lock?.release();
   }
 }
 

@@ -1,0 +1,205 @@
+// Data parallelism over a process group: each rank's gradients summed over the ranks in buckets (plain data
+// parallelism, every rank then takes the same optimizer step), or ZeRO-1 (the optimizer state sharded: gradients
+// reduce-scattered to the rank that owns a parameter, which updates it, then all-gathered), as llm.c's zero.cuh.
+//
+// The sums run after backward, not overlapped with it. DDP starts a bucket's all-reduce when its gradients are
+// complete, but in this model every parameter is used by every segment of a sample (the memory is recurrent), so no
+// gradient is complete before the backward of the first segment ends.
+import { MemgptError } from '../core/errors.js';
+import { tensor, zeros, type Parameter, type Tensor } from '../core/tensor.js';
+import { AdamW, clipGradNorm, gradNorm, type AdamWOptions } from '../ops/optim.js';
+import type { ProcessGroup } from './group.js';
+
+/** PyTorch DDP's default bucket size. */
+export const DEFAULT_BUCKET_BYTES = 25 * 1024 * 1024;
+
+function checkFloat32(t: Tensor, what: string): void {
+  if (t.dtype !== 'float32') throw new MemgptError(`data parallel: ${what} is ${t}; gradients are summed in float32`);
+}
+
+/** Copies each tensor (its gradient, or zeros where it has none) into buffer from element `at` on. */
+function gather(tensors: (Tensor | null)[], sizes: number[], buffer: Float32Array, at = 0): void {
+  for (let i = 0; i < tensors.length; i++) {
+    const t = tensors[i];
+    const view = buffer.subarray(at, at + sizes[i]);
+    if (t) {
+      checkFloat32(t, 'a gradient');
+      t.storage.backend.copyToHost(t.handle, t.offset * 4, view);
+    } else view.fill(0);
+    at += sizes[i];
+  }
+}
+
+function scatter(tensors: Tensor[], buffer: Float32Array, at = 0): void {
+  for (const t of tensors) {
+    t.storage.backend.copyFromHost(t.handle, t.offset * 4, buffer.subarray(at, at + t.size));
+    at += t.size;
+  }
+}
+
+/** Every param gets a gradient tensor (zeros where backward gave it none), so that all ranks sum the same buckets. */
+function ensureGrads(params: Parameter[]): Tensor[] {
+  return params.map((p) => (p.grad ??= zeros(p.shape, { device: p.device })));
+}
+
+/** Makes every rank's params equal rank 0's (the start of a run: DDP does the same). */
+export function broadcastParams(group: ProcessGroup, params: Parameter[]): void {
+  if (group.worldSize === 1) return;
+  for (const p of params) {
+    checkFloat32(p, 'a parameter');
+    const host = new Float32Array(p.size);
+    p.storage.backend.copyToHost(p.handle, p.offset * 4, host);
+    group.broadcast(host, 0);
+    p.storage.backend.copyFromHost(p.handle, p.offset * 4, host);
+  }
+}
+
+/** Sums the params' gradients over the ranks, in buckets of about bucketBytes (the last params first, as DDP). */
+export class GradientAllReduce {
+  private readonly buckets: { params: Parameter[]; buffer: Float32Array }[] = [];
+
+  constructor(private readonly group: ProcessGroup, params: Parameter[], bucketBytes = DEFAULT_BUCKET_BYTES) {
+    let current: Parameter[] = [], elements = 0;
+    const close = () => {
+      if (current.length) this.buckets.push({ params: current, buffer: new Float32Array(elements) });
+      current = [];
+      elements = 0;
+    };
+    for (const p of [...params].reverse()) {
+      if (elements > 0 && (elements + p.size) * 4 > bucketBytes) close();
+      current.push(p);
+      elements += p.size;
+    }
+    close();
+  }
+
+  /** The bucket sizes in bytes (for the benchmark). */
+  get bucketBytes(): number[] {
+    return this.buckets.map((b) => b.buffer.byteLength);
+  }
+
+  sum(): void {
+    if (this.group.worldSize === 1) return;
+    for (const { params, buffer } of this.buckets) {
+      const grads = ensureGrads(params);
+      gather(grads, params.map((p) => p.size), buffer);
+      this.group.allreduce(buffer);
+      scatter(grads, buffer);
+    }
+  }
+}
+
+/**
+ * ZeRO-1 AdamW: the params split into W contiguous runs of about equal size; rank r keeps the moments of its run
+ * only. A step reduce-scatters the gradients (each rank gets the sum of its run's), clips them by the global norm,
+ * updates its run and all-gathers the params. The result equals plain data parallelism up to the order of the sum.
+ */
+export class ZeroAdamW {
+  /** Elements of each rank's run. */
+  readonly counts: number[];
+  /** Index of each rank's first param, and one past the last (W + 1 entries). */
+  readonly bounds: number[];
+  readonly owned: Parameter[];
+  private readonly inner: AdamW | null;
+  private readonly flat: Float32Array;
+  private readonly total: number;
+
+  constructor(private readonly group: ProcessGroup, readonly params: Parameter[], readonly options: AdamWOptions) {
+    const W = group.worldSize;
+    this.total = params.reduce((a, p) => a + p.size, 0);
+    this.bounds = [0];
+    let at = 0, i = 0;
+    for (let r = 1; r < W; r++) {
+      // Rank r - 1 takes params until its run reaches r/W of all elements.
+      while (i < params.length && (at + params[i].size / 2) <= (this.total * r) / W) at += params[i++].size;
+      this.bounds.push(i);
+    }
+    this.bounds.push(params.length);
+    this.counts = this.bounds.slice(1).map((end, r) => params.slice(this.bounds[r], end).reduce((a, p) => a + p.size, 0));
+    this.owned = params.slice(this.bounds[group.rank], this.bounds[group.rank + 1]);
+    const noDecay = new Set(options.noDecay ?? []);
+    this.inner = this.owned.length ? new AdamW(this.owned, { ...options, noDecay: this.owned.filter((p) => noDecay.has(p)) }) : null;
+    this.flat = new Float32Array(this.total);
+  }
+
+  get lr(): number {
+    return this.inner?.lr ?? this.options.lr ?? 1e-3;
+  }
+
+  /** Sums the gradients over the ranks into the owned params' (the others' are dropped); returns the global norm. */
+  reduceGradients(): number {
+    const grads = ensureGrads(this.params);
+    gather(grads, this.params.map((p) => p.size), this.flat);
+    this.group.reduceScatter(this.flat, this.counts);
+    scatter(grads.slice(this.bounds[this.group.rank], this.bounds[this.group.rank + 1]), this.flat);
+    for (let i = 0; i < this.params.length; i++) {
+      if (i < this.bounds[this.group.rank] || i >= this.bounds[this.group.rank + 1]) this.params[i].zeroGrad();
+    }
+    const squares = Float64Array.of(this.owned.length ? gradNorm(this.owned) ** 2 : 0);
+    this.group.allreduce(squares);
+    return Math.sqrt(squares[0]);
+  }
+
+  /** Scales the owned gradients as clipGradNorm would for the global norm. */
+  clip(maxNorm: number, norm: number): void {
+    if (this.owned.length) clipGradNorm(this.owned, maxNorm, norm);
+  }
+
+  /** Updates the owned params, then gives every rank every param. */
+  step(lr: number): void {
+    this.inner?.step(lr);
+    const mine = this.flat.subarray(0, this.counts[this.group.rank]);
+    gather(this.owned, this.owned.map((p) => p.size), mine);
+    const all = new Float32Array(this.total);
+    this.group.allgatherv(mine, all, this.counts);
+    scatter(this.params, all);
+  }
+
+  zeroGrad(): void {
+    for (const p of this.params) p.zeroGrad();
+  }
+
+  /**
+   * An AdamW over all params holding every rank's moments (collective: every rank calls it), for a checkpoint in
+   * the single-process format. The caller disposes it.
+   */
+  gathered(): AdamW {
+    const full = new AdamW(this.params, this.options);
+    const state = this.inner?.state();
+    const moments = (pick: 'm' | 'v') => {
+      const mine = new Float32Array(this.counts[this.group.rank]);
+      if (state) gather(state[pick], this.owned.map((p) => p.size), mine);
+      const all = new Float32Array(this.total);
+      this.group.allgatherv(mine, all, this.counts);
+      let at = 0;
+      return this.params.map((p) => {
+        const t = tensor(all.subarray(at, at + p.size), p.shape, { device: p.device });
+        at += p.size;
+        return t;
+      });
+    };
+    const steps = Float64Array.from(this.params, () => 0);
+    state?.steps?.forEach((s, i) => (steps[this.bounds[this.group.rank] + i] = s));
+    this.group.allreduce(steps);
+    const m = moments('m'), v = moments('v');
+    try {
+      full.loadState({ m, v, step: state?.step ?? this.inner?.stepCount ?? 0, steps: [...steps] });
+    } finally {
+      for (const t of [...m, ...v]) t.dispose();
+    }
+    return full;
+  }
+
+  /** Takes this rank's run of a full AdamW state (one loaded from a checkpoint). */
+  loadFrom(full: AdamW): void {
+    if (!this.inner) return;
+    const s = full.state();
+    const lo = this.bounds[this.group.rank], hi = this.bounds[this.group.rank + 1];
+    this.inner.loadState({ m: s.m.slice(lo, hi), v: s.v.slice(lo, hi), step: s.step, steps: s.steps?.slice(lo, hi) });
+    this.inner.lr = full.lr;
+  }
+
+  dispose(): void {
+    this.inner?.dispose();
+  }
+}

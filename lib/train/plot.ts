@@ -1,5 +1,8 @@
 // Small SVG line charts for the run folder (loss curves, memory diagnostics):
 // plain text, no dependencies, readable in any browser or editor preview.
+import { existsSync, readFileSync } from 'node:fs';
+
+import { writeFileAtomic, type RunFiles } from './run-folder.js';
 
 export interface Series {
   name: string;
@@ -62,4 +65,45 @@ export function lineChart(series: Series[], options: { title: string; xLabel: st
   });
   out.push('</svg>');
   return out.join('\n') + '\n';
+}
+
+/** The fields of a metrics.jsonl row the plots read (a Trainer's StepLog). */
+interface MetricsRow {
+  step: number;
+  loss: number;
+  lr: number;
+  gradNorm: number;
+  evalLoss?: number;
+  memory?: { readGate: number; writeGate: number; pointerEntropy: number }[];
+}
+
+/** Redraws a run folder's loss.svg, optimizer.svg and memory.svg from its metrics.jsonl. */
+export function drawRunPlots(files: RunFiles, segmentLen: number): void {
+  if (!existsSync(files.metrics)) return;
+  const rows = readFileSync(files.metrics, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as MetricsRow);
+  const atomic = writeFileAtomic;
+  atomic(files.lossPlot, lineChart([
+    { name: 'train loss', points: rows.map((r) => [r.step, r.loss]) },
+    { name: 'held-out loss', points: rows.filter((r) => r.evalLoss !== undefined).map((r) => [r.step, r.evalLoss!]) },
+  ], { title: 'Loss (nats per token)', xLabel: 'step', yLabel: 'loss' }));
+  // The learning rate scaled to the gradient norm's range, so that both read on one axis.
+  const peakNorm = rows.reduce((a, r) => Math.max(a, r.gradNorm), 0), peakLr = rows.reduce((a, r) => Math.max(a, r.lr), 0);
+  const lrScale = peakLr > 0 && peakNorm > 0 ? peakNorm / peakLr : 1;
+  atomic(files.optimizerPlot, lineChart([
+    { name: 'gradient norm (before clipping)', points: rows.map((r) => [r.step, r.gradNorm]) },
+    { name: `learning rate × ${lrScale.toPrecision(3)}`, points: rows.map((r) => [r.step, r.lr * lrScale]) },
+  ], { title: `Optimizer: gradient norm and learning rate (peak ${peakLr.toPrecision(3)})`, xLabel: 'step', yLabel: 'norm' }));
+  const withMemory = rows.filter((r) => r.memory?.length);
+  if (withMemory.length) {
+    const layers = withMemory[0].memory!.length;
+    const series = [];
+    for (let l = 0; l < layers; l++) {
+      series.push({ name: `L${l} read gate`, points: withMemory.map((r) => [r.step, r.memory![l].readGate] as [number, number]) });
+      series.push({ name: `L${l} write gate`, points: withMemory.map((r) => [r.step, r.memory![l].writeGate] as [number, number]) });
+      // Normalised by its uniform value ln T: 1 = the pointer spreads over the whole segment, 0 = one token.
+      const lnT = Math.log(segmentLen);
+      series.push({ name: `L${l} pointer entropy / ln T`, points: withMemory.map((r) => [r.step, r.memory![l].pointerEntropy / lnT] as [number, number]) });
+    }
+    atomic(files.memoryPlot, lineChart(series, { title: 'Memory use per layer (mean gates, pointer entropy)', xLabel: 'step', yLabel: 'gate / entropy ÷ ln T' }));
+  }
 }

@@ -4,25 +4,26 @@
 // state, step and data position, committed as one unit so that a killed run
 // resumes bit for bit: lib/train/run-folder.ts), a metrics log and SVG plots in the
 // run folder.
-import { appendFileSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync } from 'node:fs';
 
 import { synchronize, type Device } from '../native/backend.js';
 import { loadModel, loadTrainingState, saveModel, saveTrainingState } from '../io/checkpoint.js';
 import { readSafetensorsHeader } from '../io/safetensors.js';
-import { BatchSampler, samplesIn, sequentialBatches, type Corpus, type SamplerState } from '../data/index.js';
-import { noGrad } from '../core/autograd.js';
+import { BatchSampler, samplesIn, type Corpus, type SamplerState } from '../data/index.js';
 import { MemgptError } from '../core/errors.js';
 import { MemGPT, type LayerDiagnostics } from '../nn/model.js';
 import { AdamW, SGD, clipGradNorm, gradNorm } from '../ops/optim.js';
-import { lineChart } from './plot.js';
+import { drawRunPlots } from './plot.js';
+import { batchRows, evaluateLoss, targetCount } from './evaluate.js';
 import { tidy, type Parameter } from '../core/tensor.js';
 import { scale } from '../ops/elementwise.js';
 import { defaultTrainOptions, learningRate, validateTrainOptions, type TrainOptions } from './options.js';
-import { RunLock, commitCheckpoint, committedCheckpoint, runFiles, truncateMetrics, writeFileAtomic, type RunFiles } from './run-folder.js';
+import { RunLock, commitCheckpoint, committedCheckpoint, runFiles, truncateMetrics, type RunFiles } from './run-folder.js';
 import { ProcessGroup } from '../parallel/group.js';
 import { GradientAllReduce, ZeroAdamW, broadcastParams } from '../parallel/data-parallel.js';
 
 export { runFiles, type RunFiles } from './run-folder.js';
+export { evaluateLoss } from './evaluate.js';
 export { defaultTrainOptions, learningRate, recipeFor, recipes, validateTrainOptions, type Recipe, type TrainOptions } from './options.js';
 
 /** Metadata key of the training step in a run folder's model.safetensors. */
@@ -76,44 +77,6 @@ function groupGradNorms(model: MemGPT): Record<ParamGroup, number> {
 /** Weight decay goes to the matrices only: not to norms, biases or the memory's initial state. */
 function noDecay(model: MemGPT): Parameter[] {
   return [...model.params].filter(([name, p]) => p.rank < 2 || name.endsWith('mem.init')).map(([, p]) => p);
-}
-
-/** Rows [from, to) of a batch of samples of N tokens (tokens: rows of N + 1; mask: rows of N). */
-function batchRows(tokens: Int32Array, mask: Float32Array | null, N: number, from: number, to: number) {
-  return { tokens: tokens.subarray(from * (N + 1), to * (N + 1)), mask: mask ? mask.subarray(from * N, to * N) : null };
-}
-
-/** The loss weight of a batch's targets: its mask's sum, or every target. */
-const targetCount = (mask: Float32Array | null, rows: number, N: number) => (mask ? mask.reduce((a, m) => a + m, 0) : rows * N);
-
-/**
- * Mean loss over the first `batches` batches of every sample in order (all of them by default), without gradients.
- * With a process group of W ranks each rank scores its share of every batch's rows and the sums are added over the
- * ranks: every rank gets the loss one process would.
- */
-export function evaluateLoss(model: MemGPT, corpus: Corpus, batchSize: number, segments: number, batches = Infinity,
-  group: ProcessGroup = ProcessGroup.single()): { loss: number; tokens: number } {
-  const N = segments * model.config.segmentLen;
-  let nll = 0, tokens = 0, seen = 0;
-  for (const batch of sequentialBatches(corpus, N, batchSize)) {
-    if (seen++ >= batches) break;
-    const share = Math.ceil(batch.count / group.worldSize);
-    const from = Math.min(batch.count, group.rank * share), to = Math.min(batch.count, from + share);
-    const rows = batchRows(batch.tokens, batch.mask, N, from, to);
-    if (to === from || targetCount(rows.mask, to - from, N) === 0) continue;  // no target of this share counts
-    const out = noGrad(() => tidy(() => {
-      const r = model.forward(rows.tokens, to - from, segments, rows.mask ?? undefined);
-      r.loss.dispose();
-      return { nllSum: r.nllSum, tokens: r.tokens };
-    }));
-    nll += out.nllSum;
-    tokens += out.tokens;
-  }
-  const sums = Float64Array.of(nll, tokens);
-  group.allreduce(sums);
-  [nll, tokens] = sums;
-  if (tokens === 0) throw new MemgptError(`${corpus.source}: no token to evaluate (the loss mask selects none)`);
-  return { loss: nll / tokens, tokens };
 }
 
 /** Data parallelism for a Trainer: the ranks' group, and whether the optimizer state is sharded (ZeRO-1). */
@@ -408,35 +371,9 @@ export class Trainer {
     appendFileSync(this.files.metrics, JSON.stringify(entry) + '\n');
   }
 
-  /** Redraws loss.svg and memory.svg from metrics.jsonl. */
+  /** Redraws loss.svg, optimizer.svg and memory.svg from metrics.jsonl. */
   plot(): void {
-    if (!existsSync(this.files.metrics)) return;
-    const rows = readFileSync(this.files.metrics, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as StepLog);
-    const atomic = writeFileAtomic;
-    atomic(this.files.lossPlot, lineChart([
-      { name: 'train loss', points: rows.map((r) => [r.step, r.loss]) },
-      { name: 'held-out loss', points: rows.filter((r) => r.evalLoss !== undefined).map((r) => [r.step, r.evalLoss!]) },
-    ], { title: 'Loss (nats per token)', xLabel: 'step', yLabel: 'loss' }));
-    // The learning rate scaled to the gradient norm's range, so that both read on one axis.
-    const peakNorm = rows.reduce((a, r) => Math.max(a, r.gradNorm), 0), peakLr = rows.reduce((a, r) => Math.max(a, r.lr), 0);
-    const lrScale = peakLr > 0 && peakNorm > 0 ? peakNorm / peakLr : 1;
-    atomic(this.files.optimizerPlot, lineChart([
-      { name: 'gradient norm (before clipping)', points: rows.map((r) => [r.step, r.gradNorm]) },
-      { name: `learning rate × ${lrScale.toPrecision(3)}`, points: rows.map((r) => [r.step, r.lr * lrScale]) },
-    ], { title: `Optimizer: gradient norm and learning rate (peak ${peakLr.toPrecision(3)})`, xLabel: 'step', yLabel: 'norm' }));
-    const withMemory = rows.filter((r) => r.memory?.length);
-    if (withMemory.length) {
-      const layers = withMemory[0].memory!.length;
-      const series = [];
-      for (let l = 0; l < layers; l++) {
-        series.push({ name: `L${l} read gate`, points: withMemory.map((r) => [r.step, r.memory![l].readGate] as [number, number]) });
-        series.push({ name: `L${l} write gate`, points: withMemory.map((r) => [r.step, r.memory![l].writeGate] as [number, number]) });
-        // Normalised by its uniform value ln T: 1 = the pointer spreads over the whole segment, 0 = one token.
-        const lnT = Math.log(this.model.config.segmentLen);
-        series.push({ name: `L${l} pointer entropy / ln T`, points: withMemory.map((r) => [r.step, r.memory![l].pointerEntropy / lnT] as [number, number]) });
-      }
-      atomic(this.files.memoryPlot, lineChart(series, { title: 'Memory use per layer (mean gates, pointer entropy)', xLabel: 'step', yLabel: 'gate / entropy ÷ ln T' }));
-    }
+    drawRunPlots(this.files, this.model.config.segmentLen);
   }
 
   /** Frees the optimizer state and releases the run folder's lock. */

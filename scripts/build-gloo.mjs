@@ -41,7 +41,7 @@ const args = [
   '-std=c++17', '-O2', '-fPIC', '-shared', '-Wall', '-Wno-unused-parameter',
   '-DNAPI_VERSION=8', '-DNAPI_CPP_EXCEPTIONS', '-DNODE_ADDON_API_DISABLE_DEPRECATED',
   `-I${nodeInclude}`, `-I${resolve(root, napiInclude)}`, `-I${glooInclude}`,
-  join(root, 'native', 'dist', 'gloo_addon.cc'),
+  join(root, 'native', 'parallel', 'gloo_addon.cc'),
   `-L${process.env.GLOO_LIB_DIR ?? '/usr/lib'}`, '-l:libgloo.so.0', '-pthread', '-s',
   '-o', partial,
 ];

@@ -115,10 +115,10 @@ export function record(op: string, inputs: Tensor[], outputs: Tensor[], saved: T
   });
 }
 
-/** Adds g into a gradient slot, taking ownership of g; in place when the slot's storage is its own. */
+/** Adds g into a gradient slot, taking ownership of g; in place when the slot's storage is its own (or a gradient bucket). */
 function accumulate(current: Tensor | null, g: Tensor): Tensor {
   if (!current) return keep(g);
-  if (current.storage.refCount === 1) {
+  if (current.storage.refCount === 1 || current.storage.gradientBucket) {
     summer().addInPlace(current, g);
     g.dispose();
     return current;

@@ -19,6 +19,11 @@ export class Storage {
   private refs = 1;
   handle: StorageHandle | null;
   readonly backend: NativeBackend;
+  /**
+   * Set on a bucket of gradients (data parallel): its views are params' gradient slots that backward adds into in
+   * place, though they share the storage, so that the bucket is summed over the ranks without a copy.
+   */
+  gradientBucket = false;
 
   constructor(readonly device: Device, readonly bytes: number) {
     this.backend = backendFor(device);

@@ -38,6 +38,8 @@ export interface NativeBackend extends FamilyKernels {
   copyFromHost(handle: StorageHandle, byteOffset: number, src: ArrayBufferView): void;
   copyToHost(handle: StorageHandle, byteOffset: number, dst: ArrayBufferView): void;
   copy(dst: StorageHandle, dstByteOffset: number, src: StorageHandle, srcByteOffset: number, bytes: number): void;
+  /** The address of bytes [byteOffset, byteOffset + bytes) of a storage (valid while it lives), for in-place collectives. */
+  address(handle: StorageHandle, byteOffset: number, bytes: number): bigint;
   fill(dtype: number, n: number, value: number, out: StorageHandle, outOff: number): void;
   cast(from: number, to: number, n: number, x: StorageHandle, xOff: number, y: StorageHandle, yOff: number): void;
   affine(dtype: number, n: number, alpha: number, beta: number, x: StorageHandle, xOff: number, y: StorageHandle, yOff: number): void;

@@ -6,7 +6,8 @@
 // complete, but in this model every parameter is used by every segment of a sample (the memory is recurrent), so no
 // gradient is complete before the backward of the first segment ends.
 import { MemgptError } from '../core/errors.js';
-import { tensor, zeros, type Parameter, type Tensor } from '../core/tensor.js';
+import { dtypeCode } from '../core/dtype.js';
+import { keep, tensor, zeros, type Parameter, type Tensor } from '../core/tensor.js';
 import { AdamW, clipGradNorm, gradNorm, type AdamWOptions } from '../ops/optim.js';
 import type { ProcessGroup } from './group.js';
 
@@ -54,19 +55,29 @@ export function broadcastParams(group: ProcessGroup, params: Parameter[]): void 
   }
 }
 
-/** Sums the params' gradients over the ranks, in buckets of about bucketBytes (the last params first, as DDP). */
+/**
+ * Sums the params' gradients over the ranks, in buckets of about bucketBytes (the last params first, as DDP).
+ * On the CPU the buckets are the gradients themselves: prepare() makes each param's gradient slot a view of its
+ * bucket, backward adds into it in place, and the engine sums the bucket where it lies (DDP's
+ * gradient_as_bucket_view). On another device each bucket is copied to the host and back.
+ */
 export class GradientAllReduce {
-  private readonly buckets: { params: Parameter[]; buffer: Float32Array }[] = [];
+  private readonly buckets: { params: Parameter[]; elements: number; flat: Tensor | null; host: Float32Array | null }[] = [];
 
   constructor(private readonly group: ProcessGroup, params: Parameter[], bucketBytes = DEFAULT_BUCKET_BYTES) {
     let current: Parameter[] = [], elements = 0;
     const close = () => {
-      if (current.length) this.buckets.push({ params: current, buffer: new Float32Array(elements) });
+      if (!current.length) return;
+      const inPlace = current[0].device === 'cpu' && group.worldSize > 1;
+      const flat = inPlace ? keep(zeros([elements], { device: 'cpu' })) : null;
+      if (flat) flat.storage.gradientBucket = true;
+      this.buckets.push({ params: current, elements, flat, host: inPlace ? null : new Float32Array(elements) });
       current = [];
       elements = 0;
     };
     for (const p of [...params].reverse()) {
-      if (elements > 0 && (elements + p.size) * 4 > bucketBytes) close();
+      checkFloat32(p, 'a parameter');
+      if ((elements > 0 && (elements + p.size) * 4 > bucketBytes) || (current.length > 0 && current[0].device !== p.device)) close();
       current.push(p);
       elements += p.size;
     }
@@ -75,17 +86,53 @@ export class GradientAllReduce {
 
   /** The bucket sizes in bytes (for the benchmark). */
   get bucketBytes(): number[] {
-    return this.buckets.map((b) => b.buffer.byteLength);
+    return this.buckets.map((b) => b.elements * 4);
+  }
+
+  /** Before a step's first backward: every param's gradient slot becomes a zeroed view of its bucket (CPU). */
+  prepare(): void {
+    for (const { params, elements, flat } of this.buckets) {
+      if (!flat) continue;
+      flat.storage.backend.fill(dtypeCode.float32, elements, 0, flat.handle, flat.offset);
+      let at = 0;
+      for (const p of params) {
+        p.grad?.dispose();
+        p.grad = flat._view(p.shape, false, flat.offset + at);
+        at += p.size;
+      }
+    }
   }
 
   sum(): void {
     if (this.group.worldSize === 1) return;
-    for (const { params, buffer } of this.buckets) {
-      const grads = ensureGrads(params);
-      gather(grads, params.map((p) => p.size), buffer);
-      this.group.allreduce(buffer);
-      scatter(grads, buffer);
+    for (const { params, elements, flat, host } of this.buckets) {
+      if (flat) {
+        // A slot that is no longer its bucket's view (prepare() not called, or replaced) is copied into the bucket.
+        let at = 0;
+        for (const p of params) {
+          const g = p.grad;
+          if (!g || g.storage !== flat.storage || g.offset !== flat.offset + at) {
+            const view = flat._view(p.shape, false, flat.offset + at);
+            if (g) view.storage.backend.copy(view.handle, view.offset * 4, g.handle, g.offset * 4, p.size * 4);
+            else view.storage.backend.fill(dtypeCode.float32, p.size, 0, view.handle, view.offset);
+            g?.dispose();
+            p.grad = view;
+          }
+          at += p.size;
+        }
+        this.group.allreduceAt(flat.storage.backend.address(flat.handle, flat.offset * 4, elements * 4), elements);
+      } else {
+        const grads = ensureGrads(params);
+        gather(grads, params.map((p) => p.size), host!);
+        this.group.allreduce(host!);
+        scatter(grads, host!);
+      }
     }
+  }
+
+  /** Frees the buckets (the params' gradient views keep theirs alive until dropped). */
+  dispose(): void {
+    for (const b of this.buckets) b.flat?.dispose();
   }
 }
 

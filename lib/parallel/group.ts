@@ -15,6 +15,7 @@ interface GlooAddon {
   engine: string;
   init(rank: number, size: number, masterAddr: string, masterPort: number, timeoutMs: number, host: string): void;
   allreduce(buffer: Float32Array | Float64Array): void;
+  allreduceAt(address: bigint, elements: number): void;
   reduceScatter(buffer: Float32Array, counts: number[]): void;
   allgatherv(input: Float32Array, output: Float32Array, counts: number[]): void;
   broadcast(buffer: Float32Array | Float64Array, root: number): void;
@@ -150,6 +151,12 @@ export class ProcessGroup {
   allreduce(buffer: Float32Array | Float64Array): void {
     const gloo = this.engineOf();
     if (gloo) engineCall(() => gloo.allreduce(buffer));
+  }
+
+  /** The elementwise sum over ranks, in place, of `elements` float32 at a CPU storage's address (backend.address). */
+  allreduceAt(address: bigint, elements: number): void {
+    const gloo = this.engineOf();
+    if (gloo) engineCall(() => gloo.allreduceAt(address, elements));
   }
 
   /**

@@ -257,6 +257,7 @@ export class Trainer {
     let tokens = 0;
     const N = o.segments * this.model.config.segmentLen;
     const W = this.group.worldSize, rows = o.batchSize / W, from = this.group.rank * rows;
+    this.gradientSum?.prepare();
     for (let micro = 0; micro < o.gradAccum; micro++) {
       let batch = this.sampler.next();
       // A window of a prompt/completion corpus may hold no completion token: draw on (bounded by an epoch).
@@ -379,6 +380,7 @@ export class Trainer {
   /** Frees the optimizer state and releases the run folder's lock. */
   dispose(): void {
     this.optimizer.dispose();
+    this.gradientSum?.dispose();
     this.lock?.release();
   }
 }

@@ -1,5 +1,5 @@
 // The memory functions both addons export, written once: storage handles
-// (alloc, free, storage_ptr), stats, peak and cache control, and the three
+// (alloc, free, storage_ptr, address), stats, peak and cache control, and the three
 // copies. Each addon supplies its allocator and raw copy primitives
 // (memory_cpu.cc, memory_cuda.cc).
 #include <mutex>
@@ -140,6 +140,19 @@ Napi::Value copy(const Napi::CallbackInfo& info) {
   });
 }
 
+// (handle, byteOffset, bytes): the address of those bytes of the storage, as a BigInt, for an engine that works on
+// this device's memory in place (data parallel's collectives on gradient buckets). Valid while the storage lives.
+Napi::Value address(const Napi::CallbackInfo& info) {
+  return guarded(info, "address", [&]() -> Napi::Value {
+    Args args(info, "address");
+    Napi::Value handle = args.next("storage");
+    int64_t offset = args.integer("byteOffset");
+    int64_t bytes = args.integer("bytes");
+    void* ptr = storage_ptr(handle, offset, bytes, "storage");
+    return Napi::BigInt::New(info.Env(), uint64_t(reinterpret_cast<uintptr_t>(ptr)));
+  });
+}
+
 }  // namespace
 
 void* storage_ptr(const Napi::Value& handle, int64_t byte_offset, int64_t bytes, const char* arg) {
@@ -167,6 +180,7 @@ void register_memory(Napi::Env env, Napi::Object exports) {
   exports.Set("copyFromHost", Napi::Function::New(env, copy_from_host, "copyFromHost"));
   exports.Set("copyToHost", Napi::Function::New(env, copy_to_host, "copyToHost"));
   exports.Set("copy", Napi::Function::New(env, copy, "copy"));
+  exports.Set("address", Napi::Function::New(env, address, "address"));
 }
 
 }  // namespace mg::binding

@@ -120,6 +120,23 @@ Napi::Value Allreduce(const Napi::CallbackInfo& info) {
   });
 }
 
+// allreduceAt(address, elements): the float32 sum over ranks, in place, of memory this process owns elsewhere (a
+// CPU storage of the main addon: a bucket of gradients), so that the gradients need no copy.
+Napi::Value AllreduceAt(const Napi::CallbackInfo& info) {
+  bool lossless = false;
+  uint64_t address = info[0].As<Napi::BigInt>().Uint64Value(&lossless);
+  int64_t elements = info[1].As<Napi::Number>().Int64Value();
+  if (!lossless || !address || elements < 0) throw Napi::RangeError::New(info.Env(), "allreduceAt: an address and a count of elements");
+  return collective(info, "allreduce", [&](Group& g, uint32_t tag) {
+    gloo::AllreduceOptions opts(g.context);
+    opts.setTag(tag);
+    opts.setTimeout(g.timeout);
+    opts.setOutput(reinterpret_cast<float*>(uintptr_t(address)), size_t(elements));
+    opts.setReduceFunction(static_cast<void (*)(void*, const void*, const void*, size_t)>(&gloo::sum<float>));
+    gloo::allreduce(opts);
+  });
+}
+
 // reduceScatter(array, counts): the elementwise sum over ranks of float32 array; rank r's part (counts[r] elements,
 // starting after the parts of ranks before it) is reduced, the rest is left undefined.
 Napi::Value ReduceScatter(const Napi::CallbackInfo& info) {
@@ -200,6 +217,7 @@ Napi::Value Close(const Napi::CallbackInfo& info) {
 Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   exports.Set("init", Napi::Function::New(env, Init));
   exports.Set("allreduce", Napi::Function::New(env, Allreduce));
+  exports.Set("allreduceAt", Napi::Function::New(env, AllreduceAt));
   exports.Set("reduceScatter", Napi::Function::New(env, ReduceScatter));
   exports.Set("allgatherv", Napi::Function::New(env, Allgatherv));
   exports.Set("broadcast", Napi::Function::New(env, Broadcast));

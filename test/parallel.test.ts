@@ -253,6 +253,23 @@ describe.skipIf(!engine.available)(`data parallel on the CPU (${engine.detail})`
     expect(r.seconds).toBeLessThan(10);
   });
 
+  it('a rank started with other data or flags than rank 0 stops with one line naming what differs', async () => {
+    const dir = workspace();
+    writeFileSync(join(dir, 'other.txt'), readFileSync(join(dir, 'data.txt'), 'utf8') + ' one more line');
+    const port = String(await freePort());
+    const args = (data: string, extra: string[] = []) => ['train', '--config', join(dir, 'config.json'), '--data', join(dir, data), '--out', join(dir, 'run'),
+      '--steps', '3', '--dist-timeout', '5', ...extra];
+    const env = (r: number) => ({ RANK: String(r), WORLD_SIZE: '2', MASTER_ADDR: '127.0.0.1', MASTER_PORT: port });
+    let [r0, r1] = await Promise.all([rank(args('data.txt'), env(0)).done, rank(args('other.txt'), env(1)).done]);
+    expect(r1.code).toBe(2);
+    expect(r1.stderr).toBe("memgpt: rank 1's training tokens differ from rank 0's; start every rank with the same data and flags");
+    expect(r0.code).toBe(2);
+    const port2 = String(await freePort());
+    const env2 = (r: number) => ({ ...env(r), MASTER_PORT: port2 });
+    [r0, r1] = await Promise.all([rank(args('data.txt'), env2(0)).done, rank(args('data.txt', ['--lr', '0.01']), env2(1)).done]);
+    expect(r1.stderr).toBe("memgpt: rank 1's training options differ from rank 0's; start every rank with the same data and flags");
+  });
+
   it('refuses what it cannot do with one line: ZeRO-1 with SGD, CUDA without NCCL', () => {
     const dir = workspace();
     const sgd = train(dir, 'sgd', ['--steps', '2', '--nproc-per-node', '2', '--zero', '1', '--optimizer', 'sgd']);

@@ -55,6 +55,30 @@ export function broadcastParams(group: ProcessGroup, params: Parameter[]): void 
   }
 }
 
+/** A 32-bit FNV-1a hash of a string, or of a list of numbers (with its length). */
+function fingerprint(value: string | ArrayLike<number>): number {
+  let h = 0x811c9dc5;
+  const n = value.length;
+  for (let i = 0; i < n; i++) h = Math.imul(h ^ (typeof value === 'string' ? value.charCodeAt(i) : value[i]), 0x01000193) >>> 0;
+  return Math.imul(h ^ n, 0x01000193) >>> 0;
+}
+
+/**
+ * Stops a rank whose named values differ from rank 0's, with one line naming them: every rank must train the same
+ * model on the same data with the same options (collective).
+ */
+export function checkRanksAgree(group: ProcessGroup, named: Record<string, string | ArrayLike<number>>): void {
+  if (group.worldSize === 1) return;
+  const names = Object.keys(named);
+  const mine = Float64Array.from(names, (k) => fingerprint(named[k]));
+  const root = Float64Array.from(mine);
+  group.broadcast(root, 0);
+  const differs = names.filter((_, i) => root[i] !== mine[i]);
+  if (differs.length) {
+    throw new MemgptError(`rank ${group.rank}'s ${differs.join(' and ')} differ from rank 0's; start every rank with the same data and flags`);
+  }
+}
+
 /**
  * Sums the params' gradients over the ranks, in buckets of about bucketBytes (the last params first, as DDP).
  * On the CPU the buckets are the gradients themselves: prepare() makes each param's gradient slot a view of its

@@ -70,7 +70,9 @@ export async function launchRanks(args: string[], options: LaunchOptions): Promi
     });
     ranks.push(entry);
   }
+  let interrupted: NodeJS.Signals | null = null;
   const forward = (signal: NodeJS.Signals) => () => {
+    interrupted = signal;
     for (const { child } of ranks) if (child.exitCode === null) child.kill(signal);
   };
   const onInt = forward('SIGINT'), onTerm = forward('SIGTERM');
@@ -82,7 +84,11 @@ export async function launchRanks(args: string[], options: LaunchOptions): Promi
       for (const entry of ranks) {
         entry.child.once('exit', (code, signal) => {
           running--;
-          if ((code !== 0 || signal) && !failed) {
+          if (interrupted && running === 0) {
+            console.error(`memgpt: ${interrupted}: stopped all ${ranks.length} ranks of this node`);
+            return resolve(interrupted === 'SIGINT' ? 130 : 143);
+          }
+          if ((code !== 0 || signal) && !failed && !interrupted) {
             failed = true;
             const last = entry.lastLine ? `: ${entry.lastLine.replace(/^memgpt: /, '')}` : '';
             console.error(`memgpt: rank ${entry.rank} of ${worldSize} ${cause(code, signal)}${last}; stopping the other ranks`);
@@ -90,7 +96,7 @@ export async function launchRanks(args: string[], options: LaunchOptions): Promi
             // A rank stuck in native code ignores SIGTERM: it is killed 5 s later.
             setTimeout(() => { for (const other of ranks) if (other.child.exitCode === null && other.child.signalCode === null) other.child.kill('SIGKILL'); }, 5000).unref();
           }
-          if (running === 0) resolve(failed ? 1 : 0);
+          if (running === 0 && !interrupted) resolve(failed ? 1 : 0);
         });
       }
     });

@@ -20,7 +20,7 @@ import { scale } from '../ops/elementwise.js';
 import { defaultTrainOptions, learningRate, validateTrainOptions, type TrainOptions } from './options.js';
 import { RunLock, commitCheckpoint, committedCheckpoint, runFiles, truncateMetrics, type RunFiles } from './run-folder.js';
 import { ProcessGroup } from '../parallel/group.js';
-import { GradientAllReduce, ZeroAdamW, broadcastParams } from '../parallel/data-parallel.js';
+import { GradientAllReduce, ZeroAdamW, broadcastParams, checkRanksAgree } from '../parallel/data-parallel.js';
 
 export { runFiles, type RunFiles } from './run-folder.js';
 export { evaluateLoss } from './evaluate.js';
@@ -187,6 +187,8 @@ export class Trainer {
         if (W > 1) this.gradientSum = new GradientAllReduce(this.group, this.params);
       }
       broadcastParams(this.group, this.params);
+      // Ranks that differ (another --data file, config or flag) would sum gradients that mean nothing.
+      checkRanksAgree(this.group, { 'model config': JSON.stringify(model.config), 'training options': JSON.stringify(this.options), 'training tokens': train.tokens });
     } catch (e) {
       this.lock?.release();
       throw e;

@@ -1,5 +1,5 @@
 // The public API of memgpt: tensors and their memory, devices, autograd and the ops; the model, its checkpoints,
-// training, generation and scoring; the data side (tokenizers, corpora, samplers) and safetensors.
+// training, generation and scoring; data parallelism; the data side (tokenizers, corpora, samplers) and safetensors.
 export { MemgptError } from './core/errors.js';
 export type { DType } from './core/dtype.js';
 export {
@@ -37,5 +37,8 @@ export {
   type SafetensorsDType, type SafetensorsHeader, type StoredTensor, type TensorInfo,
 } from './io/safetensors.js';
 export { CHECKPOINT_FORMAT, loadModel, loadTrainingState, readModelConfig, saveModel, saveTrainingState, type SaveModelOptions } from './io/checkpoint.js';
-export { Trainer, defaultTrainOptions, evaluateLoss, learningRate, type RunCallbacks, type StepLog, type TrainOptions } from './train/trainer.js';
+export { Trainer, defaultTrainOptions, evaluateLoss, learningRate, type ParallelOptions, type RunCallbacks, type StepLog, type TrainOptions } from './train/trainer.js';
 export { lineChart, type Series } from './train/plot.js';
+export { DEFAULT_TIMEOUT_SECONDS, ProcessGroup, cpuEngineStatus, rankFromEnv, type RankInfo } from './parallel/group.js';
+export { DEFAULT_BUCKET_BYTES, GradientAllReduce, ZeroAdamW, broadcastParams, checkRanksAgree } from './parallel/data-parallel.js';
+export { launchRanks, type LaunchOptions } from './parallel/launch.js';

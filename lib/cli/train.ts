@@ -1,11 +1,12 @@
 // `memgpt train`: flags and validation, the run folder (locked, resumed with its saved options), progress output,
 // and the built-in pass-key demo that `memgpt train` with no arguments runs.
 import { accessSync, constants as fsConstants, existsSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { dirname, join, resolve as resolvePath } from 'node:path';
 import cliProgress from 'cli-progress';
 
 import { MemgptError } from '../core/errors.js';
-import { defaultDevice } from '../native/backend.js';
+import { defaultDevice, setNumThreads } from '../native/backend.js';
 import { getTokenizer, loadCorpus, splitCorpus, type Corpus } from '../data/index.js';
 import { loadModel } from '../io/checkpoint.js';
 import { presets, resolveConfig, type ModelConfig, type PresetName } from '../nn/config.js';
@@ -161,7 +162,12 @@ export async function trainCommand(argv: string[]): Promise<number> {
   if (rank && rank.worldSize > 1 && (flags.device ?? process.env.MEMGPT_DEVICE) === 'cuda') {
     throw new MemgptError('train: data parallel on CUDA needs NCCL, which this version does not use yet; train with --device cpu (gloo), or on one GPU');
   }
-  if (rank && rank.worldSize > 1) flags.device ??= 'cpu';
+  if (rank && rank.worldSize > 1) {
+    flags.device ??= 'cpu';
+    // The node's cores are shared by its ranks (torchrun sets OMP_NUM_THREADS=1 for the same reason).
+    const local = Number(process.env.LOCAL_WORLD_SIZE ?? 0);
+    if (process.env.MEMGPT_NUM_THREADS === undefined && local > 1) setNumThreads(Math.max(1, Math.floor(availableParallelism() / local)));
+  }
   const group = ProcessGroup.join(rank, timeout);
   try {
     return await trainRank(flags, data, out, group, zero);

@@ -166,7 +166,7 @@ export async function buildEmulatedAddon({ quiet = false, cudaDir = join(root, '
   const units = [
     ...generate(cudaDir, gen),
     ...['addon_cuda.cc', 'memory.cc', 'memory_cuda.cc', 'ops.cc', 'ops_linear.cc', 'ops_attention.cc', 'ops_norm.cc',
-      'ops_classifier.cc', 'ops_memwrite.cc', 'ops_optim.cc'].map((f) => join(root, 'native', 'binding', f)),
+      'ops_classifier.cc', 'ops_memwrite.cc', 'ops_optim.cc', 'nccl_cuda.cc'].map((f) => join(root, 'native', 'binding', f)),
     join(root, 'native', 'emu', 'emu.cpp'),
     join(root, 'native', 'common', 'threadpool.cpp'),
   ];
@@ -195,7 +195,7 @@ export async function buildEmulatedAddon({ quiet = false, cudaDir = join(root, '
   const objects = units.map((u) => objectOf(u, out));
   const linked = existsSync(addon) ? statSync(addon).mtimeMs : 0;
   if (todo.length || objects.some((o) => statSync(o).mtimeMs > linked)) {
-    const r = await run(cxx, ['-shared', '-pthread', '-o', `${addon}.tmp`, ...objects]);
+    const r = await run(cxx, ['-shared', '-pthread', '-o', `${addon}.tmp`, ...objects, '-ldl']);
     if (!r.ok) throw new Error('the emulated CUDA addon did not link (see above)');
     renameSync(`${addon}.tmp`, addon);
   }

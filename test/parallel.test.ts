@@ -17,7 +17,11 @@ import { describe, expect, it } from 'vitest';
 import { packageRoot } from '../lib/native/backend.js';
 import { readSafetensors, storedToFloat32 } from '../lib/io/safetensors.js';
 import { committedCheckpoint, runFiles } from '../lib/train/run-folder.js';
-import { cpuEngineStatus, rankFromEnv } from '../lib/parallel/group.js';
+import { ProcessGroup, cpuEngineStatus, rankFromEnv } from '../lib/parallel/group.js';
+import { NcclCommunicator, ncclStatus } from '../lib/parallel/nccl.js';
+import { cudaStatus } from '../lib/native/backend.js';
+import { MemgptError } from '../lib/core/errors.js';
+import { tensor } from '../lib/core/tensor.js';
 import { runMemgpt } from './helpers.js';
 
 const bin = join(packageRoot, 'bin', 'memgpt.js');
@@ -277,6 +281,34 @@ describe.skipIf(!engine.available)(`data parallel on the CPU (${engine.detail})`
     expect(sgd.stderr).toContain("--zero 1 shards AdamW's state; SGD has none");
     const cuda = train(dir, 'cuda', ['--steps', '2', '--nproc-per-node', '2', '--device', 'cuda']);
     expect(cuda.status).not.toBe(0);
-    expect(cuda.stderr).toContain('data parallel on CUDA needs NCCL');
+    expect(cuda.stderr).toContain('data parallel on CUDA (NCCL) is not yet verified on GPUs');
+  });
+});
+
+// NCCL through the CUDA addon: on a GPU with NCCL (the GPU check's stage 7) a one-rank communicator all-reduces a
+// device tensor; where libnccl.so.2 does not load (the emulated CUDA addon in CI) the failure is one clear line.
+describe.skipIf(!cudaStatus().available)('NCCL on cuda', () => {
+  const status = ncclStatus();
+  it.skipIf(!status.available)(`a one-rank communicator all-reduces device tensors in place (${status.detail})`, () => {
+    const nccl = NcclCommunicator.create(ProcessGroup.single(), 30);
+    try {
+      const values = Float32Array.from({ length: 1 << 20 }, (_, i) => (i % 1000) - 500.25);
+      const t = tensor(values, [values.length], { device: 'cuda' });
+      const view = t._view([1000], true, 12345);  // a view at an offset: only its elements are summed
+      nccl.allreduce(t);
+      nccl.allreduce(view);
+      expect(t.toArray()).toEqual(values);  // the sum over one rank is the identity
+      const big = tensor(new Float32Array(16 << 20).fill(1.5), [16 << 20], { device: 'cuda' });
+      nccl.allreduce(big);
+      expect(big.toArray().every((v) => v === 1.5)).toBe(true);
+      expect(() => nccl.allreduce(tensor([1, 2], [2]))).toThrow('is not a float32 CUDA tensor');
+    } finally {
+      nccl.close();
+    }
+  });
+  it.skipIf(status.available)(`a missing NCCL is one clear error (${status.detail})`, () => {
+    expect(status.detail).toMatch(/^NCCL does not load \(.*libnccl\.so\.2.*\)/);
+    expect(() => NcclCommunicator.create(ProcessGroup.single(), 30)).toThrow(MemgptError);
+    expect(() => NcclCommunicator.create(ProcessGroup.single(), 30)).toThrow(/^data parallel on CUDA: NCCL does not load/);
   });
 });

@@ -8,7 +8,8 @@
 #   3. the tiny preset's losses, CPU against CUDA float32 and bfloat16, 20 steps   60 s
 #   4. kernel timings beside PyTorch's at the base shapes                          60 s
 #   5. the base preset's training step against PyTorch bf16 + SDPA, 5 steps, MFU   70 s
-#   6. compute-sanitizer: memcheck on a reduced set, racecheck on attention        90 s
+#   6. compute-sanitizer: memcheck on a reduced set, racecheck on attention        80 s
+#   7. NCCL (data parallel on CUDA): one rank all-reduces device tensors           20 s
 #
 # On the CPU machine first: npm install && npm run build:cuda && bash ../shared/gpu/pack.sh
 # Device call: carry [".gpu", "prebuilds", "dist"], command: source .gpu/env.sh && bash bench/gpu/check.sh
@@ -140,10 +141,29 @@ sanitizer() {
   grep -E "ERROR SUMMARY|RACECHECK SUMMARY|Tests " "$out/sanitizer-racecheck.log" | tail -n 3 | sed 's/^/   racecheck: /' >> "$summary"
 }
 
+nccl_smoke() {
+  # PyTorch's wheels carry NCCL (nvidia-nccl-cu12): point the addon at it unless MEMGPT_NCCL_LIBRARY already does.
+  if [ -z "${MEMGPT_NCCL_LIBRARY:-}" ]; then
+    local lib
+    lib=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib", "libnccl.so.2"))' 2>/dev/null)
+    [ -n "$lib" ] && [ -f "$lib" ] && export MEMGPT_NCCL_LIBRARY=$lib
+  fi
+  node --input-type=module -e 'const m = await import("./dist/parallel/nccl.js"); const s = m.ncclStatus(); console.log(s.detail); process.exit(s.available ? 0 : 3);' \
+    > "$out/nccl-status.txt" 2>&1
+  local found=$?
+  sed 's/^/   /' "$out/nccl-status.txt" >> "$summary"
+  if [ $found -ne 0 ] && [ -z "$dry" ]; then return 1; fi  # on a GPU, NCCL not loading is a failure, not a skip
+  MEMGPT_DEVICE=cuda $vitest run -t "NCCL on cuda" test/parallel.test.ts > "$out/nccl.log" 2>&1
+  local rc=$?
+  sed 's/\x1b\[[0-9;]*m//g' "$out/nccl.log" | grep -E "Test Files|Tests |FAIL" | head -n 6 | sed 's/^/   /' >> "$summary"
+  return $rc
+}
+
 stage "1. GPU, driver, doctor" 20 gpu_info
 stage "2. every CUDA op test case on the GPU" 150 op_tests
 stage "3. tiny preset losses: CPU vs CUDA float32 and bfloat16, 20 steps" 60 loss_parity
 stage "4. kernel timings beside PyTorch's" 60 kernel_timings
 stage "5. base preset training step vs PyTorch bf16 + SDPA, 5 steps" 70 train_step
-stage "6. compute-sanitizer: memcheck (reduced set), racecheck (attention)" 90 sanitizer
+stage "6. compute-sanitizer: memcheck (reduced set), racecheck (attention)" 80 sanitizer
+stage "7. NCCL: one rank all-reduces device tensors" 20 nccl_smoke
 cat "$summary"

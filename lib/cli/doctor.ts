@@ -6,6 +6,7 @@ import { createRequire } from 'node:module';
 import { join, relative } from 'node:path';
 
 import { cpuEngineStatus } from '../parallel/group.js';
+import { ncclStatus } from '../parallel/nccl.js';
 import {
   chooseDevice, cpuBackend, cudaAddonPath, cudaKernelsVerified, cudaStatus, cudaVersionStr, missingCudaKernels, packageRoot, parseDevice,
   type CudaProbe, type Device,
@@ -29,7 +30,7 @@ export interface DoctorReport {
   /** The device a plain run uses, and the line that says why. */
   backend: { device: Device | null; why: string };
   /** The collective engine of data-parallel training on the CPU, or why there is none. */
-  parallel: { cpu: { available: boolean; detail: string } };
+  parallel: { cpu: { available: boolean; detail: string }; cuda: { available: boolean; detail: string } };
 }
 
 const rel = (p: string) => relative(packageRoot, p) || p;
@@ -107,7 +108,7 @@ export function doctorReport(): DoctorReport {
 
   return {
     memgpt: pkg.version, node: process.version, napi: process.versions.napi ?? '?', platform: `${tuple} (${libc()})`,
-    cpu, cuda, backend, parallel: { cpu: cpuEngineStatus() },
+    cpu, cuda, backend, parallel: { cpu: cpuEngineStatus(), cuda: ncclStatus() },
   };
 }
 
@@ -134,6 +135,7 @@ export function formatDoctor(r: DoctorReport): string {
       `${r.cuda.verified ? '' : ', not yet verified on a GPU (opt in with MEMGPT_DEVICE=cuda)'}`);
   }
   lines.push(`Backend:      ${r.backend.device ?? 'none'} — ${r.backend.why}`);
-  lines.push(`Data parallel: CPU ${r.parallel.cpu.available ? r.parallel.cpu.detail : `not available (${r.parallel.cpu.detail})`}; CUDA not yet (needs NCCL)`);
+  lines.push(`Data parallel: CPU ${r.parallel.cpu.available ? r.parallel.cpu.detail : `not available (${r.parallel.cpu.detail})`}`);
+  lines.push(`  CUDA:       ${r.parallel.cuda.available ? `${r.parallel.cuda.detail}, not yet verified on GPUs (refused until then)` : `not available: ${r.parallel.cuda.detail}`}`);
   return lines.join('\n');
 }

@@ -160,7 +160,7 @@ export async function trainCommand(argv: string[]): Promise<number> {
   }
   const rank = rankFromEnv();
   if (rank && rank.worldSize > 1 && (flags.device ?? process.env.MEMGPT_DEVICE) === 'cuda') {
-    throw new MemgptError('train: data parallel on CUDA needs NCCL, which this version does not use yet; train with --device cpu (gloo), or on one GPU');
+    throw new MemgptError('train: data parallel on CUDA (NCCL) is not yet verified on GPUs, so it is refused; train with --device cpu (gloo), or on one GPU');
   }
   if (rank && rank.worldSize > 1) {
     flags.device ??= 'cpu';

@@ -105,6 +105,14 @@ export interface CudaAddon extends NativeBackend {
   synchronizations(): number;
   /** Device-to-device copy bandwidth in GB/s (bytes read plus written), best of reps. */
   probeCopyBandwidth(bytes: number, reps: number): number;
+  /** NCCL, loaded at run time (native/binding/nccl_cuda.cc): whether libnccl.so.2 loads, its path and version. */
+  ncclStatus(): { available: boolean; path: string; version?: number; error?: string };
+  /** The 128-byte id of a new NCCL communicator (made by rank 0, given to every rank). */
+  ncclUniqueId(): Uint8Array;
+  ncclInit(id: Uint8Array, rank: number, size: number, timeoutMs: number): void;
+  /** The float32 sum over ranks, in place, of `elements` floats of a CUDA storage; waits, under the timeout. */
+  ncclAllReduceAt(handle: StorageHandle, byteOffset: number, elements: number): void;
+  ncclClose(): void;
 }
 
 export interface CudaStatus {

@@ -171,6 +171,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   mg::binding::register_classifier(env, exports);
   mg::binding::register_memwrite(env, exports);
   mg::binding::register_optim(env, exports);
+  mg::binding::register_nccl(env, exports);
   exports.Set("probe", Napi::Function::New(env, probe, "probe"));
   exports.Set("info", Napi::Function::New(env, info, "info"));
   exports.Set("synchronize", Napi::Function::New(env, synchronize, "synchronize"));

@@ -40,6 +40,8 @@ void register_attention(Napi::Env env, Napi::Object exports);
 void register_memwrite(Napi::Env env, Napi::Object exports);
 void register_classifier(Napi::Env env, Napi::Object exports);
 void register_optim(Napi::Env env, Napi::Object exports);
+// ncclStatus, ncclUniqueId, ncclInit, ncclAllReduceAt, ncclClose: NCCL loaded at run time (CUDA addon only).
+void register_nccl(Napi::Env env, Napi::Object exports);
 
 // a·b for sizes, or a clear error when it overflows.
 inline int64_t checked_mul(int64_t a, int64_t b, const char* op) {

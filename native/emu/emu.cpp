@@ -1088,6 +1088,8 @@ cudaError_t cudaStreamDestroy(cudaStream_t s) {
 // Everything ran when it was queued; a launch error is still pending until cudaGetLastError takes it, and
 // like a real asynchronous error, a synchronize reports it.
 cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaPeekAtLastError(); }
+// Never cudaErrorNotReady: the stream's work is done when it is queued.
+cudaError_t cudaStreamQuery(cudaStream_t) { return cudaPeekAtLastError(); }
 
 cudaError_t cudaEventCreate(cudaEvent_t* e) {
   *e = new mg_emu_event{std::chrono::steady_clock::now()};

@@ -8,6 +8,7 @@ import { delimiter, join, relative } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
 import { packageRoot } from '../lib/native/backend.js';
+import { glooAddonPath } from '../lib/parallel/group.js';
 
 const tuple = `${process.platform}-${process.arch}`;
 const compilers = ['cc', 'gcc', 'g++', 'c++', 'clang', 'make', 'cmake', 'nvcc'];
@@ -105,6 +106,16 @@ describe('npm pack, then an offline install without a compiler', () => {
     expect(steps.at(-1)?.step).toBe(3);
     expect(steps.every((s) => Number.isFinite(s.loss))).toBe(true);
     expect(existsSync(join(project, 'run', 'model.safetensors'))).toBe(true);
+
+    // Where the package carries the gloo addon (packed where libgloo-dev is), data parallel runs from the install.
+    if (glooAddonPath()) {
+      const parallel = (report as unknown as { parallel: { cpu: { available: boolean; detail: string } } }).parallel.cpu;
+      expect(parallel.detail).toContain(`prebuilds/${tuple}-gloo/memgpt_gloo.node`);
+      const dp = run('npx', ['memgpt', 'train', '--preset', 'tiny', '--data', 'corpus.txt', '--out', 'run-dp', '--steps', '2',
+        '--batch-size', '1', '--segments', '2', '--nproc-per-node', '2', '--json'], project, bare);
+      expect(dp.status, dp.stderr).toBe(0);
+      expect(dp.stderr).toContain('data parallel over 2 ranks');
+    }
   });
 
   it('the typings compile for a consumer on lib es2022 with @types/node (no esnext needed for Symbol.dispose)', () => {

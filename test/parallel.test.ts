@@ -138,6 +138,22 @@ describe.skipIf(!engine.available)(`data parallel on the CPU (${engine.detail})`
     expect(d.weight).toBeLessThan(WEIGHT_ATOL);
   });
 
+  it('two nodes (two launchers with --nnodes 2, here on one machine) equal one process with both nodes\' batch', async () => {
+    const dir = workspace();
+    const port = String(await freePort());
+    const args = (node: number) => ['train', '--config', join(dir, 'config.json'), '--data', join(dir, 'data.txt'), '--out', join(dir, `node${node}`),
+      '--steps', '12', '--batch-size', '2', '--log-every', '1', '--json', '--eval-every', '6',
+      '--nproc-per-node', '2', '--nnodes', '2', '--node-rank', String(node), '--master-addr', '127.0.0.1', '--master-port', port];
+    const [n0, n1] = await Promise.all([rank(args(0), {}).done, rank(args(1), {}).done]);
+    expect(n0.code, n0.stderr).toBe(0);
+    expect(n1.code, n1.stderr).toBe(0);
+    expect(n0.stderr).toContain('data parallel over 4 ranks');
+    expect(train(dir, 'one', ['--steps', '12', '--batch-size', '8', '--eval-every', '6']).status).toBe(0);
+    const d = compare(dir, 'one', 'node0');
+    expect(d.loss).toBeLessThan(LOSS_RTOL);
+    expect(d.weight).toBeLessThan(WEIGHT_ATOL);
+  });
+
   it('ZeRO-1 equals plain data parallelism: bit for bit on 2 ranks, to rounding on 3', () => {
     const dir = workspace();
     const args = ['--steps', '30', '--batch-size', '2'];

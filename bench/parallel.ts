@@ -2,8 +2,8 @@
 // own all-reduce timed in C++ (native/parallel/allreduce_bench.cc; Debian ships gloo without its benchmark), and
 // the scaling of `memgpt train` from 1 rank to 2. Bandwidths are the bus bandwidth of nccl-tests: bytes × 2(W−1)/W
 // over the time of one call, the data each rank sends and receives. Results: bench/results/parallel-cpu.json.
-// Usage: npx tsx bench/parallel.ts [--ranks 2] [--repeats 30] [--steps 40] [--out FILE]
-// Each figure is the median of 3 rounds (engine and memgpt alternated), each the median of --repeats calls.
+// Usage: npx tsx bench/parallel.ts [--ranks 2] [--repeats 30] [--rounds 5] [--steps 40] [--out FILE]
+// Each bandwidth is the median of --rounds rounds (5; engine and memgpt alternated), each the median of --repeats calls.
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
@@ -23,6 +23,7 @@ const { values: flags } = parseArgs({
     ranks: { type: 'string', default: '2' },
     repeats: { type: 'string', default: '30' },
     steps: { type: 'string', default: '40' },
+    rounds: { type: 'string', default: '5' },
     out: { type: 'string', default: join(root, 'bench', 'results', 'parallel-cpu.json') },
     worker: { type: 'string' },  // internal: this process is a rank timing `--worker buffer|gradients`
     elements: { type: 'string' },
@@ -99,7 +100,7 @@ async function main(): Promise<void> {
     '-l:libgloo.so.0', '-pthread', '-o', engineBench], { stdio: 'inherit' });
   const self = [...process.execArgv, fileURLToPath(import.meta.url), '--repeats', String(repeats)];
   const rows = [];
-  const rounds = 3;  // engine and memgpt alternated, so that a noisy neighbour hits both alike
+  const rounds = Number(flags.rounds);  // engine and memgpt alternated, so that a noisy neighbour hits both alike
   const engineRun = async (elements: number) => Number(await ranks(W, engineBench, (r, port) => [String(r), String(W), String(port), String(elements), String(repeats)]));
   const oursRun = async (kind: string, elements = 0) => JSON.parse(await ranks(W, process.execPath, () => [...self, '--worker', kind, '--elements', String(elements)])) as { seconds: number; bytes: number };
   for (const elements of sizes) {

@@ -62,6 +62,22 @@ Elements elementsOf(const Napi::Value& value, const char* what) {
   throw Napi::TypeError::New(value.Env(), std::string(what) + " must be a Float32Array or a Float64Array");
 }
 
+// The elements of each rank's part (a JavaScript array of whole numbers below 2^31), and their sum.
+std::vector<size_t> countsOf(const Napi::Value& value, const char* op, size_t* total) {
+  if (!value.IsArray()) throw Napi::TypeError::New(value.Env(), std::string(op) + ": counts must be an array");
+  auto array = value.As<Napi::Array>();
+  std::vector<size_t> counts;
+  *total = 0;
+  for (uint32_t i = 0; i < array.Length(); i++) {
+    Napi::Value v = array.Get(i);
+    double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
+    if (!(d >= 0 && d < 2147483648.0 && d == double(int64_t(d)))) throw Napi::RangeError::New(value.Env(), std::string(op) + ": counts must be whole numbers ≥ 0");
+    counts.push_back(size_t(d));
+    *total += counts.back();
+  }
+  return counts;
+}
+
 template <typename Fn>
 Napi::Value collective(const Napi::CallbackInfo& info, const char* name, Fn&& fn) {
   Group& g = current(info.Env());
@@ -141,13 +157,9 @@ Napi::Value AllreduceAt(const Napi::CallbackInfo& info) {
 // starting after the parts of ranks before it) is reduced, the rest is left undefined.
 Napi::Value ReduceScatter(const Napi::CallbackInfo& info) {
   Elements x = elementsOf(info[0], "reduceScatter: the buffer");
-  auto countsArray = info[1].As<Napi::Array>();
-  std::vector<int> counts;
   size_t total = 0;
-  for (uint32_t i = 0; i < countsArray.Length(); i++) {
-    counts.push_back(countsArray.Get(i).As<Napi::Number>().Int32Value());
-    total += counts.back();
-  }
+  std::vector<size_t> sizes = countsOf(info[1], "reduceScatter", &total);
+  std::vector<int> counts(sizes.begin(), sizes.end());
   if (x.isDouble || total != x.count) throw Napi::RangeError::New(info.Env(), "reduceScatter: a Float32Array whose length is the sum of counts");
   return collective(info, "reduce-scatter", [&](Group& g, uint32_t) {
     if (int(counts.size()) != g.size) throw std::runtime_error("one count per rank is needed");
@@ -160,13 +172,8 @@ Napi::Value ReduceScatter(const Napi::CallbackInfo& info) {
 Napi::Value Allgatherv(const Napi::CallbackInfo& info) {
   Elements in = elementsOf(info[0], "allgatherv: the input");
   Elements out = elementsOf(info[1], "allgatherv: the output");
-  auto countsArray = info[2].As<Napi::Array>();
-  std::vector<size_t> counts;
   size_t total = 0;
-  for (uint32_t i = 0; i < countsArray.Length(); i++) {
-    counts.push_back(countsArray.Get(i).As<Napi::Number>().Int64Value());
-    total += counts.back();
-  }
+  std::vector<size_t> counts = countsOf(info[2], "allgatherv", &total);
   if (in.isDouble != out.isDouble || total != out.count) throw Napi::RangeError::New(info.Env(), "allgatherv: output must hold the sum of counts elements of the input's type");
   return collective(info, "all-gather", [&](Group& g, uint32_t tag) {
     if (int(counts.size()) != g.size || counts[g.rank] != in.count) throw std::runtime_error("counts must have one entry per rank, this rank's equal to its input's length");

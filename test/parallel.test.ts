@@ -168,7 +168,9 @@ describe.skipIf(!engine.available)(`data parallel on the CPU (${engine.detail})`
     expect(d.loss).toBeLessThan(LOSS_RTOL);
     expect(d.weight).toBeLessThan(WEIGHT_ATOL);
     // The checkpoint of a ZeRO-1 run is in the single-process format: its optimizer state holds every param's moments.
-    const dp = readSafetensors(join(dir, 'dp2', 'optimizer.safetensors')).tensors, z = readSafetensors(join(dir, 'z2', 'optimizer.safetensors')).tensors;
+    const dpFile = readSafetensors(join(dir, 'dp2', 'optimizer.safetensors')), zFile = readSafetensors(join(dir, 'z2', 'optimizer.safetensors'));
+    expect(zFile.metadata['memgpt.optimizer']).toEqual(dpFile.metadata['memgpt.optimizer']);  // lr, betas, step, param names
+    const dp = dpFile.tensors, z = zFile.tensors;
     expect([...z.keys()].sort()).toEqual([...dp.keys()].sort());
     for (const [k, t] of dp) {
       const zt = z.get(k)!;

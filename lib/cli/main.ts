@@ -27,8 +27,10 @@ Usage:
                   [--log-every N] [--held-out FRACTION] [--precision float32|bfloat16]
                   [--mem-slots S] [--segment-len T] [--tokenizer byte|gpt2]   (override the preset's or config's)
                   [--min-lr X] [--sample-every N]
+                  [--nproc-per-node N] [--nnodes N --node-rank K --master-addr HOST] [--master-port PORT]
+                  [--zero 0|1] [--dist-timeout SECONDS]   (data parallel on the CPU; torchrun's variables work too)
                   --resume: the run's saved options; only --steps, --eval-every, --eval-batches,
-                  --checkpoint-every and --log-every may change
+                  --checkpoint-every, --log-every and the number of ranks may change
   memgpt eval     --checkpoint CKPT --data PATH [--segments K] [--batch-size B] [--stream] [--json]
   memgpt generate --checkpoint CKPT (--prompt TEXT | --prompt-file PATH) [--max-tokens N] [--temperature X]
                   [--top-k K] [--top-p P] [--min-p P] [--repetition-penalty R] [--stop TEXT]... [--seed S]

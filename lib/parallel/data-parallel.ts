@@ -236,6 +236,7 @@ export class ZeroAdamW {
    */
   gathered(): AdamW {
     const full = new AdamW(this.params, this.options);
+    full.lr = this.lr;  // the schedule's current rate, saved as a single process saves it
     const state = this.inner?.state();
     const moments = (pick: 'm' | 'v') => {
       const mine = new Float32Array(this.counts[this.group.rank]);

@@ -144,11 +144,17 @@ async function main(): Promise<void> {
     const child = spawn(process.execPath, args, { env: { ...process.env, MEMGPT_NUM_THREADS: String(threads), MEMGPT_DEVICE: 'cpu' }, stdio: 'ignore' });
     child.on('exit', (code) => {
       if (code !== 0) return rej(new Error(`memgpt train exited with ${code}`));
-      const tps = readFileSync(join(out, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { step: number; tokensPerSecond: number })
-        .filter((e) => e.step > 5).map((e) => e.tokensPerSecond);
-      res(median(tps));
+      const rows = readFileSync(join(out, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { step: number; tokensPerSecond: number; syncSeconds?: number })
+        .filter((e) => e.step > 5);
+      if (nproc > 1) {
+        // The share of a step spent in the sums (the slowest rank's wait included), from rank 0's log.
+        const tokensPerStep = 8 * nproc * 4 * 32;
+        syncShares.push(median(rows.map((e) => (e.syncSeconds ?? 0) / (tokensPerStep / e.tokensPerSecond))));
+      }
+      res(median(rows.map((e) => e.tokensPerSecond)));
     });
   });
+  const syncShares: number[] = [];
   const scaling = { oneRankOneThread: [] as number[], ranksOneThreadEach: [] as number[], oneRankAllThreads: [] as number[], independentRunsAtOnce: [] as number[] };
   for (let round = 0; round < 3; round++) {  // alternated, so that a noisy neighbour hits all four alike
     scaling.oneRankOneThread.push(await train(1, 1));
@@ -166,13 +172,15 @@ async function main(): Promise<void> {
       what: `memgpt train --preset tiny, batch 8 a rank, median tokens/s of steps 6-${flags.steps}; three rounds alternated`,
       tokensPerSecond: scaling, efficiency: many / (W * one),
       ofIndependentRuns: many / median(scaling.independentRunsAtOnce),
+      syncShareOfStep: median(syncShares),
       oneRankAllThreadsTokensPerSecond: median(scaling.oneRankAllThreads),
       independentRunsAtOnceTokensPerSecond: median(scaling.independentRunsAtOnce),
     },
     date: new Date().toISOString(),
   };
   console.error(`scaling: 1 rank ${one.toFixed(0)} tok/s, ${W} ranks ${many.toFixed(0)} tok/s: ${(result.scaling.efficiency * 100).toFixed(0)}% efficiency; ` +
-    `${W} independent runs at once ${result.scaling.independentRunsAtOnceTokensPerSecond.toFixed(0)} tok/s in all (${W} ranks make ${(result.scaling.ofIndependentRuns * 100).toFixed(0)}% of that)`);
+    `${W} independent runs at once ${result.scaling.independentRunsAtOnceTokensPerSecond.toFixed(0)} tok/s in all (${W} ranks make ${(result.scaling.ofIndependentRuns * 100).toFixed(0)}% of that); ` +
+    `${(result.scaling.syncShareOfStep * 100).toFixed(1)}% of a step in the sums`);
   writeFileSync(`${flags.out}.partial`, JSON.stringify(result, null, 2) + '\n');
   renameSync(`${flags.out}.partial`, flags.out!);
   console.error(`wrote ${flags.out}`);

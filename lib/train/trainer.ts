@@ -49,6 +49,8 @@ export interface StepLog {
   memory?: LayerDiagnostics[];
   /** On diagnostic steps: the gradient's norm per parameter group (before clipping). */
   gradNorms?: Record<ParamGroup, number>;
+  /** Data parallel: seconds of the step spent summing over the ranks, waiting for the slowest rank included. */
+  syncSeconds?: number;
 }
 
 /** Parameter groups whose gradient norms the diagnostics report: where the learning signal goes. */
@@ -284,6 +286,7 @@ export class Trainer {
     }
     let norm: number;
     let gradNorms: Record<ParamGroup, number> | undefined;
+    const syncStart = performance.now();
     if (this.optimizer instanceof ZeroAdamW) {
       norm = this.optimizer.reduceGradients();
       if (o.gradClip > 0 && Number.isFinite(norm)) this.optimizer.clip(o.gradClip, norm);
@@ -299,6 +302,8 @@ export class Trainer {
       lossSum = sums[0];
       this.stopAgreed = sums[1] > 0;
     }
+    // Clipping (and the diagnostics' norms) lie inside this window too; both are small beside the sums.
+    const syncSeconds = W > 1 ? (performance.now() - syncStart) / 1000 : undefined;
     if (!Number.isFinite(norm)) throw new MemgptError(`train: the gradient norm is ${norm} at step ${this.step + 1}; lower the learning rate`);
     this.optimizer.step(lr);
     this.optimizer.zeroGrad();
@@ -310,6 +315,7 @@ export class Trainer {
     return {
       step: this.step, loss: lossSum / o.gradAccum, lr, gradNorm: norm, tokens: this.tokens,
       tokensPerSecond: tokens / seconds, elapsedSeconds: this.elapsed, memory: diagnostics, gradNorms,
+      ...(syncSeconds !== undefined ? { syncSeconds } : {}),
     };
   }
 

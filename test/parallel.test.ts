@@ -223,7 +223,7 @@ describe.skipIf(!engine.available)(`data parallel on the CPU (${engine.detail})`
     expect(train(dir, 'run', ['--resume', '--steps', '8']).status).toBe(0);
   });
 
-  it('ranks started as torchrun does: a dead peer fails the survivor at once, a hung one after --dist-timeout', async () => {
+  it('ranks started as torchrun does: a dead peer fails the survivor at once, naming it; a hung one after --dist-timeout', async () => {
     const dir = workspace();
     const args = (out: string) => ['train', '--config', join(dir, 'config.json'), '--data', join(dir, 'data.txt'), '--out', join(dir, out),
       '--steps', '100000', '--batch-size', '2', '--log-every', '1', '--json', '--dist-timeout', '3'];
@@ -238,7 +238,15 @@ describe.skipIf(!engine.available)(`data parallel on the CPU (${engine.detail})`
     // The run's first line (its shape), then the one line of the failure.
     const lines = dead0.stderr.split('\n');
     expect(lines).toHaveLength(2);
-    expect(lines[1]).toMatch(/^memgpt: \w[\w -]* failed on rank 0 of 2: .*(closed|reset|Broken pipe)/i);
+    expect(lines[1]).toMatch(/^memgpt: \w[\w -]* failed on rank 0 of 2: rank 1 left the run: .*(closed|reset|Broken pipe)/i);
+
+    // Rank 0 (which serves the store) dies after step 3: rank 1 says so.
+    const z = await env(0);
+    const z0 = rank(args('dead0'), { ...z, MEMGPT_FAULT_KILL_AFTER_STEP: '3' }), z1 = rank(args('dead0'), { ...z, RANK: '1', LOCAL_RANK: '1' });
+    const [gone0, survivor] = await Promise.all([z0.done, z1.done]);
+    expect(gone0.signal).toBe('SIGKILL');
+    expect(survivor.code).toBe(2);
+    expect(survivor.stderr).toMatch(/^memgpt: \w[\w -]* failed on rank 1 of 2: rank 0 is gone \(its rendezvous store does not answer\): [^\n]*$/);
 
     // Hung: rank 1 is stopped (SIGSTOP) once rank 0 has logged step 3; rank 0 gives up after its 3 s timeout.
     const h = await env(0);
@@ -258,7 +266,7 @@ describe.skipIf(!engine.available)(`data parallel on the CPU (${engine.detail})`
     h1.child.kill('SIGKILL');
     await h1.done;
     expect(hung0.code).toBe(2);
-    expect(hung0.stderr.split('\n').at(-1)).toMatch(/^memgpt: \w[\w -]* failed on rank 0 of 2: .*timed out/i);
+    expect(hung0.stderr.split('\n').at(-1)).toMatch(/^memgpt: \w[\w -]* failed on rank 0 of 2: every rank is still connected, so one of them hangs or is too slow: .*timed out/i);
     expect(waited).toBeGreaterThan(2.5);
     expect(waited).toBeLessThan(15);
     noStack(hung0.stderr);

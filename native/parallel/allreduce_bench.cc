@@ -24,7 +24,7 @@ int main(int argc, char** argv) {
   size_t elements = std::strtoull(argv[4], nullptr, 10);
   int iterations = std::atoi(argv[5]);
   auto timeout = std::chrono::milliseconds(60000);
-  memgpt::TcpStore store("127.0.0.1", port, rank == 0, timeout);
+  memgpt::TcpStore store("127.0.0.1", port, rank, rank == 0, timeout);
   gloo::transport::tcp::attr attr;
   attr.hostname = "127.0.0.1";
   auto device = gloo::transport::tcp::CreateDevice(attr);

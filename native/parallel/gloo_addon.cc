@@ -21,6 +21,7 @@
 #include <chrono>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "tcp_store.h"
@@ -78,14 +79,35 @@ std::vector<size_t> countsOf(const Napi::Value& value, const char* op, size_t* t
   return counts;
 }
 
+// After a collective failed: which rank is gone, from the store (rank 0 knows whose connection closed), or that
+// rank 0 itself is (its store does not answer), or that none left (so one hangs).
+std::string whoIsGone(Group& g, const std::string& what) {
+  std::string gone;
+  bool timedOut = what.find("imed out") != std::string::npos;
+  // A dead peer's sockets close together; the store may see its connection close a moment after we saw ours.
+  for (int tries = 0; gone.empty() && tries < (timedOut ? 1 : 50); tries++) {
+    if (tries) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    try {
+      gone = g.store->gone();
+    } catch (const std::exception&) {
+      return g.rank == 0 ? "" : "rank 0 is gone (its rendezvous store does not answer)";
+    }
+  }
+  if (!gone.empty()) return (gone.find(',') == std::string::npos ? "rank " : "ranks ") + gone + " left the run";
+  if (timedOut) return "every rank is still connected, so one of them hangs or is too slow";
+  return "";
+}
+
 template <typename Fn>
 Napi::Value collective(const Napi::CallbackInfo& info, const char* name, Fn&& fn) {
   Group& g = current(info.Env());
   try {
     fn(g, ++g.tag);
   } catch (const std::exception& e) {
+    std::string what = e.what();
+    std::string who = whoIsGone(g, what);
     throw Napi::Error::New(info.Env(), std::string(name) + " failed on rank " + std::to_string(g.rank) + " of " +
-                                           std::to_string(g.size) + ": " + e.what());
+                                           std::to_string(g.size) + ": " + (who.empty() ? "" : who + ": ") + what);
   }
   return info.Env().Undefined();
 }
@@ -102,7 +124,7 @@ Napi::Value Init(const Napi::CallbackInfo& info) {
   g->timeout = std::chrono::milliseconds(info[4].As<Napi::Number>().Int64Value());
   std::string hostname = info[5].As<Napi::String>();
   try {
-    g->store = std::make_unique<memgpt::TcpStore>(masterAddr, masterPort, g->rank == 0, g->timeout);
+    g->store = std::make_unique<memgpt::TcpStore>(masterAddr, masterPort, g->rank, g->rank == 0, g->timeout);
     gloo::transport::tcp::attr attr;
     attr.hostname = hostname;
     g->device = gloo::transport::tcp::CreateDevice(attr);

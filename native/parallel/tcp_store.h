@@ -1,7 +1,9 @@
 // The rendezvous store of a process group: a key-value store served by rank 0 at MASTER_ADDR:MASTER_PORT over
-// TCP, as torchrun's c10d TCPStore is. gloo's full-mesh rendezvous publishes each pair's address in it; nothing
-// else goes through it. Requests are [op u8][key length u32][key][value length u32][value]; a get never blocks
-// the server: the client polls until the key is there or the timeout passes.
+// TCP, as torchrun's c10d TCPStore is. gloo's full-mesh rendezvous publishes each pair's address in it. Each rank
+// keeps its connection open for the whole run and says its rank first, so the server knows a rank is gone when
+// its connection closes: after a failed collective the survivors ask which (gone()), to name it.
+// Requests are [op u8][key length u32][key][value length u32][value]; a get never blocks the server: the client
+// polls until the key is there or the timeout passes.
 #pragma once
 
 #include <gloo/rendezvous/store.h>
@@ -23,6 +25,7 @@
 #include <mutex>
 #include <set>
 #include <stdexcept>
+#include <cstdlib>
 #include <string>
 #include <thread>
 #include <vector>
@@ -69,9 +72,19 @@ inline bool recvBlob(int fd, std::string& s) {
 
 class TcpStore : public gloo::rendezvous::Store {
  public:
-  TcpStore(const std::string& host, int port, bool serve, std::chrono::milliseconds timeout) : timeout_(timeout) {
+  TcpStore(const std::string& host, int port, int rank, bool serve, std::chrono::milliseconds timeout) : timeout_(timeout) {
     if (serve) startServer(port);
     connectClient(host, port);
+    std::string reply;
+    request('H', std::to_string(rank), std::string(), reply);
+  }
+
+  // The ranks whose connection to the store has closed (died, or ended), as "1,3"; throws when the store itself
+  // cannot be reached (rank 0 is gone).
+  std::string gone() {
+    std::string reply;
+    request('L', std::string(), std::string(), reply);
+    return reply;
   }
 
   ~TcpStore() override {
@@ -111,6 +124,7 @@ class TcpStore : public gloo::rendezvous::Store {
     std::mutex mutex;
     std::map<std::string, std::string> values;
     std::set<int> connections;
+    std::set<int> goneRanks;
   };
 
   std::string missing(const std::string& key) const {
@@ -179,13 +193,19 @@ class TcpStore : public gloo::rendezvous::Store {
 
   static void serve(Server& server, int conn) {
     using namespace store_io;
+    int rank = -1;
     for (;;) {
       char op = 0;
       std::string key, value, reply;
       if (!recvAll(conn, &op, 1) || !recvBlob(conn, key) || !recvBlob(conn, value)) break;
       {
         std::lock_guard<std::mutex> lock(server.mutex);
-        if (op == 'S') {
+        if (op == 'H') {
+          rank = std::atoi(key.c_str());
+          reply = "\1";
+        } else if (op == 'L') {
+          for (int r : server.goneRanks) reply += (reply.empty() ? "" : ",") + std::to_string(r);
+        } else if (op == 'S') {
           server.values[key] = value;
           reply = "\1";
         } else {
@@ -196,6 +216,7 @@ class TcpStore : public gloo::rendezvous::Store {
       if (!sendBlob(conn, reply)) break;
     }
     std::lock_guard<std::mutex> lock(server.mutex);
+    if (rank >= 0 && !server.stop) server.goneRanks.insert(rank);
     server.connections.erase(conn);
     ::close(conn);
   }

@@ -93,7 +93,9 @@ describe('npm pack, then an offline install without a compiler', () => {
 
     const doctor = run('npx', ['memgpt', 'doctor', '--json'], project, bare);
     expect(doctor.status, doctor.stderr).toBe(0);
-    const report = JSON.parse(doctor.stdout) as { cpu: { loaded: string }; cuda: { addon: string | null; usable: boolean }; backend: { device: string } };
+    const report = JSON.parse(doctor.stdout) as {
+      cpu: { loaded: string }; cuda: { addon: string | null; usable: boolean }; backend: { device: string }; parallel: { cpu: { detail: string } };
+    };
     expect(report.cpu.loaded).toMatch(new RegExp(`^prebuilds/${tuple}/.*\\.node$`));
     expect(report.cuda.addon).toBe(withCuda ? `prebuilds/${tuple}-cuda/memgpt_cuda.node` : null);
     if (!report.cuda.usable) expect(report.backend.device).toBe('cpu');
@@ -109,8 +111,7 @@ describe('npm pack, then an offline install without a compiler', () => {
 
     // Where the package carries the gloo addon (packed where libgloo-dev is), data parallel runs from the install.
     if (glooAddonPath()) {
-      const parallel = (report as unknown as { parallel: { cpu: { available: boolean; detail: string } } }).parallel.cpu;
-      expect(parallel.detail).toContain(`prebuilds/${tuple}-gloo/memgpt_gloo.node`);
+      expect(report.parallel.cpu.detail).toContain(`prebuilds/${tuple}-gloo/memgpt_gloo.node`);
       const dp = run('npx', ['memgpt', 'train', '--preset', 'tiny', '--data', 'corpus.txt', '--out', 'run-dp', '--steps', '2',
         '--batch-size', '1', '--segments', '2', '--nproc-per-node', '2', '--json'], project, bare);
       expect(dp.status, dp.stderr).toBe(0);

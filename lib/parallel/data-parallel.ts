@@ -262,6 +262,28 @@ export class ZeroAdamW {
     return full;
   }
 
+  /** Runs `use` on the gathered full optimizer (see gathered()), then frees it. */
+  withGathered<T>(use: (full: AdamW) => T): T {
+    const full = this.gathered();
+    try {
+      return use(full);
+    } finally {
+      full.dispose();
+    }
+  }
+
+  /** Runs `load` on a full AdamW over all params (a checkpoint's state goes into it), then keeps this rank's run. */
+  loadFull<T>(load: (full: AdamW) => T): T {
+    const full = new AdamW(this.params, this.options);
+    try {
+      const result = load(full);
+      this.loadFrom(full);
+      return result;
+    } finally {
+      full.dispose();
+    }
+  }
+
   /** Takes this rank's run of a full AdamW state (one loaded from a checkpoint). */
   loadFrom(full: AdamW): void {
     if (!this.inner) return;

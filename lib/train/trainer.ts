@@ -202,17 +202,6 @@ export class Trainer {
     return this.group.rank === 0;
   }
 
-  /** The optimizer in the single-process form (for a checkpoint); under ZeRO-1 gathered from every rank (collective). */
-  private fullOptimizer<T>(use: (optimizer: AdamW | SGD) => T): T {
-    if (!(this.optimizer instanceof ZeroAdamW)) return use(this.optimizer);
-    const full = this.optimizer.gathered();
-    try {
-      return use(full);
-    } finally {
-      full.dispose();
-    }
-  }
-
   /**
    * Continues from the run folder's committed checkpoint (the model's weights must already be loaded from it: see
    * loadRunModel). Metrics rows logged after that step by the run that was stopped are dropped: they are logged again.
@@ -220,17 +209,9 @@ export class Trainer {
   resume(): void {
     const cp = committedCheckpoint(this.files);
     if (!cp) throw new MemgptError(`--resume: ${this.files.dir} has no checkpoint to resume from`);
-    let state: TrainerState;
-    if (this.optimizer instanceof ZeroAdamW) {
-      const zero = this.optimizer;
-      const full = new AdamW(this.params, zero.options);
-      try {
-        state = loadTrainingState(cp.optimizer, this.model, full) as unknown as TrainerState;
-        zero.loadFrom(full);
-      } finally {
-        full.dispose();
-      }
-    } else state = loadTrainingState(cp.optimizer, this.model, this.optimizer) as unknown as TrainerState;
+    // A checkpoint holds the single-process optimizer state; under ZeRO-1 each rank keeps its run of it.
+    const load = (optimizer: AdamW | SGD) => loadTrainingState(cp.optimizer, this.model, optimizer) as unknown as TrainerState;
+    const state = this.optimizer instanceof ZeroAdamW ? this.optimizer.loadFull(load) : load(this.optimizer);
     if (typeof state.step !== 'number' || !state.sampler) throw new MemgptError(`${cp.optimizer}: no trainer state to resume from`);
     // Every field is checked: a step of 2.5 or a negative token count used to run on and write nothing.
     const count = (v: unknown) => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
@@ -365,14 +346,17 @@ export class Trainer {
       step: this.step, sampler: this.sampler.state(), options: this.options, elapsedSeconds: this.elapsed, tokens: this.tokens,
       ...(this.data ? { data: this.data } : {}),
     };
-    this.fullOptimizer((full) => {
+    // Under ZeRO-1 every rank gives its run of the moments (collective); rank 0 writes them.
+    const save = (full: AdamW | SGD) => {
       if (!this.isRoot) return;
       commitCheckpoint(this.files, this.step, (model, optimizer) => {
         saveTrainingState(optimizer, this.model, full, state as unknown as Record<string, unknown>);
         saveModel(model, this.model, { metadata: { [STEP_KEY]: String(this.step) } });
       });
       this.plot();
-    });
+    };
+    if (this.optimizer instanceof ZeroAdamW) this.optimizer.withGathered(save);
+    else save(this.optimizer);
   }
 
   log(entry: StepLog): void {

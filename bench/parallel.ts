@@ -6,7 +6,6 @@
 // Each bandwidth is the median of --rounds rounds (5; engine and memgpt alternated), each the median of --repeats calls.
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { cpus, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -14,6 +13,7 @@ import { parseArgs } from 'node:util';
 
 import { ProcessGroup, rankFromEnv } from '../lib/parallel/group.js';
 import { GradientAllReduce } from '../lib/parallel/data-parallel.js';
+import { freePort } from '../lib/parallel/launch.js';
 import { MemGPT } from '../lib/nn/model.js';
 import { presets } from '../lib/nn/config.js';
 
@@ -66,14 +66,6 @@ function worker(kind: string, elements: number): void {
   group.close();
 }
 
-function freePort(): Promise<number> {
-  return new Promise((res) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => res(port));
-    });
-  });
-}
 
 /** Runs W copies of a command as ranks; rank 0's stdout. */
 async function ranks(W: number, command: string, args: (rank: number, port: number) => string[], env: Record<string, string> = {}): Promise<string> {

@@ -9,7 +9,6 @@
 // the learning rate's order; after 30 steps the weights agree to 1e-4 absolute (measured: at most 1e-5).
 import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -19,6 +18,7 @@ import { readSafetensors, storedToFloat32 } from '../lib/io/safetensors.js';
 import { committedCheckpoint, runFiles } from '../lib/train/run-folder.js';
 import { ProcessGroup, cpuEngineStatus, rankFromEnv } from '../lib/parallel/group.js';
 import { NcclCommunicator, ncclStatus } from '../lib/parallel/nccl.js';
+import { freePort } from '../lib/parallel/launch.js';
 import { cudaStatus } from '../lib/native/backend.js';
 import { MemgptError } from '../lib/core/errors.js';
 import { tensor } from '../lib/core/tensor.js';
@@ -71,14 +71,6 @@ function compare(dir: string, a: string, b: string) {
   return { loss, weight, steps: ma.length };
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const server = createServer().listen(0, '127.0.0.1', () => {
-      const port = (server.address() as { port: number }).port;
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 /** Starts one rank as torchrun would (the environment, no launcher). */
 function rank(args: string[], env: Record<string, string>) {

@@ -19,6 +19,7 @@ import { Trainer, defaultTrainOptions, loadRunModel, recipes, savedTrainerState,
 import { choice, int, num, parse, required, useDevice, type Flags } from './flags.js';
 import { DEFAULT_TIMEOUT_SECONDS, ProcessGroup, cpuEngineStatus, rankFromEnv } from '../parallel/group.js';
 import { launchRanks } from '../parallel/launch.js';
+import { checkParallelDevice } from '../parallel/data-parallel.js';
 
 /** Lets Node run its queued work (timers, signals, FinalizationRegistry callbacks) between steps. */
 export const yieldToEventLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
@@ -159,10 +160,9 @@ export async function trainCommand(argv: string[]): Promise<number> {
     });
   }
   const rank = rankFromEnv();
-  if (rank && rank.worldSize > 1 && (flags.device ?? process.env.MEMGPT_DEVICE) === 'cuda') {
-    throw new MemgptError('train: data parallel on CUDA (NCCL) is not yet verified on GPUs, so it is refused; train with --device cpu (gloo), or on one GPU');
-  }
   if (rank && rank.worldSize > 1) {
+    // Said before the rendezvous; the Trainer says the same to the API.
+    checkParallelDevice(String(flags.device ?? process.env.MEMGPT_DEVICE ?? 'cpu'));
     flags.device ??= 'cpu';
     // The node's cores are shared by its ranks (torchrun sets OMP_NUM_THREADS=1 for the same reason).
     const local = Number(process.env.LOCAL_WORLD_SIZE ?? 0);
@@ -264,9 +264,6 @@ async function trainRank(flags: Flags, data: string, out: string, group: Process
       if (before && typeof before.trainTokens === 'number' && before.trainTokens !== train.tokens.length) {
         throw new MemgptError(`train --resume: --data ${data} gives ${train.tokens.length} training tokens; the run was trained on ` +
           `${before.trainTokens} (from ${String(before.path)}): resume with the same data`);
-      }
-      if (options.batchSize % group.worldSize !== 0) {
-        throw new MemgptError(`train --resume: the run's global batch of ${options.batchSize} does not split over ${group.worldSize} ranks`);
       }
       trainer = new Trainer(model, train, heldOut, out, options, { path: data, heldOut: heldOutFraction, trainTokens: train.tokens.length }, { group, zero });
       promptFrom = (heldOut ?? train).tokens;

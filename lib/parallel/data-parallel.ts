@@ -18,16 +18,12 @@ function checkFloat32(t: Tensor, what: string): void {
   if (t.dtype !== 'float32') throw new MemgptError(`data parallel: ${what} is ${t}; gradients are summed in float32`);
 }
 
-/** Copies each tensor (its gradient, or zeros where it has none) into buffer from element `at` on. */
-function gather(tensors: (Tensor | null)[], sizes: number[], buffer: Float32Array, at = 0): void {
-  for (let i = 0; i < tensors.length; i++) {
-    const t = tensors[i];
-    const view = buffer.subarray(at, at + sizes[i]);
-    if (t) {
-      checkFloat32(t, 'a gradient');
-      t.storage.backend.copyToHost(t.handle, t.offset * 4, view);
-    } else view.fill(0);
-    at += sizes[i];
+/** Copies the tensors one after another into buffer, from element `at` on. */
+function gather(tensors: Tensor[], buffer: Float32Array, at = 0): void {
+  for (const t of tensors) {
+    checkFloat32(t, 'a gradient');
+    t.storage.backend.copyToHost(t.handle, t.offset * 4, buffer.subarray(at, at + t.size));
+    at += t.size;
   }
 }
 
@@ -35,6 +31,16 @@ function scatter(tensors: Tensor[], buffer: Float32Array, at = 0): void {
   for (const t of tensors) {
     t.storage.backend.copyFromHost(t.handle, t.offset * 4, buffer.subarray(at, at + t.size));
     at += t.size;
+  }
+}
+
+/**
+ * Data parallel runs on CPU tensors (gloo). CUDA tensors need NCCL, which has not run on a GPU yet: refused, with
+ * the one line every entry point gives.
+ */
+export function checkParallelDevice(device: string): void {
+  if (device !== 'cpu') {
+    throw new MemgptError(`data parallel on ${device === 'cuda' ? 'CUDA (NCCL)' : device} is not yet verified on GPUs, so it is refused; train with --device cpu (gloo), or on one GPU`);
   }
 }
 
@@ -81,27 +87,26 @@ export function checkRanksAgree(group: ProcessGroup, named: Record<string, strin
 
 /**
  * Sums the params' gradients over the ranks, in buckets of about bucketBytes (the last params first, as DDP).
- * On the CPU the buckets are the gradients themselves: prepare() makes each param's gradient slot a view of its
- * bucket, backward adds into it in place, and the engine sums the bucket where it lies (DDP's
- * gradient_as_bucket_view). On another device each bucket is copied to the host and back.
+ * The buckets are the gradients themselves: prepare() makes each param's gradient slot a view of its bucket,
+ * backward adds into it in place, and the engine sums the bucket where it lies (DDP's gradient_as_bucket_view).
  */
 export class GradientAllReduce {
-  private readonly buckets: { params: Parameter[]; elements: number; flat: Tensor | null; host: Float32Array | null }[] = [];
+  private readonly buckets: { params: Parameter[]; elements: number; flat: Tensor }[] = [];
 
   constructor(private readonly group: ProcessGroup, params: Parameter[], bucketBytes = DEFAULT_BUCKET_BYTES) {
     let current: Parameter[] = [], elements = 0;
     const close = () => {
       if (!current.length) return;
-      const inPlace = current[0].device === 'cpu' && group.worldSize > 1;
-      const flat = inPlace ? keep(zeros([elements], { device: 'cpu' })) : null;
-      if (flat) flat.storage.gradientBucket = true;
-      this.buckets.push({ params: current, elements, flat, host: inPlace ? null : new Float32Array(elements) });
+      const flat = keep(zeros([elements], { device: 'cpu' }));
+      flat.storage.gradientBucket = true;
+      this.buckets.push({ params: current, elements, flat });
       current = [];
       elements = 0;
     };
     for (const p of [...params].reverse()) {
+      checkParallelDevice(p.device);
       checkFloat32(p, 'a parameter');
-      if ((elements > 0 && (elements + p.size) * 4 > bucketBytes) || (current.length > 0 && current[0].device !== p.device)) close();
+      if (elements > 0 && (elements + p.size) * 4 > bucketBytes) close();
       current.push(p);
       elements += p.size;
     }
@@ -116,7 +121,6 @@ export class GradientAllReduce {
   /** Before a step's first backward: every param's gradient slot becomes a zeroed view of its bucket (CPU). */
   prepare(): void {
     for (const { params, elements, flat } of this.buckets) {
-      if (!flat) continue;
       flat.storage.backend.fill(dtypeCode.float32, elements, 0, flat.handle, flat.offset);
       let at = 0;
       for (const p of params) {
@@ -129,34 +133,27 @@ export class GradientAllReduce {
 
   sum(): void {
     if (this.group.worldSize === 1) return;
-    for (const { params, elements, flat, host } of this.buckets) {
-      if (flat) {
-        // A slot that is no longer its bucket's view (prepare() not called, or replaced) is copied into the bucket.
-        let at = 0;
-        for (const p of params) {
-          const g = p.grad;
-          if (!g || g.storage !== flat.storage || g.offset !== flat.offset + at) {
-            const view = flat._view(p.shape, false, flat.offset + at);
-            if (g) view.storage.backend.copy(view.handle, view.offset * 4, g.handle, g.offset * 4, p.size * 4);
-            else view.storage.backend.fill(dtypeCode.float32, p.size, 0, view.handle, view.offset);
-            g?.dispose();
-            p.grad = view;
-          }
-          at += p.size;
+    for (const { params, elements, flat } of this.buckets) {
+      // A slot that is no longer its bucket's view (prepare() not called, or replaced) is copied into the bucket.
+      let at = 0;
+      for (const p of params) {
+        const g = p.grad;
+        if (!g || g.storage !== flat.storage || g.offset !== flat.offset + at) {
+          const view = flat._view(p.shape, false, flat.offset + at);
+          if (g) view.storage.backend.copy(view.handle, view.offset * 4, g.handle, g.offset * 4, p.size * 4);
+          else view.storage.backend.fill(dtypeCode.float32, p.size, 0, view.handle, view.offset);
+          g?.dispose();
+          p.grad = view;
         }
-        this.group.allreduceAt(flat.storage.backend.address(flat.handle, flat.offset * 4, elements * 4), elements);
-      } else {
-        const grads = ensureGrads(params);
-        gather(grads, params.map((p) => p.size), host!);
-        this.group.allreduce(host!);
-        scatter(grads, host!);
+        at += p.size;
       }
+      this.group.allreduceAt(flat.storage.backend.address(flat.handle, flat.offset * 4, elements * 4), elements);
     }
   }
 
   /** Frees the buckets (the params' gradient views keep theirs alive until dropped). */
   dispose(): void {
-    for (const b of this.buckets) b.flat?.dispose();
+    for (const b of this.buckets) b.flat.dispose();
   }
 }
 
@@ -172,11 +169,15 @@ export class ZeroAdamW {
   readonly bounds: number[];
   readonly owned: Parameter[];
   private readonly inner: AdamW | null;
+  /** The gradients going into the reduce-scatter; its start holds this rank's sum after it. */
   private readonly flat: Float32Array;
+  /** Every rank's params after a step (all-gathered). */
+  private readonly gatheredParams: Float32Array;
   private readonly total: number;
 
   constructor(private readonly group: ProcessGroup, readonly params: Parameter[], readonly options: AdamWOptions) {
     const W = group.worldSize;
+    for (const p of params) checkParallelDevice(p.device);
     this.total = params.reduce((a, p) => a + p.size, 0);
     this.bounds = [0];
     let at = 0, i = 0;
@@ -191,6 +192,7 @@ export class ZeroAdamW {
     const noDecay = new Set(options.noDecay ?? []);
     this.inner = this.owned.length ? new AdamW(this.owned, { ...options, noDecay: this.owned.filter((p) => noDecay.has(p)) }) : null;
     this.flat = new Float32Array(this.total);
+    this.gatheredParams = new Float32Array(this.total);
   }
 
   get lr(): number {
@@ -200,7 +202,7 @@ export class ZeroAdamW {
   /** Sums the gradients over the ranks into the owned params' (the others' are dropped); returns the global norm. */
   reduceGradients(): number {
     const grads = ensureGrads(this.params);
-    gather(grads, this.params.map((p) => p.size), this.flat);
+    gather(grads, this.flat);
     this.group.reduceScatter(this.flat, this.counts);
     scatter(grads.slice(this.bounds[this.group.rank], this.bounds[this.group.rank + 1]), this.flat);
     for (let i = 0; i < this.params.length; i++) {
@@ -220,10 +222,9 @@ export class ZeroAdamW {
   step(lr: number): void {
     this.inner?.step(lr);
     const mine = this.flat.subarray(0, this.counts[this.group.rank]);
-    gather(this.owned, this.owned.map((p) => p.size), mine);
-    const all = new Float32Array(this.total);
-    this.group.allgatherv(mine, all, this.counts);
-    scatter(this.params, all);
+    gather(this.owned, mine);
+    this.group.allgatherv(mine, this.gatheredParams, this.counts);
+    scatter(this.params, this.gatheredParams);
   }
 
   zeroGrad(): void {
@@ -240,7 +241,7 @@ export class ZeroAdamW {
     const state = this.inner?.state();
     const moments = (pick: 'm' | 'v') => {
       const mine = new Float32Array(this.counts[this.group.rank]);
-      if (state) gather(state[pick], this.owned.map((p) => p.size), mine);
+      if (state) gather(state[pick], mine);
       const all = new Float32Array(this.total);
       this.group.allgatherv(mine, all, this.counts);
       let at = 0;

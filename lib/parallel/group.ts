@@ -142,21 +142,22 @@ export class ProcessGroup {
     return new ProcessGroup(info, gloo.engine, gloo);
   }
 
-  private engineOf(): GlooAddon | null {
+  /** Runs a collective on the engine (a group of one has none: returns false); its failure is one MemgptError. */
+  private run(collective: (gloo: GlooAddon) => void): boolean {
     if (this.closed) throw new MemgptError('the process group is closed');
-    return this.gloo;
+    if (!this.gloo) return false;
+    engineCall(() => collective(this.gloo!));
+    return true;
   }
 
   /** The elementwise sum over ranks, in place. */
   allreduce(buffer: Float32Array | Float64Array): void {
-    const gloo = this.engineOf();
-    if (gloo) engineCall(() => gloo.allreduce(buffer));
+    this.run((g) => g.allreduce(buffer));
   }
 
   /** The elementwise sum over ranks, in place, of `elements` float32 at a CPU storage's address (backend.address). */
   allreduceAt(address: bigint, elements: number): void {
-    const gloo = this.engineOf();
-    if (gloo) engineCall(() => gloo.allreduceAt(address, elements));
+    this.run((g) => g.allreduceAt(address, elements));
   }
 
   /**
@@ -164,26 +165,21 @@ export class ProcessGroup {
    * of which this rank gets its own part, at the start of `buffer`.
    */
   reduceScatter(buffer: Float32Array, counts: number[]): void {
-    const gloo = this.engineOf();
-    if (gloo) engineCall(() => gloo.reduceScatter(buffer, counts));
+    this.run((g) => g.reduceScatter(buffer, counts));
   }
 
   /** `output` (the sum of counts elements) gets every rank's `input`, in rank order. */
   allgatherv(input: Float32Array, output: Float32Array, counts: number[]): void {
-    const gloo = this.engineOf();
-    if (gloo) engineCall(() => gloo.allgatherv(input, output, counts));
-    else output.set(input);
+    if (!this.run((g) => g.allgatherv(input, output, counts))) output.set(input);
   }
 
   /** Every rank's buffer becomes rank `root`'s. */
   broadcast(buffer: Float32Array | Float64Array, root = 0): void {
-    const gloo = this.engineOf();
-    if (gloo) engineCall(() => gloo.broadcast(buffer, root));
+    this.run((g) => g.broadcast(buffer, root));
   }
 
   barrier(): void {
-    const gloo = this.engineOf();
-    if (gloo) engineCall(() => gloo.barrier());
+    this.run((g) => g.barrier());
   }
 
   /** Leaves the group (rank 0's rendezvous store stops). */

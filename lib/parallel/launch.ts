@@ -2,7 +2,6 @@
 // set (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT), and watches them: when one rank
 // fails, the others are stopped and one line names the rank and its cause, so that no rank is left waiting.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { availableParallelism } from 'node:os';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 
@@ -23,7 +22,7 @@ export interface LaunchOptions {
 }
 
 /** A TCP port nobody listens on now. */
-function freePort(): Promise<number> {
+export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const server = createServer();
     server.once('error', reject);
@@ -52,16 +51,14 @@ export async function launchRanks(args: string[], options: LaunchOptions): Promi
   const masterAddr = options.masterAddr ?? '127.0.0.1';
   const masterPort = options.masterPort ?? (nnodes > 1 ? 29500 : await freePort());
   const worldSize = nprocPerNode * nnodes;
-  // The cores are shared by the ranks of this node, unless the user said how many threads each takes.
-  const threads = process.env.MEMGPT_NUM_THREADS ?? String(Math.max(1, Math.floor(availableParallelism() / nprocPerNode)));
   const bin = join(packageRoot, 'bin', 'memgpt.js');
   const ranks: { rank: number; child: ChildProcess; lastLine: string }[] = [];
   for (let local = 0; local < nprocPerNode; local++) {
     const rank = nodeRank * nprocPerNode + local;
     const env = {
       ...process.env, RANK: String(rank), WORLD_SIZE: String(worldSize), LOCAL_RANK: String(local),
-      LOCAL_WORLD_SIZE: String(nprocPerNode), MASTER_ADDR: masterAddr, MASTER_PORT: String(masterPort), MEMGPT_NUM_THREADS: threads,
-    };
+      LOCAL_WORLD_SIZE: String(nprocPerNode), MASTER_ADDR: masterAddr, MASTER_PORT: String(masterPort),
+    };  // each rank takes its share of the node's cores from LOCAL_WORLD_SIZE (lib/cli/train.ts), as under torchrun
     const child = spawn(process.execPath, [bin, ...args], { env, stdio: rank === 0 ? 'inherit' : ['ignore', 'ignore', 'pipe'] });
     const entry = { rank, child, lastLine: '' };
     child.stderr?.setEncoding('utf8').on('data', (text: string) => {

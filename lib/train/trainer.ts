@@ -20,7 +20,7 @@ import { scale } from '../ops/elementwise.js';
 import { defaultTrainOptions, learningRate, validateTrainOptions, type TrainOptions } from './options.js';
 import { RunLock, commitCheckpoint, committedCheckpoint, runFiles, truncateMetrics, type RunFiles } from './run-folder.js';
 import { ProcessGroup } from '../parallel/group.js';
-import { GradientAllReduce, ZeroAdamW, broadcastParams, checkRanksAgree } from '../parallel/data-parallel.js';
+import { GradientAllReduce, ZeroAdamW, broadcastParams, checkParallelDevice, checkRanksAgree } from '../parallel/data-parallel.js';
 
 export { runFiles, type RunFiles } from './run-folder.js';
 export { evaluateLoss } from './evaluate.js';
@@ -167,6 +167,7 @@ export class Trainer {
     if (this.options.batchSize % W !== 0) {
       throw new MemgptError(`train: the global batch of ${this.options.batchSize} does not split over ${W} ranks`);
     }
+    if (W > 1) checkParallelDevice(model.device);
     if (parallel?.zero === 1 && this.options.optimizer !== 'adamw') throw new MemgptError('train: --zero 1 shards AdamW\'s state; SGD has none');
     // A held-out split too short for one sample would fail at the first evaluation, after steps of training and
     // with a run folder that can neither resume nor restart: refuse it before anything runs.

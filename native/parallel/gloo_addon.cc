@@ -140,21 +140,23 @@ Napi::Value Init(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// The elementwise sum over ranks of n values at data, in place.
+template <typename T>
+void sumInPlace(Group& g, uint32_t tag, T* data, size_t n) {
+  gloo::AllreduceOptions opts(g.context);
+  opts.setTag(tag);
+  opts.setTimeout(g.timeout);
+  opts.setOutput(data, n);
+  opts.setReduceFunction(static_cast<void (*)(void*, const void*, const void*, size_t)>(&gloo::sum<T>));
+  gloo::allreduce(opts);
+}
+
 // allreduce(array): the elementwise sum over ranks, in place.
 Napi::Value Allreduce(const Napi::CallbackInfo& info) {
   Elements x = elementsOf(info[0], "allreduce: the buffer");
   return collective(info, "allreduce", [&](Group& g, uint32_t tag) {
-    gloo::AllreduceOptions opts(g.context);
-    opts.setTag(tag);
-    opts.setTimeout(g.timeout);
-    if (x.isDouble) {
-      opts.setOutput(static_cast<double*>(x.data), x.count);
-      opts.setReduceFunction(static_cast<void (*)(void*, const void*, const void*, size_t)>(&gloo::sum<double>));
-    } else {
-      opts.setOutput(static_cast<float*>(x.data), x.count);
-      opts.setReduceFunction(static_cast<void (*)(void*, const void*, const void*, size_t)>(&gloo::sum<float>));
-    }
-    gloo::allreduce(opts);
+    if (x.isDouble) sumInPlace(g, tag, static_cast<double*>(x.data), x.count);
+    else sumInPlace(g, tag, static_cast<float*>(x.data), x.count);
   });
 }
 
@@ -166,12 +168,7 @@ Napi::Value AllreduceAt(const Napi::CallbackInfo& info) {
   int64_t elements = info[1].As<Napi::Number>().Int64Value();
   if (!lossless || !address || elements < 0) throw Napi::RangeError::New(info.Env(), "allreduceAt: an address and a count of elements");
   return collective(info, "allreduce", [&](Group& g, uint32_t tag) {
-    gloo::AllreduceOptions opts(g.context);
-    opts.setTag(tag);
-    opts.setTimeout(g.timeout);
-    opts.setOutput(reinterpret_cast<float*>(uintptr_t(address)), size_t(elements));
-    opts.setReduceFunction(static_cast<void (*)(void*, const void*, const void*, size_t)>(&gloo::sum<float>));
-    gloo::allreduce(opts);
+    sumInPlace(g, tag, reinterpret_cast<float*>(uintptr_t(address)), size_t(elements));
   });
 }
 

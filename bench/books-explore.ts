@@ -15,7 +15,7 @@ import { ensureBookCorpus, type BookCorpusName } from '../lib/cli/bench/books/co
 import { bucketLosses, memoryProbe, scoreDocument } from '../lib/cli/bench/books/score.js';
 import { loadCorpus, getTokenizer, BatchSampler } from '../lib/data/index.js';
 import { learningRate } from '../lib/train/trainer.js';
-import { MemGPT } from '../lib/nn/model.js';
+import { MemGPT, restartShiftRegister } from '../lib/nn/model.js';
 import { applyInitOverrides } from './init-overrides.js';
 
 const { values: f } = parseArgs({
@@ -47,12 +47,7 @@ applyInitOverrides(model, f.init!, f.bias!, seed);
 // --ptr-pos-init STRENGTH:SLOTS (SPEC v2): only the last SLOTS slots start as the shift register, the rest unbiased.
 if (f['ptr-pos-init']) {
   const [strength, slots] = f['ptr-pos-init'].split(':').map(Number);
-  for (let l = 0; l < cfg.nLayers; l++) {
-    const p = model.params.get(`layers.${l}.ptr.pos`)!;
-    const v = new Float32Array(p.size);
-    for (let j = cfg.memSlots - slots; j < cfg.memSlots; j++) if (cfg.segmentLen - cfg.memSlots + j >= 0) v[j * cfg.segmentLen + cfg.segmentLen - cfg.memSlots + j] = strength;
-    p.storage.backend.copyFromHost(p.handle, 0, v);
-  }
+  restartShiftRegister(model, slots, strength);
 }
 // Design variants, as extra parameters beside the model's: a learned position table added to the write candidates
 // (--ptr-pos STD: the pointer can address positions; the candidates say where they came from), and a learned read-gate

@@ -10,7 +10,7 @@ import { parseArgs } from 'node:util';
 import { runTraining } from '../lib/cli/train.js';
 import { copyAccuracy, copyTask, copyTrainer } from './copy-task.js';
 import { numThreads } from '../lib/index.js';
-import { fillShiftRegister } from '../lib/nn/model.js';
+import { restartShiftRegister } from '../lib/nn/model.js';
 
 const { values: f } = parseArgs({
   options: {
@@ -25,15 +25,7 @@ for (const seed of f.seeds!.split(',').map(Number)) {
   for (const memSlots of f['mem-slots']!.split(',').map(Number)) {
     const start = performance.now();
     const trainer = copyTrainer(task, memSlots, seed, `${f['run-dir']}/seed-${seed}`);
-    if (f['register-slots'] !== undefined && memSlots > 0) {
-      const { nLayers, segmentLen } = trainer.model.config;
-      for (let l = 0; l < nLayers; l++) {
-        const pos = trainer.model.params.get(`layers.${l}.ptr.pos`)!;
-        const values = new Float32Array(pos.size);
-        fillShiftRegister(values, memSlots, segmentLen, 8, Number(f['register-slots']));
-        pos.storage.backend.copyFromHost(pos.handle, 0, values);
-      }
-    }
+    if (f['register-slots'] !== undefined) restartShiftRegister(trainer.model, Number(f['register-slots']));
     try {
       await runTraining(trainer, false, `copy seed ${seed}, memSlots ${memSlots}`);
       const score = copyAccuracy(trainer.model, Number(f['held-out']), 1_000_003 + seed);

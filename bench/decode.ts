@@ -13,6 +13,7 @@ import * as mg from '../lib/index.js';
 import { presets, type PresetName } from '../lib/nn/config.js';
 import { MemGPT } from '../lib/nn/model.js';
 import * as decoding from '../lib/infer/decoder.js';
+import { cpuBackend } from '../lib/native/backend.js';
 
 const { values: flags } = parseArgs({
   options: {
@@ -104,6 +105,16 @@ for (const row of rows) {
   row.gflopsPerSecond = +((tps * flopsPerToken) / 1e9).toFixed(2);
 }
 
+// The bound on one sequence: every token streams all weights from memory once, so no decoder of these float32
+// weights can pass bandwidth / weight bytes tokens/s. The copy probe counts bytes read plus bytes written (a
+// 256 MB triad, one thread); a pure read stream is no faster than that total, so this bound is generous.
+const copyGBs = device === 'cpu' ? cpuBackend().probeCopyBandwidth(256 << 20, 5) : null;
+const roofline = copyGBs === null ? undefined : {
+  copyGBs: +copyGBs.toFixed(1),
+  batch1BoundTokensPerSecond: Math.round((copyGBs * 1e9) / (macs * 4)),
+  what: 'batch 1 cannot beat (copy bandwidth, one thread) / (float32 weight bytes a token): each token streams every weight once',
+};
+
 const result = {
   bench: 'decode',
   preset,
@@ -114,6 +125,7 @@ const result = {
   segmentLen: cfg.segmentLen,
   flopsPerToken,
   weightBytesPerToken: macs * 4,
+  ...(roofline ? { roofline } : {}),
   rows,
   date: new Date().toISOString(),
 };

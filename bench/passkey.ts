@@ -3,7 +3,9 @@
 // and with memSlots = 0, through the library's own trainer (lib/tasks/passkey.ts), then scores
 // greedy decoding of held-out keys. Writes one JSON report.
 // Usage: npx tsx bench/passkey.ts [--seeds 0,1,2] [--steps N] [--held-out 200] [--out bench/results/passkey-cpu.json]
-//          [--segments 4] [--segment-len 64] [--mem-slots 8,0]
+//          [--segments 4] [--segment-len 64] [--mem-slots 8,0] [--register-slots N] [--update-bias X] [--lr X]
+//          (ablations of the init: --register-slots, how many slots ptr.pos starts as a shift register, default ⌈S/2⌉;
+//          --update-bias, the write gate's bias mem.update.bias, default 0: σ(0) = a half-open gate)
 import { writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { parseArgs } from 'node:util';
@@ -11,12 +13,13 @@ import { parseArgs } from 'node:util';
 import { runTraining } from '../lib/cli/train.js';
 import { longPasskeyTask, passkeyAccuracy, passkeyTrainer } from '../lib/tasks/passkey.js';
 import { numThreads } from '../lib/index.js';
+import { restartShiftRegister } from '../lib/nn/model.js';
 
 const { values: f } = parseArgs({
   options: {
     seeds: { type: 'string', default: '0,1,2' }, steps: { type: 'string' }, 'held-out': { type: 'string', default: '200' },
     out: { type: 'string', default: 'bench/results/passkey-cpu.json' }, segments: { type: 'string' }, 'segment-len': { type: 'string' },
-    'mem-slots': { type: 'string', default: '8,0' }, 'run-dir': { type: 'string', default: '/tmp/memgpt-passkey' },
+    'mem-slots': { type: 'string', default: '8,0' }, 'register-slots': { type: 'string' }, 'update-bias': { type: 'string' }, lr: { type: 'string' }, 'run-dir': { type: 'string', default: '/tmp/memgpt-passkey' },
   },
 });
 const task = {
@@ -24,6 +27,7 @@ const task = {
   ...(f.steps ? { steps: Number(f.steps) } : {}),
   ...(f.segments ? { segments: Number(f.segments) } : {}),
   ...(f['segment-len'] ? { segmentLen: Number(f['segment-len']) } : {}),
+  ...(f.lr ? { lr: Number(f.lr) } : {}),
 };
 const heldOut = Number(f['held-out']);
 const runs = [];
@@ -32,9 +36,16 @@ for (const seed of f.seeds!.split(',').map(Number)) {
     const start = performance.now();
     const trainer = passkeyTrainer(task, memSlots, seed, `${f['run-dir']}/seed-${seed}`);
     try {
+      if (f['register-slots'] !== undefined) restartShiftRegister(trainer.model, Number(f['register-slots']));
+      if (f['update-bias'] !== undefined && memSlots > 0) {
+        for (let l = 0; l < trainer.model.config.nLayers; l++) {
+          const b = trainer.model.params.get(`layers.${l}.mem.update.bias`)!;
+          b.storage.backend.copyFromHost(b.handle, 0, new Float32Array(b.size).fill(Number(f['update-bias'])));
+        }
+      }
       await runTraining(trainer, false, `seed ${seed}, memSlots ${memSlots}`);
       const score = passkeyAccuracy(trainer.model, task, heldOut, 1_000_003 + seed);
-      const run = { seed, memSlots, ...score, trainSeconds: Math.round((performance.now() - start) / 1000), runDir: trainer.files.dir };
+      const run = { seed, memSlots, ...(f['register-slots'] !== undefined ? { registerSlots: Number(f['register-slots']) } : {}), ...(f['update-bias'] !== undefined ? { updateBias: Number(f['update-bias']) } : {}), ...score, trainSeconds: Math.round((performance.now() - start) / 1000), runDir: trainer.files.dir };
       console.log(JSON.stringify(run));
       runs.push(run);
     } finally {

@@ -9,7 +9,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 
 import { presets } from '../lib/nn/config.js';
 import { bookCorpusDescription, readR } from '../lib/cli/bench/books/corpora.js';
-import { booksVariant, summarize, variantKey, variantNames, readResults, writeResults } from '../lib/cli/bench/books/grid.js';
+import { booksVariant, defaultVariants, summarize, variantKey, variantNames, readResults, writeResults } from '../lib/cli/bench/books/grid.js';
 import { runBooks, type BooksRunResult } from '../lib/cli/bench/books/run.js';
 import { bucketLosses, memoryProbe, positionBuckets, scoreDocument } from '../lib/cli/bench/books/score.js';
 import { flopsPerToken } from '../lib/cli/bench/flops.js';
@@ -38,6 +38,11 @@ describe('the books grid', () => {
     expect(booksVariant('mem0@4T', presets.base, { batch: 16, segments: 2 })).toMatchObject({ segmentLen: 2048, segments: 1, batch: 8 });
     // the tiny preset's S8 is its K4: one run serves both
     expect(variantKey(booksVariant('S8', tiny, { batch: 8, segments: 4 }))).toBe(variantKey(booksVariant('K4', tiny, { batch: 8, segments: 4 })));
+    // the pointer-init ablation is S8 with another shift register: a run of its own, and not in the default grid
+    expect(booksVariant('S8r2', tiny, { batch: 8, segments: 4 })).toEqual({ name: 'S8r2', memSlots: 8, segmentLen: 32, segments: 4, batch: 8, registerSlots: 2 });
+    expect(variantKey(booksVariant('S8r0', tiny, { batch: 8, segments: 4 }))).not.toBe(variantKey(booksVariant('S8', tiny, { batch: 8, segments: 4 })));
+    expect(defaultVariants).not.toContain('S8r0');
+    expect(defaultVariants).toContain('K16');
   });
 
   const run = (variant: string, seed: number, bpb: number, byPosition: number[]): BooksRunResult => ({

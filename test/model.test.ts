@@ -5,7 +5,7 @@ import { describe, expect, it } from 'vitest';
 
 import * as mg from '../lib/index.js';
 import { resolveConfig, type ModelConfig } from '../lib/nn/config.js';
-import { MemGPT } from '../lib/nn/model.js';
+import { MemGPT, restartShiftRegister } from '../lib/nn/model.js';
 import { expectNoLeaks } from './helpers.js';
 import { referenceSampleNLL, type RefParams } from './reference_model.js';
 import { randomModel, refParams, randomTokens } from './models.js';
@@ -188,6 +188,24 @@ describe('the whole model on the CPU', () => {
       expectNoLeaks('cpu', () => expect(() => MemGPT.init(small, { device: 'cpu' })).toThrow(/^MemGPT.init: cannot allocate the parameters of this config \(Array buffer allocation failed\)$/));
     } finally {
       mg.Rng.prototype.fillNormal = fill;
+    }
+  });
+
+  it("ptr.pos starts as a shift register of ⌈S/2⌉ slots; restartShiftRegister sets another count, or refuses one", () => {
+    const cfg = { ...small, memSlots: 4, segmentLen: 6 };
+    const model = MemGPT.init(cfg, { device: 'cpu' });
+    // slot j prefers token T − S + j by 8 nats when it is a register slot (the last `count` slots), else nothing
+    const expected = (count: number) => Array.from({ length: 4 * 6 }, (_, i) => (Math.floor(i / 6) >= 4 - count && i % 6 === 6 - 4 + Math.floor(i / 6) ? 8 : 0));
+    try {
+      const pos = (l: number) => Array.from(model.params.get(`layers.${l}.ptr.pos`)!.toArray());
+      expect(pos(0)).toEqual(expected(2));
+      restartShiftRegister(model, 0);
+      for (let l = 0; l < 2; l++) expect(pos(l)).toEqual(expected(0));
+      restartShiftRegister(model, 4);
+      for (let l = 0; l < 2; l++) expect(pos(l)).toEqual(expected(4));
+      for (const bad of [-1, 5, 1.5]) expect(() => restartShiftRegister(model, bad)).toThrow(`register slots must be an integer in 0…4, got ${bad}`);
+    } finally {
+      model.dispose();
     }
   });
 });

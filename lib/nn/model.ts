@@ -328,3 +328,18 @@ export function fillShiftRegister(values: Float32Array, S: number, T: number, st
     if (t >= 0) values[j * T + t] = strength;
   }
 }
+
+/** Restarts every layer's ptr.pos (SPEC v2) as a shift register of registerSlots slots at strength (an ablation of the init above). */
+export function restartShiftRegister(model: MemGPT, registerSlots: number, strength = 8): void {
+  const { nLayers, memSlots, segmentLen, specVersion } = model.config;
+  if (memSlots === 0 || specVersion < 2) return;
+  if (!Number.isInteger(registerSlots) || registerSlots < 0 || registerSlots > memSlots) {
+    throw new MemgptError(`register slots must be an integer in 0…${memSlots}, got ${registerSlots}`);
+  }
+  const values = new Float32Array(memSlots * segmentLen);
+  fillShiftRegister(values, memSlots, segmentLen, strength, registerSlots);
+  for (let l = 0; l < nLayers; l++) {
+    const pos = model.params.get(`layers.${l}.ptr.pos`)!;
+    pos.storage.backend.copyFromHost(pos.handle, 0, values);
+  }
+}

@@ -11,7 +11,7 @@ import { choice, int, parse, type Flags } from '../../flags.js';
 import { MemgptError } from '../../../core/errors.js';
 import { recipeFor } from '../../../train/trainer.js';
 import { bookCorpusNames, defaultBooksCache, ensureBookCorpus, type BookCorpusName } from './corpora.js';
-import { booksMemoryPlot, booksPlot, booksVariant, readResults, runKey, summarize, variantKey, variantNames, writeResults, type VariantName } from './grid.js';
+import { booksMemoryPlot, booksPlot, booksVariant, defaultVariants, readResults, runKey, summarize, variantKey, variantNames, writeResults, type VariantName } from './grid.js';
 import { runBooks, type BooksRunResult, type BooksRunSpec } from './run.js';
 
 export const booksUsage = `memgpt bench books — stream-mode bits/byte on held-out long documents (Debian's KJV Bible,
@@ -22,9 +22,10 @@ Linux kernel documentation, Jane Austen's novels), memory against no memory at e
                      [--eval-bytes N] [--cache DIR] [--keep-runs] [--setup] [--json]
   memgpt bench books --merge A.json,B.json --out FILE.json   (runs from several files, e.g. machines)
 
-  --variants   comma-separated, of ${variantNames.join(', ')} (default: all).
+  --variants   comma-separated, of ${variantNames.join(', ')} (default: ${defaultVariants.join(', ')}).
                mem0@kT: memSlots 0 at k times the segment length; S<n>: memory with n slots;
-               K<n>: n segments a sample (BPTT depth), the batch scaled to keep the tokens a step.
+               K<n>: n segments a sample (BPTT depth), the batch scaled to keep the tokens a step;
+               S8r<n>: S8 with n of its slots started as the shift register (default 4; an ablation).
   --seeds      seeds 0 … N−1 of each variant (default 3); --seed-list: these seeds
   --steps      training steps of each run (default 3000); every variant trains on the same tokens
   --jobs       runs side by side, each in its own process on threads/jobs threads (default 1)
@@ -42,7 +43,7 @@ const flagSpec = {
 } as const;
 
 function parseVariants(flags: Flags): VariantName[] {
-  if (typeof flags.variants !== 'string') return [...variantNames];
+  if (typeof flags.variants !== 'string') return [...defaultVariants];
   const names = flags.variants.split(',').map((s) => s.trim()).filter(Boolean);
   for (const n of names) if (!variantNames.includes(n as VariantName)) throw new MemgptError(`--variants: unknown variant '${n}' (${variantNames.join(', ')})`);
   return names as VariantName[];

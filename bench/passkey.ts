@@ -13,7 +13,7 @@ import { parseArgs } from 'node:util';
 import { runTraining } from '../lib/cli/train.js';
 import { longPasskeyTask, passkeyAccuracy, passkeyTrainer } from '../lib/tasks/passkey.js';
 import { numThreads } from '../lib/index.js';
-import { restartShiftRegister } from '../lib/nn/model.js';
+import { restartShiftRegister, setWriteGateBias } from '../lib/nn/model.js';
 
 const { values: f } = parseArgs({
   options: {
@@ -37,12 +37,7 @@ for (const seed of f.seeds!.split(',').map(Number)) {
     const trainer = passkeyTrainer(task, memSlots, seed, `${f['run-dir']}/seed-${seed}`);
     try {
       if (f['register-slots'] !== undefined) restartShiftRegister(trainer.model, Number(f['register-slots']));
-      if (f['update-bias'] !== undefined && memSlots > 0) {
-        for (let l = 0; l < trainer.model.config.nLayers; l++) {
-          const b = trainer.model.params.get(`layers.${l}.mem.update.bias`)!;
-          b.storage.backend.copyFromHost(b.handle, 0, new Float32Array(b.size).fill(Number(f['update-bias'])));
-        }
-      }
+      if (f['update-bias'] !== undefined) setWriteGateBias(trainer.model, Number(f['update-bias']));
       await runTraining(trainer, false, `seed ${seed}, memSlots ${memSlots}`);
       const score = passkeyAccuracy(trainer.model, task, heldOut, 1_000_003 + seed);
       const run = { seed, memSlots, ...(f['register-slots'] !== undefined ? { registerSlots: Number(f['register-slots']) } : {}), ...(f['update-bias'] !== undefined ? { updateBias: Number(f['update-bias']) } : {}), ...score, trainSeconds: Math.round((performance.now() - start) / 1000), runDir: trainer.files.dir };

@@ -41,7 +41,9 @@ describe('the books grid', () => {
     // the pointer-init ablation is S8 with another shift register: a run of its own, and not in the default grid
     expect(booksVariant('S8r2', tiny, { batch: 8, segments: 4 })).toEqual({ name: 'S8r2', memSlots: 8, segmentLen: 32, segments: 4, batch: 8, registerSlots: 2 });
     expect(variantKey(booksVariant('S8r0', tiny, { batch: 8, segments: 4 }))).not.toBe(variantKey(booksVariant('S8', tiny, { batch: 8, segments: 4 })));
+    expect(booksVariant('S8u2', tiny, { batch: 8, segments: 4 })).toMatchObject({ memSlots: 8, writeGateBias: -2 });
     expect(defaultVariants).not.toContain('S8r0');
+    expect(defaultVariants).not.toContain('S8u2');
     expect(defaultVariants).toContain('K16');
   });
 

@@ -5,7 +5,7 @@ import { describe, expect, it } from 'vitest';
 
 import * as mg from '../lib/index.js';
 import { resolveConfig, type ModelConfig } from '../lib/nn/config.js';
-import { MemGPT, restartShiftRegister } from '../lib/nn/model.js';
+import { MemGPT, restartShiftRegister, setWriteGateBias } from '../lib/nn/model.js';
 import { expectNoLeaks } from './helpers.js';
 import { referenceSampleNLL, type RefParams } from './reference_model.js';
 import { randomModel, refParams, randomTokens } from './models.js';
@@ -191,7 +191,7 @@ describe('the whole model on the CPU', () => {
     }
   });
 
-  it("ptr.pos starts as a shift register of ⌈S/2⌉ slots; restartShiftRegister sets another count, or refuses one", () => {
+  it("ptr.pos starts as a shift register of ⌈S/2⌉ slots; the init ablations set another count, or the write-gate bias", () => {
     const cfg = { ...small, memSlots: 4, segmentLen: 6 };
     const model = MemGPT.init(cfg, { device: 'cpu' });
     // slot j prefers token T − S + j by 8 nats when it is a register slot (the last `count` slots), else nothing
@@ -204,6 +204,8 @@ describe('the whole model on the CPU', () => {
       restartShiftRegister(model, 4);
       for (let l = 0; l < 2; l++) expect(pos(l)).toEqual(expected(4));
       for (const bad of [-1, 5, 1.5]) expect(() => restartShiftRegister(model, bad)).toThrow(`register slots must be an integer in 0…4, got ${bad}`);
+      setWriteGateBias(model, -2);
+      for (let l = 0; l < 2; l++) expect(Array.from(model.params.get(`layers.${l}.mem.update.bias`)!.toArray())).toEqual(new Array(cfg.dModel).fill(-2));
     } finally {
       model.dispose();
     }

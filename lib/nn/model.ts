@@ -329,6 +329,15 @@ export function fillShiftRegister(values: Float32Array, S: number, T: number, st
   }
 }
 
+/** Sets every layer's write-gate bias mem.update.bias to `value` (an ablation of the init: 0 starts the gate half open). */
+export function setWriteGateBias(model: MemGPT, value: number): void {
+  if (!Number.isFinite(value)) throw new MemgptError(`the write-gate bias must be a finite number, got ${value}`);
+  for (let l = 0; l < model.config.nLayers && model.config.memSlots > 0; l++) {
+    const b = model.params.get(`layers.${l}.mem.update.bias`)!;
+    b.storage.backend.copyFromHost(b.handle, 0, new Float32Array(b.size).fill(value));
+  }
+}
+
 /** Restarts every layer's ptr.pos (SPEC v2) as a shift register of registerSlots slots at strength (an ablation of the init above). */
 export function restartShiftRegister(model: MemGPT, registerSlots: number, strength = 8): void {
   const { nLayers, memSlots, segmentLen, specVersion } = model.config;

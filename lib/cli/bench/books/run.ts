@@ -10,7 +10,7 @@ import { numThreads } from '../../../native/backend.js';
 import { resolveConfig, type ModelConfig } from '../../../nn/config.js';
 import { getTokenizer, loadCorpus, BatchSampler } from '../../../data/index.js';
 import { MemgptError } from '../../../core/errors.js';
-import { MemGPT, restartShiftRegister } from '../../../nn/model.js';
+import { MemGPT, restartShiftRegister, setWriteGateBias } from '../../../nn/model.js';
 import { add } from '../../../ops/elementwise.js';
 import { keep, tidy, zeros, type Tensor } from '../../../core/tensor.js';
 import { Trainer, defaultTrainOptions, type StepLog, type TrainOptions } from '../../../train/trainer.js';
@@ -28,6 +28,8 @@ export interface BooksVariant {
   batch: number;
   /** SPEC v2 ablation: how many slots ptr.pos starts as a shift register (default ⌈S/2⌉, fillShiftRegister). */
   registerSlots?: number;
+  /** Ablation of the init: the write gate's bias mem.update.bias (default 0, a half-open gate). */
+  writeGateBias?: number;
 }
 
 export interface BooksRunSpec {
@@ -85,6 +87,7 @@ export function runBooks(spec: BooksRunSpec, log: (line: string) => void = () =>
   const config = resolveConfig({ ...spec.base, memSlots: v.memSlots, segmentLen: v.segmentLen });
   const model = MemGPT.init(config, { seed: spec.seed });
   if (v.registerSlots !== undefined) restartShiftRegister(model, v.registerSlots);
+  if (v.writeGateBias !== undefined) setWriteGateBias(model, v.writeGateBias);
   const options: TrainOptions = {
     ...defaultTrainOptions, steps: spec.steps, batchSize: v.batch, segments: v.segments, lr: spec.lr, warmup: spec.warmup, seed: spec.seed,
     logEvery: Math.max(1, Math.floor(spec.steps / 30)),

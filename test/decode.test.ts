@@ -40,7 +40,8 @@ forEachDevice((device) => {
             // every third step out: every row decoded equals the full attention's row.
             const qkvHost = mg.cast(qkv, 'float32').toArray();
             const start = [0, 2, 1, 3];
-            const cache = { keys: mg.zeros([B, H, d, T], opts), values: mg.cast(mg.zeros([B, H, T, d], opts), dtype) };
+            const cache = { keys: mg.zeros(mg.decodeKeyShape(B, H, d, T), opts), values: mg.cast(mg.zeros([B, H, T, d], opts), dtype) };
+            const memory = memKV ? mg.decodeMemory(memKV, { nHeads: H, rope: c.rope, memoryRead: c.memoryRead }) : undefined;
             const fed = [0, 0, 0, 0];
             for (let step = 0; fed.some((n) => n < T); step++) {
               const positions = fed.map((n, b) => (step >= start[b] && n < T && !(b === 3 && step % 3 === 0) ? n : -1));
@@ -51,7 +52,7 @@ forEachDevice((device) => {
                 gateRows.set(gateHost.subarray((b * T + t) * H, (b * T + t + 1) * H), b * H);
               }
               const out = mg.tidy(() => mg.cast(mg.attentionDecode(mg.cast(mg.tensor(rows, [B, 3 * D], opts), dtype), mg.tensor(positions, [B], int32), cache, {
-                nHeads: H, rope: c.rope, memKV, gateLogits: S ? mg.cast(mg.tensor(gateRows, [B, H], opts), dtype) : undefined, memoryRead: c.memoryRead,
+                nHeads: H, rope: c.rope, memory, gateLogits: S ? mg.cast(mg.tensor(gateRows, [B, H], opts), dtype) : undefined, memoryRead: c.memoryRead,
               }), 'float32').toArray());
               const expected = new Float32Array(B * D);
               for (let b = 0; b < B; b++) if (positions[b] >= 0) expected.set(full.subarray((b * T + positions[b]) * D, (b * T + positions[b] + 1) * D), b * D);
@@ -67,14 +68,19 @@ forEachDevice((device) => {
       mg.tidy(() => {
         const qkv = mg.zeros([2, 12], opts);
         const pos = mg.tensor([0, 1], [2], int32);
-        const cache = { keys: mg.zeros([2, 2, 2, 4], opts), values: mg.zeros([2, 2, 4, 2], opts) };
+        const cache = { keys: mg.zeros(mg.decodeKeyShape(2, 2, 2, 4), opts), values: mg.zeros([2, 2, 4, 2], opts) };
         const attend = (q: mg.Tensor, p: mg.Tensor, c: typeof cache, o: Partial<Parameters<typeof mg.attentionDecode>[3]> = {}) =>
           mg.attentionDecode(q, p, c, { nHeads: 2, rope: false, ...o });
         expect(() => attend(qkv, mg.tensor([0, 1], [2], opts), cache)).toThrow(/positions must be int32 \[2\]/);
         expect(() => attend(mg.zeros([2, 10], opts), pos, cache)).toThrow(/qkv must be \[B, 3D\]/);
         expect(() => attend(qkv, pos, cache, { nHeads: 3 })).toThrow(/nHeads 3 does not divide/);
-        expect(() => attend(qkv, pos, { keys: mg.zeros([2, 2, 2, 5], opts), values: cache.values })).toThrow(/keys must be \[2, 2, 2, 4\]/);
-        expect(() => attend(qkv, pos, cache, { memKV: mg.zeros([2, 3, 8], opts), gateLogits: mg.zeros([2, 3], opts) })).toThrow(/gateLogits must be \[2, 2\]/);
+        expect(() => attend(qkv, pos, { keys: mg.zeros([2, 2, 2, 4], opts), values: cache.values })).toThrow(/keys must be \[2, 2, 1, 2, 8\] \(decodeKeyShape\)/);
+        const memory = mg.decodeMemory(mg.zeros([2, 3, 8], opts), { nHeads: 2, rope: false });
+        expect(() => attend(qkv, pos, cache, { memory, gateLogits: mg.zeros([2, 3], opts) })).toThrow(/gateLogits must be \[2, 2\]/);
+        expect(() => attend(qkv, pos, cache, { memory })).toThrow(/the memory and gateLogits come together/);
+        expect(() => attend(qkv, pos, cache, { memory: { keys: memory.keys, values: mg.zeros([2, 2, 9, 2], opts) }, gateLogits: mg.zeros([2, 2], opts) })).toThrow(/the memory's keys must be \[2, 2, 2, 2, 8\]/);
+        expect(() => mg.decodeMemory(mg.zeros([2, 3, 7], opts), { nHeads: 2, rope: false })).toThrow(/memKV must be \[B, S ≥ 1, 2D\]/);
+        expect(() => mg.decodeMemory(mg.zeros([2, 3, 8], opts), { nHeads: 2, rope: false }, { keys: mg.zeros([2, 2, 1, 2, 7], opts), values: memory.values })).toThrow(/keys must be float32 \[2, 2, 1, 2, 8\]/);
         const p = mg.parameter(mg.zeros([2, 12], opts));
         expect(() => attend(p, pos, cache)).toThrow(/records no gradient/);
         p.dispose();

@@ -9,7 +9,7 @@ import { noGrad } from '../core/autograd.js';
 import { MemgptError } from '../core/errors.js';
 import { keep, tensor, tidy, zeros, type Tensor } from '../core/tensor.js';
 import type { MemGPT, Precision } from '../nn/model.js';
-import { attentionDecode, copyMixProbs, scatterRows, type DecodeCache } from '../ops/decode.js';
+import { attentionDecode, copyMixProbs, decodeKeyShape, decodeMemory, scatterRows, type DecodeCache, type DecodeMemory } from '../ops/decode.js';
 import { add } from '../ops/elementwise.js';
 import { embedding, layerNorm, sinusoidalPositions } from '../ops/norm.js';
 import { reshape, stridedCopyInto } from '../ops/shape.js';
@@ -22,12 +22,13 @@ export function checkToken(model: MemGPT, token: number, what: string): void {
   }
 }
 
-/** One layer's device state: the segment's key/value cache and outputs [B, T, D], the memory and its K/V. */
+/** One layer's device state: the segment's key/value cache and outputs [B, T, D], the memory and its read's view. */
 interface LayerState {
   cache: DecodeCache;
   outputs: Tensor | null;
   memory: Tensor | null;
-  memKV: Tensor | null;
+  /** The memory's K/V as the decode attention reads them (decodeMemory), remade at each write. */
+  readMemory: DecodeMemory | null;
 }
 
 /** Copies src (contiguous) into `rows` rows of dst starting at row `at` (dst seen as [*, rowSize]). */
@@ -78,11 +79,13 @@ export class BatchDecoder {
         const init = (S > 0 ? model.initialMemory(batch) : []).map(make);
         for (let l = 0; l < L; l++) {
           const memory = S > 0 ? init[l] : null;
+          const readMemory = memory ? this.readMemoryOf(l, memory) : null;
+          if (readMemory) [readMemory.keys, readMemory.values].forEach(make);
           this.layers.push({
-            cache: { keys: make(zeros([batch, H, D / H, T], { device })), values: make(zeros([batch, H, T, D / H], { device, dtype })) },
+            cache: { keys: make(zeros(decodeKeyShape(batch, H, D / H, T), { device })), values: make(zeros([batch, H, T, D / H], { device, dtype })) },
             outputs: S > 0 ? make(zeros([batch, T, D], { device })) : null,
             memory,
-            memKV: memory ? make(tidy(() => model.memoryKV(l, memory))) : null,
+            readMemory,
           });
         }
       });
@@ -157,7 +160,7 @@ export class BatchDecoder {
           h = model.block(l, h, (qkv, gateLogits) => {
             const o = attentionDecode(qkv, at, state.cache, {
               nHeads: H, rope: positional === 'rope', memoryRead: model.memoryRead,
-              ...(S > 0 ? { memKV: state.memKV!, gateLogits: gateLogits! } : {}),
+              ...(S > 0 ? { memory: state.readMemory!, gateLogits: gateLogits! } : {}),
             });
             return reshape(o, [B, 1, D]);
           });
@@ -201,9 +204,7 @@ export class BatchDecoder {
           const next = keep(tidy(() => this.model.writeMemory(l, state.memory!, state.outputs!).M));
           state.memory!.dispose();
           state.memory = next;
-          const kv = keep(tidy(() => this.model.memoryKV(l, state.memory!)));
-          state.memKV!.dispose();
-          state.memKV = kv;
+          this.readMemoryOf(l, state.memory!, state.readMemory!);
         } else {
           for (const b of full) {
             tidy(() => {
@@ -218,11 +219,28 @@ export class BatchDecoder {
     });
   }
 
-  /** Layer l's memory K/V of sequence b alone, from its memory row (the others' are unchanged). */
+  /** Layer l's memory M [B, S, D] as its decode attention reads it: its K/V (memoryKV) through decodeMemory, into `into` when given. */
+  private readMemoryOf(l: number, M: Tensor, into?: DecodeMemory): DecodeMemory {
+    const { nHeads, positional } = this.model.config;
+    return noGrad(() => {
+      const kv = tidy(() => this.model.memoryKV(l, M));
+      try {
+        return decodeMemory(kv, { nHeads, rope: positional === 'rope', memoryRead: this.model.memoryRead }, into);
+      } finally {
+        kv.dispose();
+      }
+    });
+  }
+
+  /** Layer l's memory read of sequence b alone, from its memory row (the others' are unchanged). */
   private refreshMemKV(l: number, b: number): void {
     const { dModel: D, memSlots: S } = this.model.config;
     const state = this.layers[l];
-    noGrad(() => tidy(() => copyRowsInto(this.model.memoryKV(l, state.memory!._view([1, S, D], true, state.memory!.offset + b * S * D)), state.memKV!, b, S * 2 * D)));
+    noGrad(() => tidy(() => {
+      const row = this.readMemoryOf(l, state.memory!._view([1, S, D], true, state.memory!.offset + b * S * D));
+      copyRowsInto(row.keys, state.readMemory!.keys, b, row.keys.size);
+      copyRowsInto(row.values, state.readMemory!.values, b, row.values.size);
+    }));
   }
 
   /**
@@ -304,7 +322,7 @@ export class BatchDecoder {
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
-    for (const s of this.layers) for (const t of [s.cache.keys, s.cache.values, s.outputs, s.memory, s.memKV]) t?.dispose();
+    for (const s of this.layers) for (const t of [s.cache.keys, s.cache.values, s.outputs, s.memory, s.readMemory?.keys, s.readMemory?.values]) t?.dispose();
     this.copyKeys?.dispose();
     this.copyTokens?.dispose();
     this.lastHf.dispose();

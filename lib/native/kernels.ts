@@ -19,9 +19,17 @@ export interface AttentionKernels {
     dtype: number, B: number, T: number, H: number, d: number, S: number, rope: boolean, memMode: number,
     ...tensors: (StorageHandle | number | null)[]
   ): void;
-  /** Tensors: qkv, positions (int32), keys (float32), values, memKV, gateLogits, out, each as (handle, offset); memKV and gateLogits (null, 0) without memory. */
+  /**
+   * Tensors: qkv, positions (int32), keys (float32, blocked), values, memKeys (float32, blocked), memValues, gateLogits,
+   * out, each as (handle, offset); memKeys, memValues and gateLogits (null, 0) without memory.
+   */
   attentionDecode?(
     dtype: number, B: number, T: number, H: number, d: number, S: number, rope: boolean, memMode: number,
+    ...tensors: (StorageHandle | number | null)[]
+  ): void;
+  /** Tensors: memKV, memKeys (float32, blocked), memValues, each as (handle, offset). */
+  attentionDecodeMemory?(
+    dtype: number, B: number, S: number, H: number, d: number, rope: boolean, memMode: number,
     ...tensors: (StorageHandle | number | null)[]
   ): void;
 }

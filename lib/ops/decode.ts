@@ -37,41 +37,110 @@ export function scatterRows(src: Tensor, positions: Tensor, dst: Tensor): void {
   callNative(op, { src, dst }, (k) => k.scatterRows(dtypeCode[dst.dtype], B, T, n, ...handleOf(src), ...handleOf(positions), ...handleOf(dst)));
 }
 
-/** Options of attentionDecode: as attention's, with gateLogits one row per sequence ([B, H]). */
-export interface AttentionDecodeOptions {
-  nHeads: number;
-  rope: boolean;
-  memKV?: Tensor;
-  gateLogits?: Tensor;
-  memoryRead?: MemoryRead;
+/** Keys a block of the decoding key layout holds (native/common/attention.inc: kDecodeKeyBlock). */
+export const decodeKeyBlock = 8;
+
+/**
+ * The shape of a blocked key cache of n keys (attention.inc): [B, H, ⌈n/8⌉, d, 8] float32, feature i of key t of a
+ * head at ((t / 8)·d + i)·8 + t % 8, so that a query's scores over any prefix of keys read one contiguous run.
+ */
+export function decodeKeyShape(B: number, H: number, d: number, n: number): number[] {
+  return [B, H, Math.ceil(n / decodeKeyBlock), d, decodeKeyBlock];
 }
 
 /** The key and value caches of one layer's current segment for B sequences (see attentionDecode). */
 export interface DecodeCache {
-  /** float32 [B, H, d, T]: each head's keys, rotated as attention rotates them, transposed (feature-major). */
+  /** float32 decodeKeyShape(B, H, d, T): each head's keys, rotated as attention rotates them, blocked. */
   keys: Tensor;
   /** [B, H, T, d] in the qkv rows' dtype: each head's values, contiguous. */
   values: Tensor;
+}
+
+/** A layer's memory as decoding reads it (decodeMemory makes it from memKV, once per memory write). */
+export interface DecodeMemory {
+  /** float32 decodeKeyShape(B, H, d, S): the slot keys, rotated at their positions for the positional read, blocked. */
+  keys: Tensor;
+  /** [B, H, S, d] in memKV's dtype: each head's slot values, contiguous. */
+  values: Tensor;
+}
+
+/** How the memory is read (as attention's options); the read's keys depend on it. */
+export interface DecodeMemoryOptions {
+  nHeads: number;
+  rope: boolean;
+  memoryRead?: MemoryRead;
+}
+
+/**
+ * Decoding's view of memKV [B, S, 2D] (a layer's memory keys and values): the keys rotated (under rope and the
+ * positional read, slot j at position j) and laid out as the key cache, the values per head. The rotation is then
+ * done once per memory write instead of once per token. Writes into `into` when given (same B, S, H, d), else new.
+ */
+export function decodeMemory(memKV: Tensor, options: DecodeMemoryOptions, into?: DecodeMemory): DecodeMemory {
+  const op = 'decodeMemory';
+  const { nHeads: H, rope } = options;
+  const memMode = memModes[options.memoryRead ?? 'gated'];
+  if (memMode === undefined) throw new MemgptError(`${op}: memoryRead must be 'gated', 'positional' or 'joint' (got ${String(options.memoryRead)})`);
+  checkTensors(op, { memKV }, ['float32', 'bfloat16']);
+  inferenceOnly(op, [memKV]);
+  if (memKV.rank !== 3 || memKV.shape[1] < 1 || memKV.shape[2] % 2 !== 0) throw new MemgptError(`${op}: memKV must be [B, S ≥ 1, 2D], got ${shapeStr(memKV.shape)}`);
+  const [B, S, twoD] = memKV.shape;
+  const D = twoD / 2;
+  if (!Number.isInteger(H) || H < 1 || D % H !== 0) throw new MemgptError(`${op}: nHeads ${H} does not divide the width D = ${D} of memKV ${shapeStr(memKV.shape)}`);
+  const d = D / H;
+  if (rope && d % 2 !== 0) throw new MemgptError(`${op}: rope needs an even head width, got d = ${d}`);
+  const keyShape = decodeKeyShape(B, H, d, S), valueShape = [B, H, S, d];
+  if (into) {
+    checkTensors(op, { keys: into.keys, values: into.values });
+    if (into.keys.dtype !== 'float32' || into.keys.shape.join() !== keyShape.join()) throw new MemgptError(`${op}: keys must be float32 [${keyShape.join(', ')}], got ${into.keys.dtype} ${shapeStr(into.keys.shape)}`);
+    if (into.values.shape.join() !== valueShape.join()) throw new MemgptError(`${op}: values must be [${valueShape.join(', ')}], got ${shapeStr(into.values.shape)}`);
+    sameDtype(op, memKV, into.values);
+  }
+  const k = memKV.storage.backend;
+  if (!k.attentionDecodeMemory) throw new MemgptError(`${op}: not implemented on ${memKV.device} yet`);
+  const out = into ?? { keys: empty(keyShape, { device: memKV.device }), values: empty(valueShape, { device: memKV.device, dtype: memKV.dtype }) };
+  try {
+    callNative(op, { memKV }, () =>
+      k.attentionDecodeMemory!(dtypeCode[memKV.dtype], B, S, H, d, rope, memMode, ...handleOf(memKV), ...handleOf(out.keys), ...handleOf(out.values)),
+    );
+  } catch (e) {
+    if (!into) {
+      out.keys.dispose();
+      out.values.dispose();
+    }
+    throw e;
+  }
+  return out;
+}
+
+/** Options of attentionDecode: as attention's, with the memory as decodeMemory made it and gateLogits one row per sequence ([B, H]). */
+export interface AttentionDecodeOptions {
+  nHeads: number;
+  rope: boolean;
+  memory?: DecodeMemory;
+  gateLogits?: Tensor;
+  memoryRead?: MemoryRead;
 }
 
 /**
  * One decoding step of attention. qkv [B, 3D] (or [B, 1, 3D]) is each sequence's new row, positions (int32 [B]) its
  * row in the segment (−1: the sequence sits this step out; nothing is written for it and its output row is 0). The
  * new keys and values are written into `cache` at those rows, then out [B, D] is row positions[b] of
- * attention(segment rows 0 … positions[b], options): what the full op gives that row.
+ * attention(segment rows 0 … positions[b], options) with the memory of decodeMemory(memKV): what the full op gives
+ * that row.
  */
 export function attentionDecode(qkv: Tensor, positions: Tensor, cache: DecodeCache, options: AttentionDecodeOptions): Tensor {
   const op = 'attentionDecode';
-  const { nHeads: H, rope, memKV, gateLogits } = options;
+  const { nHeads: H, rope, memory, gateLogits } = options;
   const { keys, values } = cache;
   const memMode = memModes[options.memoryRead ?? 'gated'];
   if (memMode === undefined) throw new MemgptError(`${op}: memoryRead must be 'gated', 'positional' or 'joint' (got ${String(options.memoryRead)})`);
-  if ((memKV === undefined) !== (gateLogits === undefined)) throw new MemgptError(`${op}: memKV and gateLogits come together`);
-  checkTensors(op, memKV ? { qkv, values, memKV, gateLogits: gateLogits! } : { qkv, values }, ['float32', 'bfloat16']);
-  checkTensors(op, { qkv, positions, keys });
-  for (const t of [values, memKV, gateLogits]) if (t) sameDtype(op, qkv, t);
-  if (keys.dtype !== 'float32') throw new MemgptError(`${op}: the key cache is float32, got ${keys.dtype}`);
-  inferenceOnly(op, [qkv, memKV, gateLogits]);
+  if ((memory === undefined) !== (gateLogits === undefined)) throw new MemgptError(`${op}: the memory and gateLogits come together`);
+  checkTensors(op, memory ? { qkv, values, memValues: memory.values, gateLogits: gateLogits! } : { qkv, values }, ['float32', 'bfloat16']);
+  checkTensors(op, memory ? { qkv, positions, keys, memKeys: memory.keys } : { qkv, positions, keys });
+  for (const t of [values, memory?.values, gateLogits]) if (t) sameDtype(op, qkv, t);
+  if (keys.dtype !== 'float32' || (memory && memory.keys.dtype !== 'float32')) throw new MemgptError(`${op}: the key caches are float32`);
+  inferenceOnly(op, [qkv, gateLogits]);
   const B = qkv.shape[0], threeD = qkv.shape[qkv.rank - 1];
   if (qkv.size !== B * threeD || threeD % 3 !== 0) throw new MemgptError(`${op}: qkv must be [B, 3D], got ${shapeStr(qkv.shape)}`);
   const D = threeD / 3;
@@ -82,17 +151,21 @@ export function attentionDecode(qkv: Tensor, positions: Tensor, cache: DecodeCac
     throw new MemgptError(`${op}: values must be [${B}, ${H}, T ≥ 1, ${d}], got ${shapeStr(values.shape)}`);
   }
   const T = values.shape[2];
-  if (keys.shape.join() !== [B, H, d, T].join()) throw new MemgptError(`${op}: keys must be [${B}, ${H}, ${d}, ${T}], got ${shapeStr(keys.shape)}`);
+  const keyShape = decodeKeyShape(B, H, d, T);
+  if (keys.shape.join() !== keyShape.join()) throw new MemgptError(`${op}: keys must be [${keyShape.join(', ')}] (decodeKeyShape), got ${shapeStr(keys.shape)}`);
   checkPositions(op, positions, B);
   let S = 0;
-  if (memKV) {
-    if (memKV.rank !== 3 || memKV.shape[0] !== B || memKV.shape[2] !== 2 * D || memKV.shape[1] < 1) {
-      throw new MemgptError(`${op}: memKV must be [${B}, S ≥ 1, ${2 * D}], got ${shapeStr(memKV.shape)}`);
+  if (memory) {
+    const mv = memory.values;
+    if (mv.rank !== 4 || mv.shape[0] !== B || mv.shape[1] !== H || mv.shape[3] !== d || mv.shape[2] < 1) {
+      throw new MemgptError(`${op}: the memory's values must be [${B}, ${H}, S ≥ 1, ${d}], got ${shapeStr(mv.shape)}`);
     }
+    S = mv.shape[2];
+    const memKeyShape = decodeKeyShape(B, H, d, S);
+    if (memory.keys.shape.join() !== memKeyShape.join()) throw new MemgptError(`${op}: the memory's keys must be [${memKeyShape.join(', ')}], got ${shapeStr(memory.keys.shape)}`);
     if (gateLogits!.size !== B * H || gateLogits!.shape[0] !== B || gateLogits!.shape[gateLogits!.rank - 1] !== H) {
       throw new MemgptError(`${op}: gateLogits must be [${B}, ${H}], got ${shapeStr(gateLogits!.shape)}`);
     }
-    S = memKV.shape[1];
   }
   const k = qkv.storage.backend;
   if (!k.attentionDecode) throw new MemgptError(`${op}: not implemented on ${qkv.device} yet`);
@@ -100,7 +173,8 @@ export function attentionDecode(qkv: Tensor, positions: Tensor, cache: DecodeCac
   try {
     callNative(op, { qkv }, () =>
       k.attentionDecode!(dtypeCode[qkv.dtype], B, T, H, d, S, rope, memMode,
-        ...handleOf(qkv), ...handleOf(positions), ...handleOf(keys), ...handleOf(values), ...handleOf(memKV), ...handleOf(gateLogits), ...handleOf(out)),
+        ...handleOf(qkv), ...handleOf(positions), ...handleOf(keys), ...handleOf(values), ...handleOf(memory?.keys), ...handleOf(memory?.values),
+        ...handleOf(gateLogits), ...handleOf(out)),
     );
   } catch (e) {
     out.dispose();

@@ -1,5 +1,6 @@
 // N-API bindings of the op family "attention" (shared by the CPU and CUDA addons): argument checks, no math.
-// attentionDecode takes the new rows qkv [B, 3D], the positions [B] (int32) and the key and value caches.
+// attentionDecode takes the new rows qkv [B, 3D], the positions [B] (int32), the key and value caches and the memory
+// as attentionDecodeMemory made it.
 // The dtype code first (float32 or bfloat16: every tensor but the logsumexps, which are float32), then the sizes
 // (B, T, H, d, S, rope, memory read mode), then (handle, element offset) per tensor; a tensor that is absent (no memory, or nothing
 // to save) is passed as (null, 0). S = 0 means no memory.
@@ -102,6 +103,11 @@ Napi::Value attentionBackward(const Napi::CallbackInfo& info) {
   });
 }
 
+// Elements of a blocked key cache (attention.inc) of n keys for B sequences of H heads of width d.
+int64_t blocked_keys(int64_t B, int64_t H, int64_t d, int64_t n) {
+  return B * H * ((n + K::kDecodeKeyBlock - 1) / K::kDecodeKeyBlock) * d * K::kDecodeKeyBlock;
+}
+
 Napi::Value attentionDecode(const Napi::CallbackInfo& info) {
   return guarded(info, "attentionDecode", [&] {
     Args args(info, "attentionDecode");
@@ -112,13 +118,34 @@ Napi::Value attentionDecode(const Napi::CallbackInfo& info) {
     const int64_t D = s.D();
     const void* qkv = tensor_arg(args, "qkv", dt, s.B * 3 * D, true);
     const auto* positions = static_cast<const int32_t*>(tensor_arg(args, "positions", DType::I32, s.B, true));
-    float* keys = f32_arg(args, "keys", s.B * s.T * D, true);
+    float* keys = f32_arg(args, "keys", blocked_keys(s.B, s.H, s.d, s.T), true);
     void* values = tensor_arg(args, "values", dt, s.B * s.T * D, true);
-    const void* mem_kv = tensor_arg(args, "memKV", dt, s.B * s.S * 2 * D, mem);
+    const float* mem_keys = f32_arg(args, "memKeys", blocked_keys(s.B, s.H, s.d, s.S), mem);
+    const void* mem_values = tensor_arg(args, "memValues", dt, s.B * s.S * D, mem);
     const void* gate = tensor_arg(args, "gateLogits", dt, s.B * s.H, mem);
     void* out = tensor_arg(args, "out", dt, s.B * D, true);
-    if (!mem && (mem_kv || gate)) fail("attentionDecode: memKV and gateLogits need S > 0");
-    K::attention_decode(dt, s.B, s.T, s.H, s.d, s.S, s.rope, s.mem_mode, qkv, positions, keys, values, mem_kv, gate, out);
+    if (!mem && (mem_keys || mem_values || gate)) fail("attentionDecode: the memory and gateLogits need S > 0");
+    K::attention_decode(dt, s.B, s.T, s.H, s.d, s.S, s.rope, s.mem_mode, qkv, positions, keys, values, mem_keys, mem_values,
+                        gate, out);
+    return info.Env().Undefined();
+  });
+}
+
+// attentionDecodeMemory(dtype, B, S, H, d, rope, memMode, memKV, memKeys, memValues): decoding's view of a memory.
+Napi::Value attentionDecodeMemory(const Napi::CallbackInfo& info) {
+  return guarded(info, "attentionDecodeMemory", [&] {
+    Args args(info, "attentionDecodeMemory");
+    const DType dt = float_dtype(args, "attentionDecodeMemory");
+    const int64_t B = args.integer("B"), S = args.integer("S", 1), H = args.integer("H", 1), d = args.integer("d", 1);
+    const bool rope = args.flag("rope");
+    const int mem_mode = int(args.integer("memMode"));
+    if (mem_mode & ~(K::kMemJoint | K::kMemPositions)) fail("attentionDecodeMemory: unknown memory read mode %d", mem_mode);
+    if (rope && d % 2) fail("attentionDecodeMemory: rope needs an even head width, got d = %lld", (long long)d);
+    if (double(B) * double(S) * double(2 * H * d) > 9e15) fail("attentionDecodeMemory: size overflows");
+    const void* mem_kv = tensor_arg(args, "memKV", dt, B * S * 2 * H * d, true);
+    float* mem_keys = f32_arg(args, "memKeys", blocked_keys(B, H, d, S), true);
+    void* mem_values = tensor_arg(args, "memValues", dt, B * S * H * d, true);
+    K::attention_decode_memory(dt, B, S, H, d, rope, mem_mode, mem_kv, mem_keys, mem_values);
     return info.Env().Undefined();
   });
 }
@@ -127,6 +154,7 @@ Napi::Value attentionDecode(const Napi::CallbackInfo& info) {
 
 void register_attention(Napi::Env env, Napi::Object exports) {
   exports.Set("attentionDecode", Napi::Function::New(env, attentionDecode, "attentionDecode"));
+  exports.Set("attentionDecodeMemory", Napi::Function::New(env, attentionDecodeMemory, "attentionDecodeMemory"));
   exports.Set("attentionForward", Napi::Function::New(env, attentionForward, "attentionForward"));
   exports.Set("attentionBackward", Napi::Function::New(env, attentionBackward, "attentionBackward"));
 }

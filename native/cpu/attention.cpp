@@ -437,9 +437,42 @@ struct DecodeArgs {
   const int32_t* positions;
   float* keys;
   T* values;
-  const T *mem_kv, *gate_logits;
+  const float* mem_keys;
+  const T *mem_values, *gate_logits;
   T* out;
 };
+
+// Feature i of key t in a head's blocked keys (attention.inc: blocks of kDecodeKeyBlock keys, d rows of 8 lanes).
+MG_INLINE int64_t key_at(int64_t t, int64_t i, int64_t d) {
+  return ((t / kDecodeKeyBlock) * d + i) * kDecodeKeyBlock + t % kDecodeKeyBlock;
+}
+
+// sc[j] = Σ_i q[i] · key j's feature i (in feature order, as score_tile sums), then times scale, for j < n: one
+// contiguous run over the blocks, 8 keys to a vector. G blocks go side by side: a block alone is one chain of d
+// dependent FMAs, latency-bound; four are four chains (bench/decode-layout.cc measures the three ways).
+template <int G>
+MG_INLINE void blocked_score_group(const float* __restrict q, const float* __restrict kb, int64_t d, float* __restrict acc) {
+  for (int64_t i = 0; i < d; i++) {
+    const float qi = q[i];
+    for (int g = 0; g < G; g++)
+      for (int64_t e = 0; e < kDecodeKeyBlock; e++) acc[g * kDecodeKeyBlock + e] += qi * kb[(g * d + i) * kDecodeKeyBlock + e];
+  }
+}
+
+MG_INLINE void blocked_scores(const float* __restrict q, const float* __restrict keys, int64_t n, int64_t d, float scale,
+                              float* __restrict sc) {
+  const int64_t blocks = (n + kDecodeKeyBlock - 1) / kDecodeKeyBlock;
+  for (int64_t blk = 0; blk < blocks;) {
+    float acc[4 * kDecodeKeyBlock] = {};
+    const float* kb = keys + blk * d * kDecodeKeyBlock;
+    const int64_t group = blocks - blk >= 4 ? 4 : 1;
+    if (group == 4) blocked_score_group<4>(q, kb, d, acc);
+    else blocked_score_group<1>(q, kb, d, acc);
+    const int64_t lanes = std::min(group * kDecodeKeyBlock, n - blk * kDecodeKeyBlock);
+    for (int64_t e = 0; e < lanes; e++) sc[blk * kDecodeKeyBlock + e] = scale != 1.f ? acc[e] * scale : acc[e];
+    blk += group;
+  }
+}
 
 template <typename T>
 MG_INLINE void decode_task(const DecodeArgs<T>& a, int64_t b, int64_t h, ForwardScratch& w, float* a_row,
@@ -457,9 +490,10 @@ MG_INLINE void decode_task(const DecodeArgs<T>& a, int64_t b, int64_t h, Forward
   const T* qsrc = a.qkv + b * 3 * D + h * d;
   const T* ksrc = qsrc + D;
   const T* vsrc = ksrc + D;
-  float* kt = a.keys + (b * s.H + h) * d * s.T;
+  const int64_t key_blocks = (s.T + kDecodeKeyBlock - 1) / kDecodeKeyBlock;
+  float* kt = a.keys + (b * s.H + h) * key_blocks * d * kDecodeKeyBlock;
   if (s.rope) rope_rotate(ksrc, w.tmp.data(), rt, p);
-  for (int64_t i = 0; i < d; i++) kt[i * s.T + p] = s.rope ? w.tmp[size_t(i)] : load(ksrc + i);
+  for (int64_t i = 0; i < d; i++) kt[key_at(p, i, d)] = s.rope ? w.tmp[size_t(i)] : load(ksrc + i);
   T* values = a.values + (b * s.H + h) * s.T * d;
   std::copy(vsrc, vsrc + d, values + p * d);
   int64_t ldq0;
@@ -471,32 +505,22 @@ MG_INLINE void decode_task(const DecodeArgs<T>& a, int64_t b, int64_t h, Forward
     q = w.q.data();
     ldq = d;
   }
-  // The scores of keys 0 … p, feature by feature: the transposed cache is then read as one stream (row i of kt
-  // is contiguous, and follows row i − 1), where tiles of kKB keys read d rows side by side. Each score sums its
-  // features in order and is scaled once, as score_tile does it, so the values are the same.
-  const int64_t n = p + 1;
-  std::fill(sc, sc + n, 0.f);
-  for (int64_t i = 0; i < d; i++) {
-    const float qi = q[i];
-    const float* __restrict row = kt + i * s.T;
-    for (int64_t j = 0; j < n; j++) sc[j] += qi * row[j];
-  }
-  if (scale != 1.f) {
-    for (int64_t j = 0; j < n; j++) sc[j] *= scale;
-  }
+  // Each score sums its features in order and is scaled once, as score_tile does it, so the values are the same.
+  blocked_scores(q, kt, p + 1, d, scale, sc);
   float lse_self = 0.f, lse_mem = 0.f;
   attend_rows<T>(q, ldq, 1, p, nullptr, values, d, s.T, true, nullptr, d, scale, w, a_row, &lse_self, sc);
   if (s.S == 0) {
     store_row(o, a_row, d);
     return;
   }
-  const T* mk = a.mem_kv + b * s.S * 2 * D + h * d;
-  if (s.mem_positions()) {
-    rope_rotate(qsrc, w.qm.data(), rt, p + s.S);
-    attend_rows(w.qm.data(), d, 1, 0, mk, mk + D, 2 * D, s.S, false, &rt, d, scale, w, r_row, &lse_mem);
-  } else {
-    attend_rows(q0, ldq0, 1, 0, mk, mk + D, 2 * D, s.S, false, nullptr, d, scale, w, r_row, &lse_mem);
-  }
+  // The memory read: its keys were rotated (or not) once, when the memory was written (attention_decode_memory).
+  const int64_t slot_blocks = (s.S + kDecodeKeyBlock - 1) / kDecodeKeyBlock;
+  const float* mk = a.mem_keys + (b * s.H + h) * slot_blocks * d * kDecodeKeyBlock;
+  const T* mv = a.mem_values + (b * s.H + h) * s.S * d;
+  float* msc = sc + s.T;
+  if (s.mem_positions()) rope_rotate(qsrc, w.qm.data(), rt, p + s.S);
+  blocked_scores(s.mem_positions() ? w.qm.data() : q0, mk, s.S, d, scale, msc);
+  attend_rows<T>(nullptr, 0, 1, 0, nullptr, mv, d, s.S, false, nullptr, d, scale, w, r_row, &lse_mem, msc);
   const float g = gate_of(s, a.gate_logits + b * s.H + h, lse_mem, lse_self);
   float* mixed = w.tmp.data();
   for (int64_t i = 0; i < d; i++) mixed[i] = g * r_row[i] + (1.f - g) * a_row[i];
@@ -510,7 +534,7 @@ MG_INLINE void decode_range(const DecodeArgs<T>& a, size_t lo, size_t hi) {
   static thread_local std::unique_ptr<ForwardScratch> w;
   static thread_local std::vector<float> rows;
   if (!w || int64_t(w->tmp.size()) != s.d) w = std::make_unique<ForwardScratch>(s.d);
-  rows.resize(size_t(2 * s.d + s.T));  // A, R and the scores of one row
+  rows.resize(size_t(2 * s.d + s.T + s.S));  // A, R and the scores of one row over the keys, then over the slots
   float* const r = rows.data();
   for (size_t task = lo; task < hi; task++) decode_task(a, int64_t(task) / s.H, int64_t(task) % s.H, *w, r, r + s.d, r + 2 * s.d);
 }
@@ -778,20 +802,49 @@ void attention_forward(DType dt, int64_t B, int64_t T, int64_t H, int64_t d, int
 }
 
 void attention_decode(DType dt, int64_t B, int64_t T, int64_t H, int64_t d, int64_t S, bool rope, int mem_mode,
-                      const void* qkv, const int32_t* positions, float* keys, void* values, const void* mem_kv,
-                      const void* gate_logits, void* out) {
+                      const void* qkv, const int32_t* positions, float* keys, void* values, const float* mem_keys,
+                      const void* mem_values, const void* gate_logits, void* out) {
   const Dims s{B, T, H, d, S, rope, mem_mode};
   check_dims(s);
   dispatch_float(dt, "attention_decode", [&](auto tag) {
     using E = decltype(tag);
     if (B == 0) return;
     const RopeTable& rt = rope_table(s);
-    const DecodeArgs<E> a{&s, &rt, static_cast<const E*>(qkv), positions, keys, static_cast<E*>(values),
-                          static_cast<const E*>(mem_kv), static_cast<const E*>(gate_logits), static_cast<E*>(out)};
+    const DecodeArgs<E> a{&s, &rt, static_cast<const E*>(qkv), positions, keys, static_cast<E*>(values), mem_keys,
+                          static_cast<const E*>(mem_values), static_cast<const E*>(gate_logits), static_cast<E*>(out)};
     const bool avx2 = use_avx2();
     parallel_for(0, size_t(B * H), 1, [&](size_t lo, size_t hi) {
       if (avx2) decode_range_avx2(a, lo, hi);
       else decode_range_generic(a, lo, hi);
+    });
+  });
+}
+
+void attention_decode_memory(DType dt, int64_t B, int64_t S, int64_t H, int64_t d, bool rope, int mem_mode,
+                             const void* mem_kv, float* mem_keys, void* mem_values) {
+  const Dims s{B, 0, H, d, S, rope, mem_mode};
+  check_dims(s);
+  dispatch_float(dt, "attention_decode_memory", [&](auto tag) {
+    using E = decltype(tag);
+    if (B == 0 || S == 0) return;
+    const RopeTable& rt = rope_table(s);  // rows 0 … S − 1 (T = 0): slot j at position j
+    const int64_t D = s.D(), slot_blocks = (S + kDecodeKeyBlock - 1) / kDecodeKeyBlock;
+    const E* kv = static_cast<const E*>(mem_kv);
+    E* values = static_cast<E*>(mem_values);
+    parallel_for(0, size_t(B * H), 1, [&](size_t lo, size_t hi) {
+      std::vector<float> row(static_cast<size_t>(d));
+      for (size_t task = lo; task < hi; task++) {
+        const int64_t b = int64_t(task) / H, h = int64_t(task) % H;
+        float* keys = mem_keys + int64_t(task) * slot_blocks * d * kDecodeKeyBlock;
+        // Lanes past S in the last block stay as they are: no score reads them.
+        for (int64_t j = 0; j < S; j++) {
+          const E* src = kv + (b * S + j) * 2 * D + h * d;
+          if (s.mem_positions()) rope_rotate(src, row.data(), rt, j);
+          else for (int64_t i = 0; i < d; i++) row[size_t(i)] = load(src + i);
+          for (int64_t i = 0; i < d; i++) keys[key_at(j, i, d)] = row[size_t(i)];
+          std::copy(src + D, src + D + d, values + (int64_t(task) * S + j) * d);
+        }
+      }
     });
   });
 }

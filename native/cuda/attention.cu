@@ -1023,14 +1023,20 @@ struct DecodeParams {
   bool joint, mem_positions;
   const E* qkv;              // [B, 3D]: the new rows
   const int32_t* positions;  // [B]
-  float* keys;               // [B, H, d, T]: rotated, transposed
+  float* keys;               // [B, H, ⌈T/8⌉, d, 8]: rotated, blocked (attention.inc)
   E* values;                 // [B, H, T, d]
-  const E* mem_kv;
+  const float* mem_keys;     // [B, H, ⌈S/8⌉, d, 8]: blocked, rotated at j for the positional read
+  const E* mem_values;       // [B, H, S, d]
   const E* gate_logits;      // [B, H]
   const float* cos_t;        // RoPE table [T (+ S with mem_positions), d/2]; nullptr without rope
   const float* sin_t;
   E* out;                    // [B, D]
 };
+
+// Feature i of key t in a head's blocked keys (attention.inc). A warp's 32 consecutive keys read 4 runs of 32 bytes.
+__device__ __forceinline__ int64_t key_at(int64_t t, int i, int d) {
+  return ((t / kDecodeKeyBlock) * d + i) * kDecodeKeyBlock + t % kDecodeKeyBlock;
+}
 
 // Feature c of row z (head width d) rotated at position pos (rotate-half, as the CPU's rope_rotate).
 template <typename E>
@@ -1085,13 +1091,13 @@ __global__ void __launch_bounds__(kDecodeThreads) attention_decode_kernel(Decode
     return;
   }
   const E* row = p.qkv + b * 3 * D + h * d;
-  float* keys = p.keys + (b * p.H + h) * d * T;
+  float* keys = p.keys + (b * p.H + h) * ((T + kDecodeKeyBlock - 1) / kDecodeKeyBlock) * d * kDecodeKeyBlock;
   E* values = p.values + (b * p.H + h) * T * d;
   if (c < d) {
     const float x = load(row + c);
     q[c] = p.cos_t ? rotated(row, c, d, p.cos_t, p.sin_t, pos) : x;
     qm[c] = p.mem_positions ? rotated(row, c, d, p.cos_t, p.sin_t, pos + p.S) : x;
-    keys[c * T + pos] = p.cos_t ? rotated(row + D, c, d, p.cos_t, p.sin_t, pos) : load(row + D + c);
+    keys[key_at(pos, c, d)] = p.cos_t ? rotated(row + D, c, d, p.cos_t, p.sin_t, pos) : load(row + D + c);
     values[pos * d + c] = row[2 * D + c];
   }
   __syncthreads();  // the appended key and value, and q, are read by other threads below
@@ -1099,7 +1105,7 @@ __global__ void __launch_bounds__(kDecodeThreads) attention_decode_kernel(Decode
   const float lse_self = decode_attend<E>(
       [&](int64_t j) {
         float dot = 0.f;
-        for (int i = 0; i < d; i++) dot += q[i] * keys[i * T + j];
+        for (int i = 0; i < d; i++) dot += q[i] * keys[key_at(j, i, d)];
         return dot;
       },
       values, d, pos + 1, d, p.scale, sc, red, &a_c);
@@ -1107,22 +1113,38 @@ __global__ void __launch_bounds__(kDecodeThreads) attention_decode_kernel(Decode
     if (c < d) store(o + c, a_c);
     return;
   }
-  const E* mk = p.mem_kv + b * p.S * 2 * D + h * d;
+  // The slots' keys were rotated (or not) once, when the memory was written (attention_decode_memory_kernel).
+  const float* mk = p.mem_keys + (b * p.H + h) * ((p.S + kDecodeKeyBlock - 1) / kDecodeKeyBlock) * d * kDecodeKeyBlock;
   const float lse_mem = decode_attend<E>(
       [&](int64_t j) {
-        const E* k = mk + j * 2 * D;
         float dot = 0.f;
-        if (p.mem_positions) {
-          for (int i = 0; i < d; i++) dot += qm[i] * rotated(k, i, d, p.cos_t, p.sin_t, j);
-        } else {
-          for (int i = 0; i < d; i++) dot += qm[i] * load(k + i);
-        }
+        for (int i = 0; i < d; i++) dot += qm[i] * mk[key_at(j, i, d)];
         return dot;
       },
-      mk + D, 2 * D, p.S, d, p.scale, sc, red, &r_c);
+      p.mem_values + (b * p.H + h) * p.S * d, d, p.S, d, p.scale, sc, red, &r_c);
   const float logit = load(p.gate_logits + b * p.H + h);
   const float g = p.joint ? sigmoid_ref(float(double(logit) + double(lse_mem) - double(lse_self))) : sigmoid_ref(logit);
   if (c < d) store(o + c, g * r_c + (1.f - g) * a_c);
+}
+
+// attention_decode_memory: one block per (sequence, slot); its threads walk the slot's D features, each writing
+// feature c of head h: the key (rotated at the slot's position j for the positional read) into the blocked keys, the
+// value into the head's contiguous values.
+template <typename E>
+__global__ void attention_decode_memory_kernel(int64_t S, int64_t H, int d, bool rotate, const E* mem_kv,
+                                               const float* cos_t, const float* sin_t, float* mem_keys,
+                                               E* mem_values) {
+  const int64_t b = blockIdx.x / S, j = blockIdx.x % S, D = H * d;
+  const int64_t slot_blocks = (S + kDecodeKeyBlock - 1) / kDecodeKeyBlock;
+  const E* row = mem_kv + (b * S + j) * 2 * D;
+  for (int64_t col = threadIdx.x; col < D; col += blockDim.x) {
+    const int64_t h = col / d;
+    const int c = int(col % d);
+    const E* k = row + h * d;
+    mem_keys[(b * H + h) * slot_blocks * d * kDecodeKeyBlock + key_at(j, c, d)] =
+        rotate ? rotated(k, c, d, cos_t, sin_t, j) : load(k + c);
+    mem_values[((b * H + h) * S + j) * d + c] = row[D + col];
+  }
 }
 
 // ---------------------------------------------------------------- host side
@@ -1266,8 +1288,8 @@ void attention_forward(DType dt, int64_t B, int64_t T, int64_t H, int64_t d, int
 }
 
 void attention_decode(DType dt, int64_t B, int64_t T, int64_t H, int64_t d, int64_t S, bool rope, int mem_mode,
-                      const void* qkv, const int32_t* positions, float* keys, void* values, const void* mem_kv,
-                      const void* gate_logits, void* out) {
+                      const void* qkv, const int32_t* positions, float* keys, void* values, const float* mem_keys,
+                      const void* mem_values, const void* gate_logits, void* out) {
   check_dims(H, d, rope);
   const bool mem_positions = S > 0 && rope && (mem_mode & kMemPositions);
   const int64_t rope_rows = T + (mem_positions ? S : 0);
@@ -1276,8 +1298,8 @@ void attention_decode(DType dt, int64_t B, int64_t T, int64_t H, int64_t d, int6
     if (B == 0) return;
     DecodeParams<E> p{T, H, d, S, H * d, float(1.0 / std::sqrt(double(d))), S > 0 && (mem_mode & kMemJoint) != 0,
                       mem_positions, static_cast<const E*>(qkv), positions, keys, static_cast<E*>(values),
-                      static_cast<const E*>(mem_kv), static_cast<const E*>(gate_logits), nullptr, nullptr,
-                      static_cast<E*>(out)};
+                      mem_keys, static_cast<const E*>(mem_values), static_cast<const E*>(gate_logits), nullptr,
+                      nullptr, static_cast<E*>(out)};
     if (rope) {
       float* scratch =
           static_cast<float*>(reduction_scratch(size_t(2 * aligned(rope_rows * (d / 2))) * sizeof(float)));
@@ -1285,6 +1307,24 @@ void attention_decode(DType dt, int64_t B, int64_t T, int64_t H, int64_t d, int6
     }
     attention_decode_kernel<E><<<grid_of(B * H, "attention_decode"), kDecodeThreads, 0, stream()>>>(p);
     check_launch("attention_decode");
+  });
+}
+
+void attention_decode_memory(DType dt, int64_t B, int64_t S, int64_t H, int64_t d, bool rope, int mem_mode,
+                             const void* mem_kv, float* mem_keys, void* mem_values) {
+  check_dims(H, d, rope);
+  const bool rotate = S > 0 && rope && (mem_mode & kMemPositions);
+  dispatch_float(dt, "attention_decode_memory", [&](auto tag) {
+    using E = decltype(tag);
+    if (B == 0 || S == 0) return;
+    const float *cos_t = nullptr, *sin_t = nullptr;
+    if (rotate) {
+      float* scratch = static_cast<float*>(reduction_scratch(size_t(2 * aligned(S * (d / 2))) * sizeof(float)));
+      fill_rope_table(scratch, S, d, "attention_decode_memory", &cos_t, &sin_t);
+    }
+    attention_decode_memory_kernel<E><<<grid_of(B * S, "attention_decode_memory"), 256, 0, stream()>>>(
+        S, H, int(d), rotate, static_cast<const E*>(mem_kv), cos_t, sin_t, mem_keys, static_cast<E*>(mem_values));
+    check_launch("attention_decode_memory");
   });
 }
 

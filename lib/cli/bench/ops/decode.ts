@@ -14,17 +14,30 @@ export function cases(preset: Preset): BenchCase[] {
   out.push({
     op: 'attentionDecode',
     shape: `B ${B} at row ${T - 1} of T ${T}, H ${H}, mem [${B},${S},${2 * D}]`,
-    // The cached keys and values it reads, the memory K/V, and the new row.
+    // The cached keys and values it reads, the memory's keys and values, and the new row.
     bytes: 4 * (B * T * D * 2 + B * S * 2 * D + B * 3 * D + B * D),
     setup: () => {
       const x = {
-        qkv: keep(mg.randn([B, 3 * D], { seed: 1 })), keys: keep(mg.randn([B, H, d, T], { seed: 2 })), values: keep(mg.randn([B, H, T, d], { seed: 3 })),
+        qkv: keep(mg.randn([B, 3 * D], { seed: 1 })), keys: keep(mg.randn(mg.decodeKeyShape(B, H, d, T), { seed: 2 })), values: keep(mg.randn([B, H, T, d], { seed: 3 })),
         memKV: keep(mg.randn([B, S, 2 * D], { seed: 4 })), gate: keep(mg.randn([B, H], { seed: 5 })), at: keep(mg.tensor(new Array(B).fill(T - 1), [B], int32)),
       };
+      const memory = mg.decodeMemory(x.memKV, { nHeads: H, rope: true, memoryRead: 'positional' });
       const run = () => mg.noGrad(() => mg.attentionDecode(x.qkv, x.at, { keys: x.keys, values: x.values }, {
-        nHeads: H, rope: true, memKV: x.memKV, gateLogits: x.gate, memoryRead: 'positional',
+        nHeads: H, rope: true, memory, gateLogits: x.gate, memoryRead: 'positional',
       }).dispose());
-      return { run, dispose: () => Object.values(x).forEach((t) => t.dispose()) };
+      return { run, dispose: () => [...Object.values(x), memory.keys, memory.values].forEach((t) => t.dispose()) };
+    },
+  });
+  out.push({
+    op: 'decodeMemory',
+    shape: `mem [${B},${S},${2 * D}], H ${H}`,
+    // Once per memory write: it reads the memory's K/V and writes its keys (float32) and values.
+    bytes: 4 * 2 * (B * S * 2 * D),
+    setup: () => {
+      const memKV = keep(mg.randn([B, S, 2 * D], { seed: 4 }));
+      const into = mg.decodeMemory(memKV, { nHeads: H, rope: true, memoryRead: 'positional' });
+      const run = () => mg.noGrad(() => mg.decodeMemory(memKV, { nHeads: H, rope: true, memoryRead: 'positional' }, into));
+      return { run, dispose: () => [memKV, into.keys, into.values].forEach((t) => t.dispose()) };
     },
   });
   out.push({

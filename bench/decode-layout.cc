@@ -47,13 +47,7 @@ __attribute__((target("avx2,fma"))) float scores_blocked4(const float* kb, const
     for (int g = 0; g < 4; g++)
       for (int e = 0; e < 8; e++) sc[(blk + g) * 8 + e] = acc[g][e];
   }
-  for (; blk < blocks; blk++) {
-    float acc[8] = {};
-    const float* b = kb + blk * d * 8;
-    for (int i = 0; i < d; i++)
-      for (int e = 0; e < 8; e++) acc[e] += q[i] * b[i * 8 + e];
-    for (int e = 0; e < 8; e++) sc[blk * 8 + e] = acc[e];
-  }
+  if (blk < blocks) scores_blocked(kb + blk * d * 8, q, n - blk * 8, sc + blk * 8);  // the last 1–3 blocks alone
   return sc[n - 1];
 }
 

@@ -21,6 +21,13 @@ export type MemoryRead = 'gated' | 'positional' | 'joint';
 // 'joint' (the joint softmax without slot positions) exists for ablations only.
 export const memModes: Record<MemoryRead, number> = { gated: 0, joint: 1, positional: 3 };
 
+/** The native code of a memory read (default 'gated'), or one clear error naming op. */
+export function memModeOf(op: string, memoryRead: MemoryRead | undefined): number {
+  const mode = memModes[memoryRead ?? 'gated'];
+  if (mode === undefined) throw new MemgptError(`${op}: memoryRead must be 'gated', 'positional' or 'joint' (got ${String(memoryRead)})`);
+  return mode;
+}
+
 /** Options of attention(): heads, RoPE, and the memory read (memKV [B, S, 2D] with gateLogits [B, T, H], both or neither). */
 export interface AttentionOptions {
   nHeads: number;
@@ -50,8 +57,7 @@ function kernels(op: string, x: Tensor): AttentionKernels {
 export function attention(qkv: Tensor, options: AttentionOptions): Tensor {
   const op = 'attention';
   const { nHeads: H, rope, memKV, gateLogits } = options;
-  const memMode = memModes[options.memoryRead ?? 'gated'];
-  if (memMode === undefined) throw new MemgptError(`${op}: memoryRead must be 'gated', 'positional' or 'joint' (got ${String(options.memoryRead)})`);
+  const memMode = memModeOf(op, options.memoryRead);
   if (memKV === undefined && gateLogits !== undefined) throw new MemgptError(`${op}: gateLogits ${shapeStr(gateLogits.shape)} given without memKV (they come together)`);
   if (memKV !== undefined && gateLogits === undefined) throw new MemgptError(`${op}: memKV ${shapeStr(memKV.shape)} given without gateLogits (they come together)`);
   const mem = memKV !== undefined;

@@ -5,7 +5,7 @@ import { isGradEnabled } from '../core/autograd.js';
 import { dtypeCode } from '../core/dtype.js';
 import { MemgptError, shapeStr } from '../core/errors.js';
 import { empty, type Tensor } from '../core/tensor.js';
-import { memModes, type MemoryRead } from './attention.js';
+import { memModeOf, type MemoryRead } from './attention.js';
 import { callNative, checkTensors, handleOf, sameDtype } from './util.js';
 
 function inferenceOnly(op: string, tensors: (Tensor | null | undefined)[]): void {
@@ -79,8 +79,7 @@ export interface DecodeMemoryOptions {
 export function decodeMemory(memKV: Tensor, options: DecodeMemoryOptions, into?: DecodeMemory): DecodeMemory {
   const op = 'decodeMemory';
   const { nHeads: H, rope } = options;
-  const memMode = memModes[options.memoryRead ?? 'gated'];
-  if (memMode === undefined) throw new MemgptError(`${op}: memoryRead must be 'gated', 'positional' or 'joint' (got ${String(options.memoryRead)})`);
+  const memMode = memModeOf(op, options.memoryRead);
   checkTensors(op, { memKV }, ['float32', 'bfloat16']);
   inferenceOnly(op, [memKV]);
   if (memKV.rank !== 3 || memKV.shape[1] < 1 || memKV.shape[2] % 2 !== 0) throw new MemgptError(`${op}: memKV must be [B, S ≥ 1, 2D], got ${shapeStr(memKV.shape)}`);
@@ -114,12 +113,9 @@ export function decodeMemory(memKV: Tensor, options: DecodeMemoryOptions, into?:
 }
 
 /** Options of attentionDecode: as attention's, with the memory as decodeMemory made it and gateLogits one row per sequence ([B, H]). */
-export interface AttentionDecodeOptions {
-  nHeads: number;
-  rope: boolean;
+export interface AttentionDecodeOptions extends DecodeMemoryOptions {
   memory?: DecodeMemory;
   gateLogits?: Tensor;
-  memoryRead?: MemoryRead;
 }
 
 /**
@@ -133,8 +129,7 @@ export function attentionDecode(qkv: Tensor, positions: Tensor, cache: DecodeCac
   const op = 'attentionDecode';
   const { nHeads: H, rope, memory, gateLogits } = options;
   const { keys, values } = cache;
-  const memMode = memModes[options.memoryRead ?? 'gated'];
-  if (memMode === undefined) throw new MemgptError(`${op}: memoryRead must be 'gated', 'positional' or 'joint' (got ${String(options.memoryRead)})`);
+  const memMode = memModeOf(op, options.memoryRead);
   if ((memory === undefined) !== (gateLogits === undefined)) throw new MemgptError(`${op}: the memory and gateLogits come together`);
   checkTensors(op, memory ? { qkv, values, memValues: memory.values, gateLogits: gateLogits! } : { qkv, values }, ['float32', 'bfloat16']);
   checkTensors(op, memory ? { qkv, positions, keys, memKeys: memory.keys } : { qkv, positions, keys });

@@ -836,7 +836,7 @@ void attention_decode_memory(DType dt, int64_t B, int64_t S, int64_t H, int64_t 
       for (size_t task = lo; task < hi; task++) {
         const int64_t b = int64_t(task) / H, h = int64_t(task) % H;
         float* keys = mem_keys + int64_t(task) * slot_blocks * d * kDecodeKeyBlock;
-        // Lanes past S in the last block stay as they are: no score reads them.
+        // Lanes past S in the last block stay as they are: blocked_scores computes them but keeps only n scores.
         for (int64_t j = 0; j < S; j++) {
           const E* src = kv + (b * S + j) * 2 * D + h * d;
           if (s.mem_positions()) rope_rotate(src, row.data(), rt, j);

@@ -45,6 +45,12 @@ describe('the books grid', () => {
     expect(defaultVariants).not.toContain('S8r0');
     expect(defaultVariants).not.toContain('S8u2');
     expect(defaultVariants).toContain('K16');
+    // stream order and the long-window context probe: variants of their own, not in the default grid
+    expect(booksVariant('S8s', tiny, { batch: 8, segments: 4 })).toMatchObject({ memSlots: 8, segments: 4, batch: 8, order: 'stream' });
+    expect(variantKey(booksVariant('S8s', tiny, { batch: 8, segments: 4 }))).not.toBe(variantKey(booksVariant('S8', tiny, { batch: 8, segments: 4 })));
+    expect(booksVariant('mem0@16T', tiny, { batch: 8, segments: 4 })).toEqual({ name: 'mem0@16T', memSlots: 0, segmentLen: 512, segments: 1, batch: 2 });
+    expect(defaultVariants).not.toContain('S8s');
+    expect(defaultVariants).not.toContain('mem0@16T');
   });
 
   const run = (variant: string, seed: number, bpb: number, byPosition: number[]): BooksRunResult => ({

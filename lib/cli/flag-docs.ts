@@ -39,7 +39,7 @@ export const flagDocs = {
     { name: 'weight-decay', type: 'string', value: 'W', default: '0.1', help: 'AdamW weight decay, on the matrices only' },
     { name: 'grad-clip', type: 'string', value: 'C', default: '1', help: 'clip the gradient\'s global norm to C (0: off)' },
     { name: 'grad-accum', type: 'string', value: 'N', default: '1', help: 'micro-batches summed into each step' },
-    { name: 'order', type: 'string', value: 'random|sequential', default: 'random', help: 'how samples are drawn from the training text' },
+    { name: 'order', type: 'string', value: 'random|sequential|stream', default: 'random', help: 'how samples are drawn: random windows, windows in order, or stream (each batch row reads whole documents, its memory carried from batch to batch)' },
     { name: 'seed', type: 'string', value: 'S', default: '0', help: 'seed of the initialisation and the sample order' },
     { name: 'held-out', type: 'string', value: 'FRACTION', default: '0.05', help: 'the fraction at the end of --data held out for evaluation (0: none)' },
     { name: 'eval-every', type: 'string', value: 'N', default: '0 (only at the end)', help: 'evaluate on the held-out text every N steps' },

@@ -80,7 +80,7 @@ export function trainOptionsFromFlags(flags: Flags, recipe: Recipe = recipes.tin
     weightDecay: num(flags, 'weight-decay', d.weightDecay),
     gradClip: num(flags, 'grad-clip', d.gradClip),
     gradAccum: int(flags, 'grad-accum', d.gradAccum),
-    order: choice(flags, 'order', ['random', 'sequential'] as const, d.order),
+    order: choice(flags, 'order', ['random', 'sequential', 'stream'] as const, d.order),
     seed: int(flags, 'seed', d.seed, 0),
     evalEvery: int(flags, 'eval-every', 0, 0),
     evalBatches: int(flags, 'eval-batches', d.evalBatches),

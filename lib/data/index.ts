@@ -3,7 +3,7 @@ export { getTokenizer, type Tokenizer, type TokenizerName } from './tokenizer.js
 export { DOCUMENT_SEPARATOR, loadCorpus, splitCorpus, type Corpus } from './corpus.js';
 export {
   BatchSampler, epochPermutation, gatherSamples, samplesIn, sequentialBatches,
-  type Batch, type SamplerOptions, type SamplerState,
+  type Batch, type SampleOrder, type SamplerOptions, type SamplerState,
 } from './sampler.js';
 export {
   passkeyCorpus, passkeyDocument, segmentedCopyCorpus, segmentedCopyLayout,

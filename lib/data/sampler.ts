@@ -1,15 +1,20 @@
 // Batches of sample windows (SPEC §4): sample j is t[jN … jN+N] (N inputs, targets shifted by one).
-// Sequential or seeded-random order; its state is a small JSON object so that a resumed run
-// draws exactly the batches that an uninterrupted one would.
+// Sequential or seeded-random order, or stream order (lanes that read whole documents, for training with the
+// memory carried across batches: stream.ts); its state is a small JSON object so that a resumed run draws
+// exactly the batches that an uninterrupted one would.
 import { MemgptError } from '../core/errors.js';
 import { Rng } from '../core/random.js';
 import type { Corpus } from './corpus.js';
+import { documentSpans, gatherStreamBatch, piecesIn, streamLayout, type StreamLayout } from './stream.js';
+
+/** How batches are drawn: windows in a seeded random order, windows in corpus order, or lanes of whole documents. */
+export type SampleOrder = 'random' | 'sequential' | 'stream';
 
 export interface SamplerOptions {
   batchSize: number;
   segments: number;
   segmentLen: number;
-  order: 'random' | 'sequential';
+  order: SampleOrder;
   seed: number;
 }
 
@@ -20,11 +25,13 @@ export interface Batch {
   mask: Float32Array | null;
   /** The epoch this batch belongs to (0-based). */
   epoch: number;
+  /** Stream order only: per row, 1 where its memory starts from mem.init (the row starts a document or a lane), 0 where it carries on. */
+  reset?: Uint8Array;
 }
 
 /** Where a sampler stands; plain JSON. */
 export interface SamplerState {
-  order: 'random' | 'sequential';
+  order: SampleOrder;
   seed: number;
   batchSize: number;
   sampleLen: number;
@@ -71,13 +78,15 @@ export class BatchSampler {
   private epoch = 0;
   private batch = 0;
   private permutation: Uint32Array | null = null; // of the current epoch, random order only
+  private readonly spans: { start: number; end: number }[] = []; // the documents, stream order only
+  private layout: StreamLayout | null = null; // of the current epoch, stream order only
 
   constructor(private readonly corpus: Corpus, options: SamplerOptions) {
     checkPositiveInt(options.batchSize, 'batchSize');
     checkPositiveInt(options.segments, 'segments');
     checkPositiveInt(options.segmentLen, 'segmentLen');
-    if (options.order !== 'random' && options.order !== 'sequential') {
-      throw new MemgptError(`sampler: order must be "random" or "sequential", got ${JSON.stringify(options.order)}`);
+    if (options.order !== 'random' && options.order !== 'sequential' && options.order !== 'stream') {
+      throw new MemgptError(`sampler: order must be "random", "sequential" or "stream", got ${JSON.stringify(options.order)}`);
     }
     if (!Number.isSafeInteger(options.seed)) throw new MemgptError(`sampler: seed must be an integer, got ${options.seed}`);
     if (corpus.lossMask && corpus.lossMask.length !== corpus.tokens.length) {
@@ -87,7 +96,8 @@ export class BatchSampler {
     const N = options.segments * options.segmentLen;
     const n = corpus.tokens.length;
     this.sampleLen = N;
-    this.samplesPerEpoch = samplesIn(n, N);
+    if (options.order === 'stream') this.spans = documentSpans(corpus);
+    this.samplesPerEpoch = options.order === 'stream' ? this.spans.reduce((a, d) => a + piecesIn(d.end - d.start, N), 0) : samplesIn(n, N);
     if (this.samplesPerEpoch === 0) {
       throw new MemgptError(
         `${corpus.source}: ${n} tokens is too short for one sample of ${options.segments} × ${options.segmentLen} tokens (needs ${N + 1})`,
@@ -103,6 +113,7 @@ export class BatchSampler {
   }
 
   next(): Batch {
+    if (this.options.order === 'stream') return this.nextStream();
     const B = this.options.batchSize;
     const first = this.batch * B;
     const js = new Uint32Array(B);
@@ -120,6 +131,17 @@ export class BatchSampler {
       this.permutation = null;
     }
     return { tokens, mask, epoch };
+  }
+
+  private nextStream(): Batch {
+    this.layout ??= streamLayout(this.spans, epochPermutation(this.spans.length, this.options.seed, this.epoch), this.sampleLen, this.options.batchSize);
+    const batch = { ...gatherStreamBatch(this.corpus, this.layout, this.sampleLen, this.batch), epoch: this.epoch };
+    if (++this.batch === this.batchesPerEpoch) {
+      this.batch = 0;
+      this.epoch++;
+      this.layout = null;
+    }
+    return batch;
   }
 
   state(): SamplerState {
@@ -143,6 +165,7 @@ export class BatchSampler {
     this.epoch = s.epoch;
     this.batch = s.batch;
     this.permutation = null;
+    this.layout = null;
   }
 }
 

@@ -187,7 +187,7 @@ function int64Scalar(value: number): StoredTensor {
  * per-param step counts as "step.<name>" (I64 scalars); the optimizer's kind and hyperparameters and the
  * trainer's state (any JSON value) in the metadata.
  */
-export function saveTrainingState(path: string, model: MemGPT, optimizer: Optimizer, state: Record<string, unknown>): void {
+export function saveTrainingState(path: string, model: MemGPT, optimizer: Optimizer, state: Record<string, unknown>, streamMemory?: Float32Array[]): void {
   const kind = optimizerKind(optimizer);
   let trainer: string;
   try {
@@ -214,7 +214,33 @@ export function saveTrainingState(path: string, model: MemGPT, optimizer: Optimi
   } else if (optimizer instanceof SGD) {
     Object.assign(record, { lr: optimizer.lr, params: paramNames(path, model, optimizer.params) });
   }
+  // Stream order: the memory each batch row carries into the next batch, [B, S, D] per layer (see lib/data/stream.ts).
+  const { memSlots: S, dModel: D } = model.config;
+  streamMemory?.forEach((m, l) => tensors.push([`${STREAM_MEMORY}${l}`, { dtype: 'F32', shape: [m.length / (S * D), S, D], data: float32Bytes(m) }]));
   writeSafetensors(path, tensors, { [TRAINER_KEY]: trainer, [OPTIMIZER_KEY]: JSON.stringify(record), [FORMAT_KEY]: CHECKPOINT_FORMAT });
+}
+
+/** Name prefix of the carried stream memory in a training state: stream.memory.{layer}. */
+const STREAM_MEMORY = 'stream.memory.';
+
+/**
+ * The memory a stream-order run's batch rows carry into the next batch, as saveTrainingState stored it (per layer,
+ * [batch, S, D] row-major), or null when the state holds none (the run had not drawn a batch yet).
+ */
+export function loadStreamMemory(path: string, model: MemGPT, batch: number): Float32Array[] | null {
+  const { tensors } = readSafetensors(path);
+  const { memSlots: S, dModel: D, nLayers: L } = model.config;
+  const stored = Array.from({ length: L }, (_, l) => tensors.get(`${STREAM_MEMORY}${l}`));
+  if (stored.every((t) => t === undefined)) return null;
+  return stored.map((t, l) => {
+    const key = `${STREAM_MEMORY}${l}`;
+    if (!t) throw new MemgptError(`${path}: tensor ${key} is missing (the state holds the stream memory of other layers)`);
+    if (t.dtype !== 'F32' || t.shape.join() !== [batch, S, D].join()) throw new MemgptError(`${path}: tensor ${key} is ${t.dtype} ${shapeStr(t.shape)}; this run carries F32 [${batch}, ${S}, ${D}]`);
+    const v = storedToFloat32(t);
+    const bad = v.findIndex((x) => !Number.isFinite(x));
+    if (bad >= 0) throw new MemgptError(`${path}: tensor ${key} holds ${v[bad]} at element ${bad}; a memory must be finite`);
+    return v;
+  });
 }
 
 /**
@@ -223,7 +249,9 @@ export function saveTrainingState(path: string, model: MemGPT, optimizer: Optimi
  */
 export function loadTrainingState(path: string, model: MemGPT, optimizer: Optimizer): Record<string, unknown> {
   const kind = optimizerKind(optimizer);
-  const { tensors, metadata } = readSafetensors(path);
+  const { tensors: all, metadata } = readSafetensors(path);
+  // The stream memory is read by loadStreamMemory; the optimizer's tensors are the rest.
+  const tensors = new Map([...all].filter(([name]) => !name.startsWith(STREAM_MEMORY)));
   const parseJson = (key: string): unknown => {
     const text = metadata[key];
     if (text === undefined) throw new MemgptError(`${path}: not a memgpt training state (no "${key}" in its metadata)`);

@@ -8,7 +8,7 @@ import { MemgptError, shapeStr } from '../core/errors.js';
 import { Rng } from '../core/random.js';
 import { add, mul, scale } from '../ops/elementwise.js';
 import { sum } from '../ops/reduce.js';
-import { cast, reshape } from '../ops/shape.js';
+import { cast, clone, detach, reshape } from '../ops/shape.js';
 import { broadcastTo } from '../ops/reduce.js';
 import { embedding, layerNorm, sinusoidalPositions } from '../ops/norm.js';
 import { linear, type LinearOptions } from '../ops/linear.js';
@@ -16,7 +16,7 @@ import { attention, type MemoryRead } from '../ops/attention.js';
 import { memoryWrite, type MemoryWriteResult } from '../ops/memwrite.js';
 import { matmul } from '../ops/matmul.js';
 import { tokenNLL } from '../ops/classifier.js';
-import { parameter, tensor, tidy, type Parameter, type Tensor } from '../core/tensor.js';
+import { keep, parameter, tensor, tidy, type Parameter, type Tensor } from '../core/tensor.js';
 
 /** What a layer's memory did during a forward pass (means over the batch and the segments). */
 export interface LayerDiagnostics {
@@ -34,6 +34,13 @@ export interface ForwardOptions {
   diagnostics?: boolean;
   /** Sees (and may replace) each layer's memory before each segment: for probes, e.g. of the gradient reaching it. */
   memoryHook?: (segment: number, memory: Tensor[]) => Tensor[];
+  /**
+   * Each layer's memory at the start of the samples, [B, S, D] (default: mem.init for every row). Stream training
+   * passes the memory the rows ended the previous batch with (see carriedMemory).
+   */
+  initialMemory?: Tensor[];
+  /** Also return each layer's memory after the last segment's write, cut from the graph: where the next batch of a stream starts. */
+  returnMemory?: boolean;
 }
 
 export interface ForwardResult {
@@ -44,6 +51,8 @@ export interface ForwardResult {
   tokens: number;
   /** Per layer, when asked for (memSlots > 0). */
   diagnostics?: LayerDiagnostics[];
+  /** With returnMemory: each layer's memory after the sample [B, S, D], detached copies owned by the caller. */
+  memory?: Tensor[];
 }
 
 /**
@@ -151,6 +160,26 @@ export class MemGPT {
     const { memSlots: S, dModel: D } = this.config;
     if (S === 0) return [];
     return Array.from({ length: this.config.nLayers }, (_, l) => broadcastTo(this.p(`layers.${l}.mem.init`), [batch, S, D]));
+  }
+
+  /**
+   * Each layer's memory at the start of a batch of a stream: row b carries on from `carried` (the memory it ended
+   * the previous batch with, no gradient), or starts from mem.init where reset[b] is 1 (a document's first sample).
+   * mem.init gets the gradient of the rows that start from it.
+   */
+  carriedMemory(carried: readonly Tensor[], reset: ArrayLike<number>): Tensor[] {
+    const { memSlots: S, nLayers: L } = this.config;
+    if (S === 0) return [];
+    const B = reset.length;
+    if (carried.length !== L || carried.some((m) => m.shape.join() !== [B, S, this.config.dModel].join())) {
+      throw new MemgptError(`carriedMemory: expected ${L} memories of [${B}, ${S}, ${this.config.dModel}], got ${carried.map((m) => shapeStr(m.shape)).join(', ')}`);
+    }
+    const r = new Float32Array(B);
+    for (let b = 0; b < B; b++) r[b] = reset[b] ? 1 : 0;
+    if (r.every((x) => x === 1)) return this.initialMemory(B);
+    const startMask = tensor(r, [B, 1, 1], { device: this.device });
+    const keepMask = tensor(r.map((x) => 1 - x), [B, 1, 1], { device: this.device });
+    return carried.map((m, l) => add(mul(this.p(`layers.${l}.mem.init`), startMask), mul(m, keepMask)));
   }
 
   /**
@@ -272,8 +301,14 @@ export class MemGPT {
     if (count === 0) throw new MemgptError('forward: the mask selects no token');
     const wantDiagnostics = options.diagnostics === true && this.config.memSlots > 0;
     const perSegment: LayerDiagnostics[][] = [];
+    const S = this.config.memSlots;
+    if (options.initialMemory && (options.initialMemory.length !== (S > 0 ? this.config.nLayers : 0) ||
+        options.initialMemory.some((m) => m.shape.join() !== [batch, S, this.config.dModel].join()))) {
+      throw new MemgptError(`forward: initialMemory must be ${this.config.nLayers} tensors of [${batch}, ${S}, ${this.config.dModel}]`);
+    }
+    let finalMemory: Tensor[] | undefined;
     const result = tidy(() => {
-      let memory = this.initialMemory(batch);
+      let memory = options.initialMemory ?? this.initialMemory(batch);
       // The weights do not change within a forward: each layer's pointer-query matrix is made once for all segments.
       const pointerQueries = this.config.memSlots > 0 ? Array.from({ length: this.config.nLayers }, (_, l) => this.pointerQuery(l)) : undefined;
       let total: Tensor | null = null;
@@ -282,8 +317,8 @@ export class MemGPT {
         const diag: LayerDiagnostics[] | undefined = wantDiagnostics ? [] : undefined;
         if (options.memoryHook) memory = options.memoryHook(seg, memory);
         // The memory after the last segment is never read: its write is skipped (a quarter of the writes at 4
-        // segments a sample), unless the diagnostics ask for its gate and pointer statistics.
-        const out = this.segment(x, memory, diag, pointerQueries, seg < segments - 1 || wantDiagnostics);
+        // segments a sample), unless the diagnostics ask for its gate and pointer statistics or the caller for it.
+        const out = this.segment(x, memory, diag, pointerQueries, seg < segments - 1 || wantDiagnostics || options.returnMemory === true);
         if (diag) perSegment.push(diag);
         memory = out.memory;
         let nll = this.segmentNLL(out.hf, x, y);
@@ -295,6 +330,7 @@ export class MemGPT {
         const s = sum(nll);
         total = total ? add(total, s) : s;
       }
+      if (options.returnMemory) finalMemory = memory.map((m) => keep(clone(detach(m))));
       return total!;
     });
     let nllSum: number, loss: Tensor;
@@ -310,7 +346,7 @@ export class MemGPT {
           return { readGate: mean('readGate'), writeGate: mean('writeGate'), pointerEntropy: mean('pointerEntropy') };
         })
       : undefined;
-    return { loss, nllSum, tokens: count, diagnostics };
+    return { loss, nllSum, tokens: count, diagnostics, ...(finalMemory ? { memory: finalMemory } : {}) };
   }
 }
 

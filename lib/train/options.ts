@@ -2,6 +2,7 @@
 // schedule, and the checks a set of options must pass.
 import { MemgptError } from '../core/errors.js';
 import type { PresetName } from '../nn/config.js';
+import type { SampleOrder } from '../data/sampler.js';
 import type { Precision } from '../nn/model.js';
 
 /** Options of a training run; Trainer takes any subset, the rest come from defaultTrainOptions (shown here). */
@@ -28,8 +29,11 @@ export interface TrainOptions {
   gradClip: number;
   /** Micro-batches whose gradients are summed (averaged) per optimizer step (1). */
   gradAccum: number;
-  /** 'random' samples each step (seeded), or 'sequential' passes over the corpus ('random'). */
-  order: 'random' | 'sequential';
+  /**
+   * 'random' samples each step (seeded), 'sequential' passes over the corpus, or 'stream': each batch row reads
+   * whole documents sample after sample with its memory carried from one batch to the next ('random').
+   */
+  order: SampleOrder;
   /** Seed of the sample order (0). */
   seed: number;
   /** Evaluate on the held-out corpus every this many steps (0: only at the end) (0). */
@@ -98,7 +102,7 @@ export function validateTrainOptions(o: TrainOptions): TrainOptions {
   num('gradClip', (v) => v >= 0 && Number.isFinite(v), 'non-negative (0 turns clipping off)');
   if (o.schedule !== 'cosine' && o.schedule !== 'constant') throw new MemgptError(`train: schedule must be cosine or constant (got ${o.schedule})`);
   if (o.optimizer !== 'adamw' && o.optimizer !== 'sgd') throw new MemgptError(`train: optimizer must be adamw or sgd (got ${o.optimizer})`);
-  if (o.order !== 'random' && o.order !== 'sequential') throw new MemgptError(`train: order must be random or sequential (got ${o.order})`);
+  if (o.order !== 'random' && o.order !== 'sequential' && o.order !== 'stream') throw new MemgptError(`train: order must be random, sequential or stream (got ${o.order})`);
   if (o.precision !== 'float32' && o.precision !== 'bfloat16') throw new MemgptError(`train: precision must be float32 or bfloat16 (got ${o.precision})`);
   return o;
 }

@@ -7,7 +7,7 @@
 import { appendFileSync, existsSync, mkdirSync } from 'node:fs';
 
 import { synchronize, type Device } from '../native/backend.js';
-import { loadModel, loadTrainingState, saveModel, saveTrainingState } from '../io/checkpoint.js';
+import { loadModel, loadStreamMemory, loadTrainingState, saveModel, saveTrainingState } from '../io/checkpoint.js';
 import { readSafetensorsHeader } from '../io/safetensors.js';
 import { BatchSampler, samplesIn, type Corpus, type SamplerState } from '../data/index.js';
 import { MemgptError } from '../core/errors.js';
@@ -15,7 +15,7 @@ import { MemGPT, type LayerDiagnostics } from '../nn/model.js';
 import { AdamW, SGD, clipGradNorm, gradNorm } from '../ops/optim.js';
 import { drawRunPlots } from './plot.js';
 import { batchRows, evaluateLoss, targetCount } from './evaluate.js';
-import { tidy, type Parameter } from '../core/tensor.js';
+import { keep, tensor, tidy, type Parameter, type Tensor } from '../core/tensor.js';
 import { scale } from '../ops/elementwise.js';
 import { defaultTrainOptions, learningRate, validateTrainOptions, type TrainOptions } from './options.js';
 import { RunLock, commitCheckpoint, committedCheckpoint, runFiles, truncateMetrics, type RunFiles } from './run-folder.js';
@@ -146,6 +146,8 @@ export class Trainer {
   private stopAgreed = false;
   private elapsed = 0;
   private tokens = 0;
+  /** Stream order: each layer's memory that this rank's rows ended the last batch with (null: none yet, rows start from mem.init). */
+  private carried: Tensor[] | null = null;
 
   /**
    * Takes the run folder's lock (released by dispose()): a second process training into the same folder is refused
@@ -230,7 +232,40 @@ export class Trainer {
     this.elapsed = state.elapsedSeconds ?? 0;
     this.tokens = state.tokens ?? 0;
     this.sampler.setState(state.sampler);
+    if (this.streaming) this.setCarriedRows(loadStreamMemory(cp.optimizer, this.model, this.options.batchSize));
     if (this.isRoot) truncateMetrics(this.files, this.step);
+  }
+
+  /** Stream order on a model with memory: each row's memory is carried from one batch to the next (see stream.ts). */
+  get streaming(): boolean {
+    return this.options.order === 'stream' && this.model.config.memSlots > 0;
+  }
+
+  /** Replaces this rank's carried memory (its rows; null: they start from mem.init). */
+  private setCarried(mine: Tensor[] | null): void {
+    for (const m of this.carried ?? []) m.dispose();
+    this.carried = mine;
+  }
+
+  /** Keeps this rank's rows of the whole batch's carried memory, host arrays per layer as a checkpoint holds them. */
+  private setCarriedRows(full: Float32Array[] | null): void {
+    if (!full) return this.setCarried(null);
+    const { memSlots: S, dModel: D } = this.model.config;
+    const W = this.group.worldSize, rows = this.options.batchSize / W, from = this.group.rank * rows;
+    this.setCarried(full.map((m) => keep(tensor(m.slice(from * S * D, (from + rows) * S * D), [rows, S, D], { device: this.model.device }))));
+  }
+
+  /** The whole batch's carried memory, gathered from the ranks (collective), as host arrays per layer; null when none. */
+  private gatherCarried(): Float32Array[] | null {
+    if (!this.carried) return null;
+    const W = this.group.worldSize;
+    return this.carried.map((m) => {
+      const mine = m.toArray() as Float32Array;
+      if (W === 1) return mine;
+      const full = new Float32Array(mine.length * W);
+      this.group.allgatherv(mine, full, new Array(W).fill(mine.length));
+      return full;
+    });
   }
 
   /** One optimizer step over gradAccum micro-batches; returns what was logged. */
@@ -250,18 +285,28 @@ export class Trainer {
       for (let tries = 0; batch.mask && !batch.mask.some((m) => m > 0); tries++) {
         if (tries > this.sampler.batchesPerEpoch) throw new MemgptError('train: no batch of the corpus has a token whose loss counts');
         batch = this.sampler.next();
+        this.setCarried(null);  // a stream's rows skipped a sample: their memory starts again
       }
       tokens += o.batchSize * N;
       // This rank's rows; its mean loss is weighted by its share of the batch's targets, so that the gradients
       // summed over the ranks are those of the whole batch's mean loss.
       const mine = W > 1 ? batchRows(batch.tokens, batch.mask, N, from, from + rows) : batch;
       const share = W > 1 ? targetCount(mine.mask, rows, N) / targetCount(batch.mask, o.batchSize, N) : 1;
-      if (share === 0) continue;  // none of this rank's targets count: it adds nothing to this micro-batch
+      if (share === 0) {
+        // None of this rank's targets count: it adds nothing to this micro-batch (and a stream's rows start again).
+        this.setCarried(null);
+        continue;
+      }
       tidy(() => {
-        const out = this.model.forward(mine.tokens, rows, o.segments, mine.mask ?? undefined, { diagnostics: withDiagnostics && micro === 0 });
+        const reset = batch.reset?.subarray(from, from + rows);
+        const initialMemory = this.streaming && this.carried && reset ? this.model.carriedMemory(this.carried, reset) : undefined;
+        const out = this.model.forward(mine.tokens, rows, o.segments, mine.mask ?? undefined, {
+          diagnostics: withDiagnostics && micro === 0, initialMemory, returnMemory: this.streaming,
+        });
         const weight = share / o.gradAccum;
         const scaled = weight !== 1 ? scale(out.loss, weight) : out.loss;
         scaled.backward();
+        if (out.memory) this.setCarried(out.memory);  // after backward: the old memory was an input of this graph
         lossSum += (out.nllSum / out.tokens) * share;
         diagnostics ??= out.diagnostics;
       });
@@ -347,11 +392,13 @@ export class Trainer {
       step: this.step, sampler: this.sampler.state(), options: this.options, elapsedSeconds: this.elapsed, tokens: this.tokens,
       ...(this.data ? { data: this.data } : {}),
     };
-    // Under ZeRO-1 every rank gives its run of the moments (collective); rank 0 writes them.
+    // Under ZeRO-1 every rank gives its run of the moments (collective); rank 0 writes them. A stream's carried
+    // memory is saved with them, so that a resumed run reads on exactly as an uninterrupted one.
+    const streamMemory = this.streaming ? this.gatherCarried() ?? undefined : undefined;
     const save = (full: AdamW | SGD) => {
       if (!this.isRoot) return;
       commitCheckpoint(this.files, this.step, (model, optimizer) => {
-        saveTrainingState(optimizer, this.model, full, state as unknown as Record<string, unknown>);
+        saveTrainingState(optimizer, this.model, full, state as unknown as Record<string, unknown>, streamMemory);
         saveModel(model, this.model, { metadata: { [STEP_KEY]: String(this.step) } });
       });
       this.plot();
@@ -372,6 +419,7 @@ export class Trainer {
 
   /** Frees the optimizer state and releases the run folder's lock. */
   dispose(): void {
+    this.setCarried(null);
     this.optimizer.dispose();
     this.gradientSum?.dispose();
     this.lock?.release();

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 
 import { numThreads } from '../../../native/backend.js';
 import { resolveConfig, type ModelConfig } from '../../../nn/config.js';
-import { getTokenizer, loadCorpus, BatchSampler } from '../../../data/index.js';
+import { getTokenizer, loadCorpus, BatchSampler, type SampleOrder } from '../../../data/index.js';
 import { MemgptError } from '../../../core/errors.js';
 import { MemGPT, restartShiftRegister, setWriteGateBias } from '../../../nn/model.js';
 import { add } from '../../../ops/elementwise.js';
@@ -30,6 +30,8 @@ export interface BooksVariant {
   registerSlots?: number;
   /** Ablation of the init: the write gate's bias mem.update.bias (default 0, a half-open gate). */
   writeGateBias?: number;
+  /** How training draws its batches (default: the library's default order). */
+  order?: SampleOrder;
 }
 
 export interface BooksRunSpec {
@@ -62,6 +64,12 @@ export interface BooksRunResult {
   evalBytes: number;
   /** The same by position in the document (segments counted from each document's start). */
   byPosition: { name: string; bitsPerByte: number; tokens: number }[];
+  /**
+   * Bits per byte by offset inside the segment (0 … T−1), over every held-out segment: how much context the model
+   * uses. The loss falls while more of the segment's own text helps, and flattens where more no longer does.
+   * (Absent in runs recorded before it was measured.)
+   */
+  byOffset?: number[];
   /** Median training step, tokens per second, and the model FLOPs per trained token. */
   tokensPerSecond: number;
   flopsPerToken: number;
@@ -90,6 +98,7 @@ export function runBooks(spec: BooksRunSpec, log: (line: string) => void = () =>
   if (v.writeGateBias !== undefined) setWriteGateBias(model, v.writeGateBias);
   const options: TrainOptions = {
     ...defaultTrainOptions, steps: spec.steps, batchSize: v.batch, segments: v.segments, lr: spec.lr, warmup: spec.warmup, seed: spec.seed,
+    ...(v.order ? { order: v.order } : {}),
     logEvery: Math.max(1, Math.floor(spec.steps / 30)),
   };
   rmSync(spec.runDir, { recursive: true, force: true });
@@ -126,6 +135,10 @@ export function runBooks(spec: BooksRunSpec, log: (line: string) => void = () =>
       },
       bitsPerByte: nll / tokens / ln2, evalBytes: tokens,
       byPosition: bucketLosses(scores).map((b) => ({ name: b.name, bitsPerByte: b.loss / ln2, tokens: b.tokens })),
+      byOffset: scores[0].offsetNll.map((_, t) => {
+        const nllAt = scores.reduce((a, s) => a + s.offsetNll[t], 0), tokensAt = scores.reduce((a, s) => a + s.offsetTokens[t], 0);
+        return tokensAt ? +(nllAt / tokensAt / ln2).toFixed(4) : NaN;
+      }),
       tokensPerSecond: (v.batch * v.segments * v.segmentLen) / median, flopsPerToken: flopsPerToken(config).trainPerToken, trainSeconds,
       machine: `${cpus()[0]?.model ?? 'unknown CPU'}, ${numThreads()} thread${numThreads() > 1 ? 's' : ''}`,
       diagnostics,

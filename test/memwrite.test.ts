@@ -177,6 +177,41 @@ forEachDevice((device) => {
       });
     }
 
+    // SPEC v3's per-slot write-gate bias, alone and with the pointer bias and the value weight (the model's write).
+    for (const [B, S, T, D, full] of [[1, 1, 1, 4, 0], [2, 3, 5, 4, 0], [2, 8, 17, 6, 1], [1, 4, 3, 6, 1]]) {
+      it(`slot bias: B ${B} S ${S} T ${T} D ${D}${full ? ' with the pointer bias and the value weight' : ''}: values and every gradient (random)`, () => {
+        mg.tidy(() => {
+          const base = randomInputs(B, S, T, D, 11 * (B + S + T + D));
+          const inputs = { ...base, sb: randomArray(S, 57, -3, 3), ...(full ? { pb: randomArray(S * T, 58, -2, 2), pbCols: T, wv: randomArray(D * D, 59, -0.6, 0.6) } : {}) };
+          const extra = full ? [mg.tensor(inputs.pb!, [S, T], opts), mg.tensor(inputs.wv!, [D, D], opts)] : [];
+          const leaves = [...tensorsOf(inputs), ...extra, mg.tensor(inputs.sb, [S], opts)];
+          leaves.forEach((t) => (t.requiresGrad = true));
+          const out = mg.memoryWrite(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], leaves[5], {
+            pointerBias: full ? leaves[6] : undefined, valueWeight: full ? leaves[7] : undefined, slotBias: leaves[leaves.length - 1],
+          });
+          expectClose(out.toArray(), refMemoryWrite(inputs).out, 1e-5, 1e-5);
+          const proj = randomArray(B * S * D, 96);
+          mg.sum(mg.mul(out, mg.tensor(proj, [B, S, D], opts))).backward();
+          const grads = refMemoryWriteGradients(inputs, proj);
+          const names = ['M', 'mq', 'ck', 'cv', 'w', 'b', ...(full ? ['pb', 'wv'] : []), 'sb'] as const;
+          names.forEach((name, i) => expectClose(leaves[i].grad!.toArray(), grads[name as keyof typeof grads], 2e-5, 1e-4));
+          leaves.forEach((t) => t.zeroGrad());
+        });
+      });
+    }
+
+    it('a slot bias keeps one slot and overwrites another (structured)', () => {
+      mg.tidy(() => {
+        const B = 1, S = 2, T = 3, D = 4;
+        const M = mg.reshape(mg.arange(S * D, opts), [B, S, D]);
+        const cv = mg.reshape(mg.scale(mg.arange(T * D, opts), -1), [B, T, D]);
+        const out = mg.memoryWrite(M, mg.zeros([B, S, D], opts), mg.ones([B, T, D], opts), cv, mg.zeros([D, 2 * D], opts), mg.zeros([D], opts),
+          { slotBias: mg.tensor([-40, 40], [S], opts) });
+        // Slot 0 keeps its row of M; slot 1 takes the mean of cv's rows, −(4, 5, 6, 7).
+        expectClose(out.toArray(), [0, 1, 2, 3, -4, -5, -6, -7], 1e-6, 1e-6);
+      });
+    });
+
     it('a strong pointer bias makes slot j copy the token it points at (structured)', () => {
       mg.tidy(() => {
         const B = 1, S = 2, T = 4, D = 4;
@@ -196,15 +231,18 @@ forEachDevice((device) => {
         expect(() => mg.memoryWrite(M, mq, ck, cv, w, b, { pointerBias: mg.zeros([3, 4], opts) })).toThrow(/pointerBias \[3,4\] must be \[S, ≥ T\] = \[3, ≥ 5\]/);
         expect(() => mg.memoryWrite(M, mq, ck, cv, w, b, { pointerBias: mg.zeros([2, 5], opts) })).toThrow(/pointerBias \[2,5\]/);
         expect(() => mg.memoryWrite(M, mq, ck, cv, w, b, { valueWeight: mg.zeros([4, 5], opts) })).toThrow(/valueWeight \[4,5\] must be \[D, D\] = \[4,4\]/);
+        expect(() => mg.memoryWrite(M, mq, ck, cv, w, b, { slotBias: mg.zeros([4], opts) })).toThrow(/slotBias \[4\] must be \[S\] = \[3\]/);
       });
     });
 
-    it('passes finite-difference gradient checks for all six inputs', () => {
+    it('passes finite-difference gradient checks for all six inputs, and the slot bias', () => {
       mg.tidy(() => {
         for (const [B, S, T, D] of [[1, 3, 5, 4], [2, 2, 3, 6]]) {
           const inputs = randomInputs(B, S, T, D, 7 * B + D);
           // float32 central differences with eps 1e-2: truncation ~eps²·|f'''| ≈ 1e-4, rounding ~1e-7/eps ≈ 1e-5.
           mg.assertGradients(write, tensorsOf(inputs), { eps: 1e-2, atol: 1e-3, rtol: 1e-2 });
+          const withSlots = (...t: mg.Tensor[]) => mg.memoryWrite(t[0], t[1], t[2], t[3], t[4], t[5], { slotBias: t[6] });
+          mg.assertGradients(withSlots, [...tensorsOf(inputs), mg.tensor(randomArray(S, 5, -2, 2), [S], opts)], { eps: 1e-2, atol: 1e-3, rtol: 1e-2 });
         }
       });
     });

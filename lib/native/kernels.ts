@@ -88,6 +88,7 @@ export interface MemwriteKernels {
     cv: StorageHandle, cvOff: number, hasValueWeight: boolean, wv: StorageHandle | null, wvOff: number,
     w: StorageHandle, wOff: number, bias: StorageHandle, biasOff: number,
     biasCols: number, ptrBias: StorageHandle | null, ptrBiasOff: number,
+    hasSlotBias: boolean, slotBias: StorageHandle | null, slotBiasOff: number,
     out: StorageHandle, outOff: number, alpha: StorageHandle, alphaOff: number, x: StorageHandle, xOff: number,
     u: StorageHandle, uOff: number, zp: StorageHandle | null, zpOff: number,
   ): void;
@@ -101,6 +102,7 @@ export interface MemwriteKernels {
     dcv: StorageHandle, dcvOff: number, dwv: StorageHandle | null, dwvOff: number,
     dw: StorageHandle, dwOff: number, dbias: StorageHandle, dbiasOff: number,
     biasCols: number, dPtrBias: StorageHandle | null, dPtrBiasOff: number,
+    hasSlotBias: boolean, dSlotBias: StorageHandle | null, dSlotBiasOff: number,
     workspace: StorageHandle, workspaceOff: number,
   ): void;
   memwriteStats?(B: number, S: number, T: number, D: number, alpha: StorageHandle, alphaOff: number, u: StorageHandle, uOff: number): [number, number];

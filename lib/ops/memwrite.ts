@@ -18,6 +18,11 @@ export interface MemoryWriteOptions {
    */
   pointerBias?: Tensor;
   /**
+   * SPEC v3: the write gate's per-slot bias [S], added to every feature's gate logit of its slot
+   * (U = σ([M | Z]·updateWeightᵀ + updateBias + slotBias[s])), differentiable.
+   */
+  slotBias?: Tensor;
+  /**
    * A value weight Wv [D, D]: the candidates become Z = (α·cv)·Wvᵀ. With cv = c this is SPEC's α·(c·Wpvᵀ)
    * reassociated, which projects S candidates instead of T tokens; differentiable.
    */
@@ -74,10 +79,11 @@ export function memoryWrite(
 export function memoryWrite(
   M: Tensor, mq: Tensor, ck: Tensor, cv: Tensor, updateWeight: Tensor, updateBias: Tensor, options: MemoryWriteOptions = {},
 ): Tensor | MemoryWriteResult {
-  const pb = options.pointerBias, wv = options.valueWeight;
+  const pb = options.pointerBias, wv = options.valueWeight, sb = options.slotBias;
   const named: Record<string, Tensor> = { M, mq, ck, cv, updateWeight, updateBias };
   if (pb) named.pointerBias = pb;
   if (wv) named.valueWeight = wv;
+  if (sb) named.slotBias = sb;
   checkTensors('memoryWrite', named, ['float32']);
   const [B, S, T, D] = checkShapes(M, mq, ck, cv, updateWeight, updateBias);
   if (pb && (pb.rank !== 2 || pb.shape[0] !== S || pb.shape[1] < T)) {
@@ -85,6 +91,7 @@ export function memoryWrite(
   }
   const biasCols = pb ? pb.shape[1] : 0;
   if (wv && (wv.rank !== 2 || wv.shape[0] !== D || wv.shape[1] !== D)) throw new MemgptError(`memoryWrite: valueWeight ${shapeStr(wv.shape)} must be [D, D] = [${D},${D}]`);
+  if (sb && (sb.rank !== 1 || sb.shape[0] !== S)) throw new MemgptError(`memoryWrite: slotBias ${shapeStr(sb.shape)} must be [S] = [${S}] for M ${shapeStr(M.shape)}`);
   const k = kernels('memoryWrite', M);
   const like = { dtype: M.dtype, device: M.device };
   const out = empty([B, S, D], like);
@@ -100,14 +107,15 @@ export function memoryWrite(
       !!wv, wv ? wv.handle : null, wv ? wv.offset : 0,
       updateWeight.handle, updateWeight.offset, updateBias.handle, updateBias.offset,
       biasCols, pb ? pb.handle : null, pb ? pb.offset : 0,
+      !!sb, sb ? sb.handle : null, sb ? sb.offset : 0,
       out.handle, out.offset, alpha.handle, alpha.offset, x.handle, x.offset, u.handle, u.offset,
       zp ? zp.handle : null, zp ? zp.offset : 0,
     ),
   );
   let stats: [number, number] | undefined;
   if (options.stats) stats = callNative('memoryWrite', named, () => k.memwriteStats(B, S, T, D, alpha.handle, alpha.offset, u.handle, u.offset));
-  // Inputs: the six, then the pointer bias and the value weight when given (their gradients in that order).
-  const inputs = [M, mq, ck, cv, updateWeight, updateBias, ...(pb ? [pb] : []), ...(wv ? [wv] : [])];
+  // Inputs: the six, then the pointer bias, the value weight and the slot bias when given (their gradients in that order).
+  const inputs = [M, mq, ck, cv, updateWeight, updateBias, ...(pb ? [pb] : []), ...(wv ? [wv] : []), ...(sb ? [sb] : [])];
   record('memoryWrite', inputs, [out], [mq, ck, cv, updateWeight, alpha, x, u, ...(wv && zp ? [wv, zp] : [])], ([g], saved) => {
     const [sq, sk, sv, sw, sa, sx, su, swv, szp] = saved;
     const dm = empty([B, S, D], like), dmq = empty([B, S, D], like);
@@ -115,6 +123,7 @@ export function memoryWrite(
     const dw = empty([D, 2 * D], like), db = empty([D], like);
     const dpb = pb ? empty([S, biasCols], like) : null;
     const dwv = wv ? empty([D, D], like) : null;
+    const dsb = sb ? empty([S], like) : null;
     const workspace = empty([B * S * (4 * D + T)], like);
     callNative('memoryWrite backward', { dout: g, alpha: sa }, () =>
       k.memwriteBackward(
@@ -125,10 +134,11 @@ export function memoryWrite(
         dm.handle, dm.offset, dmq.handle, dmq.offset, dck.handle, dck.offset, dcv.handle, dcv.offset,
         dwv ? dwv.handle : null, dwv ? dwv.offset : 0,
         dw.handle, dw.offset, db.handle, db.offset, biasCols, dpb ? dpb.handle : null, dpb ? dpb.offset : 0,
+        !!dsb, dsb ? dsb.handle : null, dsb ? dsb.offset : 0,
         workspace.handle, workspace.offset,
       ),
     );
-    return [dm, dmq, dck, dcv, dw, db, ...(dpb ? [dpb] : []), ...(dwv ? [dwv] : [])];
+    return [dm, dmq, dck, dcv, dw, db, ...(dpb ? [dpb] : []), ...(dwv ? [dwv] : []), ...(dsb ? [dsb] : [])];
   });
   alpha.dispose();
   x.dispose();

@@ -212,6 +212,55 @@ forEachDevice((device) => {
       });
     });
 
+    // The model's write as one op: the pointer's layer norm, the slot queries and memoryWrite, against those three ops.
+    for (const [B, S, T, D, v] of [[1, 1, 1, 4, 1], [2, 3, 5, 4, 2], [2, 8, 17, 6, 3], [1, 4, 3, 6, 3]]) {
+      it(`memoryWriteFromHidden equals layer norm, M·pq and memoryWrite: B ${B} S ${S} T ${T} D ${D} (SPEC v${v}), values and every gradient`, () => {
+        mg.tidy(() => {
+          const leaf = (n: number, seed: number, shape: number[], lo = -1, hi = 1) => {
+            const t = mg.tensor(randomArray(n, seed, lo, hi), shape, opts);
+            t.requiresGrad = true;
+            return t;
+          };
+          const M = leaf(B * S * D, 1, [B, S, D]), h = leaf(B * T * D, 2, [B, T, D], -2, 2);
+          const lnW = leaf(D, 3, [D], 0.5, 1.5), lnB = leaf(D, 4, [D], -0.3, 0.3);
+          const pq = leaf(D * D, 5, [D, D]), wv = leaf(D * D, 6, [D, D], -0.6, 0.6);
+          const w = leaf(D * 2 * D, 7, [D, 2 * D], -0.8, 0.8), b = leaf(D, 8, [D], -0.5, 0.5);
+          const pb = v >= 2 ? leaf(S * (T + 2), 9, [S, T + 2], -2, 2) : undefined;
+          const sb = v >= 3 ? leaf(S, 10, [S], -3, 3) : undefined;
+          const leaves = [M, h, lnW, lnB, pq, wv, w, b, ...(pb ? [pb] : []), ...(sb ? [sb] : [])];
+          const proj = mg.tensor(randomArray(B * S * D, 95), [B, S, D], opts);
+          const run = (fused: boolean) => {
+            const out = fused
+              ? mg.memoryWriteFromHidden(M, h, lnW, lnB, pq, wv, w, b, { pointerBias: pb, slotBias: sb, stats: true })
+              : (() => {
+                  const c = mg.layerNorm(h, lnW, lnB);
+                  return mg.memoryWrite(M, mg.matmul(M, pq), c, c, w, b, { pointerBias: pb, slotBias: sb, valueWeight: wv, stats: true });
+                })();
+            mg.sum(mg.mul(out.M, proj)).backward();
+            const grads = leaves.map((t) => Array.from(t.grad!.toArray() as Float32Array));
+            leaves.forEach((t) => t.zeroGrad());
+            return { out: Array.from(out.M.toArray() as Float32Array), gate: out.meanGate, entropy: out.pointerEntropy, grads };
+          };
+          const fused = run(true), apart = run(false);
+          expectClose(fused.out, apart.out, 1e-6, 1e-6);
+          expect(fused.gate).toBeCloseTo(apart.gate, 6);
+          expect(fused.entropy).toBeCloseTo(apart.entropy, 6);
+          fused.grads.forEach((g, i) => expectClose(g, apart.grads[i], 1e-5, 1e-5));
+        });
+      });
+    }
+
+    it('memoryWriteFromHidden rejects weights of the wrong shape', () => {
+      mg.tidy(() => {
+        const M = mg.zeros([1, 3, 4], opts), h = mg.zeros([1, 5, 4], opts), v4 = mg.zeros([4], opts), m44 = mg.zeros([4, 4], opts);
+        const w = mg.zeros([4, 8], opts);
+        expect(() => mg.memoryWriteFromHidden(M, h, v4, v4, mg.zeros([4, 5], opts), m44, w, v4)).toThrow(/pointerQuery \[4,5\] must be \[D, D\] = \[4,4\]/);
+        expect(() => mg.memoryWriteFromHidden(M, h, mg.zeros([5], opts), v4, m44, m44, w, v4)).toThrow(/lnWeight \[5\] must be \[4\]/);
+        expect(() => mg.memoryWriteFromHidden(M, h, v4, v4, m44, m44, w, v4, { slotBias: v4 })).toThrow(/slotBias \[4\] must be \[S\] = \[3\]/);
+        expect(() => mg.memoryWriteFromHidden(M, mg.zeros([2, 5, 4], opts), v4, v4, m44, m44, w, v4)).toThrow(/must be \[1,T,4\]/);
+      });
+    });
+
     it('a strong pointer bias makes slot j copy the token it points at (structured)', () => {
       mg.tidy(() => {
         const B = 1, S = 2, T = 4, D = 4;

@@ -106,6 +106,28 @@ export interface MemwriteKernels {
     workspace: StorageHandle, workspaceOff: number,
   ): void;
   memwriteStats?(B: number, S: number, T: number, D: number, alpha: StorageHandle, alphaOff: number, u: StorageHandle, uOff: number): [number, number];
+  /** The whole write from the layer's output (native/binding/ops_memwrite.cc composes it from layer norm, GEMM, memwrite). */
+  memwriteHiddenForward?(
+    B: number, S: number, T: number, D: number,
+    m: StorageHandle, mOff: number, h: StorageHandle, hOff: number, lnW: StorageHandle, lnWOff: number, lnB: StorageHandle, lnBOff: number,
+    pq: StorageHandle, pqOff: number, wv: StorageHandle, wvOff: number, w: StorageHandle, wOff: number, bias: StorageHandle, biasOff: number,
+    biasCols: number, ptrBias: StorageHandle | null, ptrBiasOff: number, hasSlotBias: boolean, slotBias: StorageHandle | null, slotBiasOff: number,
+    out: StorageHandle, outOff: number, c: StorageHandle, cOff: number, mean: StorageHandle, meanOff: number, rstd: StorageHandle, rstdOff: number,
+    mq: StorageHandle, mqOff: number, alpha: StorageHandle, alphaOff: number, x: StorageHandle, xOff: number, u: StorageHandle, uOff: number,
+    zp: StorageHandle, zpOff: number,
+  ): void;
+  memwriteHiddenBackward?(
+    B: number, S: number, T: number, D: number,
+    dout: StorageHandle, doutOff: number, m: StorageHandle, mOff: number, h: StorageHandle, hOff: number, lnW: StorageHandle, lnWOff: number,
+    pq: StorageHandle, pqOff: number, wv: StorageHandle, wvOff: number, w: StorageHandle, wOff: number, c: StorageHandle, cOff: number,
+    mean: StorageHandle, meanOff: number, rstd: StorageHandle, rstdOff: number, mq: StorageHandle, mqOff: number,
+    alpha: StorageHandle, alphaOff: number, x: StorageHandle, xOff: number, u: StorageHandle, uOff: number, zp: StorageHandle, zpOff: number,
+    dm: StorageHandle, dmOff: number, dh: StorageHandle, dhOff: number, dLnW: StorageHandle, dLnWOff: number, dLnB: StorageHandle, dLnBOff: number,
+    dpq: StorageHandle, dpqOff: number, dwv: StorageHandle, dwvOff: number, dw: StorageHandle, dwOff: number, dbias: StorageHandle, dbiasOff: number,
+    biasCols: number, dPtrBias: StorageHandle | null, dPtrBiasOff: number, hasSlotBias: boolean, dSlotBias: StorageHandle | null, dSlotBiasOff: number,
+    workspace: StorageHandle, workspaceOff: number,
+  ): void;
+  memwriteHiddenWorkspace?(B: number, S: number, T: number, D: number): number;
 }
 
 // native/common/norm.inc

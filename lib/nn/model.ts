@@ -13,7 +13,7 @@ import { broadcastTo } from '../ops/reduce.js';
 import { embedding, layerNorm, sinusoidalPositions } from '../ops/norm.js';
 import { linear, type LinearOptions } from '../ops/linear.js';
 import { attention, type MemoryRead } from '../ops/attention.js';
-import { memoryWrite, type MemoryWriteResult } from '../ops/memwrite.js';
+import { memoryWriteFromHidden, type MemoryWriteResult } from '../ops/memwrite.js';
 import { matmul } from '../ops/matmul.js';
 import { tokenNLL } from '../ops/classifier.js';
 import { keep, parameter, tensor, tidy, type Parameter, type Tensor } from '../core/tensor.js';
@@ -249,12 +249,11 @@ export class MemGPT {
    */
   writeMemory(l: number, M: Tensor, h: Tensor, stats = false, pointerQuery = this.pointerQuery(l)): MemoryWriteResult {
     const P = (n: string) => this.p(`layers.${l}.${n}`);
-    const c = layerNorm(h, P('ptr.ln.weight'), P('ptr.ln.bias'));
-    const mq = matmul(M, pointerQuery);
     const v = this.config.specVersion;
-    const options = { pointerBias: v >= 2 ? P('ptr.pos') : undefined, valueWeight: P('ptr.v.weight'), slotBias: v >= 3 ? P('mem.update.slot_bias') : undefined };
-    if (stats) return memoryWrite(M, mq, c, c, P('mem.update.weight'), P('mem.update.bias'), { ...options, stats: true });
-    return { M: memoryWrite(M, mq, c, c, P('mem.update.weight'), P('mem.update.bias'), options), meanGate: NaN, pointerEntropy: NaN };
+    // One op: the pointer's layer norm, the slot queries and the write (memoryWriteFromHidden).
+    return memoryWriteFromHidden(M, h, P('ptr.ln.weight'), P('ptr.ln.bias'), pointerQuery, P('ptr.v.weight'), P('mem.update.weight'), P('mem.update.bias'), {
+      stats, pointerBias: v >= 2 ? P('ptr.pos') : undefined, slotBias: v >= 3 ? P('mem.update.slot_bias') : undefined,
+    });
   }
 
   /** Layer l's Wpqᵀ·Wpk [D, D]: the slot queries in token space are M·(Wpqᵀ·Wpk) = (M·Wpqᵀ)·Wpk (see writeMemory). */

@@ -6,7 +6,7 @@ import { MemgptError, shapeStr } from '../core/errors.js';
 import { empty, type Tensor } from '../core/tensor.js';
 import type { StorageHandle } from '../native/backend.js';
 import type { MemwriteKernels } from '../native/kernels.js';
-import { callNative, checkTensors } from './util.js';
+import { callNative, checkTensors, handleOf } from './util.js';
 
 /** Options of memoryWrite. */
 export interface MemoryWriteOptions {
@@ -145,4 +145,87 @@ export function memoryWrite(
   u.dispose();
   zp?.dispose();
   return stats ? { M: out, meanGate: stats[0], pointerEntropy: stats[1] } : out;
+}
+
+/** Options of memoryWriteFromHidden (see MemoryWriteOptions). */
+export interface MemoryWriteFromHiddenOptions {
+  stats?: boolean;
+  pointerBias?: Tensor;
+  slotBias?: Tensor;
+}
+
+/**
+ * The whole memory write of SPEC §3 from a layer's output h [B,T,D], as one op: c = LN(h; lnWeight, lnBias),
+ * mq = M·pointerQuery (pointerQuery = Wpqᵀ·Wpk [D,D], the slot queries in token space), then
+ * memoryWrite(M, mq, c, c, updateWeight, updateBias, { valueWeight, pointerBias, slotBias }). The same function as
+ * those three ops, in one native call and one autograd node (the layer norm and the GEMM run inside it on either
+ * backend), which is what a write costs the training step at small shapes. Differentiable in every tensor input.
+ */
+export function memoryWriteFromHidden(
+  M: Tensor, h: Tensor, lnWeight: Tensor, lnBias: Tensor, pointerQuery: Tensor, valueWeight: Tensor, updateWeight: Tensor, updateBias: Tensor,
+  options: MemoryWriteFromHiddenOptions = {},
+): MemoryWriteResult {
+  const pb = options.pointerBias, sb = options.slotBias;
+  const named: Record<string, Tensor> = { M, h, lnWeight, lnBias, pointerQuery, valueWeight, updateWeight, updateBias };
+  if (pb) named.pointerBias = pb;
+  if (sb) named.slotBias = sb;
+  checkTensors('memoryWriteFromHidden', named, ['float32']);
+  const [B, S, T, D] = checkShapes(M, M, h, h, updateWeight, updateBias);
+  const square = (t: Tensor, name: string) => {
+    if (t.rank !== 2 || t.shape[0] !== D || t.shape[1] !== D) throw new MemgptError(`memoryWriteFromHidden: ${name} ${shapeStr(t.shape)} must be [D, D] = [${D},${D}]`);
+  };
+  square(pointerQuery, 'pointerQuery');
+  square(valueWeight, 'valueWeight');
+  for (const [t, name] of [[lnWeight, 'lnWeight'], [lnBias, 'lnBias']] as const) {
+    if (t.rank !== 1 || t.shape[0] !== D) throw new MemgptError(`memoryWriteFromHidden: ${name} ${shapeStr(t.shape)} must be [${D}]`);
+  }
+  if (pb && (pb.rank !== 2 || pb.shape[0] !== S || pb.shape[1] < T)) {
+    throw new MemgptError(`memoryWriteFromHidden: pointerBias ${shapeStr(pb.shape)} must be [S, ≥ T] = [${S}, ≥ ${T}] for M ${shapeStr(M.shape)} and h ${shapeStr(h.shape)}`);
+  }
+  if (sb && (sb.rank !== 1 || sb.shape[0] !== S)) throw new MemgptError(`memoryWriteFromHidden: slotBias ${shapeStr(sb.shape)} must be [S] = [${S}] for M ${shapeStr(M.shape)}`);
+  const biasCols = pb ? pb.shape[1] : 0;
+  const k = M.storage.backend;
+  if (!k.memwriteHiddenForward || !k.memwriteHiddenBackward || !k.memwriteHiddenWorkspace || !k.memwriteStats) {
+    throw new MemgptError(`memoryWriteFromHidden: not implemented on ${M.device} yet`);
+  }
+  const like = { dtype: M.dtype, device: M.device };
+  const out = empty([B, S, D], like);
+  // Saved for the backward: c (the pointer's keys and values), the layer norm's row statistics, mq, and what
+  // memoryWrite saves (α, [M | Z], U, α·c).
+  const c = empty([B, T, D], like), mean = empty([B * T], like), rstd = empty([B * T], like), mq = empty([B, S, D], like);
+  const alpha = empty([B, S, T], like), x = empty([B, S, 2 * D], like), u = empty([B, S, D], like), zp = empty([B, S, D], like);
+  const [hb, ho] = handleOf(h);
+  callNative('memoryWriteFromHidden', named, () =>
+    k.memwriteHiddenForward!(
+      B, S, T, D, M.handle, M.offset, hb, ho, lnWeight.handle, lnWeight.offset, lnBias.handle, lnBias.offset,
+      pointerQuery.handle, pointerQuery.offset, valueWeight.handle, valueWeight.offset,
+      updateWeight.handle, updateWeight.offset, updateBias.handle, updateBias.offset,
+      biasCols, ...handleOf(pb), !!sb, ...handleOf(sb),
+      out.handle, out.offset, c.handle, c.offset, mean.handle, mean.offset, rstd.handle, rstd.offset, mq.handle, mq.offset,
+      alpha.handle, alpha.offset, x.handle, x.offset, u.handle, u.offset, zp.handle, zp.offset,
+    ),
+  );
+  const stats = options.stats ? callNative('memoryWriteFromHidden', named, () => k.memwriteStats!(B, S, T, D, alpha.handle, alpha.offset, u.handle, u.offset)) : null;
+  const inputs = [M, h, lnWeight, lnBias, pointerQuery, valueWeight, updateWeight, updateBias, ...(pb ? [pb] : []), ...(sb ? [sb] : [])];
+  const saved = [M, h, lnWeight, pointerQuery, valueWeight, updateWeight, c, mean, rstd, mq, alpha, x, u, zp];
+  record('memoryWriteFromHidden', inputs, [out], saved, ([g], s) => {
+    const [sM, sh, sLn, sPq, sWv, sW, sc, sMean, sRstd, sMq, sAlpha, sX, sU, sZp] = s;
+    const dM = empty([B, S, D], like), dh = empty([B, T, D], like), dLnW = empty([D], like), dLnB = empty([D], like);
+    const dPq = empty([D, D], like), dWv = empty([D, D], like), dW = empty([D, 2 * D], like), dB = empty([D], like);
+    const dPb = pb ? empty([S, biasCols], like) : null, dSb = sb ? empty([S], like) : null;
+    const workspace = empty([k.memwriteHiddenWorkspace!(B, S, T, D)], like);
+    const at = (t: Tensor) => [t.handle, t.offset] as const;
+    callNative('memoryWriteFromHidden backward', { dout: g, M: sM }, () =>
+      k.memwriteHiddenBackward!(
+        B, S, T, D, ...at(g), ...at(sM), ...at(sh), ...at(sLn), ...at(sPq), ...at(sWv), ...at(sW), ...at(sc), ...at(sMean), ...at(sRstd),
+        ...at(sMq), ...at(sAlpha), ...at(sX), ...at(sU), ...at(sZp),
+        ...at(dM), ...at(dh), ...at(dLnW), ...at(dLnB), ...at(dPq), ...at(dWv), ...at(dW), ...at(dB),
+        biasCols, ...handleOf(dPb), !!dSb, ...handleOf(dSb), ...at(workspace),
+      ),
+    );
+    workspace.dispose();
+    return [dM, dh, dLnW, dLnB, dPq, dWv, dW, dB, ...(dPb ? [dPb] : []), ...(dSb ? [dSb] : [])];
+  });
+  for (const t of [c, mean, rstd, mq, alpha, x, u, zp]) t.dispose();
+  return { M: out, meanGate: stats ? stats[0] : NaN, pointerEntropy: stats ? stats[1] : NaN };
 }

@@ -92,6 +92,96 @@ Napi::Value memwrite_backward(const Napi::CallbackInfo& info) {
   });
 }
 
+// The whole write of SPEC §3 from the layer's output h, as one call: c = LN(h; lnW, lnB) (ε 1e-5), mq = M·pq (pq =
+// Wpqᵀ·Wpk, the slot queries in token space), then memwrite_forward(M, mq, c, c, ...). Composed here from the
+// backend's own kernels (layer norm, GEMM, memwrite), so both backends run it; what it saves is the JavaScript of
+// three ops and their gradient sums. Saves c, mean, rstd and mq for the backward beside memwrite's alpha, x, u, zp.
+Napi::Value memwrite_hidden_forward(const Napi::CallbackInfo& info) {
+  return guarded(info, "memwriteHiddenForward", [&] {
+    Args args(info, "memwriteHiddenForward");
+    auto [B, S, T, D] = read_sizes(args, "memwriteHiddenForward");
+    const float* m = static_cast<const float*>(args.tensor("M", DType::F32, B * S * D));
+    const float* h = static_cast<const float*>(args.tensor("h", DType::F32, B * T * D));
+    const float* ln_w = static_cast<const float*>(args.tensor("lnWeight", DType::F32, D));
+    const float* ln_b = static_cast<const float*>(args.tensor("lnBias", DType::F32, D));
+    const float* pq = static_cast<const float*>(args.tensor("pointerQuery", DType::F32, D * D));
+    const float* wv = static_cast<const float*>(args.tensor("valueWeight", DType::F32, D * D));
+    const float* w = static_cast<const float*>(args.tensor("updateWeight", DType::F32, D * 2 * D));
+    const float* bias = static_cast<const float*>(args.tensor("updateBias", DType::F32, D));
+    const int64_t bias_cols = pointer_bias_cols(args, T, "memwriteHiddenForward");
+    const float* ptr_bias = static_cast<const float*>(args.optional_tensor("ptrBias", bias_cols > 0, DType::F32, S * bias_cols));
+    const bool has_slot_bias = args.flag("hasSlotBias");
+    const float* slot_bias = static_cast<const float*>(args.optional_tensor("slotBias", has_slot_bias, DType::F32, S));
+    float* out = static_cast<float*>(args.tensor("out", DType::F32, B * S * D));
+    float* c = static_cast<float*>(args.tensor("c", DType::F32, B * T * D));
+    float* mean = static_cast<float*>(args.tensor("mean", DType::F32, B * T));
+    float* rstd = static_cast<float*>(args.tensor("rstd", DType::F32, B * T));
+    float* mq = static_cast<float*>(args.tensor("mq", DType::F32, B * S * D));
+    float* alpha = static_cast<float*>(args.tensor("alpha", DType::F32, B * S * T));
+    float* x = static_cast<float*>(args.tensor("x", DType::F32, B * S * 2 * D));
+    float* u = static_cast<float*>(args.tensor("u", DType::F32, B * S * D));
+    float* zp = static_cast<float*>(args.tensor("zp", DType::F32, B * S * D));
+    K::layernorm_forward(DType::F32, h, ln_w, ln_b, c, mean, rstd, B * T, D, 1e-5f);
+    K::matmul(DType::F32, m, pq, DType::F32, mq, 1, B * S, D, D, false, false, 0, 0, 0, 0.f);
+    K::memwrite_forward(B, S, T, D, m, mq, c, c, wv, w, bias, ptr_bias, bias_cols, slot_bias, out, alpha, x, u, zp);
+    return info.Env().Undefined();
+  });
+}
+
+// Elements of float32 workspace memwriteHiddenBackward needs: dck and dcv [B,T,D] each, dmq [B,S,D], memwrite's.
+int64_t hidden_workspace(int64_t B, int64_t S, int64_t T, int64_t D) {
+  return 2 * B * T * D + B * S * D + K::memwrite_workspace(B, S, T, D);
+}
+
+// The backward of memwriteHiddenForward: memwrite_backward, then dc = dck + dcv through the layer norm to dh, and
+// mq = M·pq's gradients dM += dmq·pqᵀ, dpq = Mᵀ·dmq. Writes (=) every gradient.
+Napi::Value memwrite_hidden_backward(const Napi::CallbackInfo& info) {
+  return guarded(info, "memwriteHiddenBackward", [&] {
+    Args args(info, "memwriteHiddenBackward");
+    auto [B, S, T, D] = read_sizes(args, "memwriteHiddenBackward");
+    const int64_t R = B * S, N = B * T * D;
+    const float* dout = static_cast<const float*>(args.tensor("dout", DType::F32, R * D));
+    const float* m = static_cast<const float*>(args.tensor("M", DType::F32, R * D));
+    const float* h = static_cast<const float*>(args.tensor("h", DType::F32, N));
+    const float* ln_w = static_cast<const float*>(args.tensor("lnWeight", DType::F32, D));
+    const float* pq = static_cast<const float*>(args.tensor("pointerQuery", DType::F32, D * D));
+    const float* wv = static_cast<const float*>(args.tensor("valueWeight", DType::F32, D * D));
+    const float* w = static_cast<const float*>(args.tensor("updateWeight", DType::F32, D * 2 * D));
+    const float* c = static_cast<const float*>(args.tensor("c", DType::F32, N));
+    const float* mean = static_cast<const float*>(args.tensor("mean", DType::F32, B * T));
+    const float* rstd = static_cast<const float*>(args.tensor("rstd", DType::F32, B * T));
+    const float* mq = static_cast<const float*>(args.tensor("mq", DType::F32, R * D));
+    const float* alpha = static_cast<const float*>(args.tensor("alpha", DType::F32, R * T));
+    const float* x = static_cast<const float*>(args.tensor("x", DType::F32, R * 2 * D));
+    const float* u = static_cast<const float*>(args.tensor("u", DType::F32, R * D));
+    const float* zp = static_cast<const float*>(args.tensor("zp", DType::F32, R * D));
+    float* dm = static_cast<float*>(args.tensor("dM", DType::F32, R * D));
+    float* dh = static_cast<float*>(args.tensor("dh", DType::F32, N));
+    float* dln_w = static_cast<float*>(args.tensor("dLnWeight", DType::F32, D));
+    float* dln_b = static_cast<float*>(args.tensor("dLnBias", DType::F32, D));
+    float* dpq = static_cast<float*>(args.tensor("dPointerQuery", DType::F32, D * D));
+    float* dwv = static_cast<float*>(args.tensor("dValueWeight", DType::F32, D * D));
+    float* dw = static_cast<float*>(args.tensor("dUpdateWeight", DType::F32, D * 2 * D));
+    float* dbias = static_cast<float*>(args.tensor("dUpdateBias", DType::F32, D));
+    const int64_t bias_cols = pointer_bias_cols(args, T, "memwriteHiddenBackward");
+    float* d_ptr_bias = static_cast<float*>(args.optional_tensor("dPtrBias", bias_cols > 0, DType::F32, S * bias_cols));
+    const bool has_slot_bias = args.flag("hasSlotBias");
+    float* d_slot_bias = static_cast<float*>(args.optional_tensor("dSlotBias", has_slot_bias, DType::F32, S));
+    float* work = static_cast<float*>(args.tensor("workspace", DType::F32, hidden_workspace(B, S, T, D)));
+    float* dck = work;
+    float* dcv = dck + N;
+    float* dmq = dcv + N;
+    K::memwrite_backward(B, S, T, D, dout, mq, c, c, wv, w, alpha, x, u, zp, bias_cols, dm, dmq, dck, dcv, dwv, dw,
+                         dbias, d_ptr_bias, d_slot_bias, dmq + R * D);
+    const int64_t one = 1, dims = N;
+    K::binary(BinaryOp::Add, DType::F32, dck, &one, dcv, &one, dck, &dims, 1);  // dc, into dck
+    K::layernorm_backward(DType::F32, h, ln_w, mean, rstd, dck, dh, dln_w, dln_b, B * T, D);
+    K::matmul(DType::F32, dmq, pq, DType::F32, dm, 1, R, D, D, false, true, 0, 0, 0, 1.f);   // dM += dmq·pqᵀ
+    K::matmul(DType::F32, m, dmq, DType::F32, dpq, 1, D, D, R, true, false, 0, 0, 0, 0.f);   // dpq = Mᵀ·dmq
+    return info.Env().Undefined();
+  });
+}
+
 // Returns [meanGate, pointerEntropy].
 Napi::Value memwrite_stats(const Napi::CallbackInfo& info) {
   return guarded(info, "memwriteStats", [&] {
@@ -114,6 +204,15 @@ void register_memwrite(Napi::Env env, Napi::Object exports) {
   exports.Set("memwriteForward", Napi::Function::New(env, memwrite_forward, "memwriteForward"));
   exports.Set("memwriteBackward", Napi::Function::New(env, memwrite_backward, "memwriteBackward"));
   exports.Set("memwriteStats", Napi::Function::New(env, memwrite_stats, "memwriteStats"));
+  exports.Set("memwriteHiddenForward", Napi::Function::New(env, memwrite_hidden_forward, "memwriteHiddenForward"));
+  exports.Set("memwriteHiddenBackward", Napi::Function::New(env, memwrite_hidden_backward, "memwriteHiddenBackward"));
+  exports.Set("memwriteHiddenWorkspace", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
+    return guarded(info, "memwriteHiddenWorkspace", [&] {
+      Args args(info, "memwriteHiddenWorkspace");
+      auto [B, S, T, D] = read_sizes(args, "memwriteHiddenWorkspace");
+      return Napi::Number::New(info.Env(), double(hidden_workspace(B, S, T, D)));
+    });
+  }, "memwriteHiddenWorkspace"));
 }
 
 }  // namespace mg::binding

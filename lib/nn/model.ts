@@ -394,9 +394,22 @@ export function restartSlotBias(model: MemGPT, open: number, keep: number): void
 
 /** Sets every layer's write-gate bias mem.update.bias to `value` (an ablation of the init: 0 starts the gate half open). */
 export function setWriteGateBias(model: MemGPT, value: number): void {
-  if (!Number.isFinite(value)) throw new MemgptError(`the write-gate bias must be a finite number, got ${value}`);
+  fillLayerBias(model, 'mem.update.bias', value, 'write-gate');
+}
+
+/**
+ * Sets every layer's read-gate bias mem.gate.bias to `value` (an ablation of the init: with SPEC v2's joint read, 0
+ * gives the memory its share of one softmax over slots and tokens, S/(S + p + 1) at position p when the scores are
+ * alike, so little at the end of a long segment; a positive bias reads more of it from the start).
+ */
+export function setReadGateBias(model: MemGPT, value: number): void {
+  fillLayerBias(model, 'mem.gate.bias', value, 'read-gate');
+}
+
+function fillLayerBias(model: MemGPT, name: string, value: number, what: string): void {
+  if (!Number.isFinite(value)) throw new MemgptError(`the ${what} bias must be a finite number, got ${value}`);
   for (let l = 0; l < model.config.nLayers && model.config.memSlots > 0; l++) {
-    const b = model.params.get(`layers.${l}.mem.update.bias`)!;
+    const b = model.params.get(`layers.${l}.${name}`)!;
     b.storage.backend.copyFromHost(b.handle, 0, new Float32Array(b.size).fill(value));
   }
 }

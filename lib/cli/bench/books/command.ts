@@ -27,7 +27,8 @@ Linux kernel documentation, Jane Austen's novels), memory against no memory at e
                K<n>: n segments a sample (BPTT depth), the batch scaled to keep the tokens a step;
                S8r<n>: S8 with n of its slots started as the shift register (default 4), S8u2: S8 with
                its write gates started mostly closed (bias −2, default 0): ablations of the init.
-               S8s: S8 trained in stream order (each row's memory carried from batch to batch).
+               S8s: S8 trained in stream order (each row's memory carried from batch to batch); S8g2: S8
+               with its read gates started at bias +2 (default 0).
                mem0@16T: how far back a model of this size uses context at all (its loss by offset).
   --seeds      seeds 0 … N−1 of each variant (default 3); --seed-list: these seeds
   --steps      training steps of each run (default 3000); every variant trains on the same tokens

@@ -12,10 +12,10 @@ import type { BookCorpusName } from './corpora.js';
 import type { BooksRunResult, BooksVariant } from './run.js';
 import { positionBuckets } from './score.js';
 
-export const variantNames = ['mem0@T', 'mem0@2T', 'mem0@4T', 'mem0@16T', 'S8', 'S16', 'S32', 'K2', 'K4', 'K8', 'K16', 'S8r0', 'S8r2', 'S8u2', 'S8s'] as const;
+export const variantNames = ['mem0@T', 'mem0@2T', 'mem0@4T', 'mem0@16T', 'S8', 'S16', 'S32', 'K2', 'K4', 'K8', 'K16', 'S8r0', 'S8r2', 'S8u2', 'S8s', 'S8g2'] as const;
 export type VariantName = (typeof variantNames)[number];
 /** The grid that runs without --variants: the issue's comparisons; the S8r<n> pointer-init ablations run when asked. */
-export const defaultVariants: readonly VariantName[] = variantNames.filter((n) => !/[ru]\d+$|s$|16T$/.test(n));
+export const defaultVariants: readonly VariantName[] = variantNames.filter((n) => !/[rug]\d+$|s$|16T$/.test(n));
 
 /** The training shape every variant shares: batch × segments × T tokens a step (SPEC §6's benchmark shapes). */
 export interface BaseShape {
@@ -45,6 +45,8 @@ export function booksVariant(name: VariantName, cfg: ModelConfig, shape: BaseSha
   const register = /^S(\d+)r(\d+)$/.exec(name);
   // S8u2: S8 with its write gates started mostly closed (mem.update.bias −2, σ ≈ 0.12) instead of half open.
   if (name === 'S8u2') return { name, memSlots: 8, segmentLen: T, segments: shape.segments, batch: shape.batch, writeGateBias: -2 };
+  // S8g2: S8 with its read gates started at bias +2 instead of 0 (a larger share of the joint softmax for the memory).
+  if (name === 'S8g2') return { name, memSlots: 8, segmentLen: T, segments: shape.segments, batch: shape.batch, readGateBias: 2 };
   // S8s: S8 trained in stream order, each row's memory carried from one batch to the next (lib/data/stream.ts).
   if (name === 'S8s') return { name, memSlots: 8, segmentLen: T, segments: shape.segments, batch: shape.batch, order: 'stream' };
   if (register) return { name, memSlots: Number(register[1]), segmentLen: T, segments: shape.segments, batch: shape.batch, registerSlots: Number(register[2]) };
@@ -57,7 +59,7 @@ export function booksVariant(name: VariantName, cfg: ModelConfig, shape: BaseSha
 
 /** Two variants that train the same model the same way (the preset's S8 is also its K4, say) run once. */
 export function variantKey(v: BooksVariant): string {
-  return `S${v.memSlots}-T${v.segmentLen}-K${v.segments}-B${v.batch}${v.registerSlots !== undefined ? `-R${v.registerSlots}` : ''}${v.writeGateBias !== undefined ? `-U${v.writeGateBias}` : ''}${v.order ? `-${v.order}` : ''}`;
+  return `S${v.memSlots}-T${v.segmentLen}-K${v.segments}-B${v.batch}${v.registerSlots !== undefined ? `-R${v.registerSlots}` : ''}${v.writeGateBias !== undefined ? `-U${v.writeGateBias}` : ''}${v.readGateBias !== undefined ? `-G${v.readGateBias}` : ''}${v.order ? `-${v.order}` : ''}`;
 }
 
 export interface BooksResults {

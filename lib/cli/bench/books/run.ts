@@ -10,7 +10,7 @@ import { numThreads } from '../../../native/backend.js';
 import { resolveConfig, type ModelConfig } from '../../../nn/config.js';
 import { getTokenizer, loadCorpus, BatchSampler, type SampleOrder } from '../../../data/index.js';
 import { MemgptError } from '../../../core/errors.js';
-import { MemGPT, restartShiftRegister, setWriteGateBias } from '../../../nn/model.js';
+import { MemGPT, restartShiftRegister, setReadGateBias, setWriteGateBias } from '../../../nn/model.js';
 import { add } from '../../../ops/elementwise.js';
 import { keep, tidy, zeros, type Tensor } from '../../../core/tensor.js';
 import { Trainer, defaultTrainOptions, type StepLog, type TrainOptions } from '../../../train/trainer.js';
@@ -30,6 +30,8 @@ export interface BooksVariant {
   registerSlots?: number;
   /** Ablation of the init: the write gate's bias mem.update.bias (default 0, a half-open gate). */
   writeGateBias?: number;
+  /** Ablation of the init: the read gate's bias mem.gate.bias (default 0). */
+  readGateBias?: number;
   /** How training draws its batches (default: the library's default order). */
   order?: SampleOrder;
 }
@@ -96,6 +98,7 @@ export function runBooks(spec: BooksRunSpec, log: (line: string) => void = () =>
   const model = MemGPT.init(config, { seed: spec.seed });
   if (v.registerSlots !== undefined) restartShiftRegister(model, v.registerSlots);
   if (v.writeGateBias !== undefined) setWriteGateBias(model, v.writeGateBias);
+  if (v.readGateBias !== undefined) setReadGateBias(model, v.readGateBias);
   const options: TrainOptions = {
     ...defaultTrainOptions, steps: spec.steps, batchSize: v.batch, segments: v.segments, lr: spec.lr, warmup: spec.warmup, seed: spec.seed,
     ...(v.order ? { order: v.order } : {}),

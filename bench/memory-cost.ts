@@ -17,7 +17,7 @@ const preset = f.preset as PresetName;
 const recipe = recipeFor(preset);
 const B = recipe.batchSize, K = recipe.segments;
 const variants: [string, Partial<ModelConfig>][] = [
-  ['memSlots 0', { memSlots: 0 }], ['SPEC v2 memory', { specVersion: 2 }], ['SPEC v1 memory', { specVersion: 1 }], ['SPEC v3 memory', { specVersion: 3 }],
+  ['memSlots 0', { memSlots: 0 }], ['SPEC v2 memory', { specVersion: 2 }], ['SPEC v1 memory', { specVersion: 1 }],
 ];
 const runs = variants.map(([name, over]) => {
   const cfg = { ...presets[preset], ...over };

@@ -4,11 +4,10 @@
 // greedy decoding of held-out keys. Writes one JSON report.
 // Usage: npx tsx bench/passkey.ts [--seeds 0,1,2] [--steps N] [--held-out 200] [--out bench/results/passkey-cpu.json]
 //          [--segments 4] [--segment-len 64] [--mem-slots 8,0] [--register-slots N] [--update-bias X] [--lr X]
-//          [--spec-version 3] [--slot-bias OPEN,KEEP] [--read-bias X]
+//          [--read-bias X]
 //          (ablations of the init: --register-slots, how many slots ptr.pos starts as a shift register, default ⌈S/2⌉;
-//          --update-bias, the write gate's bias mem.update.bias, default 0: σ(0) = a half-open gate; --slot-bias, SPEC
-//          v3's per-slot write-gate bias of the shift register's slots and of the free ones, default 2,-2; --read-bias,
-//          the read gate's bias mem.gate.bias, default 0)
+//          --update-bias, the write gate's bias mem.update.bias, default 0: σ(0) = a half-open gate; --read-bias,
+//          the read gate's bias mem.gate.bias)
 import { writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { parseArgs } from 'node:util';
@@ -16,15 +15,14 @@ import { parseArgs } from 'node:util';
 import { runTraining } from '../lib/cli/train.js';
 import { longPasskeyTask, passkeyAccuracy, passkeyTrainer } from '../lib/tasks/passkey.js';
 import { numThreads } from '../lib/index.js';
-import { restartShiftRegister, restartSlotBias, setReadGateBias, setWriteGateBias } from '../lib/nn/model.js';
-import type { SpecVersion } from '../lib/nn/config.js';
+import { restartShiftRegister, setReadGateBias, setWriteGateBias } from '../lib/nn/model.js';
 
 const { values: f } = parseArgs({
   options: {
     seeds: { type: 'string', default: '0,1,2' }, steps: { type: 'string' }, 'held-out': { type: 'string', default: '200' },
     out: { type: 'string', default: 'bench/results/passkey-cpu.json' }, segments: { type: 'string' }, 'segment-len': { type: 'string' },
     'mem-slots': { type: 'string', default: '8,0' }, 'register-slots': { type: 'string' }, 'update-bias': { type: 'string' }, lr: { type: 'string' }, 'run-dir': { type: 'string', default: '/tmp/memgpt-passkey' },
-    'spec-version': { type: 'string' }, 'slot-bias': { type: 'string' }, 'read-bias': { type: 'string' },
+    'read-bias': { type: 'string' },
   },
 });
 const task = {
@@ -39,19 +37,14 @@ const runs = [];
 for (const seed of f.seeds!.split(',').map(Number)) {
   for (const memSlots of f['mem-slots']!.split(',').map(Number)) {
     const start = performance.now();
-    const specVersion = f['spec-version'] !== undefined ? (Number(f['spec-version']) as SpecVersion) : undefined;
-    const trainer = passkeyTrainer(task, memSlots, seed, `${f['run-dir']}/seed-${seed}`, specVersion);
+    const trainer = passkeyTrainer(task, memSlots, seed, `${f['run-dir']}/seed-${seed}`);
     try {
       if (f['register-slots'] !== undefined) restartShiftRegister(trainer.model, Number(f['register-slots']));
       if (f['update-bias'] !== undefined) setWriteGateBias(trainer.model, Number(f['update-bias']));
       if (f['read-bias'] !== undefined) setReadGateBias(trainer.model, Number(f['read-bias']));
-      if (f['slot-bias'] !== undefined && memSlots > 0) {
-        const [open, keep] = f['slot-bias'].split(',').map(Number);
-        restartSlotBias(trainer.model, open, keep);
-      }
       await runTraining(trainer, false, `seed ${seed}, memSlots ${memSlots}`);
       const score = passkeyAccuracy(trainer.model, task, heldOut, 1_000_003 + seed);
-      const run = { seed, memSlots, ...(f['register-slots'] !== undefined ? { registerSlots: Number(f['register-slots']) } : {}), ...(f['update-bias'] !== undefined ? { updateBias: Number(f['update-bias']) } : {}), specVersion: trainer.model.config.specVersion, ...(f['slot-bias'] !== undefined ? { slotBias: f['slot-bias'] } : {}), ...(f['read-bias'] !== undefined ? { readBias: Number(f['read-bias']) } : {}), ...score, trainSeconds: Math.round((performance.now() - start) / 1000), runDir: trainer.files.dir };
+      const run = { seed, memSlots, ...(f['register-slots'] !== undefined ? { registerSlots: Number(f['register-slots']) } : {}), ...(f['update-bias'] !== undefined ? { updateBias: Number(f['update-bias']) } : {}), ...(f['read-bias'] !== undefined ? { readBias: Number(f['read-bias']) } : {}), ...score, trainSeconds: Math.round((performance.now() - start) / 1000), runDir: trainer.files.dir };
       console.log(JSON.stringify(run));
       runs.push(run);
     } finally {

@@ -58,8 +58,6 @@ def torch_name(spec_name):
             return f"layers.{parts[1]}.mem_init"
         if spec_name.endswith("ptr.pos"):
             return f"layers.{parts[1]}.ptr_pos"
-        if spec_name.endswith("mem.update.slot_bias"):
-            return f"layers.{parts[1]}.mem_slot_bias"
         mapped = {"attn.qkv": "qkv", "attn.out": "out", "ffn.fc1": "fc1", "ffn.fc2": "fc2"}.get(group, group.replace(".", "_"))
         return f"layers.{parts[1]}.{mapped}.{leaf}"
     if parts[0] == "copy":
@@ -74,8 +72,8 @@ def main():
     a = ap.parse_args()
     tensors, stored, metadata = read_safetensors(a.checkpoint)
     fmt = metadata.get("memgpt.format")
-    if fmt not in ("1", "2", "3"):
-        sys.exit(f"{a.checkpoint}: not a memgpt checkpoint of format 1, 2 or 3")
+    if fmt not in ("1", "2"):
+        sys.exit(f"{a.checkpoint}: not a memgpt checkpoint of format 1 or 2")
     config = json.loads(metadata["memgpt.config"])
     config.setdefault("dFF", 4 * config["dModel"])
     config.setdefault("specVersion", 1)  # format "1" predates the key: its models compute SPEC v1

@@ -81,10 +81,6 @@ class Layer(nn.Module):
                         pos[j, c["segmentLen"] - S + j] = 8.0
                 self.ptr_pos = nn.Parameter(pos)
             self.mem_update = nn.Linear(2 * D, D)
-            if c.get("specVersion", 1) >= 3:
-                # SPEC v3: the write gate's per-slot bias, starting as memgpt's does (the shift register's slots open,
-                # +2; the free slots mostly closed, -2).
-                self.mem_slot_bias = nn.Parameter(torch.tensor([2.0 if j >= S - (S + 1) // 2 else -2.0 for j in range(S)]))
         self.ln2 = nn.LayerNorm(D)
         self.fc1 = nn.Linear(D, Fd)
         self.fc2 = nn.Linear(Fd, D)
@@ -129,10 +125,7 @@ class Layer(nn.Module):
             if v2:
                 P = P + self.ptr_pos[:, self.ptr_pos.shape[1] - T:]  # end-aligned for a shorter segment
             Z = P.softmax(-1) @ self.ptr_v(cn)
-            logit = self.mem_update(torch.cat([M, Z], dim=-1))
-            if c.get("specVersion", 1) >= 3:
-                logit = logit + self.mem_slot_bias[:, None]  # SPEC v3: slot s's bias on every feature's gate
-            U = torch.sigmoid(logit)
+            U = torch.sigmoid(self.mem_update(torch.cat([M, Z], dim=-1)))
             M = (1 - U) * M + U * Z
         return h, M
 

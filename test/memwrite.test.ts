@@ -177,43 +177,8 @@ forEachDevice((device) => {
       });
     }
 
-    // SPEC v3's per-slot write-gate bias, alone and with the pointer bias and the value weight (the model's write).
-    for (const [B, S, T, D, full] of [[1, 1, 1, 4, 0], [2, 3, 5, 4, 0], [2, 8, 17, 6, 1], [1, 4, 3, 6, 1]]) {
-      it(`slot bias: B ${B} S ${S} T ${T} D ${D}${full ? ' with the pointer bias and the value weight' : ''}: values and every gradient (random)`, () => {
-        mg.tidy(() => {
-          const base = randomInputs(B, S, T, D, 11 * (B + S + T + D));
-          const inputs = { ...base, sb: randomArray(S, 57, -3, 3), ...(full ? { pb: randomArray(S * T, 58, -2, 2), pbCols: T, wv: randomArray(D * D, 59, -0.6, 0.6) } : {}) };
-          const extra = full ? [mg.tensor(inputs.pb!, [S, T], opts), mg.tensor(inputs.wv!, [D, D], opts)] : [];
-          const leaves = [...tensorsOf(inputs), ...extra, mg.tensor(inputs.sb, [S], opts)];
-          leaves.forEach((t) => (t.requiresGrad = true));
-          const out = mg.memoryWrite(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], leaves[5], {
-            pointerBias: full ? leaves[6] : undefined, valueWeight: full ? leaves[7] : undefined, slotBias: leaves[leaves.length - 1],
-          });
-          expectClose(out.toArray(), refMemoryWrite(inputs).out, 1e-5, 1e-5);
-          const proj = randomArray(B * S * D, 96);
-          mg.sum(mg.mul(out, mg.tensor(proj, [B, S, D], opts))).backward();
-          const grads = refMemoryWriteGradients(inputs, proj);
-          const names = ['M', 'mq', 'ck', 'cv', 'w', 'b', ...(full ? ['pb', 'wv'] : []), 'sb'] as const;
-          names.forEach((name, i) => expectClose(leaves[i].grad!.toArray(), grads[name as keyof typeof grads], 2e-5, 1e-4));
-          leaves.forEach((t) => t.zeroGrad());
-        });
-      });
-    }
-
-    it('a slot bias keeps one slot and overwrites another (structured)', () => {
-      mg.tidy(() => {
-        const B = 1, S = 2, T = 3, D = 4;
-        const M = mg.reshape(mg.arange(S * D, opts), [B, S, D]);
-        const cv = mg.reshape(mg.scale(mg.arange(T * D, opts), -1), [B, T, D]);
-        const out = mg.memoryWrite(M, mg.zeros([B, S, D], opts), mg.ones([B, T, D], opts), cv, mg.zeros([D, 2 * D], opts), mg.zeros([D], opts),
-          { slotBias: mg.tensor([-40, 40], [S], opts) });
-        // Slot 0 keeps its row of M; slot 1 takes the mean of cv's rows, −(4, 5, 6, 7).
-        expectClose(out.toArray(), [0, 1, 2, 3, -4, -5, -6, -7], 1e-6, 1e-6);
-      });
-    });
-
     // The model's write as one op: the pointer's layer norm, the slot queries and memoryWrite, against those three ops.
-    for (const [B, S, T, D, v] of [[1, 1, 1, 4, 1], [2, 3, 5, 4, 2], [2, 8, 17, 6, 3], [1, 4, 3, 6, 3]]) {
+    for (const [B, S, T, D, v] of [[1, 1, 1, 4, 1], [2, 3, 5, 4, 2], [2, 8, 17, 6, 2], [1, 4, 3, 6, 1]]) {
       it(`memoryWriteFromHidden equals layer norm, M·pq and memoryWrite: B ${B} S ${S} T ${T} D ${D} (SPEC v${v}), values and every gradient`, () => {
         mg.tidy(() => {
           const leaf = (n: number, seed: number, shape: number[], lo = -1, hi = 1) => {
@@ -226,15 +191,14 @@ forEachDevice((device) => {
           const pq = leaf(D * D, 5, [D, D]), wv = leaf(D * D, 6, [D, D], -0.6, 0.6);
           const w = leaf(D * 2 * D, 7, [D, 2 * D], -0.8, 0.8), b = leaf(D, 8, [D], -0.5, 0.5);
           const pb = v >= 2 ? leaf(S * (T + 2), 9, [S, T + 2], -2, 2) : undefined;
-          const sb = v >= 3 ? leaf(S, 10, [S], -3, 3) : undefined;
-          const leaves = [M, h, lnW, lnB, pq, wv, w, b, ...(pb ? [pb] : []), ...(sb ? [sb] : [])];
+          const leaves = [M, h, lnW, lnB, pq, wv, w, b, ...(pb ? [pb] : [])];
           const proj = mg.tensor(randomArray(B * S * D, 95), [B, S, D], opts);
           const run = (fused: boolean) => {
             const out = fused
-              ? mg.memoryWriteFromHidden(M, h, lnW, lnB, pq, wv, w, b, { pointerBias: pb, slotBias: sb, stats: true })
+              ? mg.memoryWriteFromHidden(M, h, lnW, lnB, pq, wv, w, b, { pointerBias: pb, stats: true })
               : (() => {
                   const c = mg.layerNorm(h, lnW, lnB);
-                  return mg.memoryWrite(M, mg.matmul(M, pq), c, c, w, b, { pointerBias: pb, slotBias: sb, valueWeight: wv, stats: true });
+                  return mg.memoryWrite(M, mg.matmul(M, pq), c, c, w, b, { pointerBias: pb, valueWeight: wv, stats: true });
                 })();
             mg.sum(mg.mul(out.M, proj)).backward();
             const grads = leaves.map((t) => Array.from(t.grad!.toArray() as Float32Array));
@@ -256,7 +220,7 @@ forEachDevice((device) => {
         const w = mg.zeros([4, 8], opts);
         expect(() => mg.memoryWriteFromHidden(M, h, v4, v4, mg.zeros([4, 5], opts), m44, w, v4)).toThrow(/pointerQuery \[4,5\] must be \[D, D\] = \[4,4\]/);
         expect(() => mg.memoryWriteFromHidden(M, h, mg.zeros([5], opts), v4, m44, m44, w, v4)).toThrow(/lnWeight \[5\] must be \[4\]/);
-        expect(() => mg.memoryWriteFromHidden(M, h, v4, v4, m44, m44, w, v4, { slotBias: v4 })).toThrow(/slotBias \[4\] must be \[S\] = \[3\]/);
+        expect(() => mg.memoryWriteFromHidden(M, h, v4, v4, m44, m44, w, v4, { pointerBias: mg.zeros([3, 4], opts) })).toThrow(/pointerBias \[3,4\] must be \[S, ≥ T\]/);
         expect(() => mg.memoryWriteFromHidden(M, mg.zeros([2, 5, 4], opts), v4, v4, m44, m44, w, v4)).toThrow(/must be \[1,T,4\]/);
       });
     });
@@ -280,18 +244,15 @@ forEachDevice((device) => {
         expect(() => mg.memoryWrite(M, mq, ck, cv, w, b, { pointerBias: mg.zeros([3, 4], opts) })).toThrow(/pointerBias \[3,4\] must be \[S, ≥ T\] = \[3, ≥ 5\]/);
         expect(() => mg.memoryWrite(M, mq, ck, cv, w, b, { pointerBias: mg.zeros([2, 5], opts) })).toThrow(/pointerBias \[2,5\]/);
         expect(() => mg.memoryWrite(M, mq, ck, cv, w, b, { valueWeight: mg.zeros([4, 5], opts) })).toThrow(/valueWeight \[4,5\] must be \[D, D\] = \[4,4\]/);
-        expect(() => mg.memoryWrite(M, mq, ck, cv, w, b, { slotBias: mg.zeros([4], opts) })).toThrow(/slotBias \[4\] must be \[S\] = \[3\]/);
       });
     });
 
-    it('passes finite-difference gradient checks for all six inputs, and the slot bias', () => {
+    it('passes finite-difference gradient checks for all six inputs', () => {
       mg.tidy(() => {
         for (const [B, S, T, D] of [[1, 3, 5, 4], [2, 2, 3, 6]]) {
           const inputs = randomInputs(B, S, T, D, 7 * B + D);
           // float32 central differences with eps 1e-2: truncation ~eps²·|f'''| ≈ 1e-4, rounding ~1e-7/eps ≈ 1e-5.
           mg.assertGradients(write, tensorsOf(inputs), { eps: 1e-2, atol: 1e-3, rtol: 1e-2 });
-          const withSlots = (...t: mg.Tensor[]) => mg.memoryWrite(t[0], t[1], t[2], t[3], t[4], t[5], { slotBias: t[6] });
-          mg.assertGradients(withSlots, [...tensorsOf(inputs), mg.tensor(randomArray(S, 5, -2, 2), [S], opts)], { eps: 1e-2, atol: 1e-3, rtol: 1e-2 });
         }
       });
     });

@@ -23,8 +23,6 @@ describe('the whole model on the CPU', () => {
   }
   // More slots than tokens: the shift-register start of the pointer bias leaves the extra slots unbiased.
   variants.push({ ...small, memSlots: 7 });
-  // SPEC v3: the write gate's per-slot bias.
-  variants.push({ ...small, specVersion: 3 }, { ...small, specVersion: 3, positional: 'sinusoidal', copyHead: false });
 
   for (const variant of variants) {
     it(`loss equals the plain reference: ${variant.positional}, copyHead ${variant.copyHead ?? true}, memSlots ${variant.memSlots}, SPEC v${variant.specVersion ?? 2}`, () => {

@@ -18,8 +18,6 @@ export interface MemwriteInputs {
   pbCols?: number;
   /** The value weight [D, D]: Z = (α·cv)·wvᵀ. */
   wv?: ArrayLike<number>;
-  /** SPEC v3's per-slot write-gate bias [S], added to every gate logit of its slot. */
-  sb?: ArrayLike<number>;
 }
 
 export interface MemwriteReference {
@@ -31,7 +29,7 @@ export interface MemwriteReference {
   pointerEntropy: number;
 }
 
-export function refMemoryWrite({ B, S, T, D, M, mq, ck, cv, w, b, pb, pbCols = T, wv, sb }: MemwriteInputs): MemwriteReference {
+export function refMemoryWrite({ B, S, T, D, M, mq, ck, cv, w, b, pb, pbCols = T, wv }: MemwriteInputs): MemwriteReference {
   const alpha = new Float64Array(B * S * T), z = new Float64Array(B * S * D), u = new Float64Array(B * S * D);
   const out = new Float64Array(B * S * D);
   let gateSum = 0, entropySum = 0;
@@ -67,7 +65,7 @@ export function refMemoryWrite({ B, S, T, D, M, mq, ck, cv, w, b, pb, pbCols = T
       }
       // Gate over concat(M, Z), then the blend.
       for (let o = 0; o < D; o++) {
-        let acc = b[o] + (sb ? sb[s] : 0);
+        let acc = b[o];
         for (let i = 0; i < D; i++) acc += w[o * 2 * D + i] * M[row * D + i] + w[o * 2 * D + D + i] * z[row * D + i];
         const g = 1 / (1 + Math.exp(-acc));
         u[row * D + o] = g;
@@ -83,15 +81,15 @@ export function refMemoryWrite({ B, S, T, D, M, mq, ck, cv, w, b, pb, pbCols = T
  * Gradients of L = Σ out ⊙ proj with respect to each input, by central differences of the float64 reference
  * (step 1e-5: truncation ~1e-10, rounding ~1e-11, far below the float32 errors compared against).
  */
-export function refMemoryWriteGradients(inputs: MemwriteInputs, proj: ArrayLike<number>): Record<'M' | 'mq' | 'ck' | 'cv' | 'w' | 'b' | 'pb' | 'wv' | 'sb', Float64Array> {
+export function refMemoryWriteGradients(inputs: MemwriteInputs, proj: ArrayLike<number>): Record<'M' | 'mq' | 'ck' | 'cv' | 'w' | 'b' | 'pb' | 'wv', Float64Array> {
   const loss = (x: MemwriteInputs) => {
     const { out } = refMemoryWrite(x);
     let l = 0;
     for (let i = 0; i < out.length; i++) l += out[i] * proj[i];
     return l;
   };
-  type Name = 'M' | 'mq' | 'ck' | 'cv' | 'w' | 'b' | 'pb' | 'wv' | 'sb';
-  const names: Name[] = ['M', 'mq', 'ck', 'cv', 'w', 'b', ...(inputs.pb ? ['pb' as const] : []), ...(inputs.wv ? ['wv' as const] : []), ...(inputs.sb ? ['sb' as const] : [])];
+  type Name = 'M' | 'mq' | 'ck' | 'cv' | 'w' | 'b' | 'pb' | 'wv';
+  const names: Name[] = ['M', 'mq', 'ck', 'cv', 'w', 'b', ...(inputs.pb ? ['pb' as const] : []), ...(inputs.wv ? ['wv' as const] : [])];
   const grads = {} as Record<(typeof names)[number], Float64Array>;
   for (const name of names) grads[name] = centralDifferences(inputs[name]!, (v) => loss({ ...inputs, [name]: v }));
   return grads;

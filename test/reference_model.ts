@@ -170,7 +170,6 @@ export function referenceSampleNLL(cfg: ModelConfig, p: RefParams, tokens: Array
         const ck = c.map((row) => linear(row, P('ptr.k.weight'), null, D));
         const cv = c.map((row) => linear(row, P('ptr.v.weight'), null, D));
         const pos = v2 ? param(p, `${pre}ptr.pos`) : null;
-        const slotBias = cfg.specVersion >= 3 ? param(p, `${pre}mem.update.slot_bias`) : null;
         memory[l] = M.map((m, s) => {
           // v2: slot s's positional bias for token t (the segment is T long here, so no end-alignment shift).
           const alpha = softmax(ck.map((kt, t) => kt.reduce((acc, kv, i) => acc + kv * mq[s][i], 0) / Math.sqrt(D) + (pos ? pos[s * T + t] : 0)));
@@ -181,8 +180,7 @@ export function referenceSampleNLL(cfg: ModelConfig, p: RefParams, tokens: Array
           const cat = new Float64Array(2 * D);
           cat.set(m, 0);
           cat.set(Z, D);
-          // v3: slot s's write-gate bias on every feature's logit.
-          const U = linear(cat, P('mem.update.weight'), P('mem.update.bias'), D).map((x) => sigmoid(x + (slotBias ? slotBias[s] : 0)));
+          const U = linear(cat, P('mem.update.weight'), P('mem.update.bias'), D).map(sigmoid);
           return m.map((mi, i) => (1 - U[i]) * mi + U[i] * Z[i]);
         });
       }

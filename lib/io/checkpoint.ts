@@ -17,9 +17,8 @@ import {
  * SPEC v1 is written as format "1", as before. Both formats are read.
  */
 export const CHECKPOINT_FORMAT = '2';
-const MODEL_FORMATS: Record<SpecVersion, string> = { 1: '1', 2: '2', 3: '3' };
-const READ_FORMATS = ['1', '2', '3'];
-const READ_FORMATS_TEXT = `${READ_FORMATS.slice(0, -1).join(', ')} and ${READ_FORMATS[READ_FORMATS.length - 1]}`;
+const MODEL_FORMATS: Record<SpecVersion, string> = { 1: '1', 2: '2' };
+const READ_FORMATS = ['1', '2'];
 
 const CONFIG_KEY = 'memgpt.config';
 const FORMAT_KEY = 'memgpt.format';
@@ -77,7 +76,7 @@ export function readModelConfig(path: string): ModelConfig {
 function configFromMetadata(path: string, metadata: Record<string, string>): ModelConfig {
   const format = metadata[FORMAT_KEY];
   if (format === undefined) throw new MemgptError(`${path}: not a memgpt checkpoint (no "${FORMAT_KEY}" in its metadata)`);
-  if (!READ_FORMATS.includes(format)) throw new MemgptError(`${path}: checkpoint format ${JSON.stringify(format)} is not supported (this version reads formats ${READ_FORMATS_TEXT})`);
+  if (!READ_FORMATS.includes(format)) throw new MemgptError(`${path}: checkpoint format ${JSON.stringify(format)} is not supported (this version reads formats ${READ_FORMATS.join(' and ')})`);
   const text = metadata[CONFIG_KEY];
   if (text === undefined) throw new MemgptError(`${path}: not a memgpt checkpoint (no "${CONFIG_KEY}" in its metadata)`);
   let parsed: unknown;
@@ -97,9 +96,6 @@ function configFromMetadata(path: string, metadata: Record<string, string>): Mod
     config.specVersion = 1;
   } else if (config.specVersion === undefined) {
     throw new MemgptError(`${path}: "${CONFIG_KEY}" has no specVersion`);
-  } else if (format === '3' ? config.specVersion !== 3 : config.specVersion === 3) {
-    // A SPEC v3 model is written as format "3" and only as it: a reader that knows only formats 1 and 2 refuses it.
-    throw new MemgptError(`${path}: a format ${JSON.stringify(format)} checkpoint cannot hold specVersion ${JSON.stringify(config.specVersion)}`);
   }
   try {
     return resolveConfig(config);
@@ -266,7 +262,7 @@ export function loadTrainingState(path: string, model: MemGPT, optimizer: Optimi
     }
   };
   const format = metadata[FORMAT_KEY];
-  if (format !== undefined && !READ_FORMATS.includes(format)) throw new MemgptError(`${path}: training-state format ${JSON.stringify(format)} is not supported (this version reads formats ${READ_FORMATS_TEXT})`);
+  if (format !== undefined && !READ_FORMATS.includes(format)) throw new MemgptError(`${path}: training-state format ${JSON.stringify(format)} is not supported (this version reads formats ${READ_FORMATS.join(' and ')})`);
   const trainer = parseJson(TRAINER_KEY);
   if (typeof trainer !== 'object' || trainer === null || Array.isArray(trainer)) throw new MemgptError(`${path}: "${TRAINER_KEY}" is not a JSON object`);
   const record = parseJson(OPTIMIZER_KEY) as OptimizerRecord;

@@ -88,7 +88,6 @@ export interface MemwriteKernels {
     cv: StorageHandle, cvOff: number, hasValueWeight: boolean, wv: StorageHandle | null, wvOff: number,
     w: StorageHandle, wOff: number, bias: StorageHandle, biasOff: number,
     biasCols: number, ptrBias: StorageHandle | null, ptrBiasOff: number,
-    hasSlotBias: boolean, slotBias: StorageHandle | null, slotBiasOff: number,
     out: StorageHandle, outOff: number, alpha: StorageHandle, alphaOff: number, x: StorageHandle, xOff: number,
     u: StorageHandle, uOff: number, zp: StorageHandle | null, zpOff: number,
   ): void;
@@ -102,7 +101,6 @@ export interface MemwriteKernels {
     dcv: StorageHandle, dcvOff: number, dwv: StorageHandle | null, dwvOff: number,
     dw: StorageHandle, dwOff: number, dbias: StorageHandle, dbiasOff: number,
     biasCols: number, dPtrBias: StorageHandle | null, dPtrBiasOff: number,
-    hasSlotBias: boolean, dSlotBias: StorageHandle | null, dSlotBiasOff: number,
     workspace: StorageHandle, workspaceOff: number,
   ): void;
   memwriteStats?(B: number, S: number, T: number, D: number, alpha: StorageHandle, alphaOff: number, u: StorageHandle, uOff: number): [number, number];
@@ -111,7 +109,7 @@ export interface MemwriteKernels {
     B: number, S: number, T: number, D: number,
     m: StorageHandle, mOff: number, h: StorageHandle, hOff: number, lnW: StorageHandle, lnWOff: number, lnB: StorageHandle, lnBOff: number,
     pq: StorageHandle, pqOff: number, wv: StorageHandle, wvOff: number, w: StorageHandle, wOff: number, bias: StorageHandle, biasOff: number,
-    biasCols: number, ptrBias: StorageHandle | null, ptrBiasOff: number, hasSlotBias: boolean, slotBias: StorageHandle | null, slotBiasOff: number,
+    biasCols: number, ptrBias: StorageHandle | null, ptrBiasOff: number,
     out: StorageHandle, outOff: number, c: StorageHandle, cOff: number, mean: StorageHandle, meanOff: number, rstd: StorageHandle, rstdOff: number,
     mq: StorageHandle, mqOff: number, alpha: StorageHandle, alphaOff: number, x: StorageHandle, xOff: number, u: StorageHandle, uOff: number,
     zp: StorageHandle, zpOff: number,
@@ -124,7 +122,7 @@ export interface MemwriteKernels {
     alpha: StorageHandle, alphaOff: number, x: StorageHandle, xOff: number, u: StorageHandle, uOff: number, zp: StorageHandle, zpOff: number,
     dm: StorageHandle, dmOff: number, dh: StorageHandle, dhOff: number, dLnW: StorageHandle, dLnWOff: number, dLnB: StorageHandle, dLnBOff: number,
     dpq: StorageHandle, dpqOff: number, dwv: StorageHandle, dwvOff: number, dw: StorageHandle, dwOff: number, dbias: StorageHandle, dbiasOff: number,
-    biasCols: number, dPtrBias: StorageHandle | null, dPtrBiasOff: number, hasSlotBias: boolean, dSlotBias: StorageHandle | null, dSlotBiasOff: number,
+    biasCols: number, dPtrBias: StorageHandle | null, dPtrBiasOff: number,
     workspace: StorageHandle, workspaceOff: number,
   ): void;
   memwriteHiddenWorkspace?(B: number, S: number, T: number, D: number): number;

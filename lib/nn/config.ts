@@ -1,7 +1,7 @@
 // The model's configuration (SPEC.md §1), the named presets (§6), and the
 // parameter names and shapes (§2) that every backend and checkpoint uses.
 // specVersion says which version of SPEC.md's function the model computes: 2 for new models; 1 is what
-// checkpoints of format "1" hold (they load, evaluate and train as they were); 3 adds the write gate's per-slot bias.
+// checkpoints of format "1" hold (they load, evaluate and train as they were).
 import { MemgptError } from '../core/errors.js';
 
 export interface ModelConfig {
@@ -15,11 +15,11 @@ export interface ModelConfig {
   positional: 'rope' | 'sinusoidal';
   copyHead: boolean;
   tokenizer: 'byte' | 'gpt2';
-  /** The version of SPEC.md's model function: 2 (positional memory, the default), 3 (and a per-slot write-gate bias) or 1. */
+  /** The version of SPEC.md's model function: 2 (positional memory, the default) or 1. */
   specVersion: SpecVersion;
 }
 
-export type SpecVersion = 1 | 2 | 3;
+export type SpecVersion = 1 | 2;
 /** The version of the model function that new models compute. */
 export const CURRENT_SPEC_VERSION: SpecVersion = 2;
 
@@ -43,7 +43,7 @@ export const MAX_PARAMETERS = 2 ** 34;
 function parameterCount(cfg: ModelConfig): number {
   const { vocabSize: V, dModel: D, dFF: F, memSlots: S, segmentLen: T } = cfg;
   // Per layer, a generous upper bound: attention 4D² + FFN 2DF + the memory's projections (a few D²) and slots.
-  const perLayer = 4 * D * D + 2 * D * F + (S > 0 ? 8 * D * D + S * D + S * T + S : 0) + 16 * D + 2 * F;
+  const perLayer = 4 * D * D + 2 * D * F + (S > 0 ? 8 * D * D + S * D + S * T : 0) + 16 * D + 2 * F;
   return V * D + cfg.nLayers * perLayer + 4 * D;
 }
 
@@ -82,7 +82,7 @@ export function resolveConfig(partial: Partial<ModelConfig>): ModelConfig {
   if (cfg.positional === 'rope' && headDim % 2 !== 0) throw new MemgptError(`config: RoPE needs an even head width (dModel/nHeads = ${headDim})`);
   if (cfg.positional === 'sinusoidal' && cfg.dModel % 2 !== 0) throw new MemgptError(`config: sinusoidal positions need an even dModel (got ${cfg.dModel})`);
   if (typeof cfg.copyHead !== 'boolean') throw new MemgptError('config: copyHead must be true or false');
-  if (cfg.specVersion !== 1 && cfg.specVersion !== 2 && cfg.specVersion !== 3) throw new MemgptError(`config: specVersion must be 1, 2 or 3 (got ${JSON.stringify(cfg.specVersion)})`);
+  if (cfg.specVersion !== 1 && cfg.specVersion !== 2) throw new MemgptError(`config: specVersion must be 1 or 2 (got ${JSON.stringify(cfg.specVersion)})`);
   if (tokenizer === 'byte' && cfg.vocabSize < 256) throw new MemgptError(`config: the byte tokenizer needs vocabSize ≥ 256 (got ${cfg.vocabSize})`);
   if (tokenizer === 'gpt2' && cfg.vocabSize < 50257) throw new MemgptError(`config: the gpt2 tokenizer needs vocabSize ≥ 50257 (got ${cfg.vocabSize})`);
   const known = new Set<string>(Object.keys(cfg));
@@ -112,7 +112,6 @@ export function parameterShapes(cfg: ModelConfig): [name: string, shape: number[
       );
       if (cfg.specVersion >= 2) out.push([`${p}ptr.pos`, [S, cfg.segmentLen]]);
       out.push([`${p}mem.update.weight`, [D, 2 * D]], [`${p}mem.update.bias`, [D]]);
-      if (cfg.specVersion >= 3) out.push([`${p}mem.update.slot_bias`, [S]]);
     }
     out.push(
       [`${p}ln2.weight`, [D]], [`${p}ln2.bias`, [D]],

@@ -103,7 +103,6 @@ export class MemGPT {
         if (/\.(ln\d?|ln_f|mem\.ln|ptr\.ln)\.weight$|^ln_f\.weight$/.test(name)) values.fill(1);
         else if (name === 'copy.gen.bias') values.fill(2);
         else if (name.endsWith('ptr.pos')) fillShiftRegister(values, cfg.memSlots, cfg.segmentLen);
-        else if (name.endsWith('mem.update.slot_bias')) fillSlotBias(values, cfg.memSlots);
         else if (name.endsWith('.bias')) values.fill(0);
         else rng.fillNormal(values, 0, /attn\.out\.weight$|ffn\.fc2\.weight$/.test(name) ? residualStd : 0.02);
         params.set(name, parameter(tensor(values, shape, { device: options.device }), name));
@@ -249,10 +248,9 @@ export class MemGPT {
    */
   writeMemory(l: number, M: Tensor, h: Tensor, stats = false, pointerQuery = this.pointerQuery(l)): MemoryWriteResult {
     const P = (n: string) => this.p(`layers.${l}.${n}`);
-    const v = this.config.specVersion;
     // One op: the pointer's layer norm, the slot queries and the write (memoryWriteFromHidden).
     return memoryWriteFromHidden(M, h, P('ptr.ln.weight'), P('ptr.ln.bias'), pointerQuery, P('ptr.v.weight'), P('mem.update.weight'), P('mem.update.bias'), {
-      stats, pointerBias: v >= 2 ? P('ptr.pos') : undefined, slotBias: v >= 3 ? P('mem.update.slot_bias') : undefined,
+      stats, pointerBias: this.config.specVersion >= 2 ? P('ptr.pos') : undefined,
     });
   }
 
@@ -363,32 +361,6 @@ export function fillShiftRegister(values: Float32Array, S: number, T: number, st
   for (let j = S - registerSlots; j < S; j++) {
     const t = T - S + j;
     if (t >= 0) values[j * T + t] = strength;
-  }
-}
-
-/**
- * SPEC v3's per-slot write-gate bias at initialisation: the shift register's slots (the last ⌈S/2⌉, see
- * fillShiftRegister) start open, σ(open) of each slot overwritten at every write, so that they hand on what the
- * segment ended with; the free slots start mostly closed, σ(keep), so that what they point at survives the writes
- * after it (the pass key's first segment, read at the end of the last).
- */
-export function fillSlotBias(values: Float32Array, S: number, open = SLOT_BIAS_INIT.open, keep = SLOT_BIAS_INIT.keep, registerSlots = Math.ceil(S / 2)): void {
-  for (let j = 0; j < S; j++) values[j] = j >= S - registerSlots ? open : keep;
-}
-
-/** The per-slot write-gate bias new SPEC v3 models start with (fillSlotBias). */
-export const SLOT_BIAS_INIT = { open: 2, keep: -2 };
-
-/** Restarts every layer's mem.update.slot_bias (SPEC v3) with fillSlotBias (an ablation of the init). */
-export function restartSlotBias(model: MemGPT, open: number, keep: number): void {
-  const { nLayers, memSlots, specVersion } = model.config;
-  if (memSlots === 0 || specVersion < 3) throw new MemgptError('the per-slot write-gate bias is a SPEC v3 parameter; this model has none');
-  if (!Number.isFinite(open) || !Number.isFinite(keep)) throw new MemgptError(`the slot biases must be finite numbers, got ${open} and ${keep}`);
-  const values = new Float32Array(memSlots);
-  fillSlotBias(values, memSlots, open, keep);
-  for (let l = 0; l < nLayers; l++) {
-    const b = model.params.get(`layers.${l}.mem.update.slot_bias`)!;
-    b.storage.backend.copyFromHost(b.handle, 0, values);
   }
 }
 

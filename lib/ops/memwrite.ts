@@ -18,11 +18,6 @@ export interface MemoryWriteOptions {
    */
   pointerBias?: Tensor;
   /**
-   * SPEC v3: the write gate's per-slot bias [S], added to every feature's gate logit of its slot
-   * (U = σ([M | Z]·updateWeightᵀ + updateBias + slotBias[s])), differentiable.
-   */
-  slotBias?: Tensor;
-  /**
    * A value weight Wv [D, D]: the candidates become Z = (α·cv)·Wvᵀ. With cv = c this is SPEC's α·(c·Wpvᵀ)
    * reassociated, which projects S candidates instead of T tokens; differentiable.
    */
@@ -79,11 +74,10 @@ export function memoryWrite(
 export function memoryWrite(
   M: Tensor, mq: Tensor, ck: Tensor, cv: Tensor, updateWeight: Tensor, updateBias: Tensor, options: MemoryWriteOptions = {},
 ): Tensor | MemoryWriteResult {
-  const pb = options.pointerBias, wv = options.valueWeight, sb = options.slotBias;
+  const pb = options.pointerBias, wv = options.valueWeight;
   const named: Record<string, Tensor> = { M, mq, ck, cv, updateWeight, updateBias };
   if (pb) named.pointerBias = pb;
   if (wv) named.valueWeight = wv;
-  if (sb) named.slotBias = sb;
   checkTensors('memoryWrite', named, ['float32']);
   const [B, S, T, D] = checkShapes(M, mq, ck, cv, updateWeight, updateBias);
   if (pb && (pb.rank !== 2 || pb.shape[0] !== S || pb.shape[1] < T)) {
@@ -91,7 +85,6 @@ export function memoryWrite(
   }
   const biasCols = pb ? pb.shape[1] : 0;
   if (wv && (wv.rank !== 2 || wv.shape[0] !== D || wv.shape[1] !== D)) throw new MemgptError(`memoryWrite: valueWeight ${shapeStr(wv.shape)} must be [D, D] = [${D},${D}]`);
-  if (sb && (sb.rank !== 1 || sb.shape[0] !== S)) throw new MemgptError(`memoryWrite: slotBias ${shapeStr(sb.shape)} must be [S] = [${S}] for M ${shapeStr(M.shape)}`);
   const k = kernels('memoryWrite', M);
   const like = { dtype: M.dtype, device: M.device };
   const out = empty([B, S, D], like);
@@ -107,15 +100,14 @@ export function memoryWrite(
       !!wv, wv ? wv.handle : null, wv ? wv.offset : 0,
       updateWeight.handle, updateWeight.offset, updateBias.handle, updateBias.offset,
       biasCols, pb ? pb.handle : null, pb ? pb.offset : 0,
-      !!sb, sb ? sb.handle : null, sb ? sb.offset : 0,
       out.handle, out.offset, alpha.handle, alpha.offset, x.handle, x.offset, u.handle, u.offset,
       zp ? zp.handle : null, zp ? zp.offset : 0,
     ),
   );
   let stats: [number, number] | undefined;
   if (options.stats) stats = callNative('memoryWrite', named, () => k.memwriteStats(B, S, T, D, alpha.handle, alpha.offset, u.handle, u.offset));
-  // Inputs: the six, then the pointer bias, the value weight and the slot bias when given (their gradients in that order).
-  const inputs = [M, mq, ck, cv, updateWeight, updateBias, ...(pb ? [pb] : []), ...(wv ? [wv] : []), ...(sb ? [sb] : [])];
+  // Inputs: the six, then the pointer bias and the value weight when given (their gradients in that order).
+  const inputs = [M, mq, ck, cv, updateWeight, updateBias, ...(pb ? [pb] : []), ...(wv ? [wv] : [])];
   record('memoryWrite', inputs, [out], [mq, ck, cv, updateWeight, alpha, x, u, ...(wv && zp ? [wv, zp] : [])], ([g], saved) => {
     const [sq, sk, sv, sw, sa, sx, su, swv, szp] = saved;
     const dm = empty([B, S, D], like), dmq = empty([B, S, D], like);
@@ -123,7 +115,6 @@ export function memoryWrite(
     const dw = empty([D, 2 * D], like), db = empty([D], like);
     const dpb = pb ? empty([S, biasCols], like) : null;
     const dwv = wv ? empty([D, D], like) : null;
-    const dsb = sb ? empty([S], like) : null;
     const workspace = empty([B * S * (4 * D + T)], like);
     callNative('memoryWrite backward', { dout: g, alpha: sa }, () =>
       k.memwriteBackward(
@@ -134,11 +125,10 @@ export function memoryWrite(
         dm.handle, dm.offset, dmq.handle, dmq.offset, dck.handle, dck.offset, dcv.handle, dcv.offset,
         dwv ? dwv.handle : null, dwv ? dwv.offset : 0,
         dw.handle, dw.offset, db.handle, db.offset, biasCols, dpb ? dpb.handle : null, dpb ? dpb.offset : 0,
-        !!dsb, dsb ? dsb.handle : null, dsb ? dsb.offset : 0,
         workspace.handle, workspace.offset,
       ),
     );
-    return [dm, dmq, dck, dcv, dw, db, ...(dpb ? [dpb] : []), ...(dwv ? [dwv] : []), ...(dsb ? [dsb] : [])];
+    return [dm, dmq, dck, dcv, dw, db, ...(dpb ? [dpb] : []), ...(dwv ? [dwv] : [])];
   });
   alpha.dispose();
   x.dispose();
@@ -151,13 +141,12 @@ export function memoryWrite(
 export interface MemoryWriteFromHiddenOptions {
   stats?: boolean;
   pointerBias?: Tensor;
-  slotBias?: Tensor;
 }
 
 /**
  * The whole memory write of SPEC §3 from a layer's output h [B,T,D], as one op: c = LN(h; lnWeight, lnBias),
  * mq = M·pointerQuery (pointerQuery = Wpqᵀ·Wpk [D,D], the slot queries in token space), then
- * memoryWrite(M, mq, c, c, updateWeight, updateBias, { valueWeight, pointerBias, slotBias }). The same function as
+ * memoryWrite(M, mq, c, c, updateWeight, updateBias, { valueWeight, pointerBias }). The same function as
  * those three ops, in one native call and one autograd node (the layer norm and the GEMM run inside it on either
  * backend), which is what a write costs the training step at small shapes. Differentiable in every tensor input.
  */
@@ -165,10 +154,9 @@ export function memoryWriteFromHidden(
   M: Tensor, h: Tensor, lnWeight: Tensor, lnBias: Tensor, pointerQuery: Tensor, valueWeight: Tensor, updateWeight: Tensor, updateBias: Tensor,
   options: MemoryWriteFromHiddenOptions = {},
 ): MemoryWriteResult {
-  const pb = options.pointerBias, sb = options.slotBias;
+  const pb = options.pointerBias;
   const named: Record<string, Tensor> = { M, h, lnWeight, lnBias, pointerQuery, valueWeight, updateWeight, updateBias };
   if (pb) named.pointerBias = pb;
-  if (sb) named.slotBias = sb;
   checkTensors('memoryWriteFromHidden', named, ['float32']);
   const [B, S, T, D] = checkShapes(M, M, h, h, updateWeight, updateBias);
   const square = (t: Tensor, name: string) => {
@@ -182,7 +170,6 @@ export function memoryWriteFromHidden(
   if (pb && (pb.rank !== 2 || pb.shape[0] !== S || pb.shape[1] < T)) {
     throw new MemgptError(`memoryWriteFromHidden: pointerBias ${shapeStr(pb.shape)} must be [S, ≥ T] = [${S}, ≥ ${T}] for M ${shapeStr(M.shape)} and h ${shapeStr(h.shape)}`);
   }
-  if (sb && (sb.rank !== 1 || sb.shape[0] !== S)) throw new MemgptError(`memoryWriteFromHidden: slotBias ${shapeStr(sb.shape)} must be [S] = [${S}] for M ${shapeStr(M.shape)}`);
   const biasCols = pb ? pb.shape[1] : 0;
   const k = M.storage.backend;
   if (!k.memwriteHiddenForward || !k.memwriteHiddenBackward || !k.memwriteHiddenWorkspace || !k.memwriteStats) {
@@ -200,19 +187,19 @@ export function memoryWriteFromHidden(
       B, S, T, D, M.handle, M.offset, hb, ho, lnWeight.handle, lnWeight.offset, lnBias.handle, lnBias.offset,
       pointerQuery.handle, pointerQuery.offset, valueWeight.handle, valueWeight.offset,
       updateWeight.handle, updateWeight.offset, updateBias.handle, updateBias.offset,
-      biasCols, ...handleOf(pb), !!sb, ...handleOf(sb),
+      biasCols, ...handleOf(pb),
       out.handle, out.offset, c.handle, c.offset, mean.handle, mean.offset, rstd.handle, rstd.offset, mq.handle, mq.offset,
       alpha.handle, alpha.offset, x.handle, x.offset, u.handle, u.offset, zp.handle, zp.offset,
     ),
   );
   const stats = options.stats ? callNative('memoryWriteFromHidden', named, () => k.memwriteStats!(B, S, T, D, alpha.handle, alpha.offset, u.handle, u.offset)) : null;
-  const inputs = [M, h, lnWeight, lnBias, pointerQuery, valueWeight, updateWeight, updateBias, ...(pb ? [pb] : []), ...(sb ? [sb] : [])];
+  const inputs = [M, h, lnWeight, lnBias, pointerQuery, valueWeight, updateWeight, updateBias, ...(pb ? [pb] : [])];
   const saved = [M, h, lnWeight, pointerQuery, valueWeight, updateWeight, c, mean, rstd, mq, alpha, x, u, zp];
   record('memoryWriteFromHidden', inputs, [out], saved, ([g], s) => {
     const [sM, sh, sLn, sPq, sWv, sW, sc, sMean, sRstd, sMq, sAlpha, sX, sU, sZp] = s;
     const dM = empty([B, S, D], like), dh = empty([B, T, D], like), dLnW = empty([D], like), dLnB = empty([D], like);
     const dPq = empty([D, D], like), dWv = empty([D, D], like), dW = empty([D, 2 * D], like), dB = empty([D], like);
-    const dPb = pb ? empty([S, biasCols], like) : null, dSb = sb ? empty([S], like) : null;
+    const dPb = pb ? empty([S, biasCols], like) : null;
     const workspace = empty([k.memwriteHiddenWorkspace!(B, S, T, D)], like);
     const at = (t: Tensor) => [t.handle, t.offset] as const;
     callNative('memoryWriteFromHidden backward', { dout: g, M: sM }, () =>
@@ -220,11 +207,11 @@ export function memoryWriteFromHidden(
         B, S, T, D, ...at(g), ...at(sM), ...at(sh), ...at(sLn), ...at(sPq), ...at(sWv), ...at(sW), ...at(sc), ...at(sMean), ...at(sRstd),
         ...at(sMq), ...at(sAlpha), ...at(sX), ...at(sU), ...at(sZp),
         ...at(dM), ...at(dh), ...at(dLnW), ...at(dLnB), ...at(dPq), ...at(dWv), ...at(dW), ...at(dB),
-        biasCols, ...handleOf(dPb), !!dSb, ...handleOf(dSb), ...at(workspace),
+        biasCols, ...handleOf(dPb), ...at(workspace),
       ),
     );
     workspace.dispose();
-    return [dM, dh, dLnW, dLnB, dPq, dWv, dW, dB, ...(dPb ? [dPb] : []), ...(dSb ? [dSb] : [])];
+    return [dM, dh, dLnW, dLnB, dPq, dWv, dW, dB, ...(dPb ? [dPb] : [])];
   });
   for (const t of [c, mean, rstd, mq, alpha, x, u, zp]) t.dispose();
   return { M: out, meanGate: stats ? stats[0] : NaN, pointerEntropy: stats ? stats[1] : NaN };

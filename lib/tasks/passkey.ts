@@ -6,7 +6,7 @@
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { presets, type ModelConfig, type SpecVersion } from '../nn/config.js';
+import { presets, type ModelConfig } from '../nn/config.js';
 import { passkeyCorpus, passkeyDocument, type PasskeyOptions } from '../data/index.js';
 import { Decoder } from '../infer/decoder.js';
 import { MemGPT } from '../nn/model.js';
@@ -27,16 +27,15 @@ export const defaultPasskeyTask: PasskeyTask = { segments: 2, segmentLen: 32, st
 /** The acceptance experiment: 4 segments of 64 bytes. */
 export const longPasskeyTask: PasskeyTask = { segments: 4, segmentLen: 64, steps: 10000, batchSize: 16, lr: 3e-3, curriculum: 0.4 };
 
-/** The tiny preset at the task's segment length; `specVersion` picks another version of the model function. */
-export function passkeyModelConfig(task: PasskeyOptions, memSlots: number, specVersion = presets.tiny.specVersion): ModelConfig {
-  return { ...presets.tiny, segmentLen: task.segmentLen, memSlots, specVersion };
+export function passkeyModelConfig(task: PasskeyOptions, memSlots: number): ModelConfig {
+  return { ...presets.tiny, segmentLen: task.segmentLen, memSlots };
 }
 
 /**
  * A fresh tiny model and a Trainer for it on task: a corpus of exactly steps · batchSize
  * documents taken in order, so the curriculum runs once from easy to normal documents.
  */
-export function passkeyTrainer(task: PasskeyTask, memSlots: number, seed: number, outDir: string, specVersion?: SpecVersion): Trainer {
+export function passkeyTrainer(task: PasskeyTask, memSlots: number, seed: number, outDir: string): Trainer {
   const train = passkeyCorpus(task.steps * task.batchSize, seed, task);
   const options: TrainOptions = {
     ...defaultTrainOptions,
@@ -46,7 +45,7 @@ export function passkeyTrainer(task: PasskeyTask, memSlots: number, seed: number
   // The run folder is this task's own: a new run replaces the last one instead of adding to its metrics.
   const dir = join(outDir, memSlots > 0 ? 'with-memory' : 'no-memory');
   rmSync(dir, { recursive: true, force: true });
-  const model = MemGPT.init(passkeyModelConfig(task, memSlots, specVersion), { seed });
+  const model = MemGPT.init(passkeyModelConfig(task, memSlots), { seed });
   try {
     return new Trainer(model, train, null, dir, options);
   } catch (e) {

@@ -31,7 +31,8 @@ export interface TrainOptions {
   gradAccum: number;
   /**
    * 'random' samples each step (seeded), 'sequential' passes over the corpus, or 'stream': each batch row reads
-   * whole documents sample after sample with its memory carried from one batch to the next ('random').
+   * whole documents sample after sample with its memory carried from one batch to the next (lib/data/stream.ts;
+   * the held-out evaluation still scores each sample from mem.init) ('random').
    */
   order: SampleOrder;
   /** Seed of the sample order (0). */

@@ -1,8 +1,7 @@
 // N-API bindings of the op family "memwrite" (shared by the CPU and CUDA addons): memwriteForward,
 // memwriteBackward, memwriteStats.
 // Sizes first, then (handle, element offset) per tensor, each checked against its storage; float32 only. The
-// pointer's positional bias comes as its column count (0: none) and then an optional tensor (null, 0 when none);
-// the write gate's per-slot bias (SPEC v3) as a flag and then an optional tensor.
+// pointer's positional bias comes as its column count (0: none) and then an optional tensor (null, 0 when none).
 #include "backend_kernels.h"
 #include "binding.h"
 
@@ -47,14 +46,12 @@ Napi::Value memwrite_forward(const Napi::CallbackInfo& info) {
     const float* bias = static_cast<const float*>(args.tensor("updateBias", DType::F32, D));
     const int64_t bias_cols = pointer_bias_cols(args, T, "memwriteForward");
     const float* ptr_bias = static_cast<const float*>(args.optional_tensor("ptrBias", bias_cols > 0, DType::F32, S * bias_cols));
-    const bool has_slot_bias = args.flag("hasSlotBias");
-    const float* slot_bias = static_cast<const float*>(args.optional_tensor("slotBias", has_slot_bias, DType::F32, S));
     float* out = static_cast<float*>(args.tensor("out", DType::F32, B * S * D));
     float* alpha = static_cast<float*>(args.tensor("alpha", DType::F32, B * S * T));
     float* x = static_cast<float*>(args.tensor("x", DType::F32, B * S * 2 * D));
     float* u = static_cast<float*>(args.tensor("u", DType::F32, B * S * D));
     float* zp = static_cast<float*>(args.optional_tensor("zp", has_wv, DType::F32, B * S * D));
-    K::memwrite_forward(B, S, T, D, m, mq, ck, cv, wv, w, bias, ptr_bias, bias_cols, slot_bias, out, alpha, x, u, zp);
+    K::memwrite_forward(B, S, T, D, m, mq, ck, cv, wv, w, bias, ptr_bias, bias_cols, out, alpha, x, u, zp);
     return info.Env().Undefined();
   });
 }
@@ -83,11 +80,9 @@ Napi::Value memwrite_backward(const Napi::CallbackInfo& info) {
     float* dbias = static_cast<float*>(args.tensor("dUpdateBias", DType::F32, D));
     const int64_t bias_cols = pointer_bias_cols(args, T, "memwriteBackward");
     float* d_ptr_bias = static_cast<float*>(args.optional_tensor("dPtrBias", bias_cols > 0, DType::F32, S * bias_cols));
-    const bool has_slot_bias = args.flag("hasSlotBias");
-    float* d_slot_bias = static_cast<float*>(args.optional_tensor("dSlotBias", has_slot_bias, DType::F32, S));
     float* work = static_cast<float*>(args.tensor("workspace", DType::F32, K::memwrite_workspace(B, S, T, D)));
     K::memwrite_backward(B, S, T, D, dout, mq, ck, cv, wv, w, alpha, x, u, zp, bias_cols, dm, dmq, dck, dcv, dwv,
-                         dw, dbias, d_ptr_bias, d_slot_bias, work);
+                         dw, dbias, d_ptr_bias, work);
     return info.Env().Undefined();
   });
 }
@@ -110,8 +105,6 @@ Napi::Value memwrite_hidden_forward(const Napi::CallbackInfo& info) {
     const float* bias = static_cast<const float*>(args.tensor("updateBias", DType::F32, D));
     const int64_t bias_cols = pointer_bias_cols(args, T, "memwriteHiddenForward");
     const float* ptr_bias = static_cast<const float*>(args.optional_tensor("ptrBias", bias_cols > 0, DType::F32, S * bias_cols));
-    const bool has_slot_bias = args.flag("hasSlotBias");
-    const float* slot_bias = static_cast<const float*>(args.optional_tensor("slotBias", has_slot_bias, DType::F32, S));
     float* out = static_cast<float*>(args.tensor("out", DType::F32, B * S * D));
     float* c = static_cast<float*>(args.tensor("c", DType::F32, B * T * D));
     float* mean = static_cast<float*>(args.tensor("mean", DType::F32, B * T));
@@ -123,7 +116,7 @@ Napi::Value memwrite_hidden_forward(const Napi::CallbackInfo& info) {
     float* zp = static_cast<float*>(args.tensor("zp", DType::F32, B * S * D));
     K::layernorm_forward(DType::F32, h, ln_w, ln_b, c, mean, rstd, B * T, D, 1e-5f);
     K::matmul(DType::F32, m, pq, DType::F32, mq, 1, B * S, D, D, false, false, 0, 0, 0, 0.f);
-    K::memwrite_forward(B, S, T, D, m, mq, c, c, wv, w, bias, ptr_bias, bias_cols, slot_bias, out, alpha, x, u, zp);
+    K::memwrite_forward(B, S, T, D, m, mq, c, c, wv, w, bias, ptr_bias, bias_cols, out, alpha, x, u, zp);
     return info.Env().Undefined();
   });
 }
@@ -165,14 +158,12 @@ Napi::Value memwrite_hidden_backward(const Napi::CallbackInfo& info) {
     float* dbias = static_cast<float*>(args.tensor("dUpdateBias", DType::F32, D));
     const int64_t bias_cols = pointer_bias_cols(args, T, "memwriteHiddenBackward");
     float* d_ptr_bias = static_cast<float*>(args.optional_tensor("dPtrBias", bias_cols > 0, DType::F32, S * bias_cols));
-    const bool has_slot_bias = args.flag("hasSlotBias");
-    float* d_slot_bias = static_cast<float*>(args.optional_tensor("dSlotBias", has_slot_bias, DType::F32, S));
     float* work = static_cast<float*>(args.tensor("workspace", DType::F32, hidden_workspace(B, S, T, D)));
     float* dck = work;
     float* dcv = dck + N;
     float* dmq = dcv + N;
     K::memwrite_backward(B, S, T, D, dout, mq, c, c, wv, w, alpha, x, u, zp, bias_cols, dm, dmq, dck, dcv, dwv, dw,
-                         dbias, d_ptr_bias, d_slot_bias, dmq + R * D);
+                         dbias, d_ptr_bias, dmq + R * D);
     const int64_t one = 1, dims = N;
     K::binary(BinaryOp::Add, DType::F32, dck, &one, dcv, &one, dck, &dims, 1);  // dc, into dck
     K::layernorm_backward(DType::F32, h, ln_w, mean, rstd, dck, dh, dln_w, dln_b, B * T, D);

@@ -22,8 +22,7 @@ float sigmoid(float v) { return 1.f / (1.f + std::exp(-v)); }
 
 void memwrite_forward(int64_t B, int64_t S, int64_t T, int64_t D, const float* m, const float* mq, const float* ck,
                       const float* cv, const float* wv, const float* w, const float* bias, const float* ptr_bias,
-                      int64_t bias_cols, const float* slot_bias, float* out, float* alpha, float* x, float* u,
-                      float* zp) {
+                      int64_t bias_cols, float* out, float* alpha, float* x, float* u, float* zp) {
   const int64_t R = B * S;
   const float scale = float(1.0 / std::sqrt(double(D)));
   // Pointer scores P = mq·ckᵀ [B,S,T], written straight into alpha and turned into α in place.
@@ -67,9 +66,8 @@ void memwrite_forward(int64_t B, int64_t S, int64_t T, int64_t D, const float* m
       const float* xr = x + int64_t(r) * 2 * D;
       float* ur = u + int64_t(r) * D;
       float* outr = out + int64_t(r) * D;
-      const float sb = slot_bias ? slot_bias[int64_t(r) % S] : 0.f;
       for (int64_t d = 0; d < D; d++) {
-        float g = sigmoid(slot_bias ? (ur[d] + bias[d]) + sb : ur[d] + bias[d]);
+        float g = sigmoid(ur[d] + bias[d]);
         ur[d] = g;
         outr[d] = xr[d] + g * (xr[D + d] - xr[d]);
       }
@@ -81,7 +79,7 @@ void memwrite_backward(int64_t B, int64_t S, int64_t T, int64_t D, const float* 
                        const float* ck, const float* cv, const float* wv, const float* w, const float* alpha,
                        const float* x, const float* u, const float* zp, int64_t bias_cols, float* dm, float* dmq,
                        float* dck, float* dcv, float* dwv, float* dw, float* dbias, float* d_ptr_bias,
-                       float* d_slot_bias, float* workspace) {
+                       float* workspace) {
   const int64_t R = B * S;
   const float scale = float(1.0 / std::sqrt(double(D)));
   // Workspace (memwrite_workspace elements): dG, the gate's pre-activation gradient [R,D]; dZ [R,D];
@@ -113,19 +111,6 @@ void memwrite_backward(int64_t B, int64_t S, int64_t T, int64_t D, const float* 
     }
     for (size_t d = lo; d < hi; d++) dbias[d] = float(acc[d - lo]);
   });
-  // d_slot_bias[s] = Σ_b Σ_d dG[b, s, d], in double, batch items then features in order.
-  if (d_slot_bias) {
-    parallel_for(0, S, 1, [&](size_t lo, size_t hi) {
-      for (size_t s = lo; s < hi; s++) {
-        double acc = 0;
-        for (int64_t b = 0; b < B; b++) {
-          const float* row = dg + (b * S + int64_t(s)) * D;
-          for (int64_t d = 0; d < D; d++) acc += row[d];
-        }
-        d_slot_bias[s] = float(acc);
-      }
-    });
-  }
   matmul(DType::F32, dg, x, DType::F32, dw, 1, D, 2 * D, R, true, false, 0, 0, 0, 0.f);  // dW = dGᵀ·X
   matmul(DType::F32, dg, w, DType::F32, dx, 1, R, 2 * D, D, false, false, 0, 0, 0, 0.f);  // dX = dG·W
   parallel_for(0, R, grain(2 * D), [&](size_t lo, size_t hi) {

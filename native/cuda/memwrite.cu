@@ -57,14 +57,12 @@ __global__ void concat_kernel(const float* m, const float* z, float* x, int64_t 
   }
 }
 
-// u = σ(u + bias) (u held x·wᵀ), plus slot r mod S's bias when there is one (SPEC v3), out = M + u·(Z − M).
-__global__ void gate_kernel(const float* x, const float* bias, const float* slot_bias, float* u, float* out,
-                            int64_t rows, int64_t S, int64_t D) {
+// u = σ(u + bias) (u held x·wᵀ), out = M + u·(Z − M).
+__global__ void gate_kernel(const float* x, const float* bias, float* u, float* out, int64_t rows, int64_t D) {
   const int64_t n = rows * D;
   for (int64_t i = global_thread(); i < n; i += grid_threads()) {
     const int64_t r = i / D, d = i - r * D;
-    const float logit = __fadd_rn(u[i], bias[d]);
-    const float g = sigmoidf(slot_bias ? __fadd_rn(logit, slot_bias[r % S]) : logit);
+    const float g = sigmoidf(__fadd_rn(u[i], bias[d]));
     const float xm = x[r * 2 * D + d], xz = x[r * 2 * D + D + d];
     u[i] = g;
     out[i] = __fadd_rn(xm, __fmul_rn(g, __fsub_rn(xz, xm)));
@@ -124,16 +122,6 @@ __global__ void pointer_bias_grad_kernel(const float* darg, float* d_pb, int64_t
   }
 }
 
-// d_slot_bias[s] = Σ_b Σ_d dG[b, s, d] in double, batch items then features in order; one thread per slot.
-__global__ void slot_bias_grad_kernel(const float* dg, float* d_slot_bias, int64_t B, int64_t S, int64_t D) {
-  for (int64_t s = global_thread(); s < S; s += grid_threads()) {
-    double acc = 0;
-    for (int64_t b = 0; b < B; b++)
-      for (int64_t d = 0; d < D; d++) acc += dg[(b * S + s) * D + d];
-    d_slot_bias[s] = float(acc);
-  }
-}
-
 __global__ void scale_kernel(float* x, int64_t n, float scale) {
   for (int64_t i = global_thread(); i < n; i += grid_threads()) x[i] = __fmul_rn(x[i], scale);
 }
@@ -188,8 +176,7 @@ constexpr DType F32 = DType::F32;
 
 void memwrite_forward(int64_t B, int64_t S, int64_t T, int64_t D, const float* m, const float* mq, const float* ck,
                       const float* cv, const float* wv, const float* w, const float* bias, const float* ptr_bias,
-                      int64_t bias_cols, const float* slot_bias, float* out, float* alpha, float* x, float* u,
-                      float* zp) {
+                      int64_t bias_cols, float* out, float* alpha, float* x, float* u, float* zp) {
   const int64_t R = B * S;
   if (R <= 0 || T <= 0 || D <= 0) return;
   cudaStream_t s = stream();
@@ -210,7 +197,7 @@ void memwrite_forward(int64_t B, int64_t S, int64_t T, int64_t D, const float* m
   check_launch("memwriteForward");
   // Write gate: u = σ(x·wᵀ + bias), then the blend.
   matmul(F32, x, w, F32, u, 1, R, D, 2 * D, false, true, 0, 0, 0, 0.f);
-  gate_kernel<<<blocks_for(R * D), kThreads, 0, s>>>(x, bias, slot_bias, u, out, R, S, D);
+  gate_kernel<<<blocks_for(R * D), kThreads, 0, s>>>(x, bias, u, out, R, D);
   check_launch("memwriteForward");
 }
 
@@ -218,7 +205,7 @@ void memwrite_backward(int64_t B, int64_t S, int64_t T, int64_t D, const float* 
                        const float* ck, const float* cv, const float* wv, const float* w, const float* alpha,
                        const float* x, const float* u, const float* zp, int64_t bias_cols, float* dm, float* dmq,
                        float* dck, float* dcv, float* dwv, float* dw, float* dbias, float* d_ptr_bias,
-                       float* d_slot_bias, float* workspace) {
+                       float* workspace) {
   const int64_t R = B * S;
   if (R <= 0 || T <= 0 || D <= 0) return;
   cudaStream_t s = stream();
@@ -234,10 +221,6 @@ void memwrite_backward(int64_t B, int64_t S, int64_t T, int64_t D, const float* 
   check_launch("memwriteBackward");
   // dbias = Σ_rows dG: the backend's column sum (double, split in a fixed way: deterministic).
   sum_axis(F32, dg, dbias, 1, R, D, false);
-  if (d_slot_bias) {
-    slot_bias_grad_kernel<<<blocks_for(S), kThreads, 0, s>>>(dg, d_slot_bias, B, S, D);
-    check_launch("memwriteBackward");
-  }
   matmul(F32, dg, x, F32, dw, 1, D, 2 * D, R, true, false, 0, 0, 0, 0.f);   // dW = dGᵀ·X
   matmul(F32, dg, w, F32, dx, 1, R, 2 * D, D, false, false, 0, 0, 0, 0.f);  // dX = dG·W
   add_split_kernel<<<blocks_for(R * D), kThreads, 0, s>>>(dx, dm, dz, R, D);

@@ -36,7 +36,7 @@ Linux kernel documentation, Jane Austen's novels), memory against no memory at e
   --out        the results file (default books-cpu.json); finished runs in it are not run again, and
                the plots go beside it (FILE-<corpus>-<preset>.svg)
   --eval-bytes score only the first N bytes of each held-out document (default: whole documents)
-  --spec-version N  the memory of SPEC v1 or v3 instead of the preset's (its runs are named "<variant> vN")
+  --spec-version 1  the memory of SPEC v1 instead of v2 (its runs are named "<variant> v1")
   --setup      fetch and unpack the corpora (apt-get download, no root), then stop
   --cache      where the corpora live (default $MEMGPT_CACHE/books or ~/.cache/memgpt/books)`;
 
@@ -60,10 +60,9 @@ function planRuns(flags: Flags): BooksRunSpec[] {
     return c as BookCorpusName;
   });
   const preset = choice(flags, 'preset', ['tiny', 'small', 'base'] as const, 'tiny') as PresetName;
-  // --spec-version N: the grid on another version's memory (v1: the diagnosis of why it did not pay; v3: the per-slot
-  // write-gate bias); its runs are named "<variant> vN".
+  // --spec-version 1: the grid on SPEC v1's memory (the diagnosis of why it did not pay); its runs are named "<variant> v1".
   const specVersion = flags['spec-version'] === undefined ? presets[preset].specVersion : Number(flags['spec-version']);
-  if (specVersion !== 1 && specVersion !== 2 && specVersion !== 3) throw new MemgptError(`--spec-version must be 1, 2 or 3 (got '${String(flags['spec-version'])}')`);
+  if (specVersion !== 1 && specVersion !== 2) throw new MemgptError(`--spec-version must be 1 or 2 (got '${String(flags['spec-version'])}')`);
   const base = { ...presets[preset], specVersion: specVersion as SpecVersion };
   const suffix = specVersion === presets[preset].specVersion ? '' : ` v${specVersion}`;
   const recipe = recipeFor(preset);

@@ -9,7 +9,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 
 import { presets } from '../lib/nn/config.js';
 import { bookCorpusDescription, readR } from '../lib/cli/bench/books/corpora.js';
-import { booksVariant, defaultVariants, summarize, variantKey, variantNames, readResults, writeResults } from '../lib/cli/bench/books/grid.js';
+import { booksVariant, defaultVariants, offsetBands, summarize, variantKey, variantNames, readResults, writeResults } from '../lib/cli/bench/books/grid.js';
 import { runBooks, type BooksRunResult } from '../lib/cli/bench/books/run.js';
 import { bucketLosses, memoryProbe, positionBuckets, scoreDocument } from '../lib/cli/bench/books/score.js';
 import { flopsPerToken } from '../lib/cli/bench/flops.js';
@@ -58,6 +58,11 @@ describe('the books grid', () => {
     train: { steps: 10, batch: 8, segments: 4, tokens: 10240, lr: 1e-3, warmup: 1, documents: 1, bytes: 1 },
     bitsPerByte: bpb, evalBytes: 100, byPosition: positionBuckets.map((b, i) => ({ name: b.name, bitsPerByte: byPosition[i], tokens: 10 })),
     tokensPerSecond: 1000, flopsPerToken: 1, trainSeconds: 1, machine: 'test', diagnostics: [],
+  });
+
+  it('the loss by offset in the segment is drawn in power-of-two bands (offset 0, 1, 2-3, 4-7, ...)', () => {
+    expect(offsetBands([5, 4, 3, 3, 2, 2, 2, 2, 1])).toEqual([[0, 5], [1, 4], [2, 3], [3, 2], [4, 1]]);
+    expect(offsetBands([7, NaN, 2, 4])).toEqual([[0, 7], [2, 3]]);
   });
 
   it('the summary: seed means, the gain over mem0@T and the share of the gap to mem0@4T closed', () => {

@@ -11,7 +11,7 @@ import { choice, int, parse, type Flags } from '../../flags.js';
 import { MemgptError } from '../../../core/errors.js';
 import { recipeFor } from '../../../train/trainer.js';
 import { bookCorpusNames, defaultBooksCache, ensureBookCorpus, type BookCorpusName } from './corpora.js';
-import { booksMemoryPlot, booksPlot, booksVariant, defaultVariants, readResults, runKey, summarize, variantKey, variantNames, writeResults, type VariantName } from './grid.js';
+import { booksMemoryPlot, booksOffsetPlot, booksPlot, booksVariant, defaultVariants, readResults, runKey, summarize, variantKey, variantNames, writeResults, type VariantName } from './grid.js';
 import { runBooks, type BooksRunResult, type BooksRunSpec } from './run.js';
 
 export const booksUsage = `memgpt bench books — stream-mode bits/byte on held-out long documents (Debian's KJV Bible,
@@ -210,6 +210,8 @@ function writePlots(out: string, runs: BooksRunResult[]): void {
     const memoryVariants = [...new Set(runs.filter((r) => r.corpus === corpus && r.preset === preset && r.seed === 0 && r.config.memSlots > 0).map((r) => r.variant))]
       .filter((v) => v === 'S8' || v === 'S16' || v.endsWith(' v1'));
     if (memoryVariants.length) write(`${base}-memory.svg`, booksMemoryPlot(runs, corpus, preset, memoryVariants));
+    const offsets = booksOffsetPlot(runs, corpus, preset);
+    if (offsets) write(`${base}-offset.svg`, offsets);
   }
 }
 

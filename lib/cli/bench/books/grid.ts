@@ -160,6 +160,34 @@ export function booksPlot(summary: BooksSummary[], corpus: string, preset: strin
 }
 
 /**
+ * How much context each variant uses: held-out bits/byte by offset t inside the segment (seed 0, the runs that measured
+ * it), averaged over the offsets of each power-of-two band (t = 0, 1, 2–3, 4–7, …). A curve flattens where more of
+ * the segment no longer helps; the memory variants start lower at t = 0, where the memory is all the context there is.
+ */
+export function booksOffsetPlot(runs: BooksRunResult[], corpus: string, preset: string): string | null {
+  const withOffsets = runs.filter((r) => r.corpus === corpus && r.preset === preset && r.seed === 0 && r.byOffset?.length);
+  if (!withOffsets.length) return null;
+  const series = withOffsets.map((r) => ({
+    name: `${r.variant} (T ${r.config.segmentLen})`,
+    points: offsetBands(r.byOffset!),
+  }));
+  return lineChart(series, {
+    title: `${corpus}, ${preset}: held-out bits/byte by offset t in the segment, bands t = 0, 1, 2-3, 4-7, ... (seed 0)`,
+    xLabel: 'band k: offsets 2^(k-1) … 2^k − 1 (k = 0: t = 0)', yLabel: 'bits/byte', width: 900,
+  });
+}
+
+/** [band k, mean of the finite values at offsets 2^(k−1) … 2^k − 1] (band 0: offset 0). */
+export function offsetBands(byOffset: readonly number[]): [number, number][] {
+  const out: [number, number][] = [];
+  for (let k = 0, lo = 0; lo < byOffset.length; k++, lo = 2 ** (k - 1)) {
+    const values = byOffset.slice(lo, Math.min(byOffset.length, 2 ** k)).filter(Number.isFinite);
+    if (values.length) out.push([k, values.reduce((a, b) => a + b, 0) / values.length]);
+  }
+  return out;
+}
+
+/**
  * The memory over training for the memory variants asked for (seed 0): each layer's read gate, write gate and
  * pointer entropy ÷ ln T per logged step — where v1's write gate closes and v2's memory stays in use.
  */

@@ -3,7 +3,8 @@
 // without; then scores greedy teacher-forced token accuracy on the copied half of fresh samples.
 // Usage: npx tsx bench/copy-accept.ts [--seeds 0,1,2] [--mem-slots 8] [--steps N] [--held-out 200] [--out FILE]
 //          [--register-slots N]   (SPEC v2 ablation: how many slots ptr.pos starts as a shift register; default ⌈S/2⌉)
-//          [--read-bias X]        (ablation of the init: the read gates' bias mem.gate.bias)
+//          [--read-bias X]        (ablation of the init: the read gates' bias mem.gate.bias; default the memory
+//                                  tasks' 2, lib/tasks/passkey.ts)
 import { writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { parseArgs } from 'node:util';

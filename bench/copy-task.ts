@@ -8,7 +8,8 @@ import { join } from 'node:path';
 import { presets, type ModelConfig } from '../lib/nn/config.js';
 import { segmentedCopyCorpus, segmentedCopyLayout } from '../lib/data/index.js';
 import { Decoder } from '../lib/infer/decoder.js';
-import { MemGPT } from '../lib/nn/model.js';
+import { MemGPT, setReadGateBias } from '../lib/nn/model.js';
+import { MEMORY_TASK_READ_GATE_BIAS } from '../lib/tasks/passkey.js';
 import { Trainer, defaultTrainOptions, type TrainOptions } from '../lib/train/trainer.js';
 
 export interface CopyTask {
@@ -40,6 +41,7 @@ export function copyTrainer(task: CopyTask, memSlots: number, seed: number, outD
   rmSync(dir, { recursive: true, force: true }); // this task's own folder: a new run replaces the last
   const model = MemGPT.init(copyModelConfig(memSlots), { seed });
   try {
+    setReadGateBias(model, MEMORY_TASK_READ_GATE_BIAS); // the memory-only tasks' start (lib/tasks/passkey.ts says why)
     return new Trainer(model, train, null, dir, options);
   } catch (e) {
     model.dispose();

@@ -7,7 +7,7 @@
 //          [--read-bias X]
 //          (ablations of the init: --register-slots, how many slots ptr.pos starts as a shift register, default ⌈S/2⌉;
 //          --update-bias, the write gate's bias mem.update.bias, default 0: σ(0) = a half-open gate; --read-bias,
-//          the read gate's bias mem.gate.bias)
+//          the read gate's bias mem.gate.bias, default the memory tasks' 2, lib/tasks/passkey.ts)
 import { writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { parseArgs } from 'node:util';

@@ -22,7 +22,7 @@ const { values: f } = parseArgs({
   options: {
     corpus: { type: 'string', default: 'kjv' }, preset: { type: 'string', default: 'tiny' },
     'mem-slots': { type: 'string' }, 'seg-len': { type: 'string' }, segments: { type: 'string', default: '4' },
-    batch: { type: 'string', default: '8' }, steps: { type: 'string', default: '3000' }, lr: { type: 'string', default: '1e-3' },
+    'batch-size': { type: 'string', default: '8' }, steps: { type: 'string', default: '3000' }, lr: { type: 'string', default: '1e-3' },
     seed: { type: 'string', default: '0' },
     init: { type: 'string', default: '' }, bias: { type: 'string', default: '' }, 'lr-mult': { type: 'string', default: '' },
     'weight-decay': { type: 'string', default: '0.1' }, warmup: { type: 'string', default: '100' }, 'eval-tokens': { type: 'string', default: '0' },
@@ -38,7 +38,7 @@ const cfg = {
   specVersion: num('spec-version') as 1 | 2,
 };
 if (cfg.specVersion === 2 && (f.read !== 'gated' || f['ptr-bias'] !== '' || f['cheat-write'])) throw new Error('the design variants start from SPEC v1: add --spec-version 1');
-const [segments, B, steps, lr, seed] = [num('segments'), num('batch'), num('steps'), num('lr'), num('seed')];
+const [segments, B, steps, lr, seed] = [num('segments'), num('batch-size'), num('steps'), num('lr'), num('seed')];
 const corpus = ensureBookCorpus(f.corpus as BookCorpusName);
 const tokenizer = getTokenizer('byte');
 const train = loadCorpus(`${corpus.dir}/train`, tokenizer);

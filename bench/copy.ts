@@ -21,13 +21,13 @@ const { values: f } = parseArgs({
   options: {
     'mem-slots': { type: 'string', default: '8' }, steps: { type: 'string', default: '3000' }, lr: { type: 'string', default: '3e-3' },
     positional: { type: 'string', default: 'sinusoidal' }, init: { type: 'string', default: '' }, bias: { type: 'string', default: '' },
-    seed: { type: 'string', default: '0' }, batch: { type: 'string', default: '32' }, 'log-every': { type: 'string', default: '100' },
+    seed: { type: 'string', default: '0' }, 'batch-size': { type: 'string', default: '32' }, 'log-every': { type: 'string', default: '100' },
     heads: { type: 'string', default: '2' }, layers: { type: 'string', default: '2' }, dmodel: { type: 'string', default: '64' },
     alphabet: { type: 'string', default: '16' }, 'easy-until': { type: 'string', default: '0' },
   },
 });
 const num = (k: keyof typeof f) => Number(f[k]);
-const [memSlots, steps, lr, seed, B] = (['mem-slots', 'steps', 'lr', 'seed', 'batch'] as const).map(num);
+const [memSlots, steps, lr, seed, B] = (['mem-slots', 'steps', 'lr', 'seed', 'batch-size'] as const).map(num);
 const layout = segmentedCopyLayout({ alphabet: num('alphabet') });
 const { segmentLen: T, segments: K, sampleLen: N } = layout;
 const model = MemGPT.init({

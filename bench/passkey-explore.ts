@@ -4,7 +4,7 @@
 // digits|digits-all|distance with --easy-until STEP), initial std / bias overrides by parameter-name
 // regex (--init, --bias) — and prints the answer-digit loss (ln 10 = 2.30 is chance), each layer's
 // read gate / write gate / pointer entropy, and now and then greedy accuracy. What each knob did is
-// in the issue notes; bench/passkey.ts is the acceptance run through the library.
+// in the closing notes of the sessions that used it; bench/passkey.ts is the acceptance run through the library.
 // Usage: npx tsx bench/passkey-explore.ts --seg-len 32 --segments 2 --eval-segments 2 --steps 4000 --lr 3e-3 --easy-until 2000 --easy digits
 import { parseArgs } from 'node:util';
 
@@ -22,13 +22,13 @@ const { values: f } = parseArgs({
     'mem-slots': { type: 'string', default: '8' }, steps: { type: 'string', default: '2000' }, lr: { type: 'string', default: '1e-3' },
     segments: { type: 'string', default: '4' }, 'filler-weight': { type: 'string', default: '0' }, positional: { type: 'string', default: 'rope' },
     init: { type: 'string', default: '' }, bias: { type: 'string', default: '' }, seed: { type: 'string', default: '0' },
-    batch: { type: 'string', default: '16' }, 'eval-segments': { type: 'string', default: '4' }, 'log-every': { type: 'string', default: '100' },
+    'batch-size': { type: 'string', default: '16' }, 'eval-segments': { type: 'string', default: '4' }, 'log-every': { type: 'string', default: '100' },
     'seg-len': { type: 'string', default: '64' }, heads: { type: 'string', default: '2' }, layers: { type: 'string', default: '2' }, 'key-at': { type: 'string', default: 'random' },
     'easy-until': { type: 'string', default: '0' }, easy: { type: 'string', default: 'sentence' },
   },
 });
 const num = (k: keyof typeof f) => Number(f[k]);
-const [memSlots, steps, lr, segments, fillerWeight, seed, B] = (['mem-slots', 'steps', 'lr', 'segments', 'filler-weight', 'seed', 'batch'] as const).map(num);
+const [memSlots, steps, lr, segments, fillerWeight, seed, B] = (['mem-slots', 'steps', 'lr', 'segments', 'filler-weight', 'seed', 'batch-size'] as const).map(num);
 const T = num('seg-len');
 const model = MemGPT.init({ ...presets.tiny, segmentLen: T, memSlots, nHeads: num('heads'), nLayers: num('layers'), positional: f.positional as 'rope' | 'sinusoidal' }, { seed });
 applyInitOverrides(model, f.init!, f.bias!, seed);

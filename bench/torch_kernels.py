@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch's side of the CUDA kernel comparisons (issue 5), at the base preset's shapes.
+"""PyTorch's side of the CUDA kernel comparisons (our kernels against cuBLAS and PyTorch's own), at the base preset's shapes.
 
 Times, with CUDA events (median of many runs after warm-up, inputs rotated so
 that the L2 cache does not hold them):

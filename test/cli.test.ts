@@ -30,7 +30,14 @@ describe('memgpt command', () => {
     const r = memgpt('bench', 'books', '--help');
     expect(r.status).toBe(0);
     expect(r.stdout).toMatch(/stream-mode bits\/byte on held-out long documents/);
-    for (const flag of ['--corpus', '--variants', '--seeds', '--steps', '--jobs', '--out', '--setup', '--merge']) expect(r.stdout).toContain(flag);
+    // Every flag it parses has its line, with its default where it has one (the table of lib/cli/flag-docs.ts).
+    for (const doc of flagDocs.books as FlagDoc[]) {
+      const line = r.stdout.split('\n').find((l) => l.startsWith(`  --${doc.name} `));
+      expect(line, `bench books --${doc.name}`).toBeDefined();
+      expect(line).toContain(doc.help);
+      if (doc.default) expect(line).toContain(`(default: ${doc.default})`);
+    }
+    expect(r.stdout).toContain('S8s');
   });
 
   it('prints help and version', () => {

@@ -26,10 +26,12 @@ forEachDevice((device) => {
     });
 
     // [x shape, N]: tiny, odd, more rows/cols than one 6x16 tile, K over one 256-wide panel, a plain vector; then
-    // decoding's few rows (the CPU's GEMV path, up to 16 rows: groups of 3, then 2 or 1; columns past its 8-wide
-    // tiles and past a 64-column task; K not a multiple of 8).
+    // decoding's few rows: on the CPU, up to 3 rows take the GEMV path (groups of 3, then 2 or 1; columns past its
+    // 8-wide tiles and past a 64-column task; K not a multiple of 8), and 4 to 16 rows the panel path (Aᵀ 8 or 16
+    // wide; 6-column tiles, their 1-5-column tails, and 48-column tasks).
     const cases: [number[], number][] = [[[3, 5, 7], 9], [[2, 13, 37], 70], [[50, 300], 33], [[11], 5], [[1, 1], 1],
-      [[1, 37], 70], [[2, 1, 300], 45], [[16, 130], 67]];
+      [[1, 37], 70], [[2, 1, 300], 45], [[3, 40], 20], [[16, 130], 67], [[5, 33], 53], [[3, 3, 20], 100], [[8, 264], 17],
+      [[4, 7], 16]];
     for (const [xShape, n] of cases) {
       for (const activation of ['none', 'gelu'] as const) {
         for (const withBias of [true, false]) {
@@ -87,7 +89,7 @@ forEachDevice((device) => {
   });
 
   describe('linear in bfloat16 (the tensor-core paths)', () => {
-    // The bar for bf16: at most twice the error of a naive bf16 computation (exact math on the
+    // The bar for bf16: at most twice the error of a naive bf16 computation (exact math on the
     // bf16 inputs, the result rounded to bf16 once), both against float64, here as RMS over the tensor.
     // Sizes cross 128-wide tiles and 32-deep K steps.
     const toBf16 = (v: ArrayLike<number>) => mg.tensor(Float32Array.from(v), [v.length], { ...opts, dtype: 'bfloat16' }).toArray();

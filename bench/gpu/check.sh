@@ -123,7 +123,7 @@ console.log(`   memgpt ${r.memgpt.tokensPerSecond.toFixed(0)} tok/s, PyTorch ${r
   else
     local preset=base steps=5
     [ -n "$dry" ] && preset=tiny steps=2
-    node bin/memgpt.js bench train --preset $preset --batch 2 --segments 2 --steps $steps --device cuda --json > "$out/train-cuda.json" 2> "$out/train-cuda.err" || return 1
+    node bin/memgpt.js bench train --preset $preset --batch-size 2 --segments 2 --steps $steps --device cuda --json > "$out/train-cuda.json" 2> "$out/train-cuda.err" || return 1
     node -e 'const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")); console.log(`   memgpt ${r.preset}: ${r.tokensPerSecond.toFixed(0)} tok/s, losses ${r.losses.map((l) => l.toFixed(3)).join(" ")} (PyTorch with CUDA: not here, skipped)`)' "$out/train-cuda.json" >> "$summary"
   fi
 }

@@ -2,7 +2,6 @@
 // non-zero exit code; nothing here calls process.exit, so output is flushed.
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 
 import { cudaKernelsVerified, defaultDevice, packageRoot, parseDevice, setDefaultDevice } from '../native/backend.js';
 import { evalCommand } from './eval.js';
@@ -22,7 +21,7 @@ Usage:
   memgpt train    [--preset NAME | --config FILE.json | --init CKPT] --data PATH --out DIR
                   [--steps N] [--batch-size B] [--segments K] [--lr X] [--optimizer adamw|sgd]
                   [--weight-decay W] [--grad-clip C] [--warmup N] [--schedule cosine|constant]
-                  [--order random|sequential] [--seed S] [--device cpu|cuda] [--resume] [--json]
+                  [--order random|sequential|stream] [--seed S] [--device cpu|cuda] [--resume] [--json]
                   [--grad-accum N] [--eval-every N] [--eval-batches N] [--checkpoint-every N]
                   [--log-every N] [--held-out FRACTION] [--precision float32|bfloat16]
                   [--mem-slots S] [--segment-len T] [--tokenizer byte|gpt2]   (override the preset's or config's)

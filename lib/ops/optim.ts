@@ -89,6 +89,7 @@ export class AdamW {
   private readonly decays: number[];
   private m: Tensor[];
   private v: Tensor[];
+  private disposed = false;
   private steps: number[];
   private count = 0;
 
@@ -120,7 +121,7 @@ export class AdamW {
   /** One update of every param that has a gradient; lr, if given, replaces this.lr from now on (schedules). */
   step(lr?: number): void {
     const op = 'AdamW.step';
-    if (!this.m) throw new MemgptError(`${op}: the optimizer was disposed`);
+    if (this.disposed) throw new MemgptError(`${op}: the optimizer was disposed`);
     if (lr !== undefined) this.lr = checkLr(op, lr);
     checkParams(op, this.params);
     const idx = this.params.flatMap((p, i) => (withGrads(op, [p]).length ? [i] : []));
@@ -152,14 +153,14 @@ export class AdamW {
 
   /** The moments (the optimizer's own tensors: do not dispose them) and step counts. */
   state(): AdamWState {
-    if (!this.m) throw new MemgptError('AdamW.state: the optimizer was disposed');
+    if (this.disposed) throw new MemgptError('AdamW.state: the optimizer was disposed');
     return { m: [...this.m], v: [...this.v], step: this.count, steps: [...this.steps] };
   }
 
   /** Copies moments and step counts from a saved state (same params, same shapes); the given tensors are not kept. */
   loadState(state: AdamWState): void {
     const op = 'AdamW.loadState';
-    if (!this.m) throw new MemgptError(`${op}: the optimizer was disposed`);
+    if (this.disposed) throw new MemgptError(`${op}: the optimizer was disposed`);
     const n = this.params.length;
     if (!state || state.m?.length !== n || state.v?.length !== n) throw new MemgptError(`${op}: the state must have m and v for each of the ${n} params`);
     if (!Number.isSafeInteger(state.step) || state.step < 0) throw new MemgptError(`${op}: step must be a non-negative integer, got ${state.step}`);
@@ -183,10 +184,11 @@ export class AdamW {
 
   /** Frees the moments. */
   dispose(): void {
-    if (!this.m) return;
+    if (this.disposed) return;
     for (const t of [...this.m, ...this.v]) t.dispose();
-    this.m = null as unknown as Tensor[];
-    this.v = null as unknown as Tensor[];
+    this.m = [];
+    this.v = [];
+    this.disposed = true;
   }
 
   [Symbol.dispose](): void {

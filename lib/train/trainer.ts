@@ -4,16 +4,18 @@
 // state, step and data position, committed as one unit so that a killed run
 // resumes bit for bit: lib/train/run-folder.ts), a metrics log and SVG plots in the
 // run folder.
-import { appendFileSync, existsSync, mkdirSync } from 'node:fs';
+import { appendFileSync, mkdirSync } from 'node:fs';
 
-import { synchronize, type Device } from '../native/backend.js';
-import { loadModel, loadStreamMemory, loadTrainingState, saveModel, saveTrainingState } from '../io/checkpoint.js';
+import { synchronize } from '../native/backend.js';
+import { loadStreamMemory, loadTrainingState, saveModel, saveTrainingState } from '../io/checkpoint.js';
 import { readSafetensorsHeader } from '../io/safetensors.js';
-import { BatchSampler, samplesIn, type Corpus, type SamplerState } from '../data/index.js';
+import { BatchSampler, samplesIn, type Corpus } from '../data/index.js';
 import { MemgptError } from '../core/errors.js';
 import { MemGPT, type LayerDiagnostics } from '../nn/model.js';
 import { AdamW, SGD, clipGradNorm, gradNorm } from '../ops/optim.js';
 import { drawRunPlots } from './plot.js';
+import { groupGradNorms, noDecay, type ParamGroup } from './param-groups.js';
+import type { RunData, TrainerState } from './resume.js';
 import { batchRows, evaluateLoss, targetCount } from './evaluate.js';
 import { keep, tensor, tidy, type Parameter, type Tensor } from '../core/tensor.js';
 import { scale } from '../ops/elementwise.js';
@@ -23,6 +25,8 @@ import { ProcessGroup } from '../parallel/group.js';
 import { GradientAllReduce, ZeroAdamW, broadcastParams, checkParallelDevice, checkRanksAgree } from '../parallel/data-parallel.js';
 
 export { runFiles, type RunFiles } from './run-folder.js';
+export { loadRunModel, savedTrainerState, type RunData, type TrainerState } from './resume.js';
+export { paramGroup, type ParamGroup } from './param-groups.js';
 export { evaluateLoss } from './evaluate.js';
 export { defaultTrainOptions, learningRate, recipeFor, recipes, validateTrainOptions, type Recipe, type TrainOptions } from './options.js';
 
@@ -53,72 +57,11 @@ export interface StepLog {
   syncSeconds?: number;
 }
 
-/** Parameter groups whose gradient norms the diagnostics report: where the learning signal goes. */
-export type ParamGroup = 'attention' | 'memoryRead' | 'memoryWrite' | 'ffn' | 'embeddingAndHead' | 'norms';
-
-/** The group of a parameter, by its SPEC §2 name. */
-export function paramGroup(name: string): ParamGroup {
-  if (/\.attn\./.test(name)) return 'attention';
-  if (/\.mem\.(ln|kv|gate)\./.test(name)) return 'memoryRead';
-  if (/\.(ptr\.|mem\.update|mem\.init)/.test(name)) return 'memoryWrite';
-  if (/\.ffn\./.test(name)) return 'ffn';
-  if (/(^|\.)ln(\d|_f)?\./.test(name)) return 'norms';
-  return 'embeddingAndHead';
-}
-
-function groupGradNorms(model: MemGPT): Record<ParamGroup, number> {
-  const sums: Record<ParamGroup, number> = { attention: 0, memoryRead: 0, memoryWrite: 0, ffn: 0, embeddingAndHead: 0, norms: 0 };
-  for (const [name, p] of model.params) {
-    if (!p.grad) continue;
-    sums[paramGroup(name)] += gradNorm([p]) ** 2;
-  }
-  for (const k of Object.keys(sums) as ParamGroup[]) sums[k] = Math.sqrt(sums[k]);
-  return sums;
-}
-
-/** Weight decay goes to the matrices only: not to norms, biases or the memory's initial state. */
-function noDecay(model: MemGPT): Parameter[] {
-  return [...model.params].filter(([name, p]) => p.rank < 2 || name.endsWith('mem.init')).map(([, p]) => p);
-}
-
 /** Data parallelism for a Trainer: the ranks' group, and whether the optimizer state is sharded (ZeRO-1). */
 export interface ParallelOptions {
   group: ProcessGroup;
   /** 1: ZeRO-1 (AdamW only). Default 0. */
   zero?: 0 | 1;
-}
-
-/** What a run's data was, saved with its state so that --resume can tell a different corpus or split. */
-export interface RunData {
-  /** The --data path as given. */
-  path: string;
-  /** The held-out fraction (--held-out). */
-  heldOut: number;
-  /** Tokens of the training split. */
-  trainTokens: number;
-}
-
-export interface TrainerState {
-  step: number;
-  sampler: SamplerState;
-  options: TrainOptions;
-  elapsedSeconds: number;
-  tokens: number;
-  /** Absent in states written before it was saved. */
-  data?: RunData;
-}
-
-/** The trainer state saved with a run folder's committed checkpoint (its metadata only: no tensor is read). */
-export function savedTrainerState(dir: string): { state: Partial<TrainerState>; checkpoint: string } | null {
-  const cp = committedCheckpoint(runFiles(dir));
-  if (!cp) return null;
-  const text = readSafetensorsHeader(cp.optimizer).metadata['memgpt.trainer'];
-  if (text === undefined) throw new MemgptError(`${cp.optimizer}: no trainer state to resume from`);
-  try {
-    return { state: JSON.parse(text) as Partial<TrainerState>, checkpoint: cp.optimizer };
-  } catch (e) {
-    throw new MemgptError(`${cp.optimizer}: its trainer state is not valid JSON (${(e as Error).message})`);
-  }
 }
 
 /**
@@ -213,7 +156,7 @@ export class Trainer {
     const cp = committedCheckpoint(this.files);
     if (!cp) throw new MemgptError(`--resume: ${this.files.dir} has no checkpoint to resume from`);
     // A checkpoint holds the single-process optimizer state; under ZeRO-1 each rank keeps its run of it.
-    const load = (optimizer: AdamW | SGD) => loadTrainingState(cp.optimizer, this.model, optimizer) as unknown as TrainerState;
+    const load = (optimizer: AdamW | SGD) => loadTrainingState(cp.optimizer, this.model, optimizer) as Partial<TrainerState>;
     const state = this.optimizer instanceof ZeroAdamW ? this.optimizer.loadFull(load) : load(this.optimizer);
     if (typeof state.step !== 'number' || !state.sampler) throw new MemgptError(`${cp.optimizer}: no trainer state to resume from`);
     // Every field is checked: a step of 2.5 or a negative token count used to run on and write nothing.
@@ -398,7 +341,7 @@ export class Trainer {
     const save = (full: AdamW | SGD) => {
       if (!this.isRoot) return;
       commitCheckpoint(this.files, this.step, (model, optimizer) => {
-        saveTrainingState(optimizer, this.model, full, state as unknown as Record<string, unknown>, streamMemory);
+        saveTrainingState(optimizer, this.model, full, { ...state }, streamMemory);
         saveModel(model, this.model, { metadata: { [STEP_KEY]: String(this.step) } });
       });
       this.plot();
@@ -424,14 +367,4 @@ export class Trainer {
     this.gradientSum?.dispose();
     this.lock?.release();
   }
-}
-
-/** Loads the model of the run folder's committed checkpoint, for --resume. */
-export function loadRunModel(dir: string, device?: Device): MemGPT {
-  const cp = committedCheckpoint(runFiles(dir));
-  if (!cp) {
-    throw new MemgptError(`--resume: ${dir} has no checkpoint to resume from` +
-      (existsSync(runFiles(dir).metrics) ? ' (its run stopped before the first one); run the same command without --resume to start it again' : ''));
-  }
-  return loadModel(cp.model, { device });
 }

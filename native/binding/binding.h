@@ -33,7 +33,8 @@ void copy_storage_to_host(void* host_dst, const void* src, size_t bytes);
 void copy_within_storage(void* dst, const void* src, size_t bytes);
 // The kernels of native/common/kernels.inc.
 void register_ops(Napi::Env env, Napi::Object exports);
-// The model's op families (native/binding/ops_<family>.cc); CPU addon only until their CUDA versions exist.
+// The model's op families (native/binding/ops_<family>.cc), registered by both addons: each calls the kernels of
+// its native/common/<family>.inc, which native/cpu and native/cuda both implement.
 void register_norm(Napi::Env env, Napi::Object exports);
 void register_linear(Napi::Env env, Napi::Object exports);
 void register_attention(Napi::Env env, Napi::Object exports);

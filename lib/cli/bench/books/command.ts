@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { numThreads, packageRoot } from '../../../native/backend.js';
 import { presets, type PresetName, type SpecVersion } from '../../../nn/config.js';
 import { choice, int, parse, type Flags } from '../../flags.js';
+import { flagTable, specOf } from '../../flag-docs.js';
 import { MemgptError } from '../../../core/errors.js';
 import { recipeFor } from '../../../train/trainer.js';
 import { bookCorpusNames, defaultBooksCache, ensureBookCorpus, type BookCorpusName } from './corpora.js';
@@ -17,34 +18,27 @@ import { runBooks, type BooksRunResult, type BooksRunSpec } from './run.js';
 export const booksUsage = `memgpt bench books — stream-mode bits/byte on held-out long documents (Debian's KJV Bible,
 Linux kernel documentation, Jane Austen's novels), memory against no memory at equal training tokens
 
+Usage:
   memgpt bench books [--corpus kjv|linux-doc|austen|all|LIST] [--preset tiny|small] [--variants LIST]
                      [--seeds N | --seed-list LIST] [--steps N] [--lr X] [--jobs N] [--out FILE.json]
-                     [--eval-bytes N] [--cache DIR] [--keep-runs] [--setup] [--json]
+                     [--eval-bytes N] [--spec-version 1|2] [--cache DIR] [--keep-runs] [--setup] [--json]
   memgpt bench books --merge A.json,B.json --out FILE.json   (runs from several files, e.g. machines)
 
-  --variants   comma-separated, of ${variantNames.join(', ')} (default: ${defaultVariants.join(', ')}).
-               mem0@kT: memSlots 0 at k times the segment length; S<n>: memory with n slots;
-               K<n>: n segments a sample (BPTT depth), the batch scaled to keep the tokens a step;
-               S8r<n>: S8 with n of its slots started as the shift register (default 4), S8u2: S8 with
-               its write gates started mostly closed (bias −2, default 0): ablations of the init.
-               S8s: S8 trained in stream order (each row's memory carried from batch to batch); S8g2: S8
-               with its read gates started at bias +2 (default 0).
-               mem0@16T: how far back a model of this size uses context at all (its loss by offset).
-  --seeds      seeds 0 … N−1 of each variant (default 3); --seed-list: these seeds
-  --steps      training steps of each run (default 3000); every variant trains on the same tokens
-  --jobs       runs side by side, each in its own process on threads/jobs threads (default 1)
-  --out        the results file (default books-cpu.json); finished runs in it are not run again, and
-               the plots go beside it (FILE-<corpus>-<preset>.svg)
-  --eval-bytes score only the first N bytes of each held-out document (default: whole documents)
-  --spec-version 1  the memory of SPEC v1 instead of v2 (its runs are named "<variant> v1")
-  --setup      fetch and unpack the corpora (apt-get download, no root), then stop
-  --cache      where the corpora live (default $MEMGPT_CACHE/books or ~/.cache/memgpt/books)`;
+Flags:
+${flagTable('books')}
 
-const flagSpec = {
-  corpus: 'string', preset: 'string', variants: 'string', seeds: 'string', steps: 'string', lr: 'string', jobs: 'string',
-  out: 'string', 'eval-bytes': 'string', cache: 'string', 'keep-runs': 'boolean', setup: 'boolean', json: 'boolean', one: 'string',
-  help: 'boolean', 'seed-list': 'string', merge: 'string', 'spec-version': 'string',
-} as const;
+Variants (default: ${defaultVariants.join(', ')}):
+  mem0@kT   memSlots 0 at k times the segment length (mem0@16T: how far back a model of this size uses
+            context at all, from its loss by offset)
+  S<n>      memory with n slots
+  K<n>      n segments a sample (BPTT depth), the batch scaled to keep the tokens a step
+  S8r<n>    S8 with n of its slots started as the shift register (default 4); S8u2: S8 with its write
+            gates started mostly closed (bias −2, default 0); S8g2: its read gates started at bias +2
+            (default 0): ablations of the init
+  S8s       S8 trained in stream order (each row's memory carried from batch to batch)
+  all:      ${variantNames.join(', ')}`;
+
+const flagSpec = specOf('books');
 
 function parseVariants(flags: Flags): VariantName[] {
   if (typeof flags.variants !== 'string') return [...defaultVariants];
@@ -121,11 +115,11 @@ function runInChild(spec: BooksRunSpec, threads: number, log: (line: string) => 
 
 /** `memgpt bench books`: returns the exit code. */
 export async function booksCommand(argv: string[]): Promise<number> {
-  const flags = parse(argv, flagSpec);
-  if (flags.help) {
+  if (argv.includes('--help') || argv.includes('-h')) {
     console.log(booksUsage);
     return 0;
   }
+  const flags = parse(argv, flagSpec);
   const log = (line: string) => console.error(line);
   if (typeof flags.merge === 'string') {
     // Runs of several results files into one (the later file wins a run both hold), with its summary and plots.

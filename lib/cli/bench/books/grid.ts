@@ -14,7 +14,7 @@ import { positionBuckets } from './score.js';
 
 export const variantNames = ['mem0@T', 'mem0@2T', 'mem0@4T', 'mem0@16T', 'S8', 'S16', 'S32', 'K2', 'K4', 'K8', 'K16', 'S8r0', 'S8r2', 'S8u2', 'S8s', 'S8g2'] as const;
 export type VariantName = (typeof variantNames)[number];
-/** The grid that runs without --variants: the issue's comparisons; the S8r<n> pointer-init ablations run when asked. */
+/** The grid that runs without --variants: memory off at T, 2T and 4T, memory with 8, 16 and 32 slots, BPTT depths 2–16; the init ablations, stream order and mem0@16T run when asked. */
 export const defaultVariants: readonly VariantName[] = variantNames.filter((n) => !/[rug]\d+$|s$|16T$/.test(n));
 
 /** The training shape every variant shares: batch × segments × T tokens a step (SPEC §6's benchmark shapes). */

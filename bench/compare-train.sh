@@ -13,7 +13,7 @@ threads=$(node -e "console.log(require('os').availableParallelism())")
 precision=float32 extra=()
 [ "$device" = cuda ] && precision=bfloat16 && extra+=(--bf16)
 ours=$(MEMGPT_QUIET=1 node bin/memgpt.js bench train --preset "$preset" --batch-size "$batch" --segments "$segments" --steps "$steps" --device "$device" --precision "$precision" --json)
-theirs=$("$python" bench/torch_memgpt.py --preset "$preset" --batch "$batch" --segments "$segments" --steps "$steps" --device "$device" --threads "$threads" --json "${extra[@]}")
+theirs=$("$python" bench/torch_memgpt.py --preset "$preset" --batch-size "$batch" --segments "$segments" --steps "$steps" --device "$device" --threads "$threads" --json "${extra[@]}")
 node -e '
 const [ours, theirs] = process.argv.slice(1).map((s) => JSON.parse(s));
 const cpu = require("os").cpus()[0]?.model ?? "unknown";

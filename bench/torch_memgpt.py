@@ -6,7 +6,7 @@ carried, backward, AdamW) and prints the training throughput. The same script
 runs on the CPU (Debian's python3-torch with OpenBLAS) and on a GPU
 (--device cuda, optionally --bf16 autocast; SDPA is used where PyTorch has it).
 
-  python3 bench/torch_memgpt.py --preset small --batch 8 --segments 4 --steps 5 --json
+  python3 bench/torch_memgpt.py --preset small --batch-size 8 --segments 4 --steps 5 --json
 """
 import argparse
 import json
@@ -193,7 +193,7 @@ def blas_library():
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="small", choices=PRESETS)
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--batch-size", "--batch", dest="batch", type=int, default=8)
     ap.add_argument("--segments", type=int, default=4)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)

@@ -3,7 +3,7 @@
 // argmax per row, step()), each sequence prefilled with its own random prompt, over enough tokens to cross segment
 // boundaries (and write the memories). Median of the repeats; FLOPs and weight bytes per token beside them.
 // Usage: npx tsx bench/decode.ts [--preset small] [--device cpu|cuda] [--threads 1] [--batches 1,4,16] [--tokens 320] [--repeats 3]
-//        [--decoder-only] [--out FILE]
+//        [--precision float32|bfloat16] [--decoder-only] [--out FILE]
 // --decoder-only times batch 1 through Decoder alone: the API older versions have too, for a before/after.
 import { closeSync, fsyncSync, openSync, renameSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
@@ -23,6 +23,7 @@ const { values: flags } = parseArgs({
     batches: { type: 'string', default: '1,4,16' },
     tokens: { type: 'string', default: '320' },
     repeats: { type: 'string', default: '3' },
+    precision: { type: 'string', default: 'float32' },
     'decoder-only': { type: 'boolean', default: false },
     out: { type: 'string' },
   },
@@ -35,6 +36,8 @@ const steps = Number(flags.tokens), repeats = Number(flags.repeats);
 const device = flags.device as mg.Device;
 if (!mg.availableDevices().includes(device)) throw new Error(`device ${device} is not available here (${mg.availableDevices().join(', ')})`);
 const model = MemGPT.init(cfg, { seed: 0, device });
+if (flags.precision !== 'float32' && flags.precision !== 'bfloat16') throw new Error(`--precision must be float32 or bfloat16`);
+model.precision = flags.precision;
 const promptLength = 32;
 const prompts = (B: number, seed: number) => {
   const rng = new mg.Rng(seed);
@@ -123,6 +126,7 @@ const result = {
   greedyTokensPerSequence: steps,
   promptTokens: promptLength,
   segmentLen: cfg.segmentLen,
+  precision: model.precision,
   flopsPerToken,
   weightBytesPerToken: macs * 4,
   ...(roofline ? { roofline } : {}),

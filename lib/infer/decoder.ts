@@ -12,7 +12,7 @@ import type { MemGPT, Precision } from '../nn/model.js';
 import { attentionDecode, copyMixProbs, decodeKeyShape, decodeMemory, scatterRows, type DecodeCache, type DecodeMemory } from '../ops/decode.js';
 import { add } from '../ops/elementwise.js';
 import { embedding, layerNorm, sinusoidalPositions } from '../ops/norm.js';
-import { reshape, stridedCopyInto } from '../ops/shape.js';
+import { cast, reshape, stridedCopyInto } from '../ops/shape.js';
 import { contiguousStrides } from '../ops/util.js';
 
 /** Throws unless token is an id of the model's vocabulary. */
@@ -45,6 +45,8 @@ function copyRowsInto(src: Tensor, dst: Tensor, at: number, rowSize: number): vo
  * B sequences decoded together (no gradients). step() feeds one token to each active sequence at its next
  * position; prefill() feeds a prompt to one sequence; distributions() is each sequence's P(y) for its next token.
  * Sequences that sit a step out keep their state; the dense layers still run their rows (the price of one batch).
+ * A decoder reads the weights as they are when it is made (in bfloat16 precision it casts them then, once): make a
+ * new one after they change.
  */
 export class BatchDecoder {
   readonly model: MemGPT;
@@ -60,6 +62,8 @@ export class BatchDecoder {
   private readonly copyTokens: Tensor | null;
   /** ln_f of each sequence's last token [B, D]: what the next distribution is made from. */
   private readonly lastHf: Tensor;
+  /** In bfloat16 precision: the weights cast once, when the decoder is made (model.withBf16Weights). */
+  private readonly bf16Weights: Map<Tensor, Tensor> | null = null;
   private disposed = false;
 
   constructor(model: MemGPT, batch: number) {
@@ -75,7 +79,10 @@ export class BatchDecoder {
     const made: Tensor[] = [];
     const make = (t: Tensor) => (made.push(t), keep(t));
     try {
-      noGrad(() => {
+      if (this.precision === 'bfloat16') {
+        this.bf16Weights = new Map([...model.params.values()].filter((p) => p.dtype === 'float32').map((p) => [p, make(noGrad(() => cast(p, 'bfloat16')))]));
+      }
+      this.compute(() => {
         const init = (S > 0 ? model.initialMemory(batch) : []).map(make);
         for (let l = 0; l < L; l++) {
           const memory = S > 0 ? init[l] : null;
@@ -115,6 +122,12 @@ export class BatchDecoder {
     }
   }
 
+  /** Runs fn without gradients, on the bf16 weights cast once in bfloat16 precision. */
+  private compute<R>(fn: () => R): R {
+    const weights = this.bf16Weights;
+    return noGrad(() => (weights ? this.model.withBf16Weights(weights, fn) : fn()));
+  }
+
   private param(name: string): Tensor {
     const p = this.model.params.get(name);
     if (!p) throw new MemgptError(`decoder: the model has no parameter ${name}`);
@@ -147,7 +160,7 @@ export class BatchDecoder {
     if (!positions.some((p) => p >= 0)) return;
     const { dModel: D, nHeads: H, segmentLen: T, memSlots: S, positional } = this.model.config;
     const model = this.model, device = model.device;
-    noGrad(() =>
+    this.compute(() =>
       tidy(() => {
         const uploaded = tensor(host, [3 * B], { dtype: 'int32', device });
         const idsT = uploaded._view([B, 1], true, uploaded.offset);
@@ -197,7 +210,7 @@ export class BatchDecoder {
   /** The memory writes of the sequences whose segment just filled: all at once when all did, else one by one. */
   private writeMemory(full: number[]): void {
     const { dModel: D, segmentLen: T, memSlots: S } = this.model.config;
-    noGrad(() => {
+    this.compute(() => {
       for (let l = 0; l < this.layers.length; l++) {
         const state = this.layers[l];
         if (full.length === this.batch) {
@@ -222,7 +235,7 @@ export class BatchDecoder {
   /** Layer l's memory M [B, S, D] as its decode attention reads it: its K/V (memoryKV) through decodeMemory, into `into` when given. */
   private readMemoryOf(l: number, M: Tensor, into?: DecodeMemory): DecodeMemory {
     const { nHeads, positional } = this.model.config;
-    return noGrad(() => {
+    return this.compute(() => {
       const kv = tidy(() => this.model.memoryKV(l, M));
       try {
         return decodeMemory(kv, { nHeads, rope: positional === 'rope', memoryRead: this.model.memoryRead }, into);
@@ -236,7 +249,7 @@ export class BatchDecoder {
   private refreshMemKV(l: number, b: number): void {
     const { dModel: D, memSlots: S } = this.model.config;
     const state = this.layers[l];
-    noGrad(() => tidy(() => {
+    this.compute(() => tidy(() => {
       const row = this.readMemoryOf(l, state.memory!._view([1, S, D], true, state.memory!.offset + b * S * D));
       copyRowsInto(row.keys, state.readMemory!.keys, b, row.keys.size);
       copyRowsInto(row.values, state.readMemory!.values, b, row.values.size);
@@ -270,7 +283,7 @@ export class BatchDecoder {
     const { dModel: D, segmentLen: T, memSlots: S } = this.model.config;
     const device = this.model.device;
     const ids = Int32Array.from({ length: T }, (_, t) => tokens[start + t]);
-    noGrad(() =>
+    this.compute(() =>
       tidy(() => {
         const x = tensor(ids, [1, T], { dtype: 'int32', device });
         const memory = S > 0 ? this.layers.map((s) => s.memory!._view([1, S, D], true, s.memory!.offset + b * S * D)) : [];
@@ -300,7 +313,7 @@ export class BatchDecoder {
     }
     const { segmentLen: T } = this.model.config;
     const device = this.model.device;
-    return noGrad(() =>
+    return this.compute(() =>
       tidy(() => {
         const hf = this.lastHf;
         const logits = this.model.linear(hf, this.param('tok_emb'), null);
@@ -326,6 +339,7 @@ export class BatchDecoder {
     this.copyKeys?.dispose();
     this.copyTokens?.dispose();
     this.lastHf.dispose();
+    for (const t of this.bf16Weights?.values() ?? []) t.dispose();
   }
 
   [Symbol.dispose](): void {

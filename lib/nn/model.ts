@@ -70,6 +70,7 @@ export class MemGPT {
   readonly params: Map<string, Parameter>;
   /** Not part of the checkpoint: the same weights run in either precision. */
   precision: Precision = 'float32';
+  private bf16Weights: ReadonlyMap<Tensor, Tensor> | null = null;
 
   constructor(config: Partial<ModelConfig>, params: Map<string, Parameter>) {
     this.config = resolveConfig(config);
@@ -151,9 +152,24 @@ export class MemGPT {
    */
   linear(x: Tensor, weight: Tensor, bias: Tensor | null, options: LinearOptions = {}, keepBf16 = false): Tensor {
     if (this.precision === 'float32') return linear(x, weight, bias, options);
-    const bf = (t: Tensor) => (t.dtype === 'bfloat16' ? t : cast(t, 'bfloat16'));
+    const bf = (t: Tensor) => (t.dtype === 'bfloat16' ? t : this.bf16Weights?.get(t) ?? cast(t, 'bfloat16'));
     const y = linear(bf(x), bf(weight), bias && bf(bias), options);
     return keepBf16 ? y : cast(y, 'float32');
+  }
+
+  /**
+   * Runs fn with these bfloat16 copies standing in for their float32 parameters in linear() (in bfloat16 precision):
+   * a decoder casts the weights once instead of at every token. The copies are the caller's, made from the weights
+   * as they are; a later change of the weights does not reach them.
+   */
+  withBf16Weights<R>(weights: ReadonlyMap<Tensor, Tensor>, fn: () => R): R {
+    const before = this.bf16Weights;
+    this.bf16Weights = weights;
+    try {
+      return fn();
+    } finally {
+      this.bf16Weights = before;
+    }
   }
 
   /** Each layer's memory at the start of a sample: mem.init broadcast over the batch. */

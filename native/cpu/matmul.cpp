@@ -266,24 +266,32 @@ void small_gemm(const View<float>& a, const View<float>& b, float* c, int64_t m,
 constexpr int64_t kGemvRows = 16;
 constexpr int64_t kGemvCols = 64;
 
-template <int R, int NCOL>
-__attribute__((target("avx2,fma"))) inline void gemv_tile_avx2(const float* a, int64_t lda, const float* b,
-                                                               int64_t ldb, int64_t k, float* c, int64_t ldc,
-                                                               float beta) {
+// Eight elements as float32: loaded, or bfloat16 widened (its bits are the float's top half).
+__attribute__((target("avx2,fma"))) inline __m256 load8_avx2(const float* p) { return _mm256_loadu_ps(p); }
+__attribute__((target("avx2,fma"))) inline __m256 load8_avx2(const uint16_t* p) {
+  const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+}
+
+template <typename T, int R, int NCOL>
+__attribute__((target("avx2,fma"))) inline void gemv_tile_avx2(const T* a, int64_t lda, const T* b, int64_t ldb,
+                                                               int64_t k, float* c, int64_t ldc, float beta) {
   __m256 acc[R][NCOL];
   for (int r = 0; r < R; r++)
     for (int j = 0; j < NCOL; j++) acc[r][j] = _mm256_setzero_ps();
-  // The next tile's rows follow these in memory when B's rows are packed (ldb = k): NCOL/2 lines an iteration.
+  // The next tile's rows follow these in memory when B's rows are packed (ldb = k): the NCOL·8 elements an
+  // iteration reads are kLines cache lines.
+  constexpr int kLines = (8 * NCOL * int(sizeof(T)) + 63) / 64;
   const char* ahead = reinterpret_cast<const char*>(b + NCOL * ldb);
   int64_t i = 0;
   for (; i + 8 <= k; i += 8) {
     if (ldb == k) {
-      for (int line = 0; line < (NCOL + 1) / 2; line++) _mm_prefetch(ahead + ((i / 8) * ((NCOL + 1) / 2) + line) * 64, _MM_HINT_T0);
+      for (int line = 0; line < kLines; line++) _mm_prefetch(ahead + ((i / 8) * kLines + line) * 64, _MM_HINT_T0);
     }
     __m256 x[R];
-    for (int r = 0; r < R; r++) x[r] = _mm256_loadu_ps(a + r * lda + i);
+    for (int r = 0; r < R; r++) x[r] = load8_avx2(a + r * lda + i);
     for (int j = 0; j < NCOL; j++) {
-      const __m256 w = _mm256_loadu_ps(b + j * ldb + i);
+      const __m256 w = load8_avx2(b + j * ldb + i);
       for (int r = 0; r < R; r++) acc[r][j] = _mm256_fmadd_ps(x[r], w, acc[r][j]);
     }
   }
@@ -303,7 +311,7 @@ __attribute__((target("avx2,fma"))) inline void gemv_tile_avx2(const float* a, i
   for (int r = 0; r < R; r++) {
     for (int j = 0; j < NCOL; j++) {
       float sum = sums[r * NCOL + j];
-      for (int64_t t = i; t < k; t++) sum += a[r * lda + t] * b[j * ldb + t];
+      for (int64_t t = i; t < k; t++) sum += load(a + r * lda + t) * load(b + j * ldb + t);
       float* out = c + r * ldc + j;
       *out = beta == 0.f ? sum : sum + beta * *out;
     }
@@ -311,26 +319,27 @@ __attribute__((target("avx2,fma"))) inline void gemv_tile_avx2(const float* a, i
 }
 
 // Columns [j0, j1) of rows [r0, r0 + R) of C, NCOL columns at a time, then one at a time.
-template <int R, int NCOL>
-__attribute__((target("avx2,fma"))) void gemv_rows_avx2(const View<float>& a, const View<float>& b, float* c,
-                                                        int64_t n, int64_t k, float beta, int64_t r0, int64_t j0,
-                                                        int64_t j1) {
-  const float* ar = a.p + r0 * a.ld;
+template <typename T, int R, int NCOL>
+__attribute__((target("avx2,fma"))) void gemv_rows_avx2(const View<T>& a, const View<T>& b, float* c, int64_t n,
+                                                        int64_t k, float beta, int64_t r0, int64_t j0, int64_t j1) {
+  const T* ar = a.p + r0 * a.ld;
   int64_t j = j0;
-  for (; j + NCOL <= j1; j += NCOL) gemv_tile_avx2<R, NCOL>(ar, a.ld, b.p + j * b.ld, b.ld, k, c + r0 * n + j, n, beta);
-  for (; j < j1; j++) gemv_tile_avx2<R, 1>(ar, a.ld, b.p + j * b.ld, b.ld, k, c + r0 * n + j, n, beta);
+  for (; j + NCOL <= j1; j += NCOL) gemv_tile_avx2<T, R, NCOL>(ar, a.ld, b.p + j * b.ld, b.ld, k, c + r0 * n + j, n, beta);
+  for (; j < j1; j++) gemv_tile_avx2<T, R, 1>(ar, a.ld, b.p + j * b.ld, b.ld, k, c + r0 * n + j, n, beta);
 }
 
-void gemv(const View<float>& a, const View<float>& b, float* c, int64_t m, int64_t n, int64_t k, float beta,
+// float32 or bfloat16 operands (a bfloat16 model decoding: its weights are read at half the bytes).
+template <typename T>
+void gemv(const View<T>& a, const View<T>& b, float* c, int64_t m, int64_t n, int64_t k, float beta,
           const Epilogue* epilogue) {
   const size_t blocks = size_t((n + kGemvCols - 1) / kGemvCols);
   parallel_for(0, blocks, 1, [&](size_t lo, size_t hi) {
     for (size_t blk = lo; blk < hi; blk++) {
       const int64_t j0 = int64_t(blk) * kGemvCols, j1 = std::min(n, j0 + kGemvCols);
       int64_t r = 0;
-      for (; r + 3 <= m; r += 3) gemv_rows_avx2<3, 4>(a, b, c, n, k, beta, r, j0, j1);
-      if (m - r == 2) gemv_rows_avx2<2, 6>(a, b, c, n, k, beta, r, j0, j1);
-      else if (m - r == 1) gemv_rows_avx2<1, 8>(a, b, c, n, k, beta, r, j0, j1);
+      for (; r + 3 <= m; r += 3) gemv_rows_avx2<T, 3, 4>(a, b, c, n, k, beta, r, j0, j1);
+      if (m - r == 2) gemv_rows_avx2<T, 2, 6>(a, b, c, n, k, beta, r, j0, j1);
+      else if (m - r == 1) gemv_rows_avx2<T, 1, 8>(a, b, c, n, k, beta, r, j0, j1);
       if (epilogue) epilogue->fn(epilogue->ctx, c + j0, n, 0, j0, m, j1 - j0);
     }
   });
@@ -340,11 +349,11 @@ void gemv(const View<float>& a, const View<float>& b, float* c, int64_t m, int64
 template <typename T>
 void gemm(const View<T>& a, const View<T>& b, float* c, int64_t m, int64_t n, int64_t k, float beta,
           const Epilogue* epilogue = nullptr) {
+  if (k > 0 && m <= kGemvRows && !a.trans && b.trans && n >= NR && kSmallAvx2) {
+    gemv(a, b, c, m, n, k, beta, epilogue);
+    return;
+  }
   if constexpr (std::is_same_v<T, float>) {
-    if (k > 0 && m <= kGemvRows && !a.trans && b.trans && n >= NR && kSmallAvx2) {
-      gemv(a, b, c, m, n, k, beta, epilogue);
-      return;
-    }
     if (k > 0 && !(a.trans && b.trans) && use_small_gemm(m, n, k)) {
       small_gemm(a, b, c, m, n, k, beta, epilogue);
       return;

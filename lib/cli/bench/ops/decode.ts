@@ -62,18 +62,23 @@ export function cases(preset: Preset): BenchCase[] {
       return { run: () => mg.noGrad(() => mg.copyMixProbs(x.logits, x).dispose()), dispose: () => Object.values(x).forEach((t) => t.dispose()) };
     },
   });
-  // The decoding step's largest layers at 1 row and at B rows: their weights are the bytes that must stream.
-  for (const rows of [1, B]) {
-    for (const [n, k] of [[F, D], [D, F]]) {
-      out.push({
-        op: `linear (decode, ${rows} row${rows > 1 ? 's' : ''})`,
-        shape: `[${rows},${k}] · [${n},${k}]ᵀ`,
-        bytes: 4 * (n * k + rows * (n + k)),
-        setup: () => {
-          const x = keep(mg.randn([rows, k], { seed: 1 })), w = keep(mg.randn([n, k], { seed: 2 })), b = keep(mg.randn([n], { seed: 3 }));
-          return { run: () => mg.noGrad(() => mg.linear(x, w, b).dispose()), dispose: () => [x, w, b].forEach((t) => t.dispose()) };
-        },
-      });
+  // The decoding step's largest layers at 1 row and at B rows: their weights are the bytes that must stream. In
+  // bfloat16 (a bf16 model decoding: the decoder's weights are cast once) they are half the bytes.
+  for (const dtype of ['float32', 'bfloat16'] as const) {
+    const size = dtype === 'float32' ? 4 : 2;
+    for (const rows of [1, B]) {
+      for (const [n, k] of [[F, D], [D, F]]) {
+        out.push({
+          op: `linear (decode, ${rows} row${rows > 1 ? 's' : ''}${dtype === 'bfloat16' ? ', bf16' : ''})`,
+          shape: `[${rows},${k}] · [${n},${k}]ᵀ`,
+          bytes: size * (n * k + rows * k + n) + 4 * rows * n,
+          setup: () => {
+            const make = (shape: number[], seed: number) => keep(mg.tidy(() => mg.cast(mg.randn(shape, { seed }), dtype)));
+            const x = make([rows, k], 1), w = make([n, k], 2), b = make([n], 3);
+            return { run: () => mg.noGrad(() => mg.linear(x, w, b).dispose()), dispose: () => [x, w, b].forEach((t) => t.dispose()) };
+          },
+        });
+      }
     }
   }
   return out;

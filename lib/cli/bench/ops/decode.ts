@@ -71,7 +71,7 @@ export function cases(preset: Preset): BenchCase[] {
         out.push({
           op: `linear (decode, ${rows} row${rows > 1 ? 's' : ''}${dtype === 'bfloat16' ? ', bf16' : ''})`,
           shape: `[${rows},${k}] · [${n},${k}]ᵀ`,
-          bytes: size * (n * k + rows * k + n) + 4 * rows * n,
+          bytes: size * (n * k + rows * (n + k)), // weights, input and output rows, all in dtype (the bias is noise)
           setup: () => {
             const make = (shape: number[], seed: number) => keep(mg.tidy(() => mg.cast(mg.randn(shape, { seed }), dtype)));
             const x = make([rows, k], 1), w = make([n, k], 2), b = make([n], 3);

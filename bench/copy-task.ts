@@ -7,7 +7,7 @@ import { join } from 'node:path';
 
 import { presets, type ModelConfig } from '../lib/nn/config.js';
 import { segmentedCopyCorpus, segmentedCopyLayout } from '../lib/data/index.js';
-import { Decoder } from '../lib/infer/decoder.js';
+import { Decoder } from '../lib/infer/single-decoder.js';
 import { MemGPT, setReadGateBias } from '../lib/nn/model.js';
 import { MEMORY_TASK_READ_GATE_BIAS } from '../lib/tasks/passkey.js';
 import { Trainer, defaultTrainOptions, type TrainOptions } from '../lib/train/trainer.js';

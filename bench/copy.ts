@@ -12,7 +12,7 @@ import * as mg from '../lib/index.js';
 import { yieldToEventLoop } from '../lib/cli/train.js';
 import { presets } from '../lib/nn/config.js';
 import { segmentedCopyCorpus, segmentedCopyLayout } from '../lib/data/index.js';
-import { Decoder } from '../lib/infer/decoder.js';
+import { Decoder } from '../lib/infer/single-decoder.js';
 import { MemGPT } from '../lib/nn/model.js';
 import { Rng } from '../lib/core/random.js';
 import { applyInitOverrides } from './init-overrides.js';

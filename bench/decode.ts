@@ -3,8 +3,9 @@
 // argmax per row, step()), each sequence prefilled with its own random prompt, over enough tokens to cross segment
 // boundaries (and write the memories). Median of the repeats; FLOPs and weight bytes per token beside them.
 // Usage: npx tsx bench/decode.ts [--preset small] [--device cpu|cuda] [--threads 1] [--batches 1,4,16] [--tokens 320] [--repeats 3]
-//        [--precision float32|bfloat16] [--decoder-only] [--out FILE]
+//        [--precision float32|bfloat16] [--eager] [--decoder-only] [--out FILE]
 // --decoder-only times batch 1 through Decoder alone: the API older versions have too, for a before/after.
+// --eager runs every step's layers again instead of replaying the recorded kernel graph (DecoderOptions.graphs).
 import { closeSync, fsyncSync, openSync, renameSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { parseArgs } from 'node:util';
@@ -12,7 +13,6 @@ import { parseArgs } from 'node:util';
 import * as mg from '../lib/index.js';
 import { presets, type PresetName } from '../lib/nn/config.js';
 import { MemGPT } from '../lib/nn/model.js';
-import * as decoding from '../lib/infer/decoder.js';
 import { cpuBackend } from '../lib/native/backend.js';
 
 const { values: flags } = parseArgs({
@@ -25,6 +25,7 @@ const { values: flags } = parseArgs({
     repeats: { type: 'string', default: '3' },
     precision: { type: 'string', default: 'float32' },
     'decoder-only': { type: 'boolean', default: false },
+    eager: { type: 'boolean', default: false },
     out: { type: 'string' },
   },
 });
@@ -39,6 +40,8 @@ const model = MemGPT.init(cfg, { seed: 0, device });
 if (flags.precision !== 'float32' && flags.precision !== 'bfloat16') throw new Error(`--precision must be float32 or bfloat16`);
 model.precision = flags.precision;
 const promptLength = 32;
+// Spread, so that the script still runs against versions whose decoders take no options (a before/after).
+const decoderOptions = flags.eager ? [{ graphs: false }] as const : [] as const;
 const prompts = (B: number, seed: number) => {
   const rng = new mg.Rng(seed);
   return Array.from({ length: B }, () => Int32Array.from({ length: promptLength }, () => rng.int(cfg.vocabSize)));
@@ -52,7 +55,7 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 
 /** Seconds for `steps` greedy tokens of one sequence through Decoder. */
 function timeDecoder(seed: number): number {
-  const decoder = new decoding.Decoder(model);
+  const decoder = new mg.Decoder(model, ...decoderOptions);
   try {
     decoder.feedMany(prompts(1, seed)[0]);
     const t0 = performance.now();
@@ -65,7 +68,7 @@ function timeDecoder(seed: number): number {
 
 /** Seconds for `steps` greedy tokens of each of B sequences through BatchDecoder. */
 function timeBatch(B: number, seed: number): number {
-  const decoder = new decoding.BatchDecoder(model, B);
+  const decoder = new mg.BatchDecoder(model, B, ...decoderOptions);
   try {
     prompts(B, seed).forEach((p, b) => decoder.prefill(b, p));
     const next = new Int32Array(B);
@@ -108,14 +111,19 @@ for (const row of rows) {
   row.gflopsPerSecond = +((tps * flopsPerToken) / 1e9).toFixed(2);
 }
 
-// The bound on one sequence: every token streams all weights from memory once, so no decoder of these float32
-// weights can pass bandwidth / weight bytes tokens/s. The copy probe counts bytes read plus bytes written (a
-// 256 MB triad, one thread); a pure read stream is no faster than that total, so this bound is generous.
+// The bounds. One sequence: every token streams all weights from memory once, so no decoder can pass bandwidth /
+// weight bytes tokens/s (the copy probe counts bytes read plus bytes written, a 256 MB triad: a pure read stream is
+// no faster than that total, so this bound is generous; weights that stay in a large L3 can beat it). A batch:
+// every token costs its dense layers' FLOPs, so none can pass peak FLOP/s / FLOPs a token (the attention on top).
+const weightBytes = macs * (model.precision === 'bfloat16' ? 2 : 4);
 const copyGBs = device === 'cpu' ? cpuBackend().probeCopyBandwidth(256 << 20, 5) : null;
-const roofline = copyGBs === null ? undefined : {
+const peakGflops = device === 'cpu' ? cpuBackend().probePeakFlops(0.2) : null;
+const roofline = copyGBs === null || peakGflops === null ? undefined : {
   copyGBs: +copyGBs.toFixed(1),
-  batch1BoundTokensPerSecond: Math.round((copyGBs * 1e9) / (macs * 4)),
-  what: 'batch 1 cannot beat (copy bandwidth, one thread) / (float32 weight bytes a token): each token streams every weight once',
+  batch1BoundTokensPerSecond: Math.round((copyGBs * 1e9) / weightBytes),
+  peakGflops: +peakGflops.toFixed(1),
+  batchBoundTokensPerSecond: Math.round((peakGflops * 1e9) / flopsPerToken),
+  what: `batch 1 cannot beat (copy bandwidth, one thread) / (${model.precision} weight bytes a token): each token streams every weight once; no batch can beat (peak FMA FLOP/s) / (dense FLOPs a token)`,
 };
 
 const result = {
@@ -128,7 +136,8 @@ const result = {
   segmentLen: cfg.segmentLen,
   precision: model.precision,
   flopsPerToken,
-  weightBytesPerToken: macs * 4,
+  graphs: !flags.eager,
+  weightBytesPerToken: weightBytes,
   ...(roofline ? { roofline } : {}),
   rows,
   date: new Date().toISOString(),

@@ -11,7 +11,7 @@ import * as mg from '../lib/index.js';
 import { yieldToEventLoop } from '../lib/cli/train.js';
 import { presets, type PresetName } from '../lib/nn/config.js';
 import { MemGPT } from '../lib/nn/model.js';
-import { Decoder } from '../lib/infer/decoder.js';
+import { Decoder } from '../lib/infer/single-decoder.js';
 import { sampleToken } from '../lib/infer/sampling.js';
 
 const { values: flags } = parseArgs({

@@ -6,7 +6,8 @@
 import { describe, expect, it } from 'vitest';
 
 import * as mg from '../lib/index.js';
-import { BatchDecoder, Decoder } from '../lib/infer/decoder.js';
+import { BatchDecoder } from '../lib/infer/decoder.js';
+import { Decoder } from '../lib/infer/single-decoder.js';
 import type { ModelConfig } from '../lib/nn/config.js';
 import { MemGPT } from '../lib/nn/model.js';
 import { expectClose, expectNoLeaks, forEachDevice, randomArray } from './helpers.js';
@@ -150,6 +151,40 @@ forEachDevice((device) => {
 // at different positions and cross segment boundaries (and write their memories) at different steps, one of them
 // sitting every third step out.
 describe('BatchDecoder', () => {
+  // A step's kernels are recorded once and replayed (lib/core/kernel-graph.ts): the same kernels on the same buffers,
+  // so the distributions equal running the layers again exactly, across segment boundaries (memory writes, which
+  // run eagerly between replays) and in bfloat16 too.
+  forEachDevice((device) => {
+    for (const precision of ['float32', 'bfloat16'] as const) {
+      it(`replaying the kernel graphs gives running the layers again, bit for bit (${precision})`, () => {
+        const cpuModel = randomModel({ vocabSize: 256, dModel: 16, nHeads: 2, dFF: 24, nLayers: 2, segmentLen: 5, memSlots: 3, copyHead: true, positional: 'rope' }, 9);
+        const model = device === 'cpu' ? cpuModel : onDevice(cpuModel, device);
+        model.precision = precision;
+        try {
+          expectNoLeaks(device, () => {
+            const tokens = randomTokens(17, 4);
+            const [replayed, eager] = [true, false].map((graphs) => new BatchDecoder(model, 2, { graphs }));
+            try {
+              for (const d of [replayed, eager]) {
+                d.prefill(0, tokens.subarray(0, 6));
+                d.prefill(1, tokens.subarray(2, 4));
+              }
+              for (let i = 6; i < tokens.length; i++) {
+                expect(replayed.distributions()).toEqual(eager.distributions());
+                for (const d of [replayed, eager]) d.step([tokens[i], tokens[i - 6]], [true, i % 4 !== 0]);
+              }
+            } finally {
+              replayed.dispose();
+              eager.dispose();
+            }
+          });
+        } finally {
+          for (const d of new Set([model, cpuModel])) d.dispose();
+        }
+      });
+    }
+  });
+
   const base: Partial<ModelConfig> = { vocabSize: 256, dModel: 16, nHeads: 2, dFF: 24, nLayers: 2, segmentLen: 5, memSlots: 3, copyHead: true, positional: 'rope', specVersion: 2 };
   const variants: Partial<ModelConfig>[] = [base, { ...base, specVersion: 1 }, { ...base, positional: 'sinusoidal', copyHead: false }, { ...base, memSlots: 0 }];
   for (const variant of variants) {
@@ -157,7 +192,7 @@ describe('BatchDecoder', () => {
       it(`each sequence's distributions equal its own decoding's (SPEC v${variant.specVersion}, ${variant.positional}, copy ${variant.copyHead}, S ${variant.memSlots})`, () => {
         const cpuModel = randomModel(variant, 3);
         const model = device === 'cpu' ? cpuModel : onDevice(cpuModel, device);
-        const singles = [0, 1, 2].map(() => new Decoder(cpuModel));
+        const singles = [0, 1, 2].map(() => new Decoder(cpuModel, { graphs: false }));  // eager: the batch replays its kernel graphs
         try {
           const T = model.config.segmentLen;
           const streams = [0, 1, 2].map((s) => randomTokens(6 * T, 20 + s));

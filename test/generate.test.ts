@@ -6,7 +6,7 @@ import { describe, expect, it } from 'vitest';
 import * as mg from '../lib/index.js';
 import { resolveConfig, type ModelConfig } from '../lib/nn/config.js';
 import { MemGPT } from '../lib/nn/model.js';
-import { Decoder } from '../lib/infer/decoder.js';
+import { Decoder } from '../lib/infer/single-decoder.js';
 import { generateTokens } from '../lib/infer/sampling.js';
 import { scoreStream } from '../lib/infer/score.js';
 import { expectClose, expectNoLeaks } from './helpers.js';

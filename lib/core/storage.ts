@@ -14,6 +14,14 @@ export const counters: Record<Device, DeviceCounters> = {
   cuda: { liveTensors: 0, liveStorages: 0, storageBytes: 0 },
 };
 
+// Each native block's Storage, so that a kernel graph (kernel-graph.ts) can retain what its recorded calls use.
+const storageByHandle = new WeakMap<StorageHandle, Storage>();
+
+/** The Storage a native block was allocated for (it may have been released since). */
+export function storageOfHandle(handle: StorageHandle): Storage | undefined {
+  return storageByHandle.get(handle);
+}
+
 /** Device memory shared by the tensors that view it; freed when the last one lets go. */
 export class Storage {
   private refs = 1;
@@ -32,6 +40,7 @@ export class Storage {
     } catch (e) {
       throw new MemgptError(`cannot allocate ${bytes} bytes on ${device}: ${(e as Error).message}`, { cause: e });
     }
+    storageByHandle.set(this.handle, this);
     counters[device].liveStorages++;
     counters[device].storageBytes += bytes;
   }

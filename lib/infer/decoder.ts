@@ -3,11 +3,14 @@
 // attention family's decode kernel. Per layer the current segment's keys, values and outputs stay on the device, and
 // the memory is written there when a sequence's segment is full, so memory and time per token stay bounded by T
 // and S however long the text. A step sends the tokens and positions to the device and, when asked for, brings
-// back the distributions: nothing else crosses per token. Decoder is the one-sequence form. Sampling is in
-// sampling.ts, text streaming in text.ts.
+// back the distributions: nothing else crosses per token. A step's kernels are recorded once as a kernel graph and
+// replayed at every later step (kernel-graph.ts): the JavaScript of the layers runs once, not once a token. Decoder
+// (single-decoder.ts) is the one-sequence form. Sampling is in sampling.ts, text streaming in text.ts.
 import { noGrad } from '../core/autograd.js';
 import { MemgptError } from '../core/errors.js';
-import { keep, tensor, tidy, zeros, type Tensor } from '../core/tensor.js';
+import { KernelGraph } from '../core/kernel-graph.js';
+import { keep, tensor, tidy, writeHost, zeros, type Tensor } from '../core/tensor.js';
+import { backendFor } from '../native/backend.js';
 import type { MemGPT, Precision } from '../nn/model.js';
 import { attentionDecode, copyMixProbs, decodeKeyShape, decodeMemory, scatterRows, type DecodeCache, type DecodeMemory } from '../ops/decode.js';
 import { add } from '../ops/elementwise.js';
@@ -41,6 +44,11 @@ function copyRowsInto(src: Tensor, dst: Tensor, at: number, rowSize: number): vo
   }
 }
 
+/** Options of a decoder. graphs: replay each step's recorded kernels (default; bit-equal; sinusoidal models run eagerly). */
+export interface DecoderOptions {
+  graphs?: boolean;
+}
+
 /**
  * B sequences decoded together (no gradients). step() feeds one token to each active sequence at its next
  * position; prefill() feeds a prompt to one sequence; distributions() is each sequence's P(y) for its next token.
@@ -62,11 +70,24 @@ export class BatchDecoder {
   private readonly copyTokens: Tensor | null;
   /** ln_f of each sequence's last token [B, D]: what the next distribution is made from. */
   private readonly lastHf: Tensor;
+  /** Each layer's pointer query Wpqᵀ·Wpk [D, D] (model.pointerQuery), a D³ product made once, not at every write. */
+  private readonly pointerQueries: Tensor[] = [];
   /** In bfloat16 precision: the weights cast once, when the decoder is made (model.withBf16Weights). */
   private readonly bf16Weights: Map<Tensor, Tensor> | null = null;
+  /** Per step, uploaded at once: the token ids [B], each sequence's position (−1: sitting out) [B], its lastHf row [B]. */
+  private readonly inputs: Tensor;
+  private readonly hostInputs: Int32Array;
+  /** Copy head: each sequence's context length for the next distribution [B]. */
+  private readonly lengths: Tensor | null;
+  /** The distributions [B, V], written on the device by distributions() and read back once. */
+  private readonly probs: Tensor;
+  /** Whether step() and distributions() replay their kernels, recorded at their first call (null until then). */
+  private readonly useGraphs: boolean;
+  private stepGraph: KernelGraph | null = null;
+  private distributionGraph: KernelGraph | null = null;
   private disposed = false;
 
-  constructor(model: MemGPT, batch: number) {
+  constructor(model: MemGPT, batch: number, options: DecoderOptions = {}) {
     if (!Number.isSafeInteger(batch) || batch < 1) throw new MemgptError(`decoder: batch must be an integer ≥ 1 (got ${batch})`);
     this.model = model;
     this.batch = batch;
@@ -76,6 +97,8 @@ export class BatchDecoder {
     const dtype = this.precision === 'bfloat16' ? 'bfloat16' : 'float32';
     this.pos = new Int32Array(batch);
     this.fed = new Float64Array(batch);
+    this.hostInputs = new Int32Array(3 * batch);
+    this.useGraphs = (options.graphs ?? true) && model.config.positional !== 'sinusoidal';
     const made: Tensor[] = [];
     const make = (t: Tensor) => (made.push(t), keep(t));
     try {
@@ -83,6 +106,7 @@ export class BatchDecoder {
         this.bf16Weights = new Map([...model.params.values()].filter((p) => p.dtype === 'float32').map((p) => [p, make(noGrad(() => cast(p, 'bfloat16')))]));
       }
       this.compute(() => {
+        if (S > 0) for (let l = 0; l < L; l++) this.pointerQueries.push(make(model.pointerQuery(l)));
         const init = (S > 0 ? model.initialMemory(batch) : []).map(make);
         for (let l = 0; l < L; l++) {
           const memory = S > 0 ? init[l] : null;
@@ -99,6 +123,9 @@ export class BatchDecoder {
       this.copyKeys = copyHead ? make(zeros([batch, T, D], { device })) : null;
       this.copyTokens = copyHead ? make(zeros([batch, T], { device, dtype: 'int32' })) : null;
       this.lastHf = make(zeros([batch, D], { device }));
+      this.inputs = make(zeros([3 * batch], { device, dtype: 'int32' }));
+      this.lengths = copyHead ? make(zeros([batch], { device, dtype: 'int32' })) : null;
+      this.probs = make(zeros([batch, model.config.vocabSize], { device }));
     } catch (e) {
       for (const t of made) t.dispose();
       throw e;
@@ -146,7 +173,8 @@ export class BatchDecoder {
     const on = (b: number) => active === undefined || active[b];
     // One upload a step (each is a wait for the device on CUDA): the ids, each sequence's position (−1: sitting
     // out) and its row of lastHf (0, or −1).
-    const host = new Int32Array(3 * B);
+    const host = this.hostInputs;
+    host.fill(0);
     const ids = host.subarray(0, B), positions = host.subarray(B, 2 * B), lastRow = host.subarray(2 * B);
     positions.fill(-1);
     lastRow.fill(-1);
@@ -158,35 +186,9 @@ export class BatchDecoder {
       lastRow[b] = 0;
     }
     if (!positions.some((p) => p >= 0)) return;
-    const { dModel: D, nHeads: H, segmentLen: T, memSlots: S, positional } = this.model.config;
-    const model = this.model, device = model.device;
-    this.compute(() =>
-      tidy(() => {
-        const uploaded = tensor(host, [3 * B], { dtype: 'int32', device });
-        const idsT = uploaded._view([B, 1], true, uploaded.offset);
-        const at = uploaded._view([B], true, uploaded.offset + B);
-        const last = uploaded._view([B], true, uploaded.offset + 2 * B);
-        let h = embedding(idsT, this.param('tok_emb'));
-        if (positional === 'sinusoidal') h = add(h, this.sinusoidal(positions));
-        for (let l = 0; l < this.layers.length; l++) {
-          const state = this.layers[l];
-          h = model.block(l, h, (qkv, gateLogits) => {
-            const o = attentionDecode(qkv, at, state.cache, {
-              nHeads: H, rope: positional === 'rope', memoryRead: model.memoryRead,
-              ...(S > 0 ? { memory: state.readMemory!, gateLogits: gateLogits! } : {}),
-            });
-            return reshape(o, [B, 1, D]);
-          });
-          if (state.outputs) scatterRows(h, at, state.outputs);
-        }
-        const hf = layerNorm(h, this.param('ln_f.weight'), this.param('ln_f.bias'));
-        scatterRows(hf, last, reshape(this.lastHf, [B, 1, D]));
-        if (this.copyKeys && this.copyTokens) {
-          scatterRows(model.linear(hf, this.param('copy.k.weight'), null), at, this.copyKeys);
-          scatterRows(idsT, at, reshape(this.copyTokens, [B, T, 1]));
-        }
-      }),
-    );
+    writeHost(this.inputs, host);
+    this.stepGraph = this.run(this.stepGraph, () => this.stepKernels(positions));
+    const T = this.model.config.segmentLen, S = this.model.config.memSlots;
     const full: number[] = [];
     for (let b = 0; b < B; b++) {
       if (positions[b] < 0) continue;
@@ -197,6 +199,47 @@ export class BatchDecoder {
       }
     }
     if (S > 0 && full.length > 0) this.writeMemory(full);
+  }
+
+  /**
+   * Runs fn's kernels: through its graph when there is one, else eagerly, recording them as the graph when graphs
+   * are on. Returns the graph to keep.
+   */
+  private run(graph: KernelGraph | null, fn: () => void): KernelGraph | null {
+    if (graph) return (graph.replay(), graph);
+    const eager = () => this.compute(() => tidy(fn));
+    if (!this.useGraphs) {
+      eager();
+      return null;
+    }
+    return KernelGraph.record(backendFor(this.model.device), eager).graph;
+  }
+
+  /** The kernels of one step, reading the uploaded inputs (positions holds them on the host, for sinusoidal rows). */
+  private stepKernels(positions: Int32Array): void {
+    const B = this.batch;
+    const { dModel: D, nHeads: H, segmentLen: T, memSlots: S, positional } = this.model.config;
+    const model = this.model;
+    const [idsT, at, last] = [[B, 1], [B], [B]].map((shape, i) => this.inputs._view(shape, true, this.inputs.offset + i * B));
+    let h = embedding(idsT, this.param('tok_emb'));
+    if (positional === 'sinusoidal') h = add(h, this.sinusoidal(positions));
+    for (let l = 0; l < this.layers.length; l++) {
+      const state = this.layers[l];
+      h = model.block(l, h, (qkv, gateLogits) => {
+        const o = attentionDecode(qkv, at, state.cache, {
+          nHeads: H, rope: positional === 'rope', memoryRead: model.memoryRead,
+          ...(S > 0 ? { memory: state.readMemory!, gateLogits: gateLogits! } : {}),
+        });
+        return reshape(o, [B, 1, D]);
+      });
+      if (state.outputs) scatterRows(h, at, state.outputs);
+    }
+    const hf = layerNorm(h, this.param('ln_f.weight'), this.param('ln_f.bias'));
+    scatterRows(hf, last, reshape(this.lastHf, [B, 1, D]));
+    if (this.copyKeys && this.copyTokens) {
+      scatterRows(model.linear(hf, this.param('copy.k.weight'), null), at, this.copyKeys);
+      scatterRows(idsT, at, reshape(this.copyTokens, [B, T, 1]));
+    }
   }
 
   /** The sinusoidal position rows [B, 1, D] of each sequence's position (SPEC §3 with positional 'sinusoidal'). */
@@ -214,7 +257,7 @@ export class BatchDecoder {
       for (let l = 0; l < this.layers.length; l++) {
         const state = this.layers[l];
         if (full.length === this.batch) {
-          const next = keep(tidy(() => this.model.writeMemory(l, state.memory!, state.outputs!).M));
+          const next = keep(tidy(() => this.model.writeMemory(l, state.memory!, state.outputs!, false, this.pointerQueries[l]).M));
           state.memory!.dispose();
           state.memory = next;
           this.readMemoryOf(l, state.memory!, state.readMemory!);
@@ -223,7 +266,7 @@ export class BatchDecoder {
             tidy(() => {
               const M = state.memory!._view([1, S, D], true, state.memory!.offset + b * S * D);
               const h = state.outputs!._view([1, T, D], true, state.outputs!.offset + b * T * D);
-              copyRowsInto(this.model.writeMemory(l, M, h).M, state.memory!, b, S * D);
+              copyRowsInto(this.model.writeMemory(l, M, h, false, this.pointerQueries[l]).M, state.memory!, b, S * D);
             });
             this.refreshMemKV(l, b);
           }
@@ -287,7 +330,7 @@ export class BatchDecoder {
       tidy(() => {
         const x = tensor(ids, [1, T], { dtype: 'int32', device });
         const memory = S > 0 ? this.layers.map((s) => s.memory!._view([1, S, D], true, s.memory!.offset + b * S * D)) : [];
-        const out = this.model.segment(x, memory);
+        const out = this.model.segment(x, memory, undefined, this.pointerQueries);
         for (let l = 0; l < out.memory.length; l++) {
           copyRowsInto(out.memory[l], this.layers[l].memory!, b, S * D);
           this.refreshMemKV(l, b);
@@ -311,24 +354,24 @@ export class BatchDecoder {
     for (let b = 0; b < this.batch; b++) {
       if (this.fed[b] === 0) throw new MemgptError(`distribution: no token has been fed yet${this.batch > 1 ? ` to sequence ${b}` : ''}`);
     }
-    const { segmentLen: T } = this.model.config;
-    const device = this.model.device;
-    return this.compute(() =>
-      tidy(() => {
-        const hf = this.lastHf;
-        const logits = this.model.linear(hf, this.param('tok_emb'), null);
-        if (!this.copyKeys || !this.copyTokens) return copyMixProbs(logits).toArray() as Float32Array;
-        // The context of the next prediction: the current segment's rows, or right after a boundary the last segment.
-        const lengths = Int32Array.from(this.pos, (p) => (p > 0 ? p : T));
-        return copyMixProbs(logits, {
+    const { segmentLen: T, vocabSize: V } = this.model.config;
+    // The context of the next prediction: the current segment's rows, or right after a boundary the last segment.
+    if (this.lengths) writeHost(this.lengths, Int32Array.from(this.pos, (p) => (p > 0 ? p : T)));
+    this.distributionGraph = this.run(this.distributionGraph, () => {
+      const hf = this.lastHf;
+      const logits = this.model.linear(hf, this.param('tok_emb'), null);
+      const probs = !this.copyKeys || !this.copyTokens || !this.lengths
+        ? copyMixProbs(logits)
+        : copyMixProbs(logits, {
           cq: this.model.linear(hf, this.param('copy.q.weight'), null),
           ck: this.copyKeys,
           gen: reshape(this.model.linear(hf, this.param('copy.gen.weight'), this.param('copy.gen.bias')), [this.batch]),
           tokens: this.copyTokens,
-          lengths: tensor(lengths, [this.batch], { dtype: 'int32', device }),
-        }).toArray() as Float32Array;
-      }),
-    );
+          lengths: this.lengths,
+        });
+      copyRowsInto(probs, this.probs, 0, this.batch * V);
+    });
+    return this.probs.toArray() as Float32Array;
   }
 
   /** Frees the device state; the decoder cannot be used afterwards. */
@@ -339,50 +382,13 @@ export class BatchDecoder {
     this.copyKeys?.dispose();
     this.copyTokens?.dispose();
     this.lastHf.dispose();
+    this.inputs.dispose();
+    this.lengths?.dispose();
+    this.probs.dispose();
+    this.stepGraph?.dispose();
+    this.distributionGraph?.dispose();
     for (const t of this.bf16Weights?.values() ?? []) t.dispose();
-  }
-
-  [Symbol.dispose](): void {
-    this.dispose();
-  }
-}
-
-/** One sequence's incremental decoding: a BatchDecoder of one, with feed() and distribution() for it. */
-export class Decoder {
-  private readonly inner: BatchDecoder;
-
-  constructor(model: MemGPT) {
-    this.inner = new BatchDecoder(model, 1);
-  }
-
-  get model(): MemGPT {
-    return this.inner.model;
-  }
-
-  /** Tokens fed so far. */
-  get length(): number {
-    return this.inner.length(0);
-  }
-
-  /** Processes one token at the next position of the current segment. */
-  feed(token: number): void {
-    checkToken(this.model, token, 'feed');
-    this.inner.step([token]);
-  }
-
-  /** Feeds a prompt (whole segments through the full-segment kernels, the rest token by token). */
-  feedMany(tokens: ArrayLike<number>): void {
-    this.inner.prefill(0, tokens);
-  }
-
-  /** P(y) over the vocabulary for the token after the last one fed (SPEC §3, copy mixture included). */
-  distribution(): Float64Array {
-    return Float64Array.from(this.inner.distributions());
-  }
-
-  /** Frees the device state; the Decoder cannot be used afterwards. */
-  dispose(): void {
-    this.inner.dispose();
+    for (const t of this.pointerQueries) t.dispose();
   }
 
   [Symbol.dispose](): void {

@@ -3,7 +3,8 @@
 import { MemgptError } from '../core/errors.js';
 import { Rng } from '../core/random.js';
 import type { MemGPT } from '../nn/model.js';
-import { Decoder, checkToken } from './decoder.js';
+import { checkToken } from './decoder.js';
+import { Decoder } from './single-decoder.js';
 
 /** Options of generateTokens, sampledTokens and streamText. */
 export interface GenerateOptions {

@@ -157,6 +157,11 @@ export class MemGPT {
     return keepBf16 ? y : cast(y, 'float32');
   }
 
+  /** x as the linear layers take it in this model's precision: cast to bfloat16 in bfloat16 precision. */
+  private inPrecision(x: Tensor): Tensor {
+    return this.precision === 'bfloat16' && x.dtype !== 'bfloat16' ? cast(x, 'bfloat16') : x;
+  }
+
   /**
    * Runs fn with these bfloat16 copies standing in for their float32 parameters in linear() (in bfloat16 precision):
    * a decoder casts the weights once instead of at every token. The copies are the caller's, made from the weights
@@ -242,12 +247,14 @@ export class MemGPT {
    */
   block(l: number, h: Tensor, attend: (qkv: Tensor, gateLogits: Tensor | null) => Tensor): Tensor {
     const P = (n: string) => this.p(`layers.${l}.${n}`);
-    const u = layerNorm(h, P('ln1.weight'), P('ln1.bias'));
-    // In bfloat16 precision the attention's inputs and output stay bf16 (its softmax statistics are float32).
+    // In bfloat16 precision u is cast once for both projections; the attention's inputs and output stay bf16 (its
+    // softmax statistics are float32), and so does the FFN's hidden z between its two linears: a cast to float32 and
+    // back would give the same values, at two more kernels a layer.
+    const u = this.inPrecision(layerNorm(h, P('ln1.weight'), P('ln1.bias')));
     const qkv = this.linear(u, P('attn.qkv.weight'), P('attn.qkv.bias'), {}, true);
     const gateLogits = this.config.memSlots > 0 ? this.linear(u, P('mem.gate.weight'), P('mem.gate.bias'), {}, true) : null;
     h = add(h, this.linear(attend(qkv, gateLogits), P('attn.out.weight'), P('attn.out.bias')));
-    const z = this.linear(layerNorm(h, P('ln2.weight'), P('ln2.bias')), P('ffn.fc1.weight'), P('ffn.fc1.bias'), { activation: 'gelu' });
+    const z = this.linear(layerNorm(h, P('ln2.weight'), P('ln2.bias')), P('ffn.fc1.weight'), P('ffn.fc1.bias'), { activation: 'gelu' }, true);
     return add(h, this.linear(z, P('ffn.fc2.weight'), P('ffn.fc2.bias')));
   }
 

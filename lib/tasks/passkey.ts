@@ -8,7 +8,7 @@ import { join } from 'node:path';
 
 import { presets, type ModelConfig } from '../nn/config.js';
 import { passkeyCorpus, passkeyDocument, type PasskeyOptions } from '../data/index.js';
-import { Decoder } from '../infer/decoder.js';
+import { Decoder } from '../infer/single-decoder.js';
 import { MemGPT, setReadGateBias } from '../nn/model.js';
 import { Rng } from '../core/random.js';
 import { Trainer, defaultTrainOptions, type TrainOptions } from '../train/trainer.js';

@@ -4,6 +4,7 @@
 #include "binding.h"
 
 #include <algorithm>
+#include <string>
 
 namespace {
 
@@ -13,7 +14,7 @@ Napi::Value info(const Napi::CallbackInfo& info) {
   o.Set("threads", mg::num_threads());
   __builtin_cpu_init();
   bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  o.Set("simd", avx2 ? "avx2+fma" : "generic");
+  o.Set("simd", std::string(avx2 ? "avx2+fma" : "generic") + (mg::cpu::uses_bf16_dot() ? ", avx512-bf16 for bf16 decoding" : ""));
   return o;
 }
 

@@ -447,26 +447,38 @@ MG_INLINE int64_t key_at(int64_t t, int64_t i, int64_t d) {
   return ((t / kDecodeKeyBlock) * d + i) * kDecodeKeyBlock + t % kDecodeKeyBlock;
 }
 
+// Eight floats as one GCC vector (AVX2 in the AVX2 build of a task body, two SSE halves in the generic one), read
+// unaligned from the blocked keys.
+typedef float KeyLanes __attribute__((vector_size(32), aligned(4), __may_alias__));
+
 // sc[j] = Σ_i q[i] · key j's feature i (in feature order, as score_tile sums), then times scale, for j < n: one
 // contiguous run over the blocks, 8 keys to a vector. G blocks go side by side: a block alone is one chain of d
-// dependent FMAs, latency-bound; four are four chains (bench/decode-layout.cc measures the three ways).
+// dependent FMAs, latency-bound; eight are eight chains (bench/decode-layout.cc measures the ways). The lanes are
+// written as vectors: as scalar loops over an array, GCC vectorised them across i with permutes and spilled the
+// accumulators, 4–6 times slower (78% of a batch-16 decode step's attention, perf at the small preset).
 template <int G>
 MG_INLINE void blocked_score_group(const float* __restrict q, const float* __restrict kb, int64_t d, float* __restrict acc) {
+  KeyLanes lanes[G];
+  for (int g = 0; g < G; g++) lanes[g] = KeyLanes{};
   for (int64_t i = 0; i < d; i++) {
     const float qi = q[i];
-    for (int g = 0; g < G; g++)
-      for (int64_t e = 0; e < kDecodeKeyBlock; e++) acc[g * kDecodeKeyBlock + e] += qi * kb[(g * d + i) * kDecodeKeyBlock + e];
+    for (int g = 0; g < G; g++) lanes[g] += qi * *reinterpret_cast<const KeyLanes*>(kb + (g * d + i) * kDecodeKeyBlock);
   }
+  for (int g = 0; g < G; g++) std::memcpy(acc + g * kDecodeKeyBlock, &lanes[g], sizeof(KeyLanes));
 }
 
 MG_INLINE void blocked_scores(const float* __restrict q, const float* __restrict keys, int64_t n, int64_t d, float scale,
                               float* __restrict sc) {
+  static_assert(kDecodeKeyBlock == 8, "a block of keys is one KeyLanes vector");
   const int64_t blocks = (n + kDecodeKeyBlock - 1) / kDecodeKeyBlock;
   for (int64_t blk = 0; blk < blocks;) {
-    float acc[4 * kDecodeKeyBlock] = {};
+    alignas(32) float acc[8 * kDecodeKeyBlock];
     const float* kb = keys + blk * d * kDecodeKeyBlock;
-    const int64_t group = blocks - blk >= 4 ? 4 : 1;
-    if (group == 4) blocked_score_group<4>(q, kb, d, acc);
+    const int64_t left = blocks - blk;
+    const int64_t group = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
+    if (group == 8) blocked_score_group<8>(q, kb, d, acc);
+    else if (group == 4) blocked_score_group<4>(q, kb, d, acc);
+    else if (group == 2) blocked_score_group<2>(q, kb, d, acc);
     else blocked_score_group<1>(q, kb, d, acc);
     const int64_t lanes = std::min(group * kDecodeKeyBlock, n - blk * kDecodeKeyBlock);
     for (int64_t e = 0; e < lanes; e++) sc[blk * kDecodeKeyBlock + e] = scale != 1.f ? acc[e] * scale : acc[e];

@@ -2,6 +2,7 @@
 // strided copies. bfloat16 is computed in float32 and rounded on store.
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "../common/threadpool.h"
 #include "elem.h"
@@ -83,7 +84,41 @@ void fill(DType dt, void* out, int64_t n, double value) {
   });
 }
 
+namespace {
+
+// The two casts of mixed precision as plain loops, which the compiler vectorises (the per-element switch below it
+// does not: a 4096-element float32 → bfloat16 cast took 10 µs, and a batch-16 bf16 decoding step makes 23).
+template <typename From, typename To>
+void cast_run(const From* __restrict x, To* __restrict y, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    if constexpr (std::is_same_v<To, uint16_t>) y[i] = f32_to_bf16(x[i]);
+    else y[i] = bf16_to_f32(x[i]);
+  }
+}
+template <typename From, typename To>
+__attribute__((target("avx2"))) void cast_run_avx2(const From* __restrict x, To* __restrict y, size_t n) {
+  cast_run(x, y, n);
+}
+const bool kCastAvx2 = [] {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2");
+}();
+
+template <typename From, typename To>
+void cast_float(const void* x, void* y, int64_t n) {
+  parallel_for(0, n, kGrain, [&](size_t lo, size_t hi) {
+    const From* xp = static_cast<const From*>(x) + lo;
+    To* yp = static_cast<To*>(y) + lo;
+    if (kCastAvx2) cast_run_avx2(xp, yp, hi - lo);
+    else cast_run(xp, yp, hi - lo);
+  });
+}
+
+}  // namespace
+
 void cast(DType from, const void* x, DType to, void* y, int64_t n) {
+  if (from == DType::F32 && to == DType::BF16) return cast_float<float, uint16_t>(x, y, n);
+  if (from == DType::BF16 && to == DType::F32) return cast_float<uint16_t, float>(x, y, n);
   auto read = [&](int64_t i) -> float {
     switch (from) {
       case DType::F32: return static_cast<const float*>(x)[i];

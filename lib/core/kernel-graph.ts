@@ -13,6 +13,7 @@
 // writes (weights, caches) are retained, so disposing one of them cannot leave the graph a dangling pointer.
 import type { NativeBackend, StorageHandle } from '../native/backend.js';
 import { MemgptError } from './errors.js';
+import { profiling, recordNativeTime } from './profile.js';
 import { storageOfHandle, type Storage } from './storage.js';
 
 type NativeFn = (...args: unknown[]) => unknown;
@@ -135,7 +136,12 @@ export class KernelGraph {
     if (this.disposed) throw new MemgptError('kernel graph: replay after dispose');
     for (const c of this.calls) {
       try {
-        c.fn.apply(this.backend, c.args);
+        if (!profiling) c.fn.apply(this.backend, c.args);
+        else {
+          const t0 = performance.now();
+          c.fn.apply(this.backend, c.args);
+          recordNativeTime(`${c.name} (replayed)`, performance.now() - t0);
+        }
       } catch (e) {
         throw new MemgptError(`kernel graph: ${c.name} failed on replay: ${(e as Error).message}`, { cause: e });
       }

@@ -4,6 +4,7 @@
 import type { NativeBackend, StorageHandle } from '../native/backend.js';
 import { type DType } from '../core/dtype.js';
 import { MemgptError, shapeStr } from '../core/errors.js';
+import { profileShapes, profiling, recordNativeTime } from '../core/profile.js';
 import type { Tensor } from '../core/tensor.js';
 
 /** Checks that the named tensors are live, on one device, and (if given) of an allowed dtype. */
@@ -89,32 +90,14 @@ export function handleOf(t: Tensor | null | undefined): [StorageHandle | null, n
   return t ? [t.handle, t.offset] : [null, 0];
 }
 
-/** Calls a native kernel; a failure there becomes an error naming the op and the tensors. */
-// MEMGPT_PROFILE=1: the time spent in native calls, per op, printed to stderr when the process exits (what the
-// rest of a step's time is, is JavaScript: allocation, autograd, the ops' own checks). MEMGPT_PROFILE=shapes keys
-// each op by its tensors' shapes too.
-const profileShapes = process.env.MEMGPT_PROFILE === 'shapes';
-const profile = process.env.MEMGPT_PROFILE ? new Map<string, { calls: number; ms: number }>() : null;
-if (profile) {
-  process.on('exit', () => {
-    const rows = [...profile].sort((a, b) => b[1].ms - a[1].ms);
-    const total = rows.reduce((a, [, r]) => a + r.ms, 0);
-    console.error(`native time by op (${total.toFixed(0)} ms in all):`);
-    for (const [op, r] of rows) console.error(`  ${op.padEnd(profileShapes ? 60 : 28)} ${r.ms.toFixed(1).padStart(9)} ms ${String(r.calls).padStart(8)} calls ${((1000 * r.ms) / r.calls).toFixed(1).padStart(8)} µs/call`);
-  });
-}
-
+/** Calls a native kernel; a failure there becomes an error naming the op and the tensors (timed with MEMGPT_PROFILE). */
 export function callNative<T>(op: string, named: Record<string, Tensor>, fn: (backend: NativeBackend) => T): T {
   const first = Object.values(named)[0];
   try {
-    if (profile) {
+    if (profiling) {
       const t0 = performance.now();
       const r = fn(first.storage.backend);
-      const key = profileShapes ? `${op} ${Object.values(named).map((t) => shapeStr(t.shape)).join(' ')}` : op;
-      const entry = profile.get(key) ?? { calls: 0, ms: 0 };
-      entry.calls++;
-      entry.ms += performance.now() - t0;
-      profile.set(key, entry);
+      recordNativeTime(profileShapes ? `${op} ${Object.values(named).map((t) => shapeStr(t.shape)).join(' ')}` : op, performance.now() - t0);
       return r;
     }
     return fn(first.storage.backend);

@@ -1,6 +1,8 @@
-// `memgpt bench` (from dist/, as users run it): the training-step and kernel benchmarks report
+// `memgpt bench` (from dist/, as users run it): the training-step, kernel and decoding benchmarks report
 // what they measured as JSON, and bad flags get one clear line and exit code 2.
 import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
@@ -43,8 +45,30 @@ describe('memgpt bench', () => {
     }
   });
 
+  it('decode: greedy tokens/s of Decoder and each batch size, the bounds beside them, into --out too', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'memgpt-bench-decode-'));
+    try {
+      const file = join(dir, 'decode.json');
+      const r = memgpt('bench', 'decode', '--preset', 'tiny', '--batches', '3', '--tokens', '40', '--repeats', '1', '--precision', 'bfloat16', '--out', file, '--json');
+      expect(r.status).toBe(0);
+      const out = JSON.parse(r.stdout) as { preset: string; precision: string; graphs: boolean; greedyTokensPerSequence: number; rows: { api: string; batch: number; tokensPerSecond: number; secondsPerRepeat: number[] }[]; roofline: { batch1BoundTokensPerSecond: number } };
+      expect(out).toMatchObject({ preset: 'tiny', precision: 'bfloat16', graphs: true, greedyTokensPerSequence: 40 });
+      expect(out.rows.map((row) => [row.api, row.batch])).toEqual([['Decoder', 1], ['BatchDecoder', 3]]);
+      for (const row of out.rows) {
+        expect(row.secondsPerRepeat).toHaveLength(1);
+        // 40 tokens of each sequence in the repeat's time, which is rounded to the millisecond.
+        expect(Math.abs(row.tokensPerSecond * row.secondsPerRepeat[0] - row.batch * 40)).toBeLessThanOrEqual(row.tokensPerSecond * 0.0005 + 1);
+      }
+      expect(out.roofline.batch1BoundTokensPerSecond).toBeGreaterThan(0);
+      expect(JSON.parse(readFileSync(file, 'utf8'))).toEqual(out);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('bad input: one line, exit 2', () => {
-    for (const args of [['bench', 'train', '--steps', '0'], ['bench', 'kernels', '--preset', 'huge'], ['bench', 'nothing'], ['bench', 'train', '--wat']]) {
+    for (const args of [['bench', 'train', '--steps', '0'], ['bench', 'kernels', '--preset', 'huge'], ['bench', 'nothing'], ['bench', 'train', '--wat'],
+      ['bench', 'decode', '--batches', '1,0'], ['bench', 'decode', '--decoder-only', '--batches', '2'], ['bench', 'decode', '--tokens', '1e2']]) {
       const r = memgpt(...args);
       expect(r.status).toBe(2);
       expect(r.stderr.split('\n')).toHaveLength(1);

@@ -91,7 +91,7 @@ describe('memgpt command', () => {
       [['bench', 'books', '--corpus', 'kjv,quran'], /^memgpt: --corpus must be kjv, linux-doc, austen, all, or a comma-separated list of them \(got 'quran'\)$/],
       [['bench', 'books', '--seed-list', '0,-1'], /^memgpt: --seed-list must be comma-separated integers ≥ 0 \(got '0,-1'\)$/],
       [['bench', 'books', '--merge', '/nonexistent/a.json', '--out', '/nonexistent/b.json'], /^memgpt: --merge: \/nonexistent\/a.json holds no runs$/],
-      [['bench', 'sideways'], /^memgpt: bench: unknown benchmark 'sideways' \(kernels, train or books\)$/],
+      [['bench', 'sideways'], /^memgpt: bench: unknown benchmark 'sideways' \(kernels, train, decode or books\)$/],
       // A config that is not a small regular file is refused before anything is read.
       [['train', '--config', '/dev/zero', '--data', 'x.txt', '--out', 'x'], /^memgpt: --config: \/dev\/zero is not a regular file$/],
       // A bad --out is refused before training (it used to fail with a stack trace after the first step).

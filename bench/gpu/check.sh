@@ -10,6 +10,7 @@
 #   5. the base preset's training step against PyTorch bf16 + SDPA, 5 steps, MFU   70 s
 #   6. compute-sanitizer: memcheck on a reduced set, racecheck on attention        80 s
 #   7. NCCL (data parallel on CUDA): one rank all-reduces device tensors           20 s
+#   8. decoding on CUDA: greedy tokens/s at batch 1 and 16, float32 and bf16       30 s
 #
 # On the CPU machine first: npm install && npm run build:cuda && bash ../shared/gpu/pack.sh
 # Device call: carry [".gpu", "prebuilds", "dist"], command: source .gpu/env.sh && bash bench/gpu/check.sh
@@ -141,6 +142,22 @@ sanitizer() {
   grep -E "ERROR SUMMARY|RACECHECK SUMMARY|Tests " "$out/sanitizer-racecheck.log" | tail -n 3 | sed 's/^/   racecheck: /' >> "$summary"
 }
 
+# The decoder replays each step's recorded kernels (no host wait per layer: test/decode.test.ts counts them); here is
+# what that gives at batch 1 and whether batch 16 reaches 5x batch 1's tokens/s (the small preset; tiny when dry).
+decode_speed() {
+  local preset=small tokens=128
+  [ -n "$dry" ] && preset=tiny tokens=16
+  for precision in float32 bfloat16; do
+    node bin/memgpt.js bench decode --device cuda --preset $preset --batches 16 --tokens $tokens --repeats 2 \
+      --precision $precision --json > "$out/decode-cuda-$precision.json" 2> "$out/decode-cuda-$precision.err" || return 1
+    node -e '
+const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
+const [one, sixteen] = r.rows;
+console.log(`   ${r.precision}: batch 1 ${one.tokensPerSecond} tokens/s, batch 16 ${sixteen.tokensPerSecond} (${(sixteen.tokensPerSecond / one.tokensPerSecond).toFixed(1)}x batch 1)`);
+' "$out/decode-cuda-$precision.json" >> "$summary"
+  done
+}
+
 nccl_smoke() {
   # PyTorch's wheels carry NCCL (nvidia-nccl-cu12): point the addon at it unless MEMGPT_NCCL_LIBRARY already does.
   if [ -z "${MEMGPT_NCCL_LIBRARY:-}" ]; then
@@ -166,4 +183,5 @@ stage "4. kernel timings beside PyTorch's" 60 kernel_timings
 stage "5. base preset training step vs PyTorch bf16 + SDPA, 5 steps" 70 train_step
 stage "6. compute-sanitizer: memcheck (reduced set), racecheck (attention)" 80 sanitizer
 stage "7. NCCL: one rank all-reduces device tensors" 20 nccl_smoke
+stage "8. decoding on CUDA: tokens/s at batch 1 and 16" 30 decode_speed
 cat "$summary"

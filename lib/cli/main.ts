@@ -35,10 +35,12 @@ Usage:
                   [--top-k K] [--top-p P] [--min-p P] [--repetition-penalty R] [--stop TEXT]... [--seed S]
                   [--num-samples N]   (N continuations decoded together, each printed when all are done)
                   [--json]   (one line per token: id, log-probability, text; Ctrl-C ends it cleanly)
-  memgpt bench    [kernels|train|books] [--device cpu|cuda] [--json]
+  memgpt bench    [kernels|train|decode|books] [--device cpu|cuda] [--json]
                   kernels: [--preset small|base|all] [--only SUBSTRING]
                   train:   [--preset tiny|small|base] [--batch-size B] [--segments K] [--steps N] [--warmup N]
                            [--precision float32|bfloat16]
+                  decode:  [--preset tiny|small|base] [--batches LIST] [--tokens N] [--repeats N]
+                           [--precision float32|bfloat16] [--eager] [--decoder-only] [--out FILE.json]
                   books:   [--corpus kjv|linux-doc|austen|all] [--preset tiny|small] [--variants LIST]
                            [--seeds N] [--steps N] [--jobs N] [--out FILE.json] (memgpt bench books --help)
   memgpt demo     [--steps N] [--lr X] [--seed S] [--device cpu|cuda]
@@ -54,7 +56,7 @@ const commandHelp: Record<string, string> = {
   train: 'Trains a model on a text file (or, with no arguments, the built-in pass-key demo), writing a run folder with checkpoints, metrics and plots.',
   eval: 'Scores a checkpoint on a text file: loss and bits per byte (--stream: whole documents, memory carried).',
   generate: 'Continues a prompt from a checkpoint.',
-  bench: 'Benchmarks: kernels (time and % of ceiling), train (a median training step), books (memory on real text).',
+  bench: 'Benchmarks: kernels (time and % of ceiling), train (a median training step), decode (greedy tokens/s by batch size), books (memory on real text).',
   demo: 'A few hundred steps of a toy model, to see that the install works.',
   doctor: 'Says which builds are present, what GPU, driver and runtime were found, and which backend runs and why.',
 };

@@ -284,6 +284,21 @@ __attribute__((target("avx2,fma"))) inline void horizontal_sums(const __m256 (&a
   }
 }
 
+// The end of a GEMV tile: each output is its vector sum (sums[r·NCOL + j]) plus the products of elements [i, k) the
+// vector loop left, one by one from the stored rows, stored as sum + beta·C.
+template <int R, int NCOL, typename T>
+inline void finish_tile(const float* sums, const T* a, int64_t lda, const T* b, int64_t ldb, int64_t i, int64_t k,
+                        float* c, int64_t ldc, float beta) {
+  for (int r = 0; r < R; r++) {
+    for (int j = 0; j < NCOL; j++) {
+      float sum = sums[r * NCOL + j];
+      for (int64_t t = i; t < k; t++) sum += load(a + r * lda + t) * load(b + j * ldb + t);
+      float* out = c + r * ldc + j;
+      *out = beta == 0.f ? sum : sum + beta * *out;
+    }
+  }
+}
+
 template <int R, int NCOL>
 __attribute__((target("avx2,fma"))) inline void gemv_tile_avx2(const float* a, int64_t lda, const float* b, int64_t ldb,
                                                                int64_t k, float* c, int64_t ldc, float beta) {
@@ -308,14 +323,7 @@ __attribute__((target("avx2,fma"))) inline void gemv_tile_avx2(const float* a, i
   }
   alignas(32) float sums[((R * NCOL + 7) / 8) * 8];
   horizontal_sums<R, NCOL>(acc, sums);
-  for (int r = 0; r < R; r++) {
-    for (int j = 0; j < NCOL; j++) {
-      float sum = sums[r * NCOL + j];
-      for (int64_t t = i; t < k; t++) sum += a[r * lda + t] * b[j * ldb + t];
-      float* out = c + r * ldc + j;
-      *out = beta == 0.f ? sum : sum + beta * *out;
-    }
-  }
+  finish_tile<R, NCOL>(sums, a, lda, b, ldb, i, k, c, ldc, beta);
 }
 
 // Columns [j0, j1) of rows [r0, r0 + R) of C, NCOL columns at a time, then one at a time.
@@ -363,14 +371,7 @@ __attribute__((target("avx2,fma"))) inline void gemv_tile_bf16_avx2(const float*
   }
   alignas(32) float sums[((R * NCOL + 7) / 8) * 8];
   horizontal_sums<R, NCOL>(acc, sums);
-  for (int r = 0; r < R; r++) {
-    for (int j = 0; j < NCOL; j++) {
-      float sum = sums[r * NCOL + j];
-      for (int64_t t = i; t < k; t++) sum += load(a + r * lda + t) * load(b + j * ldb + t);
-      float* out = c + r * ldc + j;
-      *out = beta == 0.f ? sum : sum + beta * *out;
-    }
-  }
+  finish_tile<R, NCOL>(sums, a, lda, b, ldb, i, k, c, ldc, beta);
 }
 
 // bfloat16 with AVX-512 BF16 (Zen 4, Intel Cooper Lake and later): vdpbf16ps multiplies 32 bf16 pairs and adds each
@@ -417,14 +418,7 @@ __attribute__((target("avx2,fma,avx512f,avx512dq,avx512bf16"))) inline void gemv
       halves[r][j] = _mm256_add_ps(_mm512_castps512_ps256(acc[r][j]), _mm512_extractf32x8_ps(acc[r][j], 1));
   alignas(32) float sums[((R * NCOL + 7) / 8) * 8];
   horizontal_sums<R, NCOL>(halves, sums);
-  for (int r = 0; r < R; r++) {
-    for (int j = 0; j < NCOL; j++) {
-      float sum = sums[r * NCOL + j];
-      for (int64_t t = i; t < k; t++) sum += bf16_to_f32(a[r * lda + t]) * bf16_to_f32(b[j * ldb + t]);
-      float* out = c + r * ldc + j;
-      *out = beta == 0.f ? sum : sum + beta * *out;
-    }
-  }
+  finish_tile<R, NCOL>(sums, a, lda, b, ldb, i, k, c, ldc, beta);
 }
 
 // Columns [j0, j1) of rows [r0, r0 + R) of C through gemv_tile_dpbf16, NCOL columns at a time, then one at a time.

@@ -130,6 +130,19 @@ describe('Decoder', () => {
     }
   });
 
+  it('a decoder of a disposed model says so, though its replayed steps hold the weights, and frees them with itself', () => {
+    expectNoLeaks('cpu', () => {
+      const model = randomModel(small, 2);
+      const decoder = new Decoder(model);
+      decoder.feedMany([1, 2, 3]);
+      decoder.distribution();
+      model.dispose();
+      expect(() => decoder.feed(4)).toThrow(/^step: the model was disposed$/);
+      expect(() => decoder.distribution()).toThrow(/^distributions: the model was disposed$/);
+      decoder.dispose();
+    });
+  });
+
   it('rejects bad tokens and an early distribution()', () => {
     const model = randomModel(small, 1);
     try {

@@ -144,6 +144,8 @@ export class BatchDecoder {
 
   private check(what: string): void {
     if (this.disposed) throw new MemgptError(`${what}: this decoder was disposed`);
+    // A replayed step would still read the weights (its graph retains them): say so instead.
+    if (this.param('tok_emb').isDisposed) throw new MemgptError(`${what}: the model was disposed`);
     if (this.model.precision !== this.precision) {
       throw new MemgptError(`${what}: the model's precision changed to ${this.model.precision} after this decoder was made in ${this.precision}; make a new decoder`);
     }

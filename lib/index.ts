@@ -14,7 +14,7 @@ export { matmul, type MatmulOptions } from './ops/matmul.js';
 export { broadcastTo, sum } from './ops/reduce.js';
 export { mean } from './ops/mean.js';
 export { softmax } from './ops/softmax.js';
-export { cast, clone, detach, permute, reshape, to, transpose } from './ops/shape.js';
+export { cast, clone, copyRowsInto, detach, permute, reshape, to, transpose } from './ops/shape.js';
 export { assertGradients, checkGradients, type GradCheckOptions, type GradCheckResult } from './core/gradcheck.js';
 export { Rng } from './core/random.js';
 export * from './ops/norm.js';

@@ -185,6 +185,33 @@ describe('BatchDecoder', () => {
     }
   });
 
+  // prefillAll feeds every sequence's prompt tail in the same steps (the prompts of a batch generation at once): each
+  // row's kernels do the same arithmetic whichever rows run beside it, so it equals one prompt after another exactly.
+  forEachDevice((device) => {
+    it('prefillAll equals prefilling one sequence after another, bit for bit; a wrong prompt count is one clear error', () => {
+      const cpuModel = randomModel({ vocabSize: 256, dModel: 16, nHeads: 2, dFF: 24, nLayers: 2, segmentLen: 5, memSlots: 3, copyHead: true, positional: 'rope' }, 12);
+      const model = device === 'cpu' ? cpuModel : onDevice(cpuModel, device);
+      try {
+        expectNoLeaks(device, () => {
+          const prompts = [randomTokens(11, 1), randomTokens(3, 2), randomTokens(7, 3)];
+          const [together, apart] = [0, 1].map(() => new BatchDecoder(model, 3));
+          try {
+            together.prefillAll(prompts);
+            prompts.forEach((p, b) => apart.prefill(b, p));
+            expect([0, 1, 2].map((b) => together.length(b))).toEqual([11, 3, 7]);
+            expect(together.distributions()).toEqual(apart.distributions());
+            expect(() => together.prefillAll(prompts.slice(1))).toThrow(/^prefill: 2 prompts given for 3 sequences$/);
+          } finally {
+            together.dispose();
+            apart.dispose();
+          }
+        });
+      } finally {
+        for (const d of new Set([model, cpuModel])) d.dispose();
+      }
+    });
+  });
+
   const base: Partial<ModelConfig> = { vocabSize: 256, dModel: 16, nHeads: 2, dFF: 24, nLayers: 2, segmentLen: 5, memSlots: 3, copyHead: true, positional: 'rope', specVersion: 2 };
   const variants: Partial<ModelConfig>[] = [base, { ...base, specVersion: 1 }, { ...base, positional: 'sinusoidal', copyHead: false }, { ...base, memSlots: 0 }];
   for (const variant of variants) {

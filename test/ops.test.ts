@@ -272,6 +272,33 @@ forEachDevice((device) => {
       });
     });
 
+    it('casts long arrays to bfloat16 with round-to-nearest-even, NaN and infinities kept (the vector loops and their tails)', () => {
+      mg.tidy(() => {
+        const n = 1037;  // not a multiple of any vector width
+        const f = randomArray(n, 23, -3, 3);
+        f.set([NaN, Infinity, -Infinity, 0, -0, 1 + 2 ** -8, 1 + 3 * 2 ** -8, 3.4e38, 1e-40], 500);
+        const bits = new Uint32Array(f.buffer);
+        // float32 → bfloat16 as native/common/common.h defines it: NaN stays a quiet NaN, else round to nearest even.
+        const expected = Float32Array.from(bits, (u) => {
+          const h = (u & 0x7fffffff) > 0x7f800000 ? (u >>> 16) | 0x40 : ((u + 0x7fff + ((u >>> 16) & 1)) >>> 16) & 0xffff;
+          return new Float32Array(new Uint32Array([h << 16]).buffer)[0];
+        });
+        const b = mg.cast(mg.tensor(f, [n], opts), 'bfloat16');
+        expect(b.toArray()).toEqual(expected);
+        expect(mg.cast(b, 'float32').toArray()).toEqual(expected);  // widening is exact
+      });
+    });
+
+    it('copyRowsInto writes rows of a larger tensor and nothing else', () => {
+      mg.tidy(() => {
+        const dst = mg.zeros([4, 3], opts);
+        mg.copyRowsInto(mg.tensor([1, 2, 3, 4, 5, 6], [2, 3], opts), dst, 1, 3);
+        expect(dst.toNested()).toEqual([[0, 0, 0], [1, 2, 3], [4, 5, 6], [0, 0, 0]]);
+        expect(() => mg.copyRowsInto(mg.zeros([2, 3], opts), dst, 3, 3)).toThrow(/copyRowsInto: 6 elements at row 3 of 3 do not fit \[4,3\]/);
+        expect(() => mg.copyRowsInto(mg.zeros([3], { ...opts, dtype: 'bfloat16' }), dst, 0, 3)).toThrow(/copyRowsInto: dtypes differ/);
+      });
+    });
+
     it('moves between devices and clones', () => {
       mg.tidy(() => {
         const x = mg.tensor([1, 2, 3], [3], opts);

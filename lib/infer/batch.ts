@@ -42,7 +42,7 @@ export async function generateBatch(model: MemGPT, prompts: ArrayLike<number>[],
   const B = prompts.length, V = model.config.vocabSize;
   const decoder = new BatchDecoder(model, B);
   try {
-    prompts.forEach((p, b) => decoder.prefill(b, p));
+    decoder.prefillAll(prompts);
     const rngs = prompts.map((_, b) => new Rng(opts.seed + b));
     const contexts = prompts.map((p) => Array.from(p));
     const out: BatchSample[] = prompts.map(() => ({ tokens: [], logprobs: [], reason: 'max-tokens', ...(codec ? { text: '' } : {}) }));

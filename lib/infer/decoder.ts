@@ -15,8 +15,7 @@ import type { MemGPT, Precision } from '../nn/model.js';
 import { attentionDecode, copyMixProbs, decodeKeyShape, decodeMemory, scatterRows, type DecodeCache, type DecodeMemory } from '../ops/decode.js';
 import { add } from '../ops/elementwise.js';
 import { embedding, layerNorm, sinusoidalPositions } from '../ops/norm.js';
-import { cast, reshape, stridedCopyInto } from '../ops/shape.js';
-import { contiguousStrides } from '../ops/util.js';
+import { cast, copyRowsInto, reshape } from '../ops/shape.js';
 
 /** Throws unless token is an id of the model's vocabulary. */
 export function checkToken(model: MemGPT, token: number, what: string): void {
@@ -32,16 +31,6 @@ interface LayerState {
   memory: Tensor | null;
   /** The memory's K/V as the decode attention reads them (decodeMemory), remade at each write. */
   readMemory: DecodeMemory | null;
-}
-
-/** Copies src (contiguous) into `rows` rows of dst starting at row `at` (dst seen as [*, rowSize]). */
-function copyRowsInto(src: Tensor, dst: Tensor, at: number, rowSize: number): void {
-  const view = dst._view(src.shape, true, dst.offset + at * rowSize);
-  try {
-    stridedCopyInto('decoder', src, contiguousStrides(src.shape), view);
-  } finally {
-    view.dispose();
-  }
 }
 
 /** Options of a decoder. graphs: replay each step's recorded kernels (default; bit-equal; sinusoidal models run eagerly). */
@@ -301,26 +290,35 @@ export class BatchDecoder {
     }));
   }
 
-  /**
-   * Feeds a prompt to sequence b alone. Whole segments that start on an empty segment go through model.segment()
-   * (the full-segment kernels, which also write the memory); the rest token by token (the others sit those out).
-   */
+  /** Feeds a prompt to sequence b alone (prefillAll with only b's prompt). */
   prefill(b: number, tokens: ArrayLike<number>): void {
-    this.check('prefill');
     this.index(b, 'prefill');
-    for (let i = 0; i < tokens.length; i++) checkToken(this.model, tokens[i], `prefill (index ${i})`);
+    this.prefillAll(Array.from({ length: this.batch }, (_, i) => (i === b ? tokens : [])));
+  }
+
+  /**
+   * Feeds each sequence b its prompt prompts[b] (empty: nothing). Whole segments that start on an empty segment go
+   * through model.segment() (the full-segment kernels, which also write the memory), a sequence at a time; the rest
+   * token by token, every sequence with prompt left in the same step (the same prompt for 16 samples: 16 times
+   * fewer steps than one prompt after another).
+   */
+  prefillAll(prompts: ArrayLike<number>[]): void {
+    this.check('prefill');
+    if (prompts.length !== this.batch) throw new MemgptError(`prefill: ${prompts.length} prompts given for ${this.batch} sequences`);
+    prompts.forEach((p, b) => {
+      for (let i = 0; i < p.length; i++) checkToken(this.model, p[i], `prefill (sequence ${b}, index ${i})`);
+    });
     const T = this.model.config.segmentLen;
-    const one = new Int32Array(this.batch);
-    const only = Array.from({ length: this.batch }, (_, i) => i === b);
-    let i = 0;
-    while (i < tokens.length) {
-      if (this.pos[b] === 0 && tokens.length - i >= T) {
-        this.prefillSegment(b, tokens, i);
-        i += T;
-      } else {
-        one[b] = tokens[i++];
-        this.step(one, only);
-      }
+    const at = new Array<number>(this.batch).fill(0);  // the next prompt token of each sequence
+    const tokens = new Int32Array(this.batch);
+    for (;;) {
+      prompts.forEach((p, b) => {
+        for (; this.pos[b] === 0 && p.length - at[b] >= T; at[b] += T) this.prefillSegment(b, p, at[b]);
+      });
+      const active = prompts.map((p, b) => at[b] < p.length);
+      if (!active.some(Boolean)) return;
+      prompts.forEach((p, b) => (tokens[b] = active[b] ? p[at[b]++] : 0));
+      this.step(tokens, active);
     }
   }
 

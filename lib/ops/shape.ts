@@ -1,11 +1,23 @@
 // Shape ops: reshape (a view), broadcastTo and permute (copies through strides),
-// cast between dtypes, moves between devices, clone and detach.
+// cast between dtypes, moves between devices, clone and detach; copies of contiguous rows into a larger tensor.
 import { record } from '../core/autograd.js';
 import { backendFor, type Device } from '../native/backend.js';
 import { dtypeBytes, dtypeCode, type DType } from '../core/dtype.js';
 import { MemgptError, shapeStr } from '../core/errors.js';
 import { empty, numel, validateShape, type Tensor } from '../core/tensor.js';
 import { callNative, checkTensors, compactDims, contiguousStrides, normalizeAxis } from './util.js';
+
+/** Copies src (contiguous) into dst's rows `at` … at + src.size / rowSize − 1, dst seen as rows of rowSize elements. */
+export function copyRowsInto(src: Tensor, dst: Tensor, at: number, rowSize: number): void {
+  if (src.dtype !== dst.dtype) throw new MemgptError(`copyRowsInto: dtypes differ (${src.dtype} into ${dst.dtype})`);
+  if (at < 0 || (at * rowSize) + src.size > dst.size) throw new MemgptError(`copyRowsInto: ${src.size} elements at row ${at} of ${rowSize} do not fit ${shapeStr(dst.shape)}`);
+  const view = dst._view(src.shape, true, dst.offset + at * rowSize);
+  try {
+    stridedCopyInto('copyRowsInto', src, contiguousStrides(src.shape), view);
+  } finally {
+    view.dispose();
+  }
+}
 
 /** The same data seen with another shape; one size may be -1 (inferred). Shares memory. */
 export function reshape(x: Tensor, shape: readonly number[]): Tensor {

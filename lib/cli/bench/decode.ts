@@ -87,7 +87,7 @@ export function runDecodeBench(o: DecodeBenchOptions): DecodeBenchResult {
   const timeBatch = (B: number, seed: number): number => {
     const decoder = new mg.BatchDecoder(model, B, options);
     try {
-      prompts(B, seed).forEach((p, b) => decoder.prefill(b, p));
+      decoder.prefillAll(prompts(B, seed));
       const next = new Int32Array(B);
       const t0 = performance.now();
       for (let i = 0; i < o.tokens; i++) {

@@ -3,7 +3,7 @@
 // keeps the memory its calls use alive (a weight disposed after recording still reads right) and frees it on dispose.
 import { describe, expect, it } from 'vitest';
 
-import { MemgptError, tensor, tidy, zeros } from '../lib/index.js';
+import { availableDevices, MemgptError, tensor, tidy, zeros } from '../lib/index.js';
 import { KernelGraph } from '../lib/core/kernel-graph.js';
 import { writeHost, type Tensor } from '../lib/core/tensor.js';
 import { backendFor } from '../lib/native/backend.js';
@@ -61,6 +61,18 @@ describe('KernelGraph', () => {
         expect(() => graph.replay()).toThrow(/replay after dispose/);
         x.dispose();
         out.dispose();
+      });
+    });
+
+    it('refuses kernels of another device while recording (they would run once and be missing from the replays)', () => {
+      const other = device === 'cpu' ? 'cuda' : 'cpu';
+      if (!availableDevices().includes(other)) return;  // one device here: nothing to refuse
+      expectNoLeaks(device, () => {
+        const x = zeros([4], { device: other });
+        expect(() => KernelGraph.record(backendFor(device), () => tidy(() => void add(x, x)))).toThrow(/kernel graph: alloc was called on another device's backend while recording/);
+        const y = add(x, x);  // and that backend works again
+        expect(values(y)).toEqual([0, 0, 0, 0]);
+        for (const t of [x, y]) t.dispose();
       });
     });
 

@@ -11,7 +11,7 @@
 // Memory: the temporaries the recorded run made and freed stay allocated (their native frees wait) until the graph is
 // disposed, since the replay writes them again; the storages that existed before and that a recorded call reads or
 // writes (weights, caches) are retained, so disposing one of them cannot leave the graph a dangling pointer.
-import type { NativeBackend, StorageHandle } from '../native/backend.js';
+import { loadedBackends, type NativeBackend, type StorageHandle } from '../native/backend.js';
 import { MemgptError } from './errors.js';
 import { profiling, recordNativeTime } from './profile.js';
 import { storageOfHandle, type Storage } from './storage.js';
@@ -63,6 +63,16 @@ export class KernelGraph {
     const heldBlocks = new Set<StorageHandle>();
     const used = new Set<StorageHandle>();
     const alloc = backend.alloc, free = backend.free;
+    // The other loaded backends refuse every kernel: a call there would run once and be missing from the replays.
+    const others = loadedBackends().filter((b) => b !== backend);
+    const otherOriginals = others.map((other) => new Map(Object.entries(other).filter(([name, v]) => typeof v === 'function' && !passThrough.has(name))));
+    others.forEach((other, i) => {
+      for (const name of otherOriginals[i].keys()) {
+        Reflect.set(other, name, () => {
+          throw new MemgptError(`kernel graph: ${name} was called on another device's backend while recording; a recorded run stays on one device`);
+        });
+      }
+    });
     for (const [name, value] of Object.entries(backend)) {
       if (typeof value !== 'function' || passThrough.has(name)) continue;
       const original = value as NativeFn;
@@ -105,6 +115,7 @@ export class KernelGraph {
     } finally {
       recording = false;
       for (const [name, original] of originals) Reflect.set(backend, name, original);
+      others.forEach((other, i) => otherOriginals[i].forEach((original, name) => Reflect.set(other, name, original)));
     }
     // Storages from before the recording that the calls use; every other handle a call names is a held temporary
     // or a block still owned by a tensor made during the recording (which the caller keeps: retained too).

@@ -198,6 +198,11 @@ export function cudaStatus(): CudaStatus {
   return cudaState;
 }
 
+/** The addons loaded so far, loading none (a kernel graph refuses calls to the ones it is not recording). */
+export function loadedBackends(): NativeBackend[] {
+  return [cpuAddon, cudaAddon].filter((a): a is CpuAddon | CudaAddon => a !== undefined);
+}
+
 export function cudaBackend(): CudaAddon {
   const status = cudaStatus();
   if (!status.available || !cudaAddon) throw new MemgptError(`device 'cuda' is not available: ${status.reason}`);

@@ -30,6 +30,9 @@
 #include <cmath>
 #include <cstdint>
 #include <climits>
+#include <map>
+#include <mutex>
+#include <tuple>
 #include <type_traits>
 
 #include <cuda_bf16.h>
@@ -1180,16 +1183,26 @@ bool allow_shared(Kernel kernel, size_t bytes, const char* op) {
 constexpr int64_t kAlign = 64;  // floats: each scratch array starts on a 256-byte boundary
 int64_t aligned(int64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 
-// The RoPE table [T, d/2] (cos, then sin) at the start of `scratch`, or nullptrs without rope.
-void fill_rope_table(float* scratch, int64_t T, int64_t d, const char* op, const float** cos_t,
-                     const float** sin_t) {
+// The RoPE table [T, d/2] (cos, then sin), made once per (device, T, d) on the stream and kept (as the CPU keeps its
+// RopeTable): made in a scratch, it was one more kernel launch at every attention call, one per layer per decoded
+// token. A few hundred KB at the base preset, for the life of the process.
+void rope_table(int64_t T, int64_t d, const char* op, const float** cos_t, const float** sin_t) {
+  static std::mutex mu;
+  static std::map<std::tuple<int, int64_t, int64_t>, float*> tables;
+  int device = 0;
+  check(cudaGetDevice(&device), op);
   const int64_t half = d / 2;
-  float* c = scratch;
-  float* s = scratch + aligned(T * half);
-  rope_table_kernel<<<blocks_for(T * half), kThreads, 0, stream()>>>(c, s, T, half, d);
-  check_launch(op);
-  *cos_t = c;
-  *sin_t = s;
+  std::lock_guard<std::mutex> lock(mu);
+  float*& table = tables[{device, T, d}];
+  if (!table) {
+    void* p = nullptr;
+    check(cudaMalloc(&p, size_t(2 * aligned(T * half)) * sizeof(float)), op);
+    rope_table_kernel<<<blocks_for(T * half), kThreads, 0, stream()>>>(static_cast<float*>(p), static_cast<float*>(p) + aligned(T * half), T, half, d);
+    check_launch(op);
+    table = static_cast<float*>(p);
+  }
+  *cos_t = table;
+  *sin_t = table + aligned(T * half);
 }
 
 template <int DM, typename E, bool TC>
@@ -1278,11 +1291,7 @@ void attention_forward(DType dt, int64_t B, int64_t T, int64_t H, int64_t d, int
                    lse_mem,
                    static_cast<E*>(save_a),
                    static_cast<E*>(save_r)};
-    if (rope) {
-      float* scratch =
-          static_cast<float*>(reduction_scratch(size_t(2 * aligned(rope_rows * (d / 2))) * sizeof(float)));
-      fill_rope_table(scratch, rope_rows, d, "attention_forward", &p.cos_t, &p.sin_t);
-    }
+    if (rope) rope_table(rope_rows, d, "attention_forward", &p.cos_t, &p.sin_t);
     with_head_dim(d, [&](auto dm) { launch_forward_for<decltype(dm)::value>(p, B); });
   });
 }
@@ -1300,11 +1309,7 @@ void attention_decode(DType dt, int64_t B, int64_t T, int64_t H, int64_t d, int6
                       mem_positions, static_cast<const E*>(qkv), positions, keys, static_cast<E*>(values),
                       mem_keys, static_cast<const E*>(mem_values), static_cast<const E*>(gate_logits), nullptr,
                       nullptr, static_cast<E*>(out)};
-    if (rope) {
-      float* scratch =
-          static_cast<float*>(reduction_scratch(size_t(2 * aligned(rope_rows * (d / 2))) * sizeof(float)));
-      fill_rope_table(scratch, rope_rows, d, "attention_decode", &p.cos_t, &p.sin_t);
-    }
+    if (rope) rope_table(rope_rows, d, "attention_decode", &p.cos_t, &p.sin_t);
     attention_decode_kernel<E><<<grid_of(B * H, "attention_decode"), kDecodeThreads, 0, stream()>>>(p);
     check_launch("attention_decode");
   });
@@ -1318,10 +1323,7 @@ void attention_decode_memory(DType dt, int64_t B, int64_t S, int64_t H, int64_t 
     using E = decltype(tag);
     if (B == 0 || S == 0) return;
     const float *cos_t = nullptr, *sin_t = nullptr;
-    if (rotate) {
-      float* scratch = static_cast<float*>(reduction_scratch(size_t(2 * aligned(S * (d / 2))) * sizeof(float)));
-      fill_rope_table(scratch, S, d, "attention_decode_memory", &cos_t, &sin_t);
-    }
+    if (rotate) rope_table(S, d, "attention_decode_memory", &cos_t, &sin_t);
     attention_decode_memory_kernel<E><<<grid_of(B * S, "attention_decode_memory"), 256, 0, stream()>>>(
         S, H, int(d), rotate, static_cast<const E*>(mem_kv), cos_t, sin_t, mem_keys, static_cast<E*>(mem_values));
     check_launch("attention_decode_memory");
@@ -1345,11 +1347,10 @@ void attention_backward(DType dt, int64_t B, int64_t T, int64_t H, int64_t d, in
       }
       return;
     }
-    // Scratch: the RoPE table (cos, sin), then D_a, D_r and g, each [B, H, T].
-    const int64_t rope_floats = rope ? 2 * aligned(rope_rows * (d / 2)) : 0, rows = aligned(B * H * T);
-    float* scratch =
-        static_cast<float*>(reduction_scratch(size_t(rope_floats + (S ? 3 : 1) * rows) * sizeof(float)));
-    float* dsum_a = scratch + rope_floats;
+    // Scratch: D_a, D_r and g, each [B, H, T].
+    const int64_t rows = aligned(B * H * T);
+    float* scratch = static_cast<float*>(reduction_scratch(size_t((S ? 3 : 1) * rows) * sizeof(float)));
+    float* dsum_a = scratch;
     float* dsum_r = S ? dsum_a + rows : nullptr;
     float* g = S ? dsum_a + 2 * rows : nullptr;
     BwdParams<E> p{T,
@@ -1371,7 +1372,7 @@ void attention_backward(DType dt, int64_t B, int64_t T, int64_t H, int64_t d, in
                    g,
                    static_cast<E*>(d_qkv),
                    static_cast<E*>(d_mem_kv)};
-    if (rope) fill_rope_table(scratch, rope_rows, d, "attention_backward", &p.cos_t, &p.sin_t);
+    if (rope) rope_table(rope_rows, d, "attention_backward", &p.cos_t, &p.sin_t);
 
     const int64_t n_rows = B * T * H;
     backward_rows_kernel<E><<<blocks_for(n_rows, kThreads / 32), kThreads, 0, stream()>>>(

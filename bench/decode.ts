@@ -1,6 +1,7 @@
 // Decoding speed (lib/cli/bench/decode.ts: `memgpt bench decode`, whose flags it takes) on one thread unless
-// --threads says otherwise. Versions before 74a06be have no lib/cli/bench/decode.ts: time them with bench/decode.ts
-// of 74a06be copied into their tree (--decoder-only: the Decoder they have too), in rounds alternating with this one.
+// --threads says otherwise. Versions before b6789a5 have no lib/cli/bench/decode.ts: time them with bench/decode.ts
+// of 74a06be (a standalone script) copied into their tree (--decoder-only: the Decoder they have too), in rounds
+// alternating with this one.
 // Usage: npx tsx bench/decode.ts [--threads 1] [--preset small] [--device cpu|cuda] [--batches 1,4,16] [--tokens 320]
 //        [--repeats 3] [--precision float32|bfloat16] [--eager] [--decoder-only] [--out FILE.json] [--json]
 import * as mg from '../lib/index.js';

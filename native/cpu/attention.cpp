@@ -453,9 +453,9 @@ typedef float KeyLanes __attribute__((vector_size(32), aligned(4), __may_alias__
 
 // sc[j] = Σ_i q[i] · key j's feature i (in feature order, as score_tile sums), then times scale, for j < n: one
 // contiguous run over the blocks, 8 keys to a vector. G blocks go side by side: a block alone is one chain of d
-// dependent FMAs, latency-bound; eight are eight chains (bench/decode-layout.cc measures the ways). The lanes are
-// written as vectors: as scalar loops over an array, GCC vectorised them across i with permutes and spilled the
-// accumulators, 4–6 times slower (78% of a batch-16 decode step's attention, perf at the small preset).
+// dependent FMAs, latency-bound; eight are eight chains. The lanes are written as vectors: as scalar loops over an
+// array, GCC vectorised them across i with permutes and spilled the accumulators, 4–6 times slower (78% of a
+// batch-16 decode step's attention, perf at the small preset). bench/decode-layout.cc measures the ways, cold.
 template <int G>
 MG_INLINE void blocked_score_group(const float* __restrict q, const float* __restrict kb, int64_t d, float* __restrict acc) {
   KeyLanes lanes[G];

@@ -143,7 +143,7 @@ export function runDecodeBench(o: DecodeBenchOptions): DecodeBenchResult {
 
 /** The human form: one line per row, then the bounds. */
 export function formatDecodeBench(r: DecodeBenchResult): string {
-  const lines = [`decode, ${r.preset} preset, ${r.precision}, ${r.device} (${r.machine.gpu ?? `${r.machine.cpu}, ${r.machine.threads} threads`})${r.graphs ? '' : ', eager'}: greedy tokens/s`];
+  const lines = [`decode, ${r.preset} preset, ${r.precision}, ${r.device} (${r.machine.gpu ?? `${r.machine.cpu}, ${r.machine.threads} thread${r.machine.threads === 1 ? '' : 's'}`})${r.graphs ? '' : ', eager'}: greedy tokens/s`];
   for (const row of r.rows) lines.push(`  ${row.api.padEnd(12)} batch ${String(row.batch).padStart(3)}: ${String(row.tokensPerSecond).padStart(7)} tokens/s  ${row.gflopsPerSecond.toFixed(1).padStart(6)} GFLOP/s`);
   if (r.roofline) lines.push(`  bounds: batch 1 ${r.roofline.batch1BoundTokensPerSecond} tokens/s (${r.roofline.copyGBs} GB/s copy), any batch ${r.roofline.batchBoundTokensPerSecond} (${r.roofline.peakGflops} GFLOP/s FMA peak)`);
   return lines.join('\n');

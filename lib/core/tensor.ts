@@ -327,7 +327,6 @@ export function tensor(values: Nested | ArrayLike<number>, shape?: readonly numb
   return t;
 }
 
-/** A copy between the host and a tensor's device; the addon's raw Error (a device fault) becomes one clear MemgptError. */
 /** Overwrites the values of t (contiguous, on any device) with `values` from the host: exactly t.size of them. */
 export function writeHost(t: Tensor, values: ArrayLike<number>): void {
   if (values.length !== t.size) throw new MemgptError(`writeHost: ${values.length} values for a tensor of ${t.size} (${shapeStr(t.shape)})`);
@@ -336,6 +335,7 @@ export function writeHost(t: Tensor, values: ArrayLike<number>): void {
   hostCopy('writeHost', t, () => t.storage.backend.copyFromHost(t.handle, t.offset * dtypeBytes[t.dtype], encoded));
 }
 
+/** A copy between the host and a tensor's device; the addon's raw Error (a device fault) becomes one clear MemgptError. */
 function hostCopy(op: string, t: Tensor, copy: () => void): void {
   try {
     copy();

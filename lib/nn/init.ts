@@ -1,7 +1,7 @@
 // The memory's start (SPEC v2 §2's initialisation of ptr.pos) and the init ablations that the benchmarks and the
 // memory tasks apply on top of it: the shift register, the read- and write-gate biases.
 import { MemgptError } from '../core/errors.js';
-import type { Parameter } from '../core/tensor.js';
+import { writeHost, type Parameter } from '../core/tensor.js';
 import type { ModelConfig } from './config.js';
 
 /** What these helpers touch of a model: its config and its parameters by name (a MemGPT is one). */
@@ -43,7 +43,7 @@ function fillLayerBias(model: ModelParameters, name: string, value: number, what
   if (!Number.isFinite(value)) throw new MemgptError(`the ${what} bias must be a finite number, got ${value}`);
   for (let l = 0; l < model.config.nLayers && model.config.memSlots > 0; l++) {
     const b = model.params.get(`layers.${l}.${name}`)!;
-    b.storage.backend.copyFromHost(b.handle, 0, new Float32Array(b.size).fill(value));
+    writeHost(b, new Float32Array(b.size).fill(value));
   }
 }
 
@@ -57,7 +57,6 @@ export function restartShiftRegister(model: ModelParameters, registerSlots: numb
   const values = new Float32Array(memSlots * segmentLen);
   fillShiftRegister(values, memSlots, segmentLen, strength, registerSlots);
   for (let l = 0; l < nLayers; l++) {
-    const pos = model.params.get(`layers.${l}.ptr.pos`)!;
-    pos.storage.backend.copyFromHost(pos.handle, 0, values);
+    writeHost(model.params.get(`layers.${l}.ptr.pos`)!, values);
   }
 }

@@ -152,7 +152,7 @@ export class MemGPT {
    */
   linear(x: Tensor, weight: Tensor, bias: Tensor | null, options: LinearOptions = {}, keepBf16 = false): Tensor {
     if (this.precision === 'float32') return linear(x, weight, bias, options);
-    const bf = (t: Tensor) => (t.dtype === 'bfloat16' ? t : this.bf16Weights?.get(t) ?? cast(t, 'bfloat16'));
+    const bf = (t: Tensor) => this.bf16Weights?.get(t) ?? this.inPrecision(t);
     const y = linear(bf(x), bf(weight), bias && bf(bias), options);
     return keepBf16 ? y : cast(y, 'float32');
   }

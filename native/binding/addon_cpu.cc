@@ -1,5 +1,6 @@
 // Entry point of the CPU addon (memgpt_cpu.node): memory, ops and the thread pool.
 #include "../common/threadpool.h"
+#include "../cpu/isa.h"
 #include "../cpu/probe.h"
 #include "binding.h"
 
@@ -12,9 +13,7 @@ Napi::Value info(const Napi::CallbackInfo& info) {
   Napi::Object o = Napi::Object::New(info.Env());
   o.Set("backend", "cpu");
   o.Set("threads", mg::num_threads());
-  __builtin_cpu_init();
-  bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  o.Set("simd", std::string(avx2 ? "avx2+fma" : "generic") + (mg::cpu::uses_bf16_dot() ? ", avx512-bf16 for bf16 decoding" : ""));
+  o.Set("simd", std::string(mg::cpu::has_avx2() ? "avx2+fma" : "generic") + (mg::cpu::has_bf16_dot() ? ", avx512-bf16 for bf16 decoding" : ""));
   return o;
 }
 

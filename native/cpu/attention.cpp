@@ -26,6 +26,7 @@
 
 #include "../common/threadpool.h"
 #include "elem.h"
+#include "isa.h"
 #include "kernels.h"
 #include "simd.h"
 
@@ -213,10 +214,7 @@ __attribute__((target("avx2,fma"))) float exp_row_avx2(float* x, int64_t n, floa
 }
 
 using ExpRow = float (*)(float*, int64_t, float);
-const ExpRow exp_row = [] {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? exp_row_avx2 : exp_row_generic;
-}();
+const ExpRow exp_row = has_avx2() ? exp_row_avx2 : exp_row_generic;
 
 MG_INLINE float sigmoid(float x) { return float(1.0 / (1.0 + std::exp(-double(x)))); }
 
@@ -770,14 +768,6 @@ void backward_range_generic(const BackwardArgs<T>& a, size_t lo, size_t hi) {
   backward_range(a, lo, hi);
 }
 
-bool use_avx2() {
-  static const bool yes = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  return yes;
-}
-
 void check_dims(const Dims& s) {
   if (s.H < 1 || s.d < 1) fail("attention: %lld heads of width %lld", (long long)s.H, (long long)s.d);
   if (s.rope && s.d % 2) fail("attention: rope needs an even head width, got d = %lld", (long long)s.d);
@@ -805,7 +795,7 @@ void attention_forward(DType dt, int64_t B, int64_t T, int64_t H, int64_t d, int
                            static_cast<E*>(save_a),
                            static_cast<E*>(save_r)};
     const size_t tasks = size_t(B * H * ((T + kQB - 1) / kQB));
-    const bool avx2 = use_avx2();
+    const bool avx2 = has_avx2();
     parallel_for(0, tasks, 1, [&](size_t lo, size_t hi) {
       if (avx2) forward_range_avx2(a, lo, hi);
       else forward_range_generic(a, lo, hi);
@@ -824,7 +814,7 @@ void attention_decode(DType dt, int64_t B, int64_t T, int64_t H, int64_t d, int6
     const RopeTable& rt = rope_table(s);
     const DecodeArgs<E> a{&s, &rt, static_cast<const E*>(qkv), positions, keys, static_cast<E*>(values), mem_keys,
                           static_cast<const E*>(mem_values), static_cast<const E*>(gate_logits), static_cast<E*>(out)};
-    const bool avx2 = use_avx2();
+    const bool avx2 = has_avx2();
     parallel_for(0, size_t(B * H), 1, [&](size_t lo, size_t hi) {
       if (avx2) decode_range_avx2(a, lo, hi);
       else decode_range_generic(a, lo, hi);
@@ -888,7 +878,7 @@ void attention_backward(DType dt, int64_t B, int64_t T, int64_t H, int64_t d, in
                             static_cast<E*>(d_qkv),
                             static_cast<E*>(d_mem_kv),
                             static_cast<E*>(d_gate_logits)};
-    const bool avx2 = use_avx2();
+    const bool avx2 = has_avx2();
     parallel_for(0, size_t(B * H), 1, [&](size_t lo, size_t hi) {
       if (avx2) backward_range_avx2(a, lo, hi);
       else backward_range_generic(a, lo, hi);

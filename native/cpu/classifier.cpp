@@ -14,6 +14,7 @@
 
 #include "../common/threadpool.h"
 #include "kernels.h"
+#include "isa.h"
 #include "simd.h"
 
 namespace mg::cpu {
@@ -69,10 +70,6 @@ __attribute__((target("avx2,fma"))) void exp_scale_avx2(float* x, int64_t n, flo
   for (; i < n; i++) x[i] = scale * std::exp(x[i] - shift);
 }
 
-bool has_avx2() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-}
 const bool use_avx2 = has_avx2();
 
 float row_max(const float* x, int64_t n) { return use_avx2 ? row_max_avx2(x, n) : row_max_generic(x, n); }

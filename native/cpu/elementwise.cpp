@@ -6,6 +6,7 @@
 
 #include "../common/threadpool.h"
 #include "elem.h"
+#include "isa.h"
 #include "kernels.h"
 
 namespace mg::cpu {
@@ -99,10 +100,7 @@ template <typename From, typename To>
 __attribute__((target("avx2"))) void cast_run_avx2(const From* __restrict x, To* __restrict y, size_t n) {
   cast_run(x, y, n);
 }
-const bool kCastAvx2 = [] {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2");
-}();
+const bool kCastAvx2 = has_avx2();
 
 template <typename From, typename To>
 void cast_float(const void* x, void* y, int64_t n) {

@@ -11,6 +11,7 @@
 
 #include "../common/threadpool.h"
 #include "elem.h"
+#include "isa.h"
 #include "kernels.h"
 #include "simd.h"
 
@@ -112,10 +113,6 @@ __attribute__((target("avx2,fma"))) void backward_row_avx2(const float* z, const
   if (j < cols) backward_row_generic(z + j, dy + j, dz + j, sums ? sums + j : nullptr, cols - j);
 }
 
-bool has_avx2() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-}
 const bool kAvx2 = has_avx2();
 const EpilogueRow epilogue_row = kAvx2 ? epilogue_row_avx2 : epilogue_row_generic;
 const BackwardRow backward_row = kAvx2 ? backward_row_avx2 : backward_row_generic;

@@ -8,15 +8,14 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 #include <vector>
 
 #include "../common/threadpool.h"
 #include "elem.h"
+#include "isa.h"
 #include "kernels.h"
-#include "probe.h"
 
 namespace mg::cpu {
 
@@ -161,12 +160,7 @@ __attribute__((target("avx2,fma"))) void kernel_avx2(int64_t kc, const float* a,
 
 using Kernel = void (*)(int64_t, const float*, const float*, float*, int64_t, float, int, int);
 
-Kernel pick_kernel() {
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return kernel_avx2;
-  return kernel_generic;
-}
-const Kernel kernel = pick_kernel();
+const Kernel kernel = has_avx2() ? kernel_avx2 : kernel_generic;
 
 // ---- narrow GEMMs: no packing. The blocked path packs both operands into 6 x 16 micro-panels, which for a
 // product with a handful of columns (a layer's read-gate logits: n = heads) costs more than the arithmetic.
@@ -239,10 +233,7 @@ __attribute__((target("avx2,fma"))) void small_gemm_rows_avx2(const View<float>&
   small_gemm_rows<true>(a, b, c, n, k, beta, lo, hi, row);
 }
 
-const bool kSmallAvx2 = [] {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-}();
+const bool kSmallAvx2 = has_avx2();
 
 void small_gemm(const View<float>& a, const View<float>& b, float* c, int64_t m, int64_t n, int64_t k, float beta,
                 const Epilogue* epilogue) {
@@ -379,12 +370,7 @@ __attribute__((target("avx2,fma"))) inline void gemv_tile_bf16_avx2(const float*
 // the multiply-adds of float32 FMAs an instruction. Each product of two bf16 values is exact in float32 and each add
 // rounds to nearest even as an FMA does; the instruction flushes denormal inputs and results to zero (below 1e-38).
 // MEMGPT_CPU_ISA=avx2 keeps the AVX2 path where this one exists, so that tests run both.
-const bool kBf16Dot = [] {
-  __builtin_cpu_init();
-  const char* isa = std::getenv("MEMGPT_CPU_ISA");
-  if (isa && std::strcmp(isa, "avx2") == 0) return false;
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bf16");
-}();
+const bool kBf16Dot = has_bf16_dot();
 
 // GCC 12's AVX-512 headers trip -Wuninitialized on their own _mm256_undefined_* (GCC bug 105593).
 #pragma GCC diagnostic push
@@ -460,23 +446,31 @@ __attribute__((target("avx2,fma"))) void gemv_rows_bf16_avx2(const float* xs, in
   for (; j < j1; j++) gemv_tile_bf16_avx2<R, 1>(xr, k16, ar, a.ld, b.p + j * b.ld, b.ld, k, c + r0 * n + j, n, beta);
 }
 
+// The GEMV's tasks: blocks of kGemvCols output columns, each computed for all m rows by rows(j0, j1) and then
+// handed to the epilogue.
+template <typename Rows>
+void gemv_column_blocks(int64_t m, int64_t n, float* c, const Epilogue* epilogue, const Rows& rows) {
+  parallel_for(0, size_t((n + kGemvCols - 1) / kGemvCols), 1, [&](size_t lo, size_t hi) {
+    for (size_t blk = lo; blk < hi; blk++) {
+      const int64_t j0 = int64_t(blk) * kGemvCols, j1 = std::min(n, j0 + kGemvCols);
+      rows(j0, j1);
+      if (epilogue) epilogue->fn(epilogue->ctx, c + j0, n, 0, j0, m, j1 - j0);
+    }
+  });
+}
+
 // float32 or bfloat16 operands (a bfloat16 model decoding: its weights are read at half the bytes).
 template <typename T>
 void gemv(const View<T>& a, const View<T>& b, float* c, int64_t m, int64_t n, int64_t k, float beta,
           const Epilogue* epilogue) {
-  const size_t blocks = size_t((n + kGemvCols - 1) / kGemvCols);
   if constexpr (std::is_same_v<T, uint16_t>) {
     if (kBf16Dot) {
-      parallel_for(0, blocks, 1, [&](size_t lo, size_t hi) {
-        for (size_t blk = lo; blk < hi; blk++) {
-          const int64_t j0 = int64_t(blk) * kGemvCols, j1 = std::min(n, j0 + kGemvCols);
-          int64_t r = 0;
-          for (; r + 4 <= m; r += 4) gemv_rows_dpbf16<4, 4>(a, b, c, n, k, beta, r, j0, j1);
-          if (m - r == 3) gemv_rows_dpbf16<3, 4>(a, b, c, n, k, beta, r, j0, j1);
-          else if (m - r == 2) gemv_rows_dpbf16<2, 8>(a, b, c, n, k, beta, r, j0, j1);
-          else if (m - r == 1) gemv_rows_dpbf16<1, 8>(a, b, c, n, k, beta, r, j0, j1);
-          if (epilogue) epilogue->fn(epilogue->ctx, c + j0, n, 0, j0, m, j1 - j0);
-        }
+      gemv_column_blocks(m, n, c, epilogue, [&](int64_t j0, int64_t j1) {
+        int64_t r = 0;
+        for (; r + 4 <= m; r += 4) gemv_rows_dpbf16<4, 4>(a, b, c, n, k, beta, r, j0, j1);
+        if (m - r == 3) gemv_rows_dpbf16<3, 4>(a, b, c, n, k, beta, r, j0, j1);
+        else if (m - r == 2) gemv_rows_dpbf16<2, 8>(a, b, c, n, k, beta, r, j0, j1);
+        else if (m - r == 1) gemv_rows_dpbf16<1, 8>(a, b, c, n, k, beta, r, j0, j1);
       });
       return;
     }
@@ -486,25 +480,17 @@ void gemv(const View<T>& a, const View<T>& b, float* c, int64_t m, int64_t n, in
     xs_storage.resize(size_t(m * k16));
     widen_even_odd(a.p, a.ld, m, k16, xs_storage.data());
     const float* xs = xs_storage.data();
-    parallel_for(0, blocks, 1, [&](size_t lo, size_t hi) {
-      for (size_t blk = lo; blk < hi; blk++) {
-        const int64_t j0 = int64_t(blk) * kGemvCols, j1 = std::min(n, j0 + kGemvCols);
-        int64_t r = 0;
-        for (; r + 2 <= m; r += 2) gemv_rows_bf16_avx2<2, 4>(xs, k16, a, b, c, n, k, beta, r, j0, j1);
-        if (r < m) gemv_rows_bf16_avx2<1, 8>(xs, k16, a, b, c, n, k, beta, r, j0, j1);
-        if (epilogue) epilogue->fn(epilogue->ctx, c + j0, n, 0, j0, m, j1 - j0);
-      }
+    gemv_column_blocks(m, n, c, epilogue, [&](int64_t j0, int64_t j1) {
+      int64_t r = 0;
+      for (; r + 2 <= m; r += 2) gemv_rows_bf16_avx2<2, 4>(xs, k16, a, b, c, n, k, beta, r, j0, j1);
+      if (r < m) gemv_rows_bf16_avx2<1, 8>(xs, k16, a, b, c, n, k, beta, r, j0, j1);
     });
   } else {
-    parallel_for(0, blocks, 1, [&](size_t lo, size_t hi) {
-      for (size_t blk = lo; blk < hi; blk++) {
-        const int64_t j0 = int64_t(blk) * kGemvCols, j1 = std::min(n, j0 + kGemvCols);
-        int64_t r = 0;
-        for (; r + 3 <= m; r += 3) gemv_rows_avx2<3, 4>(a, b, c, n, k, beta, r, j0, j1);
-        if (m - r == 2) gemv_rows_avx2<2, 6>(a, b, c, n, k, beta, r, j0, j1);
-        else if (m - r == 1) gemv_rows_avx2<1, 8>(a, b, c, n, k, beta, r, j0, j1);
-        if (epilogue) epilogue->fn(epilogue->ctx, c + j0, n, 0, j0, m, j1 - j0);
-      }
+    gemv_column_blocks(m, n, c, epilogue, [&](int64_t j0, int64_t j1) {
+      int64_t r = 0;
+      for (; r + 3 <= m; r += 3) gemv_rows_avx2<3, 4>(a, b, c, n, k, beta, r, j0, j1);
+      if (m - r == 2) gemv_rows_avx2<2, 6>(a, b, c, n, k, beta, r, j0, j1);
+      else if (m - r == 1) gemv_rows_avx2<1, 8>(a, b, c, n, k, beta, r, j0, j1);
     });
   }
 }
@@ -608,8 +594,6 @@ void matmul_typed(const T* a, const T* b, DType c_dtype, void* c, int64_t batch,
 }
 
 }  // namespace
-
-bool uses_bf16_dot() { return kBf16Dot; }
 
 // One GEMM into float32 C = op(A) op(B) (A, B float32 or bfloat16), with `epilogue` applied to every
 // finished tile of C. Not in kernels.inc: a CPU-internal hook, declared where it is used (linear.cpp).

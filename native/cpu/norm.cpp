@@ -11,6 +11,7 @@
 
 #include "../common/threadpool.h"
 #include "elem.h"
+#include "isa.h"
 #include "kernels.h"
 
 namespace mg::cpu {
@@ -125,11 +126,7 @@ __attribute__((target("avx2"))) void ln_backward_avx2(const float* x, const floa
   ln_backward_row(x, dy, w, mu, rs, dx, pw, pb, xhat, g, d);
 }
 
-bool have_avx2() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2");
-}
-const bool use_avx2 = have_avx2();  // memory-bound rows: wider loads help, FMA would not
+const bool use_avx2 = has_avx2();  // memory-bound rows: wider loads help, FMA would not
 const LnForwardRow ln_forward_rows = use_avx2 ? ln_forward_avx2 : ln_forward_generic;
 const LnBackwardRow ln_backward_rows = use_avx2 ? ln_backward_avx2 : ln_backward_generic;
 

@@ -9,6 +9,7 @@
 
 #include "../common/threadpool.h"
 #include "kernels.h"
+#include "isa.h"
 
 namespace mg::cpu {
 namespace {
@@ -71,11 +72,7 @@ __attribute__((target("avx2"))) void adamw_range_avx2(float* w, const float* g, 
 }
 
 using AdamWRange = void (*)(float*, const float*, float*, float*, int64_t, const AdamWScalars&);
-AdamWRange pick_adamw() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") ? adamw_range_avx2 : adamw_range_generic;
-}
-const AdamWRange adamw_range = pick_adamw();
+const AdamWRange adamw_range = has_avx2() ? adamw_range_avx2 : adamw_range_generic;
 
 }  // namespace
 

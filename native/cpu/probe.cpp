@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "../common/threadpool.h"
+#include "isa.h"
 #include "probe.h"
 
 namespace mg::cpu {
@@ -47,8 +48,7 @@ double fma_burst_generic(int64_t iters) {
 }  // namespace
 
 double probe_peak_gflops(double seconds) {
-  __builtin_cpu_init();
-  bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  bool avx2 = has_avx2();
   int threads = num_threads();
   std::vector<double> rates(threads, 0);
   parallel_for(0, threads, 1, [&](size_t lo, size_t hi) {
@@ -89,8 +89,7 @@ double probe_copy_gbs(int64_t bytes, int reps) {
   // The ceiling for memory-bound kernels: the best of a parallel memcpy and a parallel STREAM
   // triad, counting (as the kernels' own figures do) bytes read plus bytes written. glibc's
   // large-copy path alone understates what ordinary load/store loops reach on some machines.
-  __builtin_cpu_init();
-  bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  bool avx2 = has_avx2();
   size_t n = size_t(bytes) / sizeof(float);
   std::vector<float> a(n, 0.f), b(n, 1.f), c(n, 2.f);
   double best = 0;

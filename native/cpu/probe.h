@@ -1,4 +1,4 @@
-// Ceilings of this CPU for the roofline figures (native/cpu/probe.cpp), and which instruction paths its kernels take.
+// Ceilings of this CPU for the roofline figures (native/cpu/probe.cpp).
 #pragma once
 
 #include <cstdint>
@@ -9,7 +9,5 @@ namespace mg::cpu {
 double probe_peak_gflops(double seconds);
 // Best GB/s (bytes read + written) of a parallel memcpy or STREAM triad over arrays of `bytes`, over `reps` tries.
 double probe_copy_gbs(int64_t bytes, int reps);
-// Whether bfloat16 GEMVs (decoding) use AVX-512 BF16 dot products (matmul.cpp; MEMGPT_CPU_ISA=avx2 turns them off).
-bool uses_bf16_dot();
 
 }  // namespace mg::cpu
